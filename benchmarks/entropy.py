@@ -1,0 +1,140 @@
+"""piaug.info.entropy_map against skimage.filters.rank.entropy (the reference, one CPU core).
+
+Cases (DESIGN section 1, the paper's setting is a disk of radius 10):
+  (a) one full-resolution radiograph (2400 x 1935),
+  (b) a batch of 16 images of 384 x 384.
+Prints one JSON line per case with both times, the ratio skimage / piaug (> 1: piaug faster),
+the largest absolute difference, and memory. Run:
+
+  python benchmarks/entropy.py                      # real radiographs from ../shared/data if there
+  python benchmarks/entropy.py --image-dir DIR      # any folder of images; else synthetic ones
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from skimage.filters.rank import entropy as skimage_entropy
+from skimage.io import imread
+from skimage.transform import resize
+
+from piaug import info
+
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "shared/data/isbi2015_ceph_train/images"
+
+
+def load_images(image_dir: Path | None, count: int) -> tuple[list[np.ndarray], str]:
+    if image_dir is not None and image_dir.is_dir():
+        paths = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in (".jpg", ".png"))
+        images = []
+        for path in paths[:count]:
+            image = imread(path)
+            images.append(image[..., 0] if image.ndim == 3 else image)
+        return images, str(image_dir)
+    from piaug.data import synthetic
+
+    images = [synthetic.generate(i, size=(2400, 1935))["image"] for i in range(count)]
+    return images, "synthetic 2400 x 1935"
+
+
+def best_time(fn, repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), out
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def device_peak_mb() -> float | None:
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-dir", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("--radius", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", type=int, default=384)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tile", type=int, default=None, help="entropy_map's tile (default)")
+    parser.add_argument("--skip-skimage-batch", action="store_true")
+    args = parser.parse_args()
+
+    images, source = load_images(args.image_dir, args.batch)
+    footprint = info.disk(args.radius)
+    device = jax.devices()[0].device_kind
+    rss_before = peak_rss_mb()
+
+    def ours(x):
+        return lambda: np.asarray(info.entropy_map(x, footprint, tile=args.tile))
+
+    # (a) one full-resolution image.
+    full = images[0]
+    start = time.perf_counter()
+    ours(full)()
+    first_call = time.perf_counter() - start
+    t_ours, e_ours = best_time(ours(full), args.repeats)
+    rss_after = peak_rss_mb()
+    t_ref, e_ref = best_time(lambda: skimage_entropy(full, footprint), min(args.repeats, 2))
+    report = {
+        "case": "a_full_resolution",
+        "source": source,
+        "shape": list(full.shape),
+        "footprint": f"disk({args.radius})",
+        "device": device,
+        "skimage_s": round(t_ref, 4),
+        "piaug_s": round(t_ours, 4),
+        "piaug_first_call_s": round(first_call, 2),
+        "ratio_skimage_over_piaug": round(t_ref / t_ours, 2),
+        "max_abs_diff": float(np.abs(e_ours - e_ref).max()),
+        "process_peak_rss_mb": round(rss_after, 1),
+        "rss_growth_mb": round(rss_after - rss_before, 1),
+        "device_peak_mb": device_peak_mb(),
+    }
+    print(json.dumps(report), flush=True)
+
+    # (b) a batch of small images.
+    batch = np.stack(
+        [
+            (resize(im, (args.size, args.size), preserve_range=True, anti_aliasing=True))
+            .round()
+            .astype(np.uint8)
+            for im in images
+        ]
+    )
+    ours(batch)()
+    t_ours, e_ours = best_time(ours(batch), args.repeats)
+    t_ref, e_ref = best_time(
+        lambda: np.stack([skimage_entropy(im, footprint) for im in batch]),
+        1 if args.skip_skimage_batch else min(args.repeats, 2),
+    )
+    report = {
+        "case": "b_batch",
+        "shape": list(batch.shape),
+        "footprint": f"disk({args.radius})",
+        "device": device,
+        "skimage_s": round(t_ref, 4),
+        "piaug_s": round(t_ours, 4),
+        "ratio_skimage_over_piaug": round(t_ref / t_ours, 2),
+        "max_abs_diff": float(np.abs(e_ours - e_ref).max()),
+    }
+    print(json.dumps(report), flush=True)
+    if report["max_abs_diff"] > 1e-4:
+        raise SystemExit("values disagree with skimage beyond 1e-4")
+
+
+if __name__ == "__main__":
+    main()

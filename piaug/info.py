@@ -1,0 +1,524 @@
+"""Per-pixel information measures of the paper (DESIGN.md section 1).
+
+* ``entropy_map``: image information entropy (IIE, Eq. 2), the Shannon entropy in bits of the
+  256-bin gray-value histogram under a footprint centred on each pixel, with
+  ``skimage.filters.rank.entropy``'s border convention (only pixels inside the image count).
+* ``mutual_information``: mutual information (Eq. 3) of the joint gray-value histogram of two
+  co-located patches, in nats, as ``sklearn.metrics.mutual_info_score(a.ravel(), b.ravel())``.
+* ``count_vector_mutual_information``: the estimator of the authors' release (sklearn's MI between
+  the two 256-bin count vectors, treated as label arrays), for reproduction only.
+* Weight maps (the sampling ratio rho), information groups and an anchor sampler.
+
+How ``entropy_map`` is computed. A footprint is a union of runs along its last axis, so moving the
+window one pixel along the image's last axis removes one pixel at the left end of every run and
+adds one at the right end. Every image row (every (slice, row) for volumes) keeps its own
+histogram, and ``S = sum_v c_v log2 c_v`` is updated exactly in fixed point from a table of
+``round(c log2 c * scale)``: integer sums telescope, so no rounding error accumulates along the
+row. The entropy is then ``log2 n - S / n`` with ``n`` the number of in-image pixels. All rows
+advance together in one ``lax.scan`` over columns; the row axis is optionally cut into tiles of
+columns (on accelerators, for parallelism) and, on the CPU, into blocks of rows run on several
+threads. Pixels outside the image are a sentinel bin 256 whose count is subtracted at the end.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import os
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NUM_BINS = 256
+_SENTINEL = NUM_BINS  # gray value given to pixels outside the image
+_INT32_MAX = 2**31 - 1
+
+# ---------------------------------------------------------------------------------------------
+# Footprints (identical to skimage.morphology's).
+
+
+def disk(radius: int) -> np.ndarray:
+    """Boolean disk of the given radius, ``(2r+1, 2r+1)``, as ``skimage.morphology.disk``."""
+    radius = _positive_int(radius, "radius", minimum=0)
+    y, x = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return x * x + y * y <= radius * radius
+
+
+def ball(radius: int) -> np.ndarray:
+    """Boolean ball of the given radius, ``(2r+1,) * 3``, as ``skimage.morphology.ball``."""
+    radius = _positive_int(radius, "radius", minimum=0)
+    z, y, x = np.mgrid[-radius : radius + 1, -radius : radius + 1, -radius : radius + 1]
+    return x * x + y * y + z * z <= radius * radius
+
+
+def square(size: int) -> np.ndarray:
+    """Boolean ``size x size`` square, as ``skimage.morphology.square`` (centre ``size // 2``)."""
+    size = _positive_int(size, "size", minimum=1)
+    return np.ones((size, size), bool)
+
+
+def cube(size: int) -> np.ndarray:
+    """Boolean ``size``-sided cube, as ``skimage.morphology.cube``."""
+    size = _positive_int(size, "size", minimum=1)
+    return np.ones((size, size, size), bool)
+
+
+def _positive_int(value, name: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or int(value) != value or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Image information entropy.
+
+
+def _check_uint8(image, name: str) -> None:
+    dtype = np.dtype(image.dtype)
+    if dtype == np.uint8:
+        return
+    what = f"{name} has dtype {dtype}"
+    if dtype.kind == "f" and not isinstance(image, jax.core.Tracer):
+        if not np.all(np.isfinite(np.asarray(image))):
+            raise ValueError(f"{what} and contains NaN or inf: clean it, then convert to uint8")
+    raise ValueError(
+        f"{what}; gray-value measures need uint8 (256 gray values). Convert first, e.g. "
+        "skimage.util.img_as_ubyte(x) for floats in [0, 1] or np.clip(x, 0, 255).astype(np.uint8)."
+    )
+
+
+def _as_footprint(footprint) -> np.ndarray:
+    if isinstance(footprint, jax.core.Tracer):
+        raise ValueError("footprint must be a concrete (numpy) boolean array, not a traced value")
+    fp = np.asarray(footprint)
+    if fp.ndim not in (2, 3):
+        raise ValueError(f"footprint must be 2-D or 3-D, got shape {fp.shape}")
+    if fp.dtype != bool:
+        if not np.all(np.isin(fp, (0, 1))):
+            raise ValueError("footprint must be boolean (or 0/1 valued)")
+        fp = fp.astype(bool)
+    if not fp.any():
+        raise ValueError("footprint has no True element")
+    return fp
+
+
+def _fixed_point_table(count: int) -> tuple[np.ndarray, float]:
+    """``round(c log2 c * scale)`` for c = 0..count, with the largest scale whose sums fit int32."""
+    top = count * np.log2(max(count, 2))
+    scale = float(2.0 ** np.floor(np.log2(_INT32_MAX / (top + 1.0))))
+    c = np.arange(count + 1, dtype=np.float64)
+    table = c * np.log2(np.maximum(c, 1.0)) * scale
+    return np.round(table).astype(np.int32), scale
+
+
+@functools.partial(jax.jit, static_argnames=("fp_shape", "fp_bits", "out_shape", "tile"))
+def _entropy_kernel(padded, *, fp_shape, fp_bits, out_shape, tile):
+    """Entropy for a sentinel-padded block.
+
+    Args:
+      padded: int32 ``(B, *spatial_padded)``: the leading spatial axes padded by the footprint's
+        extent, the last axis by ``kw + c + 1`` columns on the left (``c`` the centre column) and
+        on the right by ``kw - 1 - c`` plus up to a multiple of ``tile``.
+      out_shape: the unpadded spatial shape ``(..., W)``; ``W`` is a multiple of ``tile``.
+    Returns:
+      float32 ``(B, *out_shape)``.
+
+    Each tile of columns starts ``kw`` steps early from a window of sentinels only, whose
+    histogram is known, and slides in: after ``kw`` steps its window is the first real one.
+    """
+    fp = np.unpackbits(np.frombuffer(fp_bits, np.uint8))[: int(np.prod(fp_shape))]
+    fp = fp.reshape(fp_shape).astype(bool)
+    kw, n_fp = fp_shape[-1], int(fp.sum())
+    lead, width = tuple(out_shape[:-1]), out_shape[-1]  # lead: (H,) or (D, H)
+    batch, n_tiles = padded.shape[0], width // tile
+    rows = batch * n_tiles * int(np.prod(lead))
+    table, scale = _fixed_point_table(n_fp)
+    gain = jnp.asarray(np.diff(table))  # table[c + 1] - table[c]
+    table = jnp.asarray(table)
+
+    # Columns of every tile, sliding axis first: (tile + 2 kw, B, n_tiles, *lead_padded); the
+    # first kw + 1 columns of a tile (the start window) read as sentinels.
+    cols = np.arange(n_tiles)[:, None] * tile + np.arange(tile + 2 * kw)[None, :]
+    x = jnp.moveaxis(jnp.take(padded, cols, axis=-1), (-1, -2), (0, 2))
+    x = jnp.where(
+        (np.arange(tile + 2 * kw) <= kw).reshape((-1,) + (1,) * (x.ndim - 1)), _SENTINEL, x
+    )
+
+    # Moving one column right removes the first pixel of every run of the footprint's rows and
+    # adds the pixel after the last: (row offsets, column in the kw + 1 wide block, +-1).
+    updates = []
+    for *offsets, j in zip(*np.nonzero(fp), strict=True):
+        if j == 0 or not fp[(*offsets, j - 1)]:
+            updates.append((tuple(offsets), j, -1))
+        if j == kw - 1 or not fp[(*offsets, j + 1)]:
+            updates.append((tuple(offsets), j + 1, 1))
+
+    base = jnp.arange(rows, dtype=jnp.int32) * (NUM_BINS + 1)
+    hist = jnp.zeros((rows, NUM_BINS + 1), jnp.int32).at[:, _SENTINEL].set(n_fp).reshape(-1)
+    total = jnp.full((rows,), table[n_fp])
+
+    def entropy(hist, total):
+        outside = hist[base + _SENTINEL]
+        n = n_fp - outside
+        s = (total - table[outside]).astype(jnp.float32) / scale
+        nf = jnp.maximum(n, 1).astype(jnp.float32)
+        return jnp.where(n > 0, jnp.maximum(jnp.log2(nf) - s / nf, 0.0), 0.0)
+
+    sizes = (1,) + x.shape[1:3] + lead
+    up_start = jnp.asarray([(j, 0, 0) + o for o, j, _ in updates], jnp.int32)
+    up_delta = jnp.asarray([d for _, _, d in updates], jnp.int32)
+
+    def update(k, carry):
+        hist, total, block = carry
+        start = tuple(up_start[k, i] for i in range(block.ndim))
+        idx = base + jax.lax.dynamic_slice(block, start, sizes).reshape(rows)
+        count, delta = hist[idx], up_delta[k]
+        total = total + delta * gain[count - (delta < 0)]
+        hist = hist.at[idx].set(count + delta, unique_indices=True, indices_are_sorted=True)
+        return hist, total, block
+
+    def step(carry, column):
+        block = jax.lax.dynamic_slice_in_dim(x, column, kw + 1, axis=0)
+        hist, total, _ = jax.lax.fori_loop(0, len(updates), update, (*carry, block))
+        return (hist, total), entropy(hist, total)
+
+    _, out = jax.lax.scan(step, (hist, total), jnp.arange(1, tile + kw))
+    out = out[kw - 1 :].reshape((tile, batch, n_tiles) + lead)
+    out = jnp.moveaxis(out, (0, 2), (-1, -2))  # (B, *lead, n_tiles, tile)
+    return out.reshape((batch,) + tuple(out_shape))
+
+
+def _default_tile(width: int) -> int:
+    if jax.default_backend() == "cpu":
+        return width
+    return min(width, 32)
+
+
+def entropy_map(
+    image, footprint, *, tile: int | None = None, threads: int | None = None
+) -> jax.Array:
+    """Image information entropy (IIE, Eq. 2) of every pixel, in bits.
+
+    Args:
+      image: uint8 ``(H, W)`` with a 2-D footprint or ``(D, H, W)`` with a 3-D one, optionally
+        with leading batch axes. Other dtypes are rejected (convert to uint8 first).
+      footprint: boolean array (``disk(10)``, ``square(5)``, ``ball(3)``, ...); its centre is
+        ``shape // 2``, as in skimage. Only pixels inside the image count at the border.
+      tile: columns per independent scan; the default is the whole width on the CPU and 32 on
+        accelerators (more parallel work per step).
+      threads: on the CPU, blocks of rows run concurrently on this many threads (default: the
+        number of cores, at most 8). Ignored when traced inside ``jit``.
+    Returns:
+      float32 array of ``image``'s shape; equals ``skimage.filters.rank.entropy(image, footprint)``
+      to about 1e-6.
+    """
+    fp = _as_footprint(footprint)
+    if not hasattr(image, "dtype"):
+        image = np.asarray(image)
+    _check_uint8(image, "image")
+    if image.ndim < fp.ndim:
+        raise ValueError(
+            f"image of shape {image.shape} has fewer axes than the {fp.ndim}-D footprint"
+        )
+    spatial = tuple(image.shape[image.ndim - fp.ndim :])
+    batch_shape = tuple(image.shape[: image.ndim - fp.ndim])
+    if min(spatial) == 0:
+        raise ValueError(f"image of shape {image.shape} is empty")
+    width = spatial[-1]
+    tile = _default_tile(width) if tile is None else _positive_int(tile, "tile", minimum=1)
+    tile = min(tile, width)
+    padded_width = -(-width // tile) * tile
+    centre = [k // 2 for k in fp.shape]
+    pads = [(c, k - 1 - c) for c, k in zip(centre[:-1], fp.shape[:-1], strict=True)]
+    kw = fp.shape[-1]
+    pads.append((kw + centre[-1] + 1, kw - 1 - centre[-1] + padded_width - width))
+    static = dict(fp_shape=fp.shape, fp_bits=np.packbits(fp.ravel()).tobytes(), tile=tile)
+
+    traced = isinstance(image, jax.core.Tracer)
+    flat = (
+        jnp.reshape(image, (-1,) + spatial).astype(jnp.int32)
+        if traced
+        else (np.asarray(image).reshape((-1,) + spatial).astype(np.int32))
+    )
+    xp = jnp if traced else np
+    padded = xp.pad(flat, [(0, 0)] + pads, constant_values=_SENTINEL)
+    out_shape = spatial[:-1] + (padded_width,)
+    if traced or jax.default_backend() != "cpu":
+        out = _entropy_kernel(jnp.asarray(padded), out_shape=out_shape, **static)
+    else:
+        out = _threaded_rows(padded, fp.shape[0], out_shape, static, threads)
+    return out[..., :width].reshape(batch_shape + spatial)
+
+
+def _threaded_rows(padded: np.ndarray, extent: int, out_shape, static, threads) -> jax.Array:
+    """Runs the kernel on equal blocks of the first spatial axis, one thread each (CPU only)."""
+    n = out_shape[0]
+    blocks = max(1, min(_num_threads(threads), n))
+    size = -(-n // blocks)
+    if size * blocks != n:  # equal blocks compile once: pad the first spatial axis
+        pad = [(0, 0)] * padded.ndim
+        pad[1] = (0, size * blocks - n)
+        padded = np.pad(padded, pad, constant_values=_SENTINEL)
+    block_shape = (size,) + tuple(out_shape[1:])
+
+    part_shape = (padded.shape[0], size + extent - 1) + padded.shape[2:]
+    kernel = _compiled(_entropy_kernel, part_shape, out_shape=block_shape, **static)
+
+    def run(b):
+        return kernel(jnp.asarray(padded[:, b * size : b * size + size + extent - 1]))
+
+    return jnp.concatenate(_in_threads(run, blocks), axis=1)[:, :n]
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(kernel, shape, dtype=np.int32, **static):
+    """The kernel compiled once for int32 ``shape``, so that threads do not each compile it."""
+    return kernel.lower(jax.ShapeDtypeStruct(shape, dtype), **static).compile()
+
+
+def _num_threads(threads: int | None) -> int:
+    if threads is None:
+        return min(os.cpu_count() or 1, 8)
+    return _positive_int(threads, "threads", minimum=1)
+
+
+def _in_threads(fn, count: int) -> list:
+    """``[fn(0), ..., fn(count - 1)]``, run concurrently: XLA's CPU executable runs on the calling
+    thread and releases the GIL, so independent blocks use several cores."""
+    if count == 1:
+        return [fn(0)]
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        return list(pool.map(lambda i: fn(i).block_until_ready(), range(count)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Mutual information.
+
+
+def _check_pair(a, b, patch_ndim: int):
+    for name, x in (("a", a), ("b", b)):
+        _check_uint8(x, name)
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have the same shape, got {a.shape} and {b.shape}")
+    if a.ndim < patch_ndim:
+        raise ValueError(f"patches need {patch_ndim} axes (patch_ndim), got shape {a.shape}")
+    batch = a.shape[: a.ndim - patch_ndim]
+    size = int(np.prod(a.shape[a.ndim - patch_ndim :]))
+    if size == 0:
+        raise ValueError(f"patches of shape {a.shape} are empty")
+    return batch, size
+
+
+def _sum_c_log_c(counts, axis=-1):
+    c = counts.astype(jnp.float32)
+    return jnp.sum(jnp.where(counts > 0, c * jnp.log(jnp.maximum(c, 1.0)), 0.0), axis=axis)
+
+
+def _histograms(x, size):
+    """256-bin counts of each row of ``x`` (int32 ``(P, size)``): ``(P, 256)``."""
+    p = x.shape[0]
+    flat = (jnp.arange(p, dtype=jnp.int32)[:, None] * NUM_BINS + x).reshape(-1)
+    return jnp.zeros(p * NUM_BINS, jnp.int32).at[flat].add(1).reshape(p, NUM_BINS)
+
+
+@functools.partial(jax.jit, static_argnames=("chunk",))
+def _mi_kernel(a, b, *, chunk):
+    """MI of each row pair of uint8 ``(P, n)`` gray values; P is a multiple of ``chunk``.
+
+    With ``c(i)`` the count of pixel i's joint cell, ``sum_cells c log c = sum_i log c(i)``, so
+    the joint entropy needs one scatter-add and one gather per pixel, never a pass over all
+    65,536 cells; ``log c`` comes from a table.
+    """
+    n = a.shape[1]
+    log_table = jnp.log(jnp.maximum(jnp.arange(n + 1), 1).astype(jnp.float32))
+    offsets = jnp.arange(chunk, dtype=jnp.int32)[:, None] * NUM_BINS**2
+
+    def one_chunk(ab):
+        a, b = (x.astype(jnp.int32) for x in ab)
+        flat = (offsets + a * NUM_BINS + b).reshape(-1)
+        counts = jnp.zeros(chunk * NUM_BINS**2, jnp.int32).at[flat].add(1)[flat]
+        joint_term = jnp.mean(log_table[counts.reshape(chunk, n)], axis=1)
+        marginal = (_sum_c_log_c(_histograms(a, n)) + _sum_c_log_c(_histograms(b, n))) / n
+        return jnp.maximum(joint_term - marginal + log_table[n], 0.0)
+
+    pairs = (a.reshape(-1, chunk, n), b.reshape(-1, chunk, n))
+    return jax.lax.map(one_chunk, pairs).reshape(-1)
+
+
+def _map_pairs(kernel, a, b, patch_ndim: int, chunk: int, threads: int | None) -> jax.Array:
+    """Applies a jitted per-pair kernel to all patch pairs, in chunks, on several CPU threads."""
+    batch, size = _check_pair(a, b, patch_ndim)
+    traced = isinstance(a, jax.core.Tracer) or isinstance(b, jax.core.Tracer)
+    xp = jnp if traced else np
+    a, b = xp.reshape(a, (-1, size)), xp.reshape(b, (-1, size))
+    p = a.shape[0]
+    blocks = 1 if traced or jax.default_backend() != "cpu" else _num_threads(threads)
+    blocks = min(blocks, p)
+    chunk = _positive_int(chunk, "chunk", minimum=1)
+    chunk = min(chunk, -(-p // blocks))
+    per_block = -(-p // (chunk * blocks)) * chunk
+    extra = per_block * blocks - p
+    if extra:
+        a, b = xp.pad(a, ((0, extra), (0, 0))), xp.pad(b, ((0, extra), (0, 0)))
+
+    if not traced:
+        spec = jax.ShapeDtypeStruct((per_block, size), a.dtype)
+        kernel = kernel.lower(spec, spec, chunk=chunk).compile()
+    else:
+        kernel = functools.partial(kernel, chunk=chunk)
+
+    def run(i):
+        rows = slice(i * per_block, (i + 1) * per_block)
+        return kernel(jnp.asarray(a[rows]), jnp.asarray(b[rows]))
+
+    out = jnp.concatenate(_in_threads(run, blocks))
+    return out[:p].reshape(batch)
+
+
+def mutual_information(
+    a, b, *, patch_ndim: int = 2, chunk: int = 16, threads: int | None = None
+) -> jax.Array:
+    """Mutual information (Eq. 3) of co-located gray values of two patches, in nats.
+
+    The joint distribution is the 256 x 256 histogram of pixel pairs ``(a[i], b[i])``, as in
+    ``sklearn.metrics.mutual_info_score(a.ravel(), b.ravel())``.
+
+    Args:
+      a, b: uint8 patches of the same shape; the last ``patch_ndim`` axes form a patch, leading
+        axes are a batch.
+      patch_ndim: number of trailing axes that make up one patch.
+      chunk: patch pairs whose 65,536-bin joint histograms are held at once.
+      threads: on the CPU, blocks of pairs run concurrently on this many threads (default: the
+        number of cores, at most 8).
+    Returns:
+      float32 array of the batch shape (a scalar for one pair).
+    """
+    return _map_pairs(_mi_kernel, a, b, patch_ndim, chunk, threads)
+
+
+@functools.partial(jax.jit, static_argnames=("chunk",))
+def _count_vector_kernel(a, b, *, chunk):
+    n = a.shape[1]
+
+    def one_chunk(ab):
+        ha, hb = (_histograms(x.astype(jnp.int32), n) for x in ab)
+        same_a = ha[:, :, None] == ha[:, None, :]
+        same_b = hb[:, :, None] == hb[:, None, :]
+
+        def mean_log(same):
+            return jnp.mean(jnp.log(jnp.sum(same, axis=2).astype(jnp.float32)), axis=1)
+
+        mi = mean_log(same_a & same_b) - mean_log(same_a) - mean_log(same_b)
+        return jnp.maximum(mi + jnp.log(jnp.float32(NUM_BINS)), 0.0)
+
+    pairs = (a.reshape(-1, chunk, n), b.reshape(-1, chunk, n))
+    return jax.lax.map(one_chunk, pairs).reshape(-1)
+
+
+def count_vector_mutual_information(
+    a, b, *, patch_ndim: int = 2, chunk: int = 16, threads: int | None = None
+) -> jax.Array:
+    """The MI estimator of the authors' release, for reproducing their numbers only.
+
+    It is ``sklearn.metrics.mutual_info_score(hist_a, hist_b)`` where ``hist_a`` and ``hist_b``
+    are the two patches' 256-bin gray-value count vectors, treated as label arrays (so it ignores
+    where pixels are). ``mutual_information`` is the measure of Eq. 3; prefer it.
+
+    Args and returns as ``mutual_information``.
+    """
+    return _map_pairs(_count_vector_kernel, a, b, patch_ndim, chunk, threads)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight maps, groups, anchor sampling.
+
+GROUP_NAMES = ("low", "medium", "high")
+
+
+@jax.jit
+def exponential_weights(iie, gamma=0.3):
+    """Sampling ratio rho = IIE ** gamma (Eq. 5); ``gamma = 0`` is uniform sampling."""
+    iie = jnp.maximum(jnp.asarray(iie, jnp.float32), 0.0)
+    return jnp.where(gamma == 0, 1.0, jnp.power(iie, gamma))
+
+
+@jax.jit
+def piecewise_weights(iie, d=2.0):
+    """Sampling ratio rho = 1[IIE >= d]: only pixels with enough information become anchors."""
+    return (jnp.asarray(iie, jnp.float32) >= d).astype(jnp.float32)
+
+
+def weight_map(iie, *, kind: str = "exponential", gamma: float = 0.3, d: float = 2.0):
+    """The weight map named by a config: ``kind`` is 'exponential', 'piecewise' or 'uniform'."""
+    if kind == "exponential":
+        return exponential_weights(iie, gamma)
+    if kind == "piecewise":
+        return piecewise_weights(iie, d)
+    if kind == "uniform":
+        return jnp.ones(jnp.shape(iie), jnp.float32)
+    raise ValueError(f"weight map kind must be exponential, piecewise or uniform, got {kind!r}")
+
+
+@jax.jit
+def information_groups(iie, thresholds: Sequence[float] = (2.0, 4.5)):
+    """Information group of every pixel: 0 low (< t0), 1 medium (t0 <= IIE < t1), 2 high."""
+    low, high = thresholds
+    iie = jnp.asarray(iie, jnp.float32)
+    return (iie >= low).astype(jnp.int32) + (iie >= high).astype(jnp.int32)
+
+
+def check_weight_map(weights, *, spatial_ndim: int = 2, names: Sequence[str] | None = None):
+    """Raises ValueError, naming the image, if a map has NaN, a negative or no positive weight.
+
+    Args:
+      weights: ``(..., H, W)`` maps (``spatial_ndim`` trailing axes per map).
+      names: optional image names, one per map in the batch; else maps are named by index.
+    """
+    w = np.asarray(weights)
+    if w.ndim < spatial_ndim:
+        raise ValueError(f"weight map of shape {w.shape} has fewer than {spatial_ndim} axes")
+    w = w.reshape((-1, int(np.prod(w.shape[w.ndim - spatial_ndim :]))))
+    if names is None:
+        names = ["the image"] if len(w) == 1 else [f"image {i}" for i in range(len(w))]
+    if len(names) != len(w):
+        raise ValueError(f"got {len(names)} names for {len(w)} weight maps")
+    for name, row in zip(names, w, strict=True):
+        if not np.all(np.isfinite(row)):
+            raise ValueError(f"weight map of {name} has NaN or inf values")
+        if np.any(row < 0):
+            raise ValueError(f"weight map of {name} has negative weights")
+        if not np.any(row > 0):
+            raise ValueError(
+                f"weight map of {name} has no positive weight, so no anchor can be drawn: "
+                "lower the piecewise threshold d, or use an exponential or uniform map"
+            )
+
+
+@functools.partial(jax.jit, static_argnames=("num_samples", "spatial_ndim"))
+def _sample(key, weights, num_samples, spatial_ndim):
+    spatial = weights.shape[weights.ndim - spatial_ndim :]
+    batch = weights.shape[: weights.ndim - spatial_ndim]
+    logits = jnp.log(weights.reshape(batch + (-1,)).astype(jnp.float32))
+    flat = jax.random.categorical(key, logits, shape=(num_samples,) + batch)
+    flat = jnp.moveaxis(flat, 0, -1)  # (*batch, num_samples)
+    return jnp.stack(jnp.unravel_index(flat, spatial), axis=-1).astype(jnp.int32)
+
+
+def sample_pixels(key, weights, num_samples: int = 1, *, spatial_ndim: int = 2, names=None):
+    """Draws pixels with probability proportional to ``weights`` (with replacement).
+
+    Args:
+      key: a ``jax.random`` key.
+      weights: non-negative ``(..., H, W)`` (or ``(..., D, H, W)`` with ``spatial_ndim=3``).
+      num_samples: pixels drawn per map.
+      names: optional image names, used by the error for a map with no positive weight.
+    Returns:
+      int32 ``(..., num_samples, spatial_ndim)`` in array index order (row, column), *not* the
+      (x, y) order of landmarks. Concrete inputs are checked first (``check_weight_map``); under
+      ``jit`` that check cannot run, so check maps once when they are made.
+    """
+    if not isinstance(weights, jax.core.Tracer):
+        check_weight_map(weights, spatial_ndim=spatial_ndim, names=names)
+    return _sample(key, jnp.asarray(weights), num_samples, spatial_ndim)
