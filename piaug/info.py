@@ -75,12 +75,17 @@ def _positive_int(value, name: str, *, minimum: int) -> int:
 # Image information entropy.
 
 
+def _is_traced(x) -> bool:
+    """True for abstract values inside ``jit``/``vmap``, whose contents cannot be inspected."""
+    return isinstance(x, jax.core.Tracer)
+
+
 def _check_uint8(image, name: str) -> None:
     dtype = np.dtype(image.dtype)
     if dtype == np.uint8:
         return
     what = f"{name} has dtype {dtype}"
-    if dtype.kind == "f" and not isinstance(image, jax.core.Tracer):
+    if dtype.kind == "f" and not _is_traced(image):
         if not np.all(np.isfinite(np.asarray(image))):
             raise ValueError(f"{what} and contains NaN or inf: clean it, then convert to uint8")
     raise ValueError(
@@ -90,7 +95,7 @@ def _check_uint8(image, name: str) -> None:
 
 
 def _as_footprint(footprint) -> np.ndarray:
-    if isinstance(footprint, jax.core.Tracer):
+    if _is_traced(footprint):
         raise ValueError("footprint must be a concrete (numpy) boolean array, not a traced value")
     fp = np.asarray(footprint)
     if fp.ndim not in (2, 3):
@@ -113,20 +118,20 @@ def _fixed_point_table(count: int) -> tuple[np.ndarray, float]:
     return np.round(table).astype(np.int32), scale
 
 
-@functools.partial(jax.jit, static_argnames=("fp_shape", "fp_bits", "out_shape", "tile"))
-def _entropy_kernel(padded, *, fp_shape, fp_bits, out_shape, tile):
+@functools.partial(
+    jax.jit, static_argnames=("fp_shape", "fp_bits", "out_shape", "tile", "unroll")
+)
+def _entropy_kernel(padded, *, fp_shape, fp_bits, out_shape, tile, unroll):
     """Entropy for a sentinel-padded block.
 
     Args:
       padded: int32 ``(B, *spatial_padded)``: the leading spatial axes padded by the footprint's
-        extent, the last axis by ``kw + c + 1`` columns on the left (``c`` the centre column) and
-        on the right by ``kw - 1 - c`` plus up to a multiple of ``tile``.
+        extent, the last axis by ``c + 1`` columns on the left (``c`` the centre column) and on
+        the right by ``kw - 1 - c`` plus up to a multiple of ``tile``.
       out_shape: the unpadded spatial shape ``(..., W)``; ``W`` is a multiple of ``tile``.
+      unroll: unroll the loops (accelerators: no per-iteration loop overhead; slow to compile).
     Returns:
       float32 ``(B, *out_shape)``.
-
-    Each tile of columns starts ``kw`` steps early from a window of sentinels only, whose
-    histogram is known, and slides in: after ``kw`` steps its window is the first real one.
     """
     fp = np.unpackbits(np.frombuffer(fp_bits, np.uint8))[: int(np.prod(fp_shape))]
     fp = fp.reshape(fp_shape).astype(bool)
@@ -138,26 +143,27 @@ def _entropy_kernel(padded, *, fp_shape, fp_bits, out_shape, tile):
     gain = jnp.asarray(np.diff(table))  # table[c + 1] - table[c]
     table = jnp.asarray(table)
 
-    # Columns of every tile, sliding axis first: (tile + 2 kw, B, n_tiles, *lead_padded); the
-    # first kw + 1 columns of a tile (the start window) read as sentinels.
-    cols = np.arange(n_tiles)[:, None] * tile + np.arange(tile + 2 * kw)[None, :]
+    # Columns of every tile, sliding axis first: (tile + kw, B, n_tiles, *lead_padded).
+    cols = np.arange(n_tiles)[:, None] * tile + np.arange(tile + kw)[None, :]
     x = jnp.moveaxis(jnp.take(padded, cols, axis=-1), (-1, -2), (0, 2))
-    x = jnp.where(
-        (np.arange(tile + 2 * kw) <= kw).reshape((-1,) + (1,) * (x.ndim - 1)), _SENTINEL, x
+
+    # The first window of every tile: one gather of all footprint pixels, one scatter-add.
+    pos = np.argwhere(fp)  # (n_fp, ndim): row offsets..., column
+    k = (n_fp,) + (1,) * (x.ndim - 1)
+
+    def along(axis, n):
+        return np.arange(n).reshape(tuple(n if a == axis else 1 for a in range(x.ndim)))
+
+    index = (pos[:, -1].reshape(k) + 1, along(1, batch), along(2, n_tiles))
+    index += tuple(
+        pos[:, i].reshape(k) + along(3 + i, n) for i, n in enumerate(lead)
     )
-
-    # Moving one column right removes the first pixel of every run of the footprint's rows and
-    # adds the pixel after the last: (row offsets, column in the kw + 1 wide block, +-1).
-    updates = []
-    for *offsets, j in zip(*np.nonzero(fp), strict=True):
-        if j == 0 or not fp[(*offsets, j - 1)]:
-            updates.append((tuple(offsets), j, -1))
-        if j == kw - 1 or not fp[(*offsets, j + 1)]:
-            updates.append((tuple(offsets), j + 1, 1))
-
+    first = x[index].reshape(n_fp, rows)
+    hist = jnp.zeros((rows, NUM_BINS + 1), jnp.int32)
+    hist = hist.at[np.arange(rows)[None, :], first].add(1)
+    total = jnp.sum(table[hist], axis=1)
+    hist = hist.reshape(-1)
     base = jnp.arange(rows, dtype=jnp.int32) * (NUM_BINS + 1)
-    hist = jnp.zeros((rows, NUM_BINS + 1), jnp.int32).at[:, _SENTINEL].set(n_fp).reshape(-1)
-    total = jnp.full((rows,), table[n_fp])
 
     def entropy(hist, total):
         outside = hist[base + _SENTINEL]
@@ -166,26 +172,42 @@ def _entropy_kernel(padded, *, fp_shape, fp_bits, out_shape, tile):
         nf = jnp.maximum(n, 1).astype(jnp.float32)
         return jnp.where(n > 0, jnp.maximum(jnp.log2(nf) - s / nf, 0.0), 0.0)
 
+    # Moving one column right removes the first pixel of every run of the footprint's rows and
+    # adds the pixel after the last: (column in the kw + 1 wide block, row offsets..., +-1).
+    updates = []
+    for *offsets, j in pos.tolist():
+        if j == 0 or not fp[(*offsets, j - 1)]:
+            updates.append((j, *offsets, -1))
+        if j == kw - 1 or not fp[(*offsets, j + 1)]:
+            updates.append((j + 1, *offsets, 1))
+    updates = np.asarray(updates, np.int32)
     sizes = (1,) + x.shape[1:3] + lead
-    up_start = jnp.asarray([(j, 0, 0) + o for o, j, _ in updates], jnp.int32)
-    up_delta = jnp.asarray([d for _, _, d in updates], jnp.int32)
 
-    def update(k, carry):
+    def update(i, carry):
         hist, total, block = carry
-        start = tuple(up_start[k, i] for i in range(block.ndim))
-        idx = base + jax.lax.dynamic_slice(block, start, sizes).reshape(rows)
-        count, delta = hist[idx], up_delta[k]
+        col, *offsets, delta = (updates[i, a] if unroll else jnp.asarray(updates)[i, a]
+                                for a in range(updates.shape[1]))
+        idx = jax.lax.dynamic_slice(block, (col, 0, 0, *offsets), sizes).reshape(rows)
+        idx = base + idx
+        count = hist[idx]
         total = total + delta * gain[count - (delta < 0)]
         hist = hist.at[idx].set(count + delta, unique_indices=True, indices_are_sorted=True)
         return hist, total, block
 
     def step(carry, column):
         block = jax.lax.dynamic_slice_in_dim(x, column, kw + 1, axis=0)
-        hist, total, _ = jax.lax.fori_loop(0, len(updates), update, (*carry, block))
+        if unroll:
+            carry = (*carry, block)
+            for i in range(len(updates)):
+                carry = update(i, carry)
+            hist, total, _ = carry
+        else:
+            hist, total, _ = jax.lax.fori_loop(0, len(updates), update, (*carry, block))
         return (hist, total), entropy(hist, total)
 
-    _, out = jax.lax.scan(step, (hist, total), jnp.arange(1, tile + kw))
-    out = out[kw - 1 :].reshape((tile, batch, n_tiles) + lead)
+    _, out = jax.lax.scan(step, (hist, total), jnp.arange(1, tile))
+    out = jnp.concatenate([entropy(hist, total)[None], out])  # (tile, rows)
+    out = out.reshape((tile, batch, n_tiles) + lead)
     out = jnp.moveaxis(out, (0, 2), (-1, -2))  # (B, *lead, n_tiles, tile)
     return out.reshape((batch,) + tuple(out_shape))
 
@@ -232,11 +254,15 @@ def entropy_map(
     padded_width = -(-width // tile) * tile
     centre = [k // 2 for k in fp.shape]
     pads = [(c, k - 1 - c) for c, k in zip(centre[:-1], fp.shape[:-1], strict=True)]
-    kw = fp.shape[-1]
-    pads.append((kw + centre[-1] + 1, kw - 1 - centre[-1] + padded_width - width))
-    static = dict(fp_shape=fp.shape, fp_bits=np.packbits(fp.ravel()).tobytes(), tile=tile)
+    pads.append((centre[-1] + 1, fp.shape[-1] - 1 - centre[-1] + padded_width - width))
+    static = dict(
+        fp_shape=fp.shape,
+        fp_bits=np.packbits(fp.ravel()).tobytes(),
+        tile=tile,
+        unroll=jax.default_backend() != "cpu",
+    )
 
-    traced = isinstance(image, jax.core.Tracer)
+    traced = _is_traced(image)
     flat = (
         jnp.reshape(image, (-1,) + spatial).astype(jnp.int32)
         if traced
@@ -350,7 +376,7 @@ def _mi_kernel(a, b, *, chunk):
 def _map_pairs(kernel, a, b, patch_ndim: int, chunk: int, threads: int | None) -> jax.Array:
     """Applies a jitted per-pair kernel to all patch pairs, in chunks, on several CPU threads."""
     batch, size = _check_pair(a, b, patch_ndim)
-    traced = isinstance(a, jax.core.Tracer) or isinstance(b, jax.core.Tracer)
+    traced = _is_traced(a) or _is_traced(b)
     xp = jnp if traced else np
     a, b = xp.reshape(a, (-1, size)), xp.reshape(b, (-1, size))
     p = a.shape[0]
@@ -519,6 +545,6 @@ def sample_pixels(key, weights, num_samples: int = 1, *, spatial_ndim: int = 2, 
       (x, y) order of landmarks. Concrete inputs are checked first (``check_weight_map``); under
       ``jit`` that check cannot run, so check maps once when they are made.
     """
-    if not isinstance(weights, jax.core.Tracer):
+    if not _is_traced(weights):
         check_weight_map(weights, spatial_ndim=spatial_ndim, names=names)
     return _sample(key, jnp.asarray(weights), num_samples, spatial_ndim)
