@@ -118,9 +118,7 @@ def _fixed_point_table(count: int) -> tuple[np.ndarray, float]:
     return np.round(table).astype(np.int32), scale
 
 
-@functools.partial(
-    jax.jit, static_argnames=("fp_shape", "fp_bits", "out_shape", "tile", "unroll")
-)
+@functools.partial(jax.jit, static_argnames=("fp_shape", "fp_bits", "out_shape", "tile", "unroll"))
 def _entropy_kernel(padded, *, fp_shape, fp_bits, out_shape, tile, unroll):
     """Entropy for a sentinel-padded block.
 
@@ -155,9 +153,7 @@ def _entropy_kernel(padded, *, fp_shape, fp_bits, out_shape, tile, unroll):
         return np.arange(n).reshape(tuple(n if a == axis else 1 for a in range(x.ndim)))
 
     index = (pos[:, -1].reshape(k) + 1, along(1, batch), along(2, n_tiles))
-    index += tuple(
-        pos[:, i].reshape(k) + along(3 + i, n) for i, n in enumerate(lead)
-    )
+    index += tuple(pos[:, i].reshape(k) + along(3 + i, n) for i, n in enumerate(lead))
     first = x[index].reshape(n_fp, rows)
     hist = jnp.zeros((rows, NUM_BINS + 1), jnp.int32)
     hist = hist.at[np.arange(rows)[None, :], first].add(1)
@@ -185,8 +181,9 @@ def _entropy_kernel(padded, *, fp_shape, fp_bits, out_shape, tile, unroll):
 
     def update(i, carry):
         hist, total, block = carry
-        col, *offsets, delta = (updates[i, a] if unroll else jnp.asarray(updates)[i, a]
-                                for a in range(updates.shape[1]))
+        col, *offsets, delta = (
+            updates[i, a] if unroll else jnp.asarray(updates)[i, a] for a in range(updates.shape[1])
+        )
         idx = jax.lax.dynamic_slice(block, (col, 0, 0, *offsets), sizes).reshape(rows)
         idx = base + idx
         count = hist[idx]

@@ -1,0 +1,282 @@
+"""The stages of a run, their order, their outputs and when they are skipped (DESIGN.md 2, 3).
+
+A run lives in a workdir that holds ``config.json``; a workdir made by another config is refused,
+and a stage whose output exists is skipped unless ``config.force`` is set, so no finished result
+is overwritten without being asked. Stages so far:
+
+* ``info``: the IIE map of every image (at its original resolution), ``info_stats.json`` (IIE
+  histogram, fraction of pixels per information group, IIE at the landmarks), ``iie_maps.npz``
+  and ``figures/`` (image | IIE | groups).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from piaug import data, info, plots
+
+STAGES = ("info",)
+# Fields that say how to run, not what the result is: they may change between calls on a workdir.
+_RUN_FIELDS = ("stages", "force")
+_HIST_EDGES = np.linspace(0.0, 8.0, 81)  # IIE histogram bins (bits); 8 bits is the maximum
+
+
+class UserError(ValueError):
+    """Bad input or configuration: the message says which file or field, and what to do."""
+
+
+def run(config, workdir: str | os.PathLike) -> None:
+    """Runs ``config.stages`` in pipeline order, writing into ``workdir``."""
+    stages = parse_stages(config.stages)
+    check_config(config)  # before anything is written: a typo leaves no workdir behind
+    workdir = Path(workdir)
+    prepare_workdir(config, workdir)
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        if stage == "info":
+            info_stage(config, workdir)
+
+
+def parse_stages(spec: str) -> list[str]:
+    stages = [s.strip() for s in str(spec).split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise UserError(
+            f"config.stages={spec!r}: unknown or no stage {unknown}; "
+            f"give a comma-separated subset of {', '.join(STAGES)}"
+        )
+    return stages
+
+
+def check_config(config) -> None:
+    """Raises UserError, naming the field, for values no stage could use."""
+    make_footprint(config.info.footprint)
+    _thresholds(config)
+    if int(config.info.batch_size) < 1:
+        raise UserError(f"config.info.batch_size={config.info.batch_size}: must be >= 1")
+    load_dataset(config.data)
+
+
+def _thresholds(config) -> tuple[float, float]:
+    try:
+        low, high = (float(t) for t in config.info.thresholds)
+    except (TypeError, ValueError):
+        low = high = float("nan")
+    if not low <= high:
+        raise UserError(
+            f"config.info.thresholds={config.info.thresholds}: need two numbers t0 <= t1"
+        )
+    return low, high
+
+
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def prepare_workdir(config, workdir: Path) -> None:
+    """Creates ``workdir`` with ``config.json``, or checks that it holds a run of this config."""
+    current = json.loads(config.to_json_best_effort())
+    saved_path = workdir / "config.json"
+    if saved_path.exists():
+        try:
+            saved = json.loads(saved_path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{saved_path} is not valid JSON ({e}); move it away") from None
+        old, new = _flatten(saved), _flatten(current)
+        changed = sorted(
+            k
+            for k in set(old) | set(new)
+            if k.split(".")[0] not in _RUN_FIELDS and old.get(k) != new.get(k)
+        )
+        if changed:
+            details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+            raise UserError(
+                f"workdir {workdir} holds a run of a different config ({details}). "
+                "Use a new --workdir, or delete this one to start over."
+            )
+    elif workdir.exists() and any(workdir.iterdir()):
+        raise UserError(
+            f"workdir {workdir} is not empty and has no config.json, so it is not a piaug run: "
+            "choose an empty or new --workdir."
+        )
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_json(saved_path, current)
+
+
+def _write_json(path: Path, payload) -> None:
+    """Writes atomically (a temporary file, then a rename): a crash leaves no half file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def make_footprint(spec: str) -> np.ndarray:
+    """``'disk(10)'``, ``'square(5)'``, ``'ball(3)'`` or ``'cube(3)'`` as a boolean array."""
+    match = re.fullmatch(r"\s*(disk|square|ball|cube)\(\s*(\d+)\s*\)\s*", str(spec))
+    if not match:
+        raise UserError(
+            f"config.info.footprint={spec!r}: expected disk(r), square(s), ball(r) or cube(s)"
+        )
+    kind, size = match.group(1), int(match.group(2))
+    make = {"disk": info.disk, "square": info.square, "ball": info.ball, "cube": info.cube}
+    try:
+        return make[kind](size)
+    except ValueError as e:
+        raise UserError(f"config.info.footprint={spec!r}: {e}") from None
+
+
+def load_dataset(cfg):
+    """The dataset named by ``config.data``."""
+    options = {}
+    if cfg.name == "synthetic":
+        options = dict(
+            num_images=cfg.num_images,
+            seed=cfg.get("seed", 0),
+            size=tuple(cfg.size),
+            num_landmarks=cfg.num_landmarks,
+        )
+    try:
+        return data.load(cfg.name, cfg.dir or None, split=cfg.split, **options)
+    except ValueError as e:
+        raise UserError(f"config.data: {e}") from None
+
+
+def _check_example(example, index: int) -> None:
+    where = f"image {example.get('id', index)!r}"
+    image, landmarks = np.asarray(example["image"]), np.asarray(example["landmarks"])
+    if image.dtype != np.uint8:
+        raise UserError(f"{where} has dtype {image.dtype}; the reader must give uint8")
+    if landmarks.ndim != 2 or landmarks.shape[1] != 2:
+        raise UserError(f"{where}: landmarks must be (L, 2), got {landmarks.shape}")
+    bad = ~np.isfinite(landmarks).all(axis=1)
+    bad |= (landmarks < 0).any(axis=1) | (landmarks[:, 0] > image.shape[-1] - 1)
+    bad |= landmarks[:, 1] > image.shape[-2] - 1
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise UserError(
+            f"{where}: landmark {i + 1} at (x, y) = {tuple(landmarks[i])} is NaN or outside the "
+            f"{image.shape[-1]} x {image.shape[-2]} image; fix the annotation"
+        )
+
+
+def _batches(dataset, batch_size: int):
+    """Consecutive examples of one image shape, at most ``batch_size`` at a time."""
+    batch = []
+    for i in range(len(dataset)):
+        example = dataset[i]
+        _check_example(example, i)
+        if batch and (
+            len(batch) == batch_size or batch[0]["image"].shape != example["image"].shape
+        ):
+            yield batch
+            batch = []
+        batch.append(example)
+    if batch:
+        yield batch
+
+
+def _fractions(group_counts) -> dict[str, float]:
+    total = max(1, int(np.sum(group_counts)))
+    return {name: int(c) / total for name, c in zip(info.GROUP_NAMES, group_counts, strict=True)}
+
+
+def info_stage(config, workdir: Path) -> None:
+    """IIE maps of the dataset, their statistics and figures."""
+    stats_path = workdir / "info_stats.json"
+    if stats_path.exists() and not config.force:
+        logging.info("info: %s exists, skipping (--config.force=True redoes it)", stats_path)
+        return
+    dataset = load_dataset(config.data)
+    footprint = make_footprint(config.info.footprint)
+    low, high = _thresholds(config)
+    figures = workdir / "figures"
+    figures.mkdir(exist_ok=True)
+
+    hist = np.zeros(len(_HIST_EDGES) - 1, np.int64)
+    group_counts = np.zeros(3, np.int64)
+    per_image, landmark_iie, maps = [], [], {}
+    progress = tqdm(total=len(dataset), desc="info: IIE maps", unit="img")
+    for batch in _batches(dataset, int(config.info.batch_size)):
+        images = np.stack([ex["image"] for ex in batch])
+        iie = np.asarray(info.entropy_map(images, footprint))
+        groups = np.asarray(info.information_groups(iie, (low, high)))
+        for ex, m, g in zip(batch, iie, groups, strict=True):
+            hist += np.histogram(m, _HIST_EDGES)[0]
+            counts = np.bincount(g.ravel(), minlength=3)
+            group_counts += counts
+            cols, rows = np.round(np.asarray(ex["landmarks"], np.float64)).astype(int).T
+            at_landmarks = m[rows, cols]
+            landmark_iie.append(at_landmarks)
+            per_image.append(
+                {
+                    "id": ex["id"],
+                    "shape": list(m.shape),
+                    "spacing_mm": float(ex["spacing"]),
+                    "mean_iie": float(m.mean()),
+                    "group_fraction": _fractions(counts),
+                    "landmark_iie": at_landmarks.round(4).tolist(),
+                }
+            )
+            if config.info.save_maps:
+                maps[ex["id"]] = m.astype(np.float16)
+            if len(per_image) <= config.info.num_figures:
+                plots.info_panel(
+                    ex["image"],
+                    m,
+                    g,
+                    ex["landmarks"],
+                    (low, high),
+                    figures / f"info_{ex['id']}.png",
+                    title=f"{ex['id']}  IIE {config.info.footprint}",
+                )
+        progress.update(len(batch))
+    progress.close()
+
+    landmark_iie = np.stack(landmark_iie) if len({len(v) for v in landmark_iie}) == 1 else None
+    stats = {
+        "dataset": config.data.name,
+        "num_images": len(per_image),
+        "footprint": config.info.footprint,
+        "units": "bits",
+        "thresholds": [low, high],
+        "iie_histogram": {"bin_edges": _HIST_EDGES.round(6).tolist(), "counts": hist.tolist()},
+        "group_fraction": _fractions(group_counts),
+        "per_image": per_image,
+    }
+    if landmark_iie is not None:
+        landmark_groups = np.asarray(info.information_groups(landmark_iie, (low, high)))
+        stats["landmark_iie"] = {
+            "mean": landmark_iie.mean(0).round(4).tolist(),
+            "std": landmark_iie.std(0).round(4).tolist(),
+            "overall_mean": float(landmark_iie.mean()),
+            "group_fraction": _fractions(np.bincount(landmark_groups.ravel(), minlength=3)),
+        }
+    plots.iie_histogram(
+        _HIST_EDGES,
+        hist,
+        (low, high),
+        landmark_iie,
+        figures / "iie_histogram.png",
+        title=f"{config.data.name}: IIE {config.info.footprint}, {len(per_image)} images",
+    )
+    if maps:
+        tmp = workdir / "iie_maps.tmp.npz"
+        np.savez_compressed(tmp, **maps)
+        tmp.replace(workdir / "iie_maps.npz")
+    _write_json(stats_path, stats)  # last: its presence marks the stage as done
+    fractions = ", ".join(f"{k} {v:.1%}" for k, v in stats["group_fraction"].items())
+    logging.info("info: %d images, pixels per group: %s", len(per_image), fractions)
+    logging.info("info: wrote %s and %s", stats_path, figures)

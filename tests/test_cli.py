@@ -1,0 +1,143 @@
+"""The command line on configs/test.py: the files it writes, skipping, and bad configs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from piaug import pipeline
+from piaug.data import synthetic
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(workdir, *overrides, check=True):
+    cmd = [sys.executable, "-m", "piaug.main", "--config=configs/test.py", f"--workdir={workdir}"]
+    result = subprocess.run(
+        cmd + list(overrides), cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed:\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def info_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run") / "wd"
+    result = run_cli(workdir)
+    return workdir, result
+
+
+def test_info_stage_writes_its_files(info_run):
+    workdir, result = info_run
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["data"]["name"] == "synthetic" and config["info"]["footprint"] == "disk(3)"
+
+    stats = json.loads((workdir / "info_stats.json").read_text())
+    assert stats["num_images"] == 3 and stats["units"] == "bits"
+    counts = np.asarray(stats["iie_histogram"]["counts"])
+    assert counts.sum() == 3 * 96 * 80
+    assert len(stats["iie_histogram"]["bin_edges"]) == len(counts) + 1
+    fractions = stats["group_fraction"]
+    assert set(fractions) == {"low", "medium", "high"}
+    assert sum(fractions.values()) == pytest.approx(1.0)
+    assert all(0 < v < 1 for v in fractions.values())
+    assert len(stats["landmark_iie"]["mean"]) == 5
+    assert [len(im["landmark_iie"]) for im in stats["per_image"]] == [5, 5, 5]
+
+    maps = np.load(workdir / "iie_maps.npz")
+    assert sorted(maps.files) == [im["id"] for im in stats["per_image"]]
+    first = maps[stats["per_image"][0]["id"]].astype(np.float32)
+    assert first.shape == (96, 80) and 0 <= first.min() and first.max() <= 8
+    # The stats agree with the saved maps: the IIE at a landmark is the map's value there.
+    assert stats["per_image"][0]["mean_iie"] == pytest.approx(first.mean(), abs=1e-2)
+    landmarks = synthetic.generate(0, size=(96, 80), num_landmarks=5)["landmarks"]
+    cols, rows = np.round(landmarks).astype(int).T
+    np.testing.assert_allclose(stats["per_image"][0]["landmark_iie"], first[rows, cols], atol=5e-3)
+
+    figures = sorted(p.name for p in (workdir / "figures").glob("*.png"))
+    assert figures == [
+        "iie_histogram.png",
+        "info_synthetic-0-0000.png",
+        "info_synthetic-0-0001.png",
+    ]
+    assert all((workdir / "figures" / f).stat().st_size > 5000 for f in figures)
+    assert "info: IIE maps" in result.stderr  # the progress bar
+
+
+def test_rerun_skips_and_keeps_results(info_run):
+    workdir, _ = info_run
+    stats = workdir / "info_stats.json"
+    before = stats.stat().st_mtime_ns
+    result = run_cli(workdir)
+    assert "skipping" in result.stderr
+    assert stats.stat().st_mtime_ns == before
+
+
+def test_different_config_in_same_workdir_is_an_error(info_run):
+    workdir, _ = info_run
+    result = run_cli(workdir, "--config.data.num_images=4", check=False)
+    assert result.returncode != 0
+    assert "different config" in result.stderr and "data.num_images: 3 -> 4" in result.stderr
+
+
+def test_unknown_key_is_an_error(tmp_path):
+    result = run_cli(tmp_path / "wd", "--config.data.bogus=1", check=False)
+    assert result.returncode != 0
+    assert "unknown config field in --config.data.bogus" in result.stderr
+    assert not (tmp_path / "wd").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.stages=info,train", "config.stages='info,train'"),
+        ("--config.info.footprint=ring(3)", "config.info.footprint='ring(3)'"),
+        ("--config.data.name=cifar", "unknown dataset 'cifar'"),
+    ],
+)
+def test_bad_values_are_errors_that_write_nothing(tmp_path, override, message):
+    result = run_cli(tmp_path / "wd", override, check=False)
+    assert result.returncode != 0 and message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "wd").exists()
+
+
+def test_foreign_non_empty_workdir_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = run_cli(tmp_path, check=False)
+    assert result.returncode != 0 and "not empty and has no config.json" in result.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "landmarks, message",
+    [
+        ([[1.0, 2.0], [np.nan, 3.0]], "landmark 2 at"),
+        ([[1.0, 2.0], [80.0, 3.0]], "outside the 80 x 96 image"),
+        ([[-0.5, 2.0]], "landmark 1 at"),
+        ([1.0, 2.0], "landmarks must be \\(L, 2\\)"),
+    ],
+)
+def test_bad_landmarks_name_the_image(landmarks, message):
+    example = {"id": "case_007.png", "image": np.zeros((96, 80), np.uint8)}
+    example["landmarks"] = np.asarray(landmarks, np.float32)
+    with pytest.raises(pipeline.UserError, match=message) as error:
+        pipeline._check_example(example, 0)
+    assert "case_007.png" in str(error.value)
+
+
+def test_synthetic_is_a_dataset_like_the_others():
+    from piaug import data
+
+    train = data.load("synthetic", num_images=2, size=(64, 64), num_landmarks=3)
+    test = data.load("synthetic", split="test", num_images=2, size=(64, 64), num_landmarks=3)
+    assert len(train) == 2 and train[1]["landmarks"].shape == (3, 2)
+    assert not np.array_equal(train[0]["image"], test[0]["image"])
+    with pytest.raises(ValueError, match="unknown options"):
+        data.load("synthetic", colour=True)
+    with pytest.raises(ValueError, match="split"):
+        data.load("synthetic", split="val")
