@@ -334,11 +334,6 @@ def _check_pair(a, b, patch_ndim: int):
     return batch, size
 
 
-def _sum_c_log_c(counts, axis=-1):
-    c = counts.astype(jnp.float32)
-    return jnp.sum(jnp.where(counts > 0, c * jnp.log(jnp.maximum(c, 1.0)), 0.0), axis=axis)
-
-
 def _histograms(x, size):
     """256-bin counts of each row of ``x`` (int32 ``(P, size)``): ``(P, 256)``."""
     p = x.shape[0]
@@ -346,25 +341,45 @@ def _histograms(x, size):
     return jnp.zeros(p * NUM_BINS, jnp.int32).at[flat].add(1).reshape(p, NUM_BINS)
 
 
+def _pairwise_sum(x):
+    """Sum over the last axis by halving (error O(log n) ulp; XLA's CPU reduce is sequential)."""
+    n = x.shape[-1]
+    size = 1 << max(0, (n - 1).bit_length())
+    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, size - n)])
+    while x.shape[-1] > 1:
+        half = x.shape[-1] // 2
+        x = x[..., :half] + x[..., half:]
+    return x[..., 0]
+
+
+def _log_table(n: int) -> np.ndarray:
+    """``log c`` for c = 0..n (0 at c = 0), in float64 then rounded: exact to float32."""
+    return np.log(np.maximum(np.arange(n + 1), 1)).astype(np.float32)
+
+
 @functools.partial(jax.jit, static_argnames=("chunk",))
 def _mi_kernel(a, b, *, chunk):
     """MI of each row pair of uint8 ``(P, n)`` gray values; P is a multiple of ``chunk``.
 
-    With ``c(i)`` the count of pixel i's joint cell, ``sum_cells c log c = sum_i log c(i)``, so
-    the joint entropy needs one scatter-add and one gather per pixel, never a pass over all
-    65,536 cells; ``log c`` comes from a table.
+    ``MI = H(a) + H(b) - H(a, b)``. For the joint entropy, with ``c(i)`` the count of pixel i's
+    cell, ``-H = mean_i log(c(i) / n)``: one scatter-add and one gather per pixel, never a pass
+    over all 65,536 cells. The marginals are sums over their 256 bins. Logs come from one table
+    and every term is taken relative to ``log n``, so constant patches give exactly 0.
     """
     n = a.shape[1]
-    log_table = jnp.log(jnp.maximum(jnp.arange(n + 1), 1).astype(jnp.float32))
-    offsets = jnp.arange(chunk, dtype=jnp.int32)[:, None] * NUM_BINS**2
+    log_ratio = jnp.asarray(_log_table(n) - _log_table(n)[n])  # log(c / n)
+    pair = jnp.arange(chunk, dtype=jnp.int32)[:, None]
+
+    def neg_entropy(counts):  # (chunk, 256) bin counts -> sum_v (c_v / n) log(c_v / n)
+        return _pairwise_sum(counts.astype(jnp.float32) * log_ratio[counts]) / n
 
     def one_chunk(ab):
         a, b = (x.astype(jnp.int32) for x in ab)
-        flat = (offsets + a * NUM_BINS + b).reshape(-1)
-        counts = jnp.zeros(chunk * NUM_BINS**2, jnp.int32).at[flat].add(1)[flat]
-        joint_term = jnp.mean(log_table[counts.reshape(chunk, n)], axis=1)
-        marginal = (_sum_c_log_c(_histograms(a, n)) + _sum_c_log_c(_histograms(b, n))) / n
-        return jnp.maximum(joint_term - marginal + log_table[n], 0.0)
+        flat = (pair * NUM_BINS**2 + a * NUM_BINS + b).reshape(-1)
+        joint = jnp.zeros(chunk * NUM_BINS**2, jnp.int32).at[flat].add(1)[flat]
+        neg_joint = _pairwise_sum(log_ratio[joint.reshape(chunk, n)]) / n
+        mi = neg_joint - neg_entropy(_histograms(a, n)) - neg_entropy(_histograms(b, n))
+        return jnp.maximum(mi, 0.0)
 
     pairs = (a.reshape(-1, chunk, n), b.reshape(-1, chunk, n))
     return jax.lax.map(one_chunk, pairs).reshape(-1)
@@ -377,9 +392,11 @@ def _map_pairs(kernel, a, b, patch_ndim: int, chunk: int, threads: int | None) -
     xp = jnp if traced else np
     a, b = xp.reshape(a, (-1, size)), xp.reshape(b, (-1, size))
     p = a.shape[0]
+    chunk = _positive_int(chunk, "chunk", minimum=1)
+    if p == 0:
+        return jnp.zeros(batch, jnp.float32)
     blocks = 1 if traced or jax.default_backend() != "cpu" else _num_threads(threads)
     blocks = min(blocks, p)
-    chunk = _positive_int(chunk, "chunk", minimum=1)
     chunk = min(chunk, -(-p // blocks))
     per_block = -(-p // (chunk * blocks)) * chunk
     extra = per_block * blocks - p
@@ -423,18 +440,19 @@ def mutual_information(
 
 @functools.partial(jax.jit, static_argnames=("chunk",))
 def _count_vector_kernel(a, b, *, chunk):
+    """As ``_mi_kernel`` with the 256 bins as samples and their counts as labels."""
     n = a.shape[1]
+    log_table = jnp.asarray(_log_table(NUM_BINS))
 
     def one_chunk(ab):
         ha, hb = (_histograms(x.astype(jnp.int32), n) for x in ab)
         same_a = ha[:, :, None] == ha[:, None, :]
         same_b = hb[:, :, None] == hb[:, None, :]
-
-        def mean_log(same):
-            return jnp.mean(jnp.log(jnp.sum(same, axis=2).astype(jnp.float32)), axis=1)
-
-        mi = mean_log(same_a & same_b) - mean_log(same_a) - mean_log(same_b)
-        return jnp.maximum(mi + jnp.log(jnp.float32(NUM_BINS)), 0.0)
+        count_ab, count_a, count_b = (
+            jnp.sum(same, axis=2) for same in (same_a & same_b, same_a, same_b)
+        )
+        terms = log_table[count_ab] + log_table[NUM_BINS] - log_table[count_a] - log_table[count_b]
+        return jnp.maximum(_pairwise_sum(terms) / NUM_BINS, 0.0)
 
     pairs = (a.reshape(-1, chunk, n), b.reshape(-1, chunk, n))
     return jax.lax.map(one_chunk, pairs).reshape(-1)
