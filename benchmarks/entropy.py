@@ -13,6 +13,7 @@ the largest absolute difference, and memory. Run:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import time
@@ -82,42 +83,52 @@ def main() -> None:
 
     tiles = [None] + [int(t) for t in args.tiles.split(",") if t]
 
-    def ours(x, tile=None):
-        return lambda: np.asarray(info.entropy_map(x, footprint, tile=tile))
+    def run_case(case: str, x: np.ndarray, reference, reference_repeats: int, **extra) -> None:
+        """Times piaug at every tile width (first calls apart) and the reference; prints JSON."""
 
-    def timed(x, name):
-        """Best piaug time over the tiles, with the per-tile times and first-call times."""
+        def ours(tile):
+            return np.asarray(info.entropy_map(x, footprint, tile=tile))
+
         per_tile, first = {}, {}
         for tile in tiles:
-            start = time.perf_counter()
-            out = ours(x, tile)()
-            first[str(tile or "default")] = round(time.perf_counter() - start, 3)
-            per_tile[str(tile or "default")] = round(best_time(ours(x, tile), args.repeats)[0], 5)
-        return per_tile, first, out
+            name = str(tile or "default")
+            first[name] = round(best_time(functools.partial(ours, tile), 1)[0], 3)
+            per_tile[name], out = best_time(functools.partial(ours, tile), args.repeats)
+        t_ref, expected = best_time(reference, reference_repeats)
+        report = {
+            "case": case,
+            "shape": list(x.shape),
+            "footprint": f"disk({args.radius})",
+            "device": device,
+            "skimage_s": round(t_ref, 4),
+            "piaug_s": round(per_tile["default"], 5),
+            "ratio_skimage_over_piaug": round(t_ref / per_tile["default"], 2),
+            "max_abs_diff": float(np.abs(out - expected).max()),
+            "piaug_s_per_tile": {k: round(v, 5) for k, v in per_tile.items()},
+            "piaug_first_call_s": first,
+            **extra,
+        }
+        print(json.dumps(report), flush=True)
+        if report["max_abs_diff"] > 1e-4:
+            raise SystemExit(f"{case}: values disagree with skimage beyond 1e-4")
 
     # (a) one full-resolution image.
     full = images[0]
-    per_tile, first, e_ours = timed(full, "a")
+    run_case(
+        "a_full_resolution",
+        full,
+        lambda: skimage_entropy(full, footprint),
+        min(args.repeats, 2),
+        source=source,
+    )
     rss_after = peak_rss_mb()
-    t_ref, e_ref = best_time(lambda: skimage_entropy(full, footprint), min(args.repeats, 2))
-    t_ours = per_tile["default"]
-    report = {
-        "case": "a_full_resolution",
-        "source": source,
-        "shape": list(full.shape),
-        "footprint": f"disk({args.radius})",
-        "device": device,
-        "skimage_s": round(t_ref, 4),
-        "piaug_s": t_ours,
-        "ratio_skimage_over_piaug": round(t_ref / t_ours, 2),
-        "max_abs_diff": float(np.abs(e_ours - e_ref).max()),
-        "piaug_s_per_tile": per_tile,
-        "piaug_first_call_s": first,
+    memory = {
+        "case": "a_full_resolution_memory",
         "process_peak_rss_mb": round(rss_after, 1),
-        "rss_growth_mb": round(rss_after - rss_before, 1),
+        "rss_before_mb": round(rss_before, 1),
         "device_peak_mb": device_peak_mb(),
     }
-    print(json.dumps(report), flush=True)
+    print(json.dumps(memory), flush=True)
 
     # (b) a batch of small images.
     batch = np.stack(
@@ -128,26 +139,12 @@ def main() -> None:
             for im in images
         ]
     )
-    per_tile, first, e_ours = timed(batch, "b")
-    t_ref, e_ref = best_time(
+    run_case(
+        "b_batch",
+        batch,
         lambda: np.stack([skimage_entropy(im, footprint) for im in batch]),
         1 if args.skip_skimage_batch else min(args.repeats, 2),
     )
-    t_ours = per_tile["default"]
-    report = {
-        "case": "b_batch",
-        "shape": list(batch.shape),
-        "footprint": f"disk({args.radius})",
-        "device": device,
-        "skimage_s": round(t_ref, 4),
-        "piaug_s": t_ours,
-        "ratio_skimage_over_piaug": round(t_ref / t_ours, 2),
-        "max_abs_diff": float(np.abs(e_ours - e_ref).max()),
-        "piaug_s_per_tile": per_tile,
-    }
-    print(json.dumps(report), flush=True)
-    if report["max_abs_diff"] > 1e-4:
-        raise SystemExit("values disagree with skimage beyond 1e-4")
 
 
 if __name__ == "__main__":

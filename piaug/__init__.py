@@ -1,0 +1,1 @@
+"""piaug: information-guided pixel augmentation for pixel-wise contrastive learning, in JAX."""

@@ -127,7 +127,8 @@ def _entropy_kernel(padded, *, fp_shape, fp_bits, out_shape, tile, unroll):
         extent, the last axis by ``c + 1`` columns on the left (``c`` the centre column) and on
         the right by ``kw - 1 - c`` plus up to a multiple of ``tile``.
       out_shape: the unpadded spatial shape ``(..., W)``; ``W`` is a multiple of ``tile``.
-      unroll: unroll the loops (accelerators: no per-iteration loop overhead; slow to compile).
+      unroll: unroll the updates of a step (accelerators: no loop overhead per update; it costs
+        compile time, so the CPU keeps a rolled loop).
     Returns:
       float32 ``(B, *out_shape)``.
     """
