@@ -288,7 +288,7 @@ def _threaded_rows(padded: np.ndarray, extent: int, out_shape, static, threads) 
     block_shape = (size,) + tuple(out_shape[1:])
 
     part_shape = (padded.shape[0], size + extent - 1) + padded.shape[2:]
-    kernel = _compiled(_entropy_kernel, part_shape, out_shape=block_shape, **static)
+    kernel = _compiled(_entropy_kernel, (part_shape, "int32"), out_shape=block_shape, **static)
 
     def run(b):
         return kernel(jnp.asarray(padded[:, b * size : b * size + size + extent - 1]))
@@ -296,10 +296,12 @@ def _threaded_rows(padded: np.ndarray, extent: int, out_shape, static, threads) 
     return jnp.concatenate(_in_threads(run, blocks), axis=1)[:, :n]
 
 
-@functools.lru_cache(maxsize=32)
-def _compiled(kernel, shape, dtype=np.int32, **static):
-    """The kernel compiled once for int32 ``shape``, so that threads do not each compile it."""
-    return kernel.lower(jax.ShapeDtypeStruct(shape, dtype), **static).compile()
+@functools.lru_cache(maxsize=64)
+def _compiled(kernel, *specs, **static):
+    """``kernel`` compiled once for arguments of ``specs`` (``(shape, dtype name)`` each), so
+    that threads do not each compile it and repeated calls do not trace it again."""
+    args = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in specs]
+    return kernel.lower(*args, **static).compile()
 
 
 def _num_threads(threads: int | None) -> int:
@@ -405,8 +407,8 @@ def _map_pairs(kernel, a, b, patch_ndim: int, chunk: int, threads: int | None) -
         a, b = xp.pad(a, ((0, extra), (0, 0))), xp.pad(b, ((0, extra), (0, 0)))
 
     if not traced:
-        spec = jax.ShapeDtypeStruct((per_block, size), a.dtype)
-        kernel = kernel.lower(spec, spec, chunk=chunk).compile()
+        spec = ((per_block, size), "uint8")
+        kernel = _compiled(kernel, spec, spec, chunk=chunk)
     else:
         kernel = functools.partial(kernel, chunk=chunk)
 
