@@ -23,7 +23,7 @@ from piaug import info
 from piaug.data import synthetic
 
 
-def synthetic_patches(num_images: int, num_points: int, patch: int):
+def synthetic_patches(num_images: int, num_points: int):
     examples = [synthetic.generate(i, num_landmarks=num_points) for i in range(num_images + 1)]
     return [(ex["image"], ex["landmarks"]) for ex in examples], "synthetic 384 x 384"
 
@@ -66,7 +66,7 @@ def main() -> None:
     if args.ceph_dir:
         subjects, source = ceph_patches(args.ceph_dir, args.images, args.points)
     else:
-        subjects, source = synthetic_patches(args.images, args.points, args.patch)
+        subjects, source = synthetic_patches(args.images, args.points)
     template, template_points = subjects[0]
     a = np.stack([[crop(template, p, args.patch) for p in template_points] for _ in subjects[1:]])
     b = np.stack([[crop(im, p, args.patch) for p in pts] for im, pts in subjects[1:]])

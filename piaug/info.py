@@ -177,14 +177,13 @@ def _entropy_kernel(padded, *, fp_shape, fp_bits, out_shape, tile, unroll):
             updates.append((j, *offsets, -1))
         if j == kw - 1 or not fp[(*offsets, j + 1)]:
             updates.append((j + 1, *offsets, 1))
-    updates = np.asarray(updates, np.int32)
+    # Unrolled: static numpy indices; rolled: one device array indexed by the loop counter.
+    updates = np.asarray(updates, np.int32) if unroll else jnp.asarray(updates, jnp.int32)
     sizes = (1,) + x.shape[1:3] + lead
 
     def update(i, carry):
         hist, total, block = carry
-        col, *offsets, delta = (
-            updates[i, a] if unroll else jnp.asarray(updates)[i, a] for a in range(updates.shape[1])
-        )
+        col, *offsets, delta = (updates[i, a] for a in range(updates.shape[1]))
         idx = jax.lax.dynamic_slice(block, (col, 0, 0, *offsets), sizes).reshape(rows)
         idx = base + idx
         count = hist[idx]

@@ -58,11 +58,17 @@ def parse_stages(spec: str) -> list[str]:
 
 def check_config(config) -> None:
     """Raises UserError, naming the field, for values no stage could use."""
-    make_footprint(config.info.footprint)
+    footprint = make_footprint(config.info.footprint)
     _thresholds(config)
     if int(config.info.batch_size) < 1:
         raise UserError(f"config.info.batch_size={config.info.batch_size}: must be >= 1")
-    load_dataset(config.data)
+    first = load_dataset(config)[0]  # datasets are lazy: this reads one example
+    if footprint.ndim != np.ndim(first["image"]):
+        raise UserError(
+            f"config.info.footprint={config.info.footprint!r} is {footprint.ndim}-D but "
+            f"image {first['id']!r} is {np.ndim(first['image'])}-D: use disk or square for "
+            "images, ball or cube for volumes"
+        )
 
 
 def _thresholds(config) -> tuple[float, float]:
@@ -138,13 +144,13 @@ def make_footprint(spec: str) -> np.ndarray:
         raise UserError(f"config.info.footprint={spec!r}: {e}") from None
 
 
-def load_dataset(cfg):
-    """The dataset named by ``config.data``."""
-    options = {}
+def load_dataset(config):
+    """The dataset named by ``config.data`` (the synthetic set is drawn from ``config.seed``)."""
+    cfg, options = config.data, {}
     if cfg.name == "synthetic":
         options = dict(
             num_images=cfg.num_images,
-            seed=cfg.get("seed", 0),
+            seed=config.seed,
             size=tuple(cfg.size),
             num_landmarks=cfg.num_landmarks,
         )
@@ -199,7 +205,7 @@ def info_stage(config, workdir: Path) -> None:
     if stats_path.exists() and not config.force:
         logging.info("info: %s exists, skipping (--config.force=True redoes it)", stats_path)
         return
-    dataset = load_dataset(config.data)
+    dataset = load_dataset(config)
     footprint = make_footprint(config.info.footprint)
     low, high = _thresholds(config)
     figures = workdir / "figures"

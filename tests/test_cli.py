@@ -1,5 +1,6 @@
 """The command line on configs/test.py: the files it writes, skipping, and bad configs."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -141,3 +142,28 @@ def test_synthetic_is_a_dataset_like_the_others():
         data.load("synthetic", colour=True)
     with pytest.raises(ValueError, match="split"):
         data.load("synthetic", split="val")
+
+
+def test_config_seed_draws_the_synthetic_set():
+    config = _test_config()
+    config.seed = 5
+    dataset = pipeline.load_dataset(config)
+    assert dataset[0]["id"] == "synthetic-5-0000"
+    other = pipeline.load_dataset(_test_config())
+    assert not np.array_equal(dataset[0]["image"], other[0]["image"])
+
+
+def test_3d_footprint_on_images_is_a_user_error(tmp_path):
+    result = run_cli(tmp_path / "wd", "--config.info.footprint=ball(2)", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "config.info.footprint='ball(2)' is 3-D but image 'synthetic-0-0000' is 2-D" in (
+        result.stderr
+    )
+    assert not (tmp_path / "wd").exists()
+
+
+def _test_config():
+    spec = importlib.util.spec_from_file_location("test_config", REPO / "configs" / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
