@@ -21,15 +21,12 @@ from absl import logging
 from tqdm import tqdm
 
 from piaug import data, info, plots
+from piaug.errors import UserError
 
 STAGES = ("info",)
 # Fields that say how to run, not what the result is: they may change between calls on a workdir.
 _RUN_FIELDS = ("stages", "force")
 _HIST_EDGES = np.linspace(0.0, 8.0, 81)  # IIE histogram bins (bits); 8 bits is the maximum
-
-
-class UserError(ValueError):
-    """Bad input or configuration: the message says which file or field, and what to do."""
 
 
 def run(config, workdir: str | os.PathLike) -> None:
