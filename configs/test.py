@@ -19,7 +19,10 @@ def get_config(arg=None):
     config.data.num_images = 3
     config.data.size = (96, 80)
     config.data.num_landmarks = 5
+    config.data.image_size = (64, 64)
+    config.data.crop_size = 32
+    config.data.workers = 0
     config.info.footprint = "disk(3)"
-    config.info.batch_size = 2
     config.info.num_figures = 2
+    config.train.batch_size = 2
     return config

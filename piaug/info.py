@@ -25,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import os
+import re
 from collections.abc import Sequence
 
 import jax
@@ -63,6 +64,15 @@ def cube(size: int) -> np.ndarray:
     """Boolean ``size``-sided cube, as ``skimage.morphology.cube``."""
     size = _positive_int(size, "size", minimum=1)
     return np.ones((size, size, size), bool)
+
+
+def parse_footprint(spec: str) -> np.ndarray:
+    """``'disk(10)'``, ``'square(5)'``, ``'ball(3)'`` or ``'cube(3)'`` as a boolean array."""
+    match = re.fullmatch(r"\s*(disk|square|ball|cube)\(\s*(\d+)\s*\)\s*", str(spec))
+    if not match:
+        raise ValueError("expected disk(r), square(s), ball(r) or cube(s)")
+    make = {"disk": disk, "square": square, "ball": ball, "cube": cube}[match.group(1)]
+    return make(int(match.group(2)))
 
 
 def _positive_int(value, name: str, *, minimum: int) -> int:

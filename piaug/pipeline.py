@@ -4,16 +4,17 @@ A run lives in a workdir that holds ``config.json``; a workdir made by another c
 and a stage whose output exists is skipped unless ``config.force`` is set, so no finished result
 is overwritten without being asked. Stages so far:
 
-* ``info``: the IIE map of every image (at its original resolution), ``info_stats.json`` (IIE
-  histogram, fraction of pixels per information group, IIE at the landmarks), ``iie_maps.npz``
-  and ``figures/`` (image | IIE | groups).
+* ``info``: prepares the dataset (``piaug.data.prepare``: IIE maps at the original resolution,
+  resized with the images to the training size, stored as TFDS array_record in a shared cache)
+  and writes ``info_stats.json`` (IIE histogram, fraction of pixels per information group, IIE
+  at the landmarks, all in the training grid that the sampler sees) and ``figures/``
+  (image | IIE | groups).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from absl import logging
 from tqdm import tqdm
 
 from piaug import data, info, plots
+from piaug.data import input_pipeline, prepare
 from piaug.errors import UserError
 
 STAGES = ("info",)
@@ -57,8 +59,15 @@ def check_config(config) -> None:
     """Raises UserError, naming the field, for values no stage could use."""
     footprint = make_footprint(config.info.footprint)
     _thresholds(config)
-    if int(config.info.batch_size) < 1:
-        raise UserError(f"config.info.batch_size={config.info.batch_size}: must be >= 1")
+    size = tuple(config.data.image_size)
+    if len(size) != 2 or min(size) < 8:
+        raise UserError(f"config.data.image_size={size}: need (height, width), each >= 8")
+    if not 1 <= int(config.data.crop_size) <= min(size):
+        raise UserError(
+            f"config.data.crop_size={config.data.crop_size}: must be between 1 and the "
+            f"training size {size}"
+        )
+    input_pipeline.anchor_crop_from_config(config, ranges_required=False)
     first = load_dataset(config)[0]  # datasets are lazy: this reads one example
     if footprint.ndim != np.ndim(first["image"]):
         raise UserError(
@@ -127,23 +136,16 @@ def _write_json(path: Path, payload) -> None:
 
 
 def make_footprint(spec: str) -> np.ndarray:
-    """``'disk(10)'``, ``'square(5)'``, ``'ball(3)'`` or ``'cube(3)'`` as a boolean array."""
-    match = re.fullmatch(r"\s*(disk|square|ball|cube)\(\s*(\d+)\s*\)\s*", str(spec))
-    if not match:
-        raise UserError(
-            f"config.info.footprint={spec!r}: expected disk(r), square(s), ball(r) or cube(s)"
-        )
-    kind, size = match.group(1), int(match.group(2))
-    make = {"disk": info.disk, "square": info.square, "ball": info.ball, "cube": info.cube}
+    """``config.info.footprint`` as a boolean array (``piaug.info.parse_footprint``)."""
     try:
-        return make[kind](size)
+        return info.parse_footprint(spec)
     except ValueError as e:
         raise UserError(f"config.info.footprint={spec!r}: {e}") from None
 
 
 def load_dataset(config):
     """The dataset named by ``config.data`` (the synthetic set is drawn from ``config.seed``)."""
-    cfg, options = config.data, {}
+    cfg = config.data
     if cfg.name == "synthetic":
         options = dict(
             num_images=cfg.num_images,
@@ -151,44 +153,27 @@ def load_dataset(config):
             size=tuple(cfg.size),
             num_landmarks=cfg.num_landmarks,
         )
+    else:  # the reader's own options (configs/ceph.py, hand.py, folder.py define them)
+        options = {k: v for k, v in cfg.get("options", {}).items() if v is not None}
+        options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
     try:
         return data.load(cfg.name, cfg.dir or None, split=cfg.split, **options)
+    except UserError as e:
+        raise UserError(f"config.data (dataset {cfg.name!r} at {cfg.dir!r}): {e}") from None
     except ValueError as e:
         raise UserError(f"config.data: {e}") from None
 
 
-def _check_example(example, index: int) -> None:
-    where = f"image {example.get('id', index)!r}"
-    image, landmarks = np.asarray(example["image"]), np.asarray(example["landmarks"])
-    if image.dtype != np.uint8:
-        raise UserError(f"{where} has dtype {image.dtype}; the reader must give uint8")
-    if landmarks.ndim != 2 or landmarks.shape[1] != 2:
-        raise UserError(f"{where}: landmarks must be (L, 2), got {landmarks.shape}")
-    bad = ~np.isfinite(landmarks).all(axis=1)
-    bad |= (landmarks < 0).any(axis=1) | (landmarks[:, 0] > image.shape[-1] - 1)
-    bad |= landmarks[:, 1] > image.shape[-2] - 1
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise UserError(
-            f"{where}: landmark {i + 1} at (x, y) = {tuple(landmarks[i])} is NaN or outside the "
-            f"{image.shape[-1]} x {image.shape[-2]} image; fix the annotation"
-        )
-
-
-def _batches(dataset, batch_size: int):
-    """Consecutive examples of one image shape, at most ``batch_size`` at a time."""
-    batch = []
-    for i in range(len(dataset)):
-        example = dataset[i]
-        _check_example(example, i)
-        if batch and (
-            len(batch) == batch_size or batch[0]["image"].shape != example["image"].shape
-        ):
-            yield batch
-            batch = []
-        batch.append(example)
-    if batch:
-        yield batch
+def prepare_data(config, dataset=None) -> prepare.Prepared:
+    """The prepared (TFDS) copy of ``config.data`` at the training size, built on first use."""
+    dataset = load_dataset(config) if dataset is None else dataset
+    return prepare.prepare(
+        dataset,
+        image_size=tuple(config.data.image_size),
+        footprint=config.info.footprint,
+        cache_dir=config.data.cache_dir or None,
+        split=config.data.split,
+    )
 
 
 def _fractions(group_counts) -> dict[str, float]:
@@ -197,76 +182,72 @@ def _fractions(group_counts) -> dict[str, float]:
 
 
 def info_stage(config, workdir: Path) -> None:
-    """IIE maps of the dataset, their statistics and figures."""
+    """Prepares the dataset; statistics and figures of its IIE maps."""
     stats_path = workdir / "info_stats.json"
     if stats_path.exists() and not config.force:
         logging.info("info: %s exists, skipping (--config.force=True redoes it)", stats_path)
         return
-    dataset = load_dataset(config)
-    footprint = make_footprint(config.info.footprint)
+    prepared = prepare_data(config)
     low, high = _thresholds(config)
     figures = workdir / "figures"
     figures.mkdir(exist_ok=True)
 
     hist = np.zeros(len(_HIST_EDGES) - 1, np.int64)
     group_counts = np.zeros(3, np.int64)
-    per_image, landmark_iie, maps = [], [], {}
-    progress = tqdm(total=len(dataset), desc="info: IIE maps", unit="img")
-    for batch in _batches(dataset, int(config.info.batch_size)):
-        images = np.stack([ex["image"] for ex in batch])
-        iie = np.asarray(info.entropy_map(images, footprint))
-        groups = np.asarray(info.information_groups(iie, (low, high)))
-        for ex, m, g in zip(batch, iie, groups, strict=True):
-            hist += np.histogram(m, _HIST_EDGES)[0]
-            counts = np.bincount(g.ravel(), minlength=3)
-            group_counts += counts
-            cols, rows = np.round(np.asarray(ex["landmarks"], np.float64)).astype(int).T
-            at_landmarks = m[rows, cols]
-            landmark_iie.append(at_landmarks)
-            per_image.append(
-                {
-                    "id": ex["id"],
-                    "shape": list(m.shape),
-                    "spacing_mm": float(ex["spacing"]),
-                    "mean_iie": float(m.mean()),
-                    "group_fraction": _fractions(counts),
-                    "landmark_iie": at_landmarks.round(4).tolist(),
-                }
+    per_image, landmark_iie = [], []
+    for i in tqdm(range(len(prepared)), desc="info: statistics", unit="img"):
+        ex = prepared.source[i]
+        m, name = ex["iie"], ex["id"].decode()
+        g = np.asarray(info.information_groups(m, (low, high)))
+        hist += np.histogram(m, _HIST_EDGES)[0]
+        counts = np.bincount(g.ravel(), minlength=3)
+        group_counts += counts
+        cols, rows = np.round(ex["landmarks"].astype(np.float64)).astype(int).T
+        cols, rows = cols.clip(0, m.shape[1] - 1), rows.clip(0, m.shape[0] - 1)
+        at_landmarks = m[rows, cols]
+        landmark_iie.append(at_landmarks)
+        per_image.append(
+            {
+                "id": name,
+                "original_size": ex["original_size"].tolist(),
+                "spacing_mm": float(ex["spacing"]),
+                "mean_iie": float(m.mean()),
+                "group_fraction": _fractions(counts),
+                "landmark_iie": at_landmarks.round(4).tolist(),
+            }
+        )
+        if i < config.info.num_figures:
+            plots.info_panel(
+                ex["image"],
+                m,
+                g,
+                ex["landmarks"],
+                (low, high),
+                figures / f"info_{name}.png",
+                title=f"{name}  IIE {config.info.footprint}",
             )
-            if config.info.save_maps:
-                maps[ex["id"]] = m.astype(np.float16)
-            if len(per_image) <= config.info.num_figures:
-                plots.info_panel(
-                    ex["image"],
-                    m,
-                    g,
-                    ex["landmarks"],
-                    (low, high),
-                    figures / f"info_{ex['id']}.png",
-                    title=f"{ex['id']}  IIE {config.info.footprint}",
-                )
-        progress.update(len(batch))
-    progress.close()
 
-    landmark_iie = np.stack(landmark_iie) if len({len(v) for v in landmark_iie}) == 1 else None
+    landmark_iie = np.stack(landmark_iie)
+    landmark_groups = np.asarray(info.information_groups(landmark_iie, (low, high)))
     stats = {
         "dataset": config.data.name,
+        "prepared": str(prepared.path),
         "num_images": len(per_image),
         "footprint": config.info.footprint,
+        "grid": list(config.data.image_size),
         "units": "bits",
         "thresholds": [low, high],
         "iie_histogram": {"bin_edges": _HIST_EDGES.round(6).tolist(), "counts": hist.tolist()},
         "group_fraction": _fractions(group_counts),
-        "per_image": per_image,
-    }
-    if landmark_iie is not None:
-        landmark_groups = np.asarray(info.information_groups(landmark_iie, (low, high)))
-        stats["landmark_iie"] = {
+        "landmark_iie": {
             "mean": landmark_iie.mean(0).round(4).tolist(),
             "std": landmark_iie.std(0).round(4).tolist(),
             "overall_mean": float(landmark_iie.mean()),
             "group_fraction": _fractions(np.bincount(landmark_groups.ravel(), minlength=3)),
-        }
+        },
+        "report": prepared.metadata.get("report", []),
+        "per_image": per_image,
+    }
     plots.iie_histogram(
         _HIST_EDGES,
         hist,
@@ -275,10 +256,6 @@ def info_stage(config, workdir: Path) -> None:
         figures / "iie_histogram.png",
         title=f"{config.data.name}: IIE {config.info.footprint}, {len(per_image)} images",
     )
-    if maps:
-        tmp = workdir / "iie_maps.tmp.npz"
-        np.savez_compressed(tmp, **maps)
-        tmp.replace(workdir / "iie_maps.npz")
     _write_json(stats_path, stats)  # last: its presence marks the stage as done
     fractions = ", ".join(f"{k} {v:.1%}" for k, v in stats["group_fraction"].items())
     logging.info("info: %d images, pixels per group: %s", len(per_image), fractions)

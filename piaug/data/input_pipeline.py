@@ -1,0 +1,225 @@
+"""The training input pipeline: grain over a prepared dataset (DESIGN.md 1, 2).
+
+Per example (``AnchorCrop``): an anchor pixel drawn from the weight map of the image's IIE
+(Eq. 5; or uniformly), a square crop that contains the anchor at a random position, rotated by a
+random angle with the anchor tracked exactly, then brightness and contrast jitter with the ranges
+of the anchor's information group (Eq. 6). The full image goes out unaugmented (uint8); the crop
+as float32 in [0, 1].
+
+Around it (``make_loader``): per-host sharding (each process reads its own part of the records),
+seeded shuffling over an endless stream of epochs, parallel worker processes, and batches of
+``global_batch_size / process_count`` examples. The iterator's state is checkpointable
+(``get_state`` / ``set_state``, or orbax through ``grain.PyGrainCheckpointHandler``), and every
+random draw is seeded from the seed and the record's position in the stream, so a restored
+iterator yields exactly the batches the original would have. ``to_global`` assembles the host
+batches into arrays sharded over a ``('data',)`` mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import grain.python as grain
+import numpy as np
+from absl import flags
+
+from piaug import augment
+from piaug.errors import UserError
+
+ANCHORS = ("uniform", "exponential", "piecewise")
+
+
+def weights(iie: np.ndarray, kind: str, *, gamma: float = 0.3, d: float = 2.0) -> np.ndarray:
+    """The sampling ratio of every pixel: NumPy twin of ``piaug.info.weight_map`` (Eq. 5)."""
+    if kind == "uniform" or (kind == "exponential" and gamma == 0):
+        return np.ones(iie.shape, np.float64)
+    if kind == "exponential":
+        return np.power(np.maximum(iie.astype(np.float64), 0.0), gamma)
+    if kind == "piecewise":
+        return (iie >= d).astype(np.float64)
+    raise ValueError(f"anchor sampling must be one of {', '.join(ANCHORS)}, got {kind!r}")
+
+
+def sample_anchor(rng: np.random.Generator, w: np.ndarray) -> np.ndarray:
+    """One pixel (row, col) drawn with probability proportional to ``w`` (H, W)."""
+    cdf = np.cumsum(w, axis=None)
+    flat = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+    return np.asarray(np.unravel_index(min(flat, cdf.size - 1), w.shape), np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class AnchorCrop(grain.RandomMapTransform):
+    """Anchor, crop, rotation and (adaptive) jitter of one prepared example.
+
+    Attributes:
+      crop_size: side of the square crop.
+      anchors: 'uniform', 'exponential' (IIE ** gamma) or 'piecewise' (IIE >= d).
+      gamma, d: the weight map's parameter.
+      thresholds: IIE bounds of the low / medium / high groups (bits).
+      jitter: brightness and contrast ranges per group.
+      adaptive: the anchor's group picks the ranges; False gives every anchor medium's ranges.
+      max_rotation: angles are uniform in [-max_rotation, max_rotation] degrees.
+      order: spline order of the rotation's interpolation (3: cubic).
+    """
+
+    crop_size: int = 64
+    anchors: str = "exponential"
+    gamma: float = 0.3
+    d: float = 2.0
+    thresholds: tuple[float, float] = (2.0, 4.5)
+    jitter: augment.GroupJitter = dataclasses.field(default_factory=augment.GroupJitter.uniform)
+    adaptive: bool = True
+    max_rotation: float = 20.0
+    order: int = 3
+
+    def random_map(self, element, rng: np.random.Generator) -> dict:
+        image, iie = element["image"], element["iie"]
+        anchor = sample_anchor(rng, weights(iie, self.anchors, gamma=self.gamma, d=self.d))
+        value = iie[anchor[0], anchor[1]]
+        group = int(value >= self.thresholds[0]) + int(value >= self.thresholds[1])
+        crop_anchor = augment.crop_position(rng, anchor, self.crop_size, image.shape)
+        angle = rng.uniform(-self.max_rotation, self.max_rotation)
+        crop = augment.rotated_crop(
+            image, anchor, crop_anchor, self.crop_size, angle, order=self.order
+        )
+        brightness, contrast, contrast_first = self.jitter.draw(rng, group if self.adaptive else 1)
+        crop = augment.color_jitter(crop, brightness, contrast, contrast_first=contrast_first)
+        return {
+            "id": element["id"],
+            "image": image,
+            "crop": crop.astype(np.float32),
+            "anchor": anchor.astype(np.int32),
+            "crop_anchor": crop_anchor.astype(np.int32),
+            "group": np.int32(group),
+            "brightness": np.float32(brightness),
+            "contrast": np.float32(contrast),
+            "angle": np.float32(angle),
+        }
+
+
+def load_jitter(path: str | Path) -> augment.GroupJitter:
+    """The per-group ranges of an estimate file (``augment.json``: ``{"groups": {...}}``)."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(
+            f"augmentation ranges file {path} does not exist: run the estimate stage first, or "
+            "set config.augment.ranges_file='' to use config.augment.brightness/contrast"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"augmentation ranges file {path} is not valid JSON: {e}") from None
+    try:
+        return augment.GroupJitter.from_mapping(payload["groups"], where=str(path))
+    except (KeyError, TypeError):
+        raise UserError(f"{path} has no 'groups' mapping of per-group ranges") from None
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def anchor_crop_from_config(config, *, ranges_required: bool = True) -> AnchorCrop:
+    """The per-example transform of ``config.augment`` and ``config.data.crop_size``.
+
+    With ``ranges_required=False`` a ranges file that does not exist yet (a later stage writes
+    it) is not an error; the config's uniform ranges stand in for it.
+    """
+    cfg = config.augment
+    if cfg.anchors not in ANCHORS:
+        raise UserError(f"config.augment.anchors={cfg.anchors!r}: choose one of {ANCHORS}")
+    if cfg.ranges_file and (ranges_required or Path(cfg.ranges_file).exists()):
+        jitter = load_jitter(cfg.ranges_file)
+    else:
+        try:
+            jitter = augment.GroupJitter.uniform(tuple(cfg.brightness), tuple(cfg.contrast))
+        except ValueError as e:
+            raise UserError(f"config.augment: {e}") from None
+    low, high = (float(t) for t in config.info.thresholds)
+    return AnchorCrop(
+        crop_size=int(config.data.crop_size),
+        anchors=cfg.anchors,
+        gamma=float(cfg.gamma),
+        d=float(cfg.d),
+        thresholds=(low, high),
+        jitter=jitter,
+        adaptive=bool(cfg.adaptive),
+        max_rotation=float(cfg.max_rotation),
+        order=int(cfg.rotation_order),
+    )
+
+
+def check_sampling(transform: AnchorCrop, iie_max, ids, image_size) -> None:
+    """Raises UserError, naming the image, where no anchor or crop could be drawn."""
+    if transform.crop_size > min(image_size):
+        raise UserError(
+            f"config.data.crop_size={transform.crop_size} exceeds the training size "
+            f"{tuple(image_size)}: use a smaller crop or a larger config.data.image_size"
+        )
+    for name, top in zip(ids, iie_max, strict=True):
+        empty = (transform.anchors == "piecewise" and top < transform.d) or (
+            transform.anchors == "exponential" and transform.gamma > 0 and top <= 0
+        )
+        if empty:
+            raise UserError(
+                f"image {name!r}: its weight map ({transform.anchors}) has no positive weight "
+                f"(highest IIE {top:.3f} bits), so no anchor can be drawn: lower "
+                "config.augment.d, or use exponential or uniform anchors"
+            )
+
+
+def make_loader(
+    source,
+    transform: AnchorCrop,
+    *,
+    global_batch_size: int,
+    seed: int,
+    workers: int = 0,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.DataLoader:
+    """A grain DataLoader of this host's batches (``global_batch_size / process_count`` each).
+
+    ``process_index`` and ``process_count`` default to JAX's; records are split between hosts
+    (each host reads only its share) and the remainder is dropped so all hosts step together.
+    """
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index, process_count = jax.process_index(), jax.process_count()
+    if global_batch_size < 1 or global_batch_size % process_count:
+        raise UserError(
+            f"batch size {global_batch_size} must be a positive multiple of the "
+            f"{process_count} processes"
+        )
+    local = global_batch_size // process_count
+    if len(source) // process_count < local:
+        raise UserError(
+            f"{len(source)} examples on {process_count} hosts cannot fill batches of {local}: "
+            "use a smaller batch size or more images"
+        )
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # grain reads its absl flags; outside absl.app use defaults
+    sampler = grain.IndexSampler(
+        num_records=len(source),
+        shard_options=grain.ShardOptions(process_index, process_count, drop_remainder=True),
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        seed=int(seed),
+    )
+    return grain.DataLoader(
+        data_source=source,
+        sampler=sampler,
+        operations=[transform, grain.Batch(local, drop_remainder=True)],
+        worker_count=int(workers),
+        read_options=grain.ReadOptions(num_threads=2, prefetch_buffer_size=64),
+    )
+
+
+def to_global(batch: dict, sharding) -> dict:
+    """This host's batch as global ``jax.Array``s laid out by ``sharding`` (batch axis first)."""
+    import jax
+
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)

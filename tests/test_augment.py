@@ -1,0 +1,110 @@
+"""Jitter (torchvision ColorJitter semantics), crop placement and the anchor-exact rotation."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from piaug import augment
+
+
+def test_factor_range_follows_torchvision():
+    assert augment.factor_range(0.15) == pytest.approx((0.85, 1.15))
+    assert augment.factor_range(1.5) == (0.0, 2.5)  # lower bound clipped at 0
+    assert augment.factor_range((0.5, 2.0)) == (0.5, 2.0)
+    for bad in (-0.1, (1.2, 1.1), (-1, 1), "x", (1, float("inf"))):
+        with pytest.raises(ValueError, match="brightness"):
+            augment.factor_range(bad, "brightness")
+
+
+def test_brightness_and_contrast_by_hand():
+    x = np.array([[0.0, 0.2], [0.4, 1.0]], np.float32)  # mean 0.4
+    np.testing.assert_allclose(augment.adjust_brightness(x, 1.5), [[0, 0.3], [0.6, 1.0]])
+    # contrast 2: 2x - 0.4, clipped
+    np.testing.assert_allclose(augment.adjust_contrast(x, 2.0), [[0, 0.0], [0.4, 1.0]], atol=1e-7)
+    np.testing.assert_allclose(augment.adjust_contrast(x, 0.5), [[0.2, 0.3], [0.4, 0.7]], atol=1e-7)
+    np.testing.assert_allclose(augment.adjust_contrast(x, 0.0), np.full((2, 2), 0.4), atol=1e-7)
+    # The order of the two ops matters; both orders are the composition of the two.
+    a = augment.color_jitter(x, 1.5, 0.5)
+    b = augment.color_jitter(x, 1.5, 0.5, contrast_first=True)
+    np.testing.assert_allclose(a, augment.adjust_contrast(augment.adjust_brightness(x, 1.5), 0.5))
+    np.testing.assert_allclose(b, augment.adjust_brightness(augment.adjust_contrast(x, 0.5), 1.5))
+    assert not np.allclose(a, b)
+
+
+def test_jitter_works_on_jax_arrays_too():
+    x = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
+    ours = augment.color_jitter(jnp.asarray(x), 1.3, 0.6, contrast_first=True)
+    np.testing.assert_allclose(ours, augment.color_jitter(x, 1.3, 0.6, contrast_first=True), 1e-6)
+    # batched: each image blends with its own mean
+    one = augment.adjust_contrast(x[1], 0.6)
+    np.testing.assert_allclose(augment.adjust_contrast(x, 0.6)[1], one, rtol=1e-6)
+
+
+def test_group_jitter_from_an_estimate():
+    groups = {
+        "medium": {"brightness": [0.505, 1.997], "contrast": [0.34, 2.329]},
+        "high": {"brightness": [0.5617, 1.612], "contrast": [0.416, 1.817]},
+    }
+    jitter = augment.GroupJitter.from_mapping(groups)
+    np.testing.assert_allclose(jitter.brightness[0], [0.505, 1.997])  # low reuses medium
+    np.testing.assert_allclose(jitter.contrast[2], [0.416, 1.817])
+    assert augment.GroupJitter.from_mapping(jitter.to_mapping()).to_mapping() == jitter.to_mapping()
+    rng = np.random.default_rng(0)
+    draws = np.array([jitter.draw(rng, 2)[:2] for _ in range(2000)])
+    assert draws[:, 0].min() >= 0.5617 and draws[:, 0].max() <= 1.612
+    assert draws[:, 0].min() < 0.6 and draws[:, 0].max() > 1.57  # spans the range
+    with pytest.raises(ValueError, match="unknown groups \\['huge'\\]"):
+        augment.GroupJitter.from_mapping({**groups, "huge": groups["high"]})
+    with pytest.raises(ValueError, match="medium group's ranges are required"):
+        augment.GroupJitter.from_mapping({"high": groups["high"]})
+    with pytest.raises(ValueError, match="high.contrast"):
+        augment.GroupJitter.from_mapping({**groups, "high": {"brightness": 0.1, "contrast": -1}})
+
+
+def test_crop_position_is_uniform_over_the_crops_that_contain_the_anchor():
+    rng = np.random.default_rng(0)
+    shape, size = (20, 30), 8
+    for anchor in [(0, 0), (19, 29), (10, 3), (5, 15)]:
+        pos = np.array([augment.crop_position(rng, anchor, size, shape) for _ in range(3000)])
+        corner = np.asarray(anchor) - pos
+        assert (pos >= 0).all() and (pos < size).all()
+        assert (corner >= 0).all() and (corner + size <= np.asarray(shape)).all()
+        for axis in range(2):  # every valid corner occurs, about equally often
+            lo = max(0, anchor[axis] - size + 1)
+            hi = min(anchor[axis], shape[axis] - size)
+            counts = np.bincount(corner[:, axis] - lo, minlength=hi - lo + 1)
+            assert len(counts) == hi - lo + 1 and counts.min() > 0
+            assert counts.max() < 1.5 * counts.mean()
+
+
+@pytest.mark.parametrize("order", [0, 1, 3])
+@pytest.mark.parametrize("angle", [0.0, 7.3, -20.0, 90.0])
+def test_rotation_keeps_the_anchor_exactly(order, angle):
+    image = np.random.default_rng(1).integers(0, 256, (50, 60)).astype(np.uint8)
+    for anchor, crop_anchor in [((25, 30), (8, 8)), ((0, 59), (0, 15)), ((49, 0), (15, 0))]:
+        crop = augment.rotated_crop(image, anchor, crop_anchor, 16, angle, order=order)
+        assert crop.shape == (16, 16) and crop.dtype == np.float32
+        assert crop[crop_anchor] == np.float32(image[anchor] / np.float32(255))
+
+
+def test_rotation_geometry():
+    image = np.random.default_rng(2).random((40, 40)).astype(np.float32)
+    anchor, crop_anchor, n = (20, 20), (5, 5), 11
+    plain = augment.rotated_crop(image, anchor, crop_anchor, n, 0.0)
+    np.testing.assert_allclose(plain, image[15:26, 15:26], atol=1e-6)  # angle 0 is a plain crop
+    # 90 degrees turns the content counter-clockwise on screen, about the anchor.
+    turned = augment.rotated_crop(image, anchor, crop_anchor, n, 90.0)
+    np.testing.assert_allclose(turned, np.rot90(image[15:26, 15:26]), atol=1e-5)
+    # A bright spot 6 px right of the anchor ends 6 px above it after +90 degrees.
+    spot = np.zeros((40, 40), np.float32)
+    spot[20, 26] = 1.0
+    out = augment.rotated_crop(spot, anchor, (8, 5), n, 90.0, order=1)
+    assert np.unravel_index(out.argmax(), out.shape) == (2, 5)
+
+
+def test_rotation_outside_the_image_is_zero():
+    image = np.ones((30, 30), np.float32)
+    crop = augment.rotated_crop(image, (0, 0), (10, 10), 20, 0.0)
+    assert np.abs(crop[:10]).max() < 1e-6 and np.abs(crop[:, :10]).max() < 1e-6
+    assert np.allclose(crop[10:, 10:], 1.0, atol=1e-6)
+    assert crop.min() >= 0 and crop.max() <= 1  # cubic overshoot is clipped

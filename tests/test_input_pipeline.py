@@ -1,0 +1,236 @@
+"""The grain input pipeline: anchors follow the weight map, exact rotation, adaptive jitter,
+seeded and restorable iterators, per-host sharding, and errors that name the culprit."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from piaug import augment, data, info
+from piaug.data import input_pipeline as ip
+from piaug.data import prepare
+from piaug.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    dataset = data.load("synthetic", num_images=6, size=(128, 112), num_landmarks=4)
+    cache = tmp_path_factory.mktemp("cache")
+    return prepare.prepare(dataset, image_size=(96, 80), footprint="disk(3)", cache_dir=cache)
+
+
+def _loader(source, transform, **kw):
+    kw = {"global_batch_size": 2, "seed": 0, "process_index": 0, "process_count": 1} | kw
+    return ip.make_loader(source.source, transform, **kw)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "exponential", "piecewise"])
+def test_numpy_weights_equal_the_jax_weight_map(kind):
+    iie = np.random.default_rng(0).uniform(0, 7, (20, 30)).astype(np.float32)
+    iie[0, :5] = 0.0
+    ours = ip.weights(iie, kind, gamma=0.3, d=2.5)
+    np.testing.assert_allclose(ours, info.weight_map(iie, kind=kind, gamma=0.3, d=2.5), rtol=1e-6)
+
+
+def test_sample_anchor_follows_the_weights():
+    w = np.array([[0.0, 1.0, 2.0, 0.0], [4.0, 0.0, 1.0, 8.0]])
+    rng = np.random.default_rng(0)
+    n = 32000
+    drawn = np.array([ip.sample_anchor(rng, w) for _ in range(n)])
+    counts = np.zeros_like(w)
+    np.add.at(counts, (drawn[:, 0], drawn[:, 1]), 1)
+    expected = n * w / w.sum()
+    assert counts[w == 0].sum() == 0  # zero weight is never drawn
+    sigma = np.sqrt(expected * (1 - w / w.sum()))
+    assert np.all(np.abs(counts - expected) <= 4 * sigma + 1e-9)
+
+
+def test_anchor_groups_follow_the_weight_map_through_the_transform(source):
+    ex = source.source[0]
+    iie = ex["iie"]
+    transform = ip.AnchorCrop(crop_size=24, anchors="exponential", gamma=2.0)
+    rng = np.random.default_rng(1)
+    groups = [transform.random_map(ex, rng)["group"] for _ in range(3000)]
+    observed = np.bincount(groups, minlength=3) / len(groups)
+    w = ip.weights(iie, "exponential", gamma=2.0)
+    g = np.asarray(info.information_groups(iie, (2.0, 4.5)))
+    expected = np.array([w[g == k].sum() for k in range(3)]) / w.sum()
+    np.testing.assert_allclose(observed, expected, atol=0.03)
+    uniform = ip.AnchorCrop(crop_size=24, anchors="uniform")
+    groups = [uniform.random_map(ex, rng)["group"] for _ in range(3000)]
+    np.testing.assert_allclose(
+        np.bincount(groups, minlength=3) / 3000,
+        np.bincount(g.ravel(), minlength=3) / g.size,
+        atol=0.03,
+    )
+    piecewise = ip.AnchorCrop(crop_size=24, anchors="piecewise", d=4.0)
+    for _ in range(300):
+        out = piecewise.random_map(ex, rng)
+        assert iie[tuple(out["anchor"])] >= 4.0
+
+
+def test_crop_shows_the_anchor_exactly(source):
+    still = augment.GroupJitter.uniform((1.0, 1.0), (1.0, 1.0))
+    rng = np.random.default_rng(2)
+    for order, tolerance in [(3, 1e-6), (1, 0.0)]:  # cubic: to float rounding; linear: exactly
+        transform = ip.AnchorCrop(crop_size=24, jitter=still, order=order)
+        for i in range(len(source)):
+            ex = source.source[i]
+            for _ in range(20):
+                out = transform.random_map(ex, rng)
+                r, c = out["anchor"]
+                value = out["crop"][tuple(out["crop_anchor"])]
+                assert abs(value - np.float32(ex["image"][r, c] / 255)) <= tolerance
+                assert -20 <= out["angle"] <= 20
+
+
+def test_the_anchor_group_picks_the_jitter_ranges(source):
+    jitter = augment.GroupJitter(
+        brightness=[(0.1, 0.2), (0.5, 0.6), (1.5, 1.6)], contrast=[(1, 1), (1, 1), (1, 1)]
+    )
+    rng = np.random.default_rng(3)
+    for adaptive in (True, False):
+        transform = ip.AnchorCrop(crop_size=24, anchors="uniform", jitter=jitter, adaptive=adaptive)
+        seen = set()
+        for i in range(60):
+            out = transform.random_map(source.source[i % len(source)], rng)
+            group = int(out["group"]) if adaptive else 1
+            lo, hi = jitter.brightness[group]
+            assert lo <= out["brightness"] <= hi
+            seen.add(int(out["group"]))
+        assert len(seen) >= 2  # the check above saw more than one group
+
+
+def test_batches_are_seeded_and_restorable(source):
+    transform = ip.AnchorCrop(crop_size=24)
+    it = iter(_loader(source, transform))
+    first = [next(it) for _ in range(3)]
+    assert first[0]["image"].shape == (2, 96, 80) and first[0]["image"].dtype == np.uint8
+    assert first[0]["crop"].shape == (2, 24, 24) and first[0]["crop"].dtype == np.float32
+    assert first[0]["anchor"].shape == (2, 2) and first[0]["group"].shape == (2,)
+    state = it.get_state()
+    after = [next(it) for _ in range(4)]  # crosses an epoch boundary (6 records, batch 2)
+
+    again = iter(_loader(source, transform))
+    _same(first, [next(again) for _ in range(3)])  # same seed, same stream
+    restored = iter(_loader(source, transform))
+    restored.set_state(state)
+    _same(after, [next(restored) for _ in range(4)])
+    other = iter(_loader(source, transform, seed=1))
+    assert not np.array_equal(next(other)["crop"], first[0]["crop"])
+
+
+def test_worker_processes_are_seeded_and_restorable(source):
+    """Each worker batches its own records, so batches depend on the number of workers (a
+    config field), but for a given number they are reproducible and restorable."""
+    transform = ip.AnchorCrop(crop_size=24)
+    parallel = iter(_loader(source, transform, workers=2))
+    first = [next(parallel) for _ in range(2)]
+    state = parallel.get_state()
+    after = [next(parallel) for _ in range(3)]
+    again = iter(_loader(source, transform, workers=2))
+    _same(first, [next(again) for _ in range(2)])
+    restored = iter(_loader(source, transform, workers=2))
+    restored.set_state(state)
+    _same(after, [next(restored) for _ in range(3)])
+
+
+def _same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_each_host_reads_its_own_records(source):
+    transform = ip.AnchorCrop(crop_size=24)
+    seen = []
+    for index in range(2):
+        loader = _loader(
+            source,
+            transform,
+            global_batch_size=2,
+            process_index=index,
+            process_count=2,
+            num_epochs=1,
+        )
+        ids = [i.decode() for batch in loader for i in batch["id"]]
+        assert len(ids) == 3 and len(set(ids)) == 3  # batch 1 per host, 6 / 2 records
+        seen.append(set(ids))
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(source.ids)
+
+
+def test_loader_errors(source):
+    transform = ip.AnchorCrop(crop_size=24)
+    with pytest.raises(UserError, match="multiple of the 2 processes"):
+        _loader(source, transform, global_batch_size=3, process_count=2)
+    with pytest.raises(UserError, match="cannot fill batches of 8"):
+        _loader(source, transform, global_batch_size=8)
+
+
+def test_empty_weight_maps_and_big_crops_name_the_field(source):
+    iie_max = source.metadata["iie_max"]
+    ids = source.ids
+    top = int(np.argmax(iie_max))
+    ip.check_sampling(
+        ip.AnchorCrop(anchors="piecewise", d=2.0, crop_size=24), iie_max, ids, (96, 80)
+    )
+    with pytest.raises(UserError, match=f"image '{ids[1 - (top == 1)]}'.*config.augment.d"):
+        transform = ip.AnchorCrop(anchors="piecewise", d=max(iie_max) - 1e-3, crop_size=24)
+        ip.check_sampling(transform, iie_max, ids, (96, 80))
+    with pytest.raises(UserError, match="config.data.crop_size=90"):
+        ip.check_sampling(ip.AnchorCrop(crop_size=90), iie_max, ids, (96, 80))
+
+
+def test_ranges_file_errors_name_the_file(tmp_path):
+    good = tmp_path / "augment.json"
+    good.write_text(json.dumps({"groups": {"medium": {"brightness": [0.5, 2], "contrast": 0.3}}}))
+    jitter = ip.load_jitter(good)
+    np.testing.assert_allclose(jitter.contrast[2], [0.7, 1.3])
+    with pytest.raises(UserError, match="missing.json does not exist"):
+        ip.load_jitter(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserError, match="bad.json is not valid JSON"):
+        ip.load_jitter(bad)
+    bad.write_text(json.dumps({"ranges": {}}))
+    with pytest.raises(UserError, match="bad.json has no 'groups'"):
+        ip.load_jitter(bad)
+    bad.write_text(json.dumps({"groups": {"medium": {"brightness": [2, 1], "contrast": 0.3}}}))
+    with pytest.raises(UserError, match="bad.json: medium.brightness"):
+        ip.load_jitter(bad)
+
+
+def test_global_batch_over_fake_devices(source):
+    """Host batches become one array sharded over a ('data',) mesh of 2 CPU devices."""
+    script = textwrap.dedent(
+        """
+        import numpy as np, jax
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        from piaug.data import input_pipeline as ip
+        mesh = Mesh(np.array(jax.devices()), ("data",))
+        batch = {"crop": np.arange(4 * 3, dtype=np.float32).reshape(4, 3), "g": np.arange(4)}
+        out = ip.to_global(batch, NamedSharding(mesh, P("data")))
+        assert out["crop"].shape == (4, 3) and len(out["crop"].addressable_shards) == 2
+        assert out["crop"].addressable_shards[1].data.shape == (2, 3)
+        np.testing.assert_array_equal(np.asarray(out["crop"]), batch["crop"])
+        print("ok")
+        """
+    )
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, **env},
+    )
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]

@@ -1,0 +1,145 @@
+"""Prepared (TFDS array_record) datasets: content, resizing, fingerprint and rebuilds."""
+
+import os
+
+import numpy as np
+import pytest
+from skimage import transform
+
+from piaug import data, info
+from piaug.data import prepare
+from piaug.errors import UserError
+
+
+def _synthetic(num_images=3, size=(100, 90)):
+    return data.load("synthetic", num_images=num_images, size=size, num_landmarks=4)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return _synthetic(), prepare.prepare(
+        _synthetic(), image_size=(64, 48), footprint="disk(2)", cache_dir=cache
+    )
+
+
+def test_examples_hold_resized_image_iie_and_landmarks(prepared):
+    dataset, p = prepared
+    assert len(p) == 3 and p.ids == dataset.ids if hasattr(dataset, "ids") else True
+    for i in range(3):
+        ex, original = p.source[i], dataset[i]
+        assert ex["id"].decode() == original["id"]
+        assert ex["image"].dtype == np.uint8 and ex["image"].shape == (64, 48)
+        np.testing.assert_array_equal(
+            ex["image"], prepare.resize_image(original["image"], (64, 48))
+        )
+        # IIE at the original resolution, then resized (DESIGN.md 1)
+        iie = np.asarray(info.entropy_map(original["image"], info.disk(2)))
+        np.testing.assert_allclose(ex["iie"], prepare.resize_bilinear(iie, (64, 48)), atol=1e-6)
+        np.testing.assert_array_equal(ex["landmarks_original"], original["landmarks"])
+        scale = np.array([48 / 90, 64 / 100])
+        np.testing.assert_allclose(
+            ex["landmarks"], (original["landmarks"] + 0.5) * scale - 0.5, rtol=1e-6
+        )
+        assert ex["spacing"] == np.float32(original["spacing"])
+        assert ex["original_size"].tolist() == [100, 90]
+    assert p.metadata["footprint"] == "disk(2)" and len(p.metadata["iie_max"]) == 3
+
+
+def test_resize_bilinear_is_opencvs_inter_linear():
+    x = np.random.default_rng(0).random((37, 23))
+    for size in [(10, 7), (64, 50), (37, 23)]:
+        ref = transform.resize(x, size, order=1, mode="edge", anti_aliasing=False)
+        np.testing.assert_allclose(prepare.resize_bilinear(x, size), ref, atol=1e-6)
+
+
+def test_resized_points_follow_the_image():
+    image = np.zeros((200, 160), np.uint8)
+    image[120:124, 30:34] = 255  # a blob centred on (x, y) = (31.5, 121.5)
+    small = prepare.resize_image(image, (50, 40)).astype(np.float64)
+    rows, cols = np.indices(small.shape)
+    centroid = [(cols * small).sum() / small.sum(), (rows * small).sum() / small.sum()]
+    np.testing.assert_allclose(
+        prepare.resize_points([[31.5, 121.5]], (200, 160), (50, 40))[0], centroid, atol=1e-3
+    )
+
+
+def test_built_once_and_rebuilt_when_settings_change(prepared, tmp_path):
+    dataset = _synthetic()
+    first = prepare.prepare(dataset, image_size=(64, 48), footprint="disk(2)", cache_dir=tmp_path)
+    files = sorted(first.path.glob("*.array_record*"))
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = prepare.prepare(dataset, image_size=(64, 48), footprint="disk(2)", cache_dir=tmp_path)
+    assert again.path == first.path and [f.stat().st_mtime_ns for f in files] == stamps
+    other = prepare.prepare(dataset, image_size=(64, 48), footprint="disk(3)", cache_dir=tmp_path)
+    assert other.path != first.path
+    resized = prepare.prepare(dataset, image_size=(32, 32), footprint="disk(2)", cache_dir=tmp_path)
+    assert resized.path not in (first.path, other.path)
+    assert first.path.exists()  # earlier copies are kept, never overwritten
+
+
+class _FileDataset:
+    """A one-image dataset read from files, to see the fingerprint follow its sources."""
+
+    name, num_landmarks = "folder", 1
+
+    def __init__(self, image_path, annotation_path):
+        self.source_files = [image_path, annotation_path]
+        self.ids, self.options, self.report = ["a"], {"split": "all"}, []
+        self._image, self._annotation = image_path, annotation_path
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        x, y = map(float, self._annotation.read_text().split(","))
+        image = np.load(self._image)
+        return {
+            "image": image,
+            "landmarks": np.array([[x, y]], np.float32),
+            "spacing": 0.1,
+            "id": "a",
+        }
+
+
+def test_fingerprint_follows_the_source_files(tmp_path):
+    image, annotation = tmp_path / "a.npy", tmp_path / "a.csv"
+    np.save(image, np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8))
+    annotation.write_text("3,4")
+    dataset = _FileDataset(image, annotation)
+    key = prepare.fingerprint(dataset, {"s": 1})
+    assert prepare.fingerprint(dataset, {"s": 1}) == key
+    assert prepare.fingerprint(dataset, {"s": 2}) != key
+    annotation.write_text("3,5")  # new annotation content
+    key2 = prepare.fingerprint(dataset, {"s": 1})
+    assert key2 != key
+    np.save(image, np.zeros((40, 41), np.uint8))  # an image rewritten (size changes)
+    assert prepare.fingerprint(dataset, {"s": 1}) != key2
+    before = prepare.fingerprint(dataset, {"s": 1})
+    os.utime(image, ns=(1, 1))  # a newer or older file counts as changed
+    assert prepare.fingerprint(dataset, {"s": 1}) != before
+
+
+def test_bad_settings_and_examples_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="config.data.image_size"):
+        prepare.prepare(_synthetic(), image_size=(4, 64), cache_dir=tmp_path)
+    with pytest.raises(UserError, match="config.info.footprint='ring\\(2\\)'"):
+        prepare.prepare(_synthetic(), image_size=(64, 64), footprint="ring(2)", cache_dir=tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize(
+    "landmarks, message",
+    [
+        ([[1.0, 2.0], [np.nan, 3.0]], "landmark 2 at"),
+        ([[1.0, 2.0], [80.0, 3.0]], "outside the 80 x 96 image"),
+        ([[-0.5, 2.0]], "landmark 1 at"),
+        ([1.0, 2.0], "landmarks must be \\(L, 2\\)"),
+    ],
+)
+def test_bad_landmarks_name_the_image(landmarks, message):
+    example = {"id": "case_007.png", "image": np.zeros((96, 80), np.uint8), "spacing": 0.1}
+    example["landmarks"] = np.asarray(landmarks, np.float32)
+    with pytest.raises(UserError, match=message) as error:
+        prepare.check_example(example, 0)
+    assert "case_007.png" in str(error.value)
