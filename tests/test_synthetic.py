@@ -196,7 +196,8 @@ def test_dataset_bad_arguments_and_indexing() -> None:
     with pytest.raises(ValueError, match="num_landmarks"):
         synthetic.SyntheticDataset(2, num_landmarks=100)
     ds = synthetic.SyntheticDataset(2, size=(64, 64))
-    for i in (-1, 2, 10):
+    for i in (-3, 2, 10):
         with pytest.raises(IndexError):
             ds[i]
+    assert ds[-1]["id"] == "synthetic-0-0001"  # a Sequence: negative indices count from the end
     assert ds[np.int64(1)]["id"] == "synthetic-0-0001"

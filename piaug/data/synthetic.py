@@ -607,8 +607,15 @@ def generate(
     }
 
 
-class SyntheticDataset:
-    """Lazy dataset: ``ds[i]`` is ``generate(i, seed=seed, size=size, ...)``."""
+class SyntheticDataset(Sequence):
+    """Lazy dataset: ``ds[i]`` is ``generate(i, seed=seed, size=size, ...)``.
+
+    Has the attributes of every dataset returned by ``piaug.data.load``: ``name``, ``ids``,
+    ``num_landmarks``, ``source_files`` (none: nothing is read), ``options``, ``report`` (empty)
+    and ``image_path(i)`` (None: the images are generated).  Negative indices are refused.
+    """
+
+    name = "synthetic"
 
     def __init__(
         self,
@@ -620,16 +627,37 @@ class SyntheticDataset:
     ) -> None:
         self.num_images = _check_int("num_images", num_images, 1)
         self.seed, self.size, self.num_landmarks = _check_args(seed, size, num_landmarks)
+        self.source_files: list = []
+        self.report: list[str] = []
+        self.options: dict[str, Any] = {  # ``piaug.data.load`` sets the user's (split, seed)
+            "num_images": self.num_images,
+            "seed": self.seed,
+            "size": list(self.size),
+            "num_landmarks": self.num_landmarks,
+        }
+
+    @property
+    def ids(self) -> list[str]:
+        return [f"synthetic-{self.seed}-{i:04d}" for i in range(self.num_images)]
+
+    def image_path(self, i: int) -> None:
+        """None: synthetic images have no file."""
+        self._check_index(i)
+        return None
 
     def __len__(self) -> int:
         return self.num_images
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def _check_index(self, i: Any) -> int:
         if isinstance(i, bool) or not isinstance(i, int | np.integer):
             raise TypeError(f"index must be an integer, got {i!r}")
-        if not 0 <= i < self.num_images:
+        if not -self.num_images <= i < self.num_images:
             raise IndexError(f"index {i} out of range for SyntheticDataset of {self.num_images}")
-        return generate(int(i), seed=self.seed, size=self.size, num_landmarks=self.num_landmarks)
+        return int(i) % self.num_images
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = self._check_index(i)
+        return generate(i, seed=self.seed, size=self.size, num_landmarks=self.num_landmarks)
 
     def __repr__(self) -> str:
         return (

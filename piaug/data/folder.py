@@ -1,0 +1,165 @@
+"""Your own 2-D landmark data: ``load('folder', root, split='all', spacing=None)``.
+
+Layout::
+
+    ROOT/
+      images/          one image per example: .png .jpg .jpeg .bmp .tif .tiff
+      landmarks.csv    one row per image
+
+``landmarks.csv`` has the header ``image,1_x,1_y,2_x,2_y,...,K_x,K_y``, optionally with a
+``spacing_mm`` and / or a ``split`` column (columns in any order), then one row per image::
+
+    image,1_x,1_y,2_x,2_y,spacing_mm,split
+    case001.png,120.5,88.0,301.25,97.5,0.1,train
+    case002.png,118.0,90.5,299.0,101.0,0.1,test
+
+* ``image``: a file in ``images/`` with its extension (``case001.png``), or its id, the file name
+  without the extension (``case001``).  The id names the example; examples are ordered by id
+  (digit runs compare as numbers: ``case2`` before ``case10``).
+* ``i_x``, ``i_y``: landmark ``i`` (1 to K) in pixels of the image as stored, x = column,
+  y = row, measured from the centre of the top-left pixel, so inside means ``0 <= x <= W - 1``
+  and ``0 <= y <= H - 1``.  Decimals are fine; every image has all K landmarks.
+* ``spacing_mm``: the pixel size in millimetres (square pixels).  Without this column pass
+  ``spacing=`` (one value for all images); giving both is an error, and so is giving neither.
+* ``split``: a free label such as ``train`` / ``test``.  ``split='train'`` then loads the rows
+  labelled ``train``; ``split='all'`` (the default) loads every row, with or without the column.
+
+Images are read as 8-bit grayscale: colour is converted to its luma, gray stored as three equal
+channels stays as is; 16-bit and float images are refused (convert them to 8-bit first).  Every
+image in ``images/`` needs exactly one row, and every row an image; ``load`` stops with a list of
+any mismatch, as it does for a point outside its image, a missing or non-numeric value, NaN and
+a duplicate row.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from piaug.data.common import (
+    IMAGE_EXTENSIONS,
+    ImageDataset,
+    LandmarkTable,
+    check_inside,
+    check_options,
+    image_size,
+    index_unique,
+    list_images,
+    parse_number,
+    preview,
+    resolve_root,
+    sort_ids,
+)
+from piaug.errors import UserError
+
+NAME = "folder"
+DEFAULTS: dict[str, Any] = {"spacing": None}
+FORMAT = """\
+A folder dataset is ROOT/images/ (.png .jpg .jpeg .bmp .tif .tiff) plus ROOT/landmarks.csv with
+the header image,1_x,1_y,...,K_x,K_y and optional spacing_mm and split columns, one row per
+image (x = column, y = row, pixels); see piaug/data/folder.py."""
+
+
+def load(root: Any, split: str | None = None, **options: Any) -> ImageDataset:
+    """The rows of ``split`` of the folder dataset at ``root`` (see the module docstring)."""
+    root = resolve_root(root, NAME, FORMAT)
+    opts = check_options(NAME, options, DEFAULTS)
+    split = "all" if split is None else split
+    if not isinstance(split, str) or not split:
+        raise UserError(f"folder split must be 'all' or a value of the split column, got {split!r}")
+    spacing = _check_spacing(opts["spacing"])
+    folder, csv_path = root / "images", root / "landmarks.csv"
+    for path, what in ((folder, "folder"), (csv_path, "file")):
+        if not (path.is_dir() if what == "folder" else path.is_file()):
+            raise UserError(f"the {what} {path} is missing.\n{FORMAT}")
+
+    images = list_images(folder)
+    by_name = {p.name: p for p in images.values()}
+    table = LandmarkTable(csv_path, extra=("spacing_mm", "split"))
+    if not table.rows:
+        raise UserError(f"{csv_path} has a header but no rows; add one row per image")
+    has_spacing = "spacing_mm" in table.extra_columns
+    if has_spacing and spacing is not None:
+        raise UserError(
+            f"both a spacing_mm column in {csv_path} and the option spacing={spacing} were "
+            "given; keep one of them"
+        )
+    if not has_spacing and spacing is None:
+        raise UserError(
+            f"{csv_path} has no spacing_mm column; add one (mm per pixel for each image) or "
+            "pass the option spacing=MM_PER_PIXEL for all images"
+        )
+
+    items, no_image = [], []
+    for line, value, points, extra in table.rows:
+        named = Path(value).suffix.lower() in IMAGE_EXTENSIONS
+        path = by_name.get(value) if named else images.get(value)
+        if path is None:
+            no_image.append(f"line {line} {value!r}")
+        else:
+            items.append((path.stem, line, (path, points, extra)))
+    rows = index_unique(items, csv_path)
+    if no_image:
+        raise UserError(
+            f"{csv_path}: {len(no_image)} rows name images that are not in {folder} "
+            f"({preview(no_image)}); "
+            "add the images or remove the rows"
+        )
+    no_row = [images[i].name for i in sort_ids(images) if i not in rows]
+    if no_row:
+        raise UserError(
+            f"{folder}: {len(no_row)} images have no row in {csv_path} ({preview(no_row)}); "
+            "add rows for "
+            "them or move them out of the folder"
+        )
+
+    ids = sort_ids(rows)
+    if split != "all":
+        if "split" not in table.extra_columns:
+            raise UserError(
+                f"split={split!r} needs a 'split' column in {csv_path}; add one or use split='all'"
+            )
+        ids = [i for i in ids if rows[i][1][2]["split"] == split]
+        if not ids:
+            values = sorted({extra["split"] for _, _, _, extra in table.rows if extra["split"]})
+            raise UserError(
+                f"no rows of {csv_path} have split {split!r}; its split column holds "
+                f"{', '.join(repr(v) for v in values) or 'only empty values'} (or use split='all')"
+            )
+
+    paths, landmarks, spacings = [], [], []
+    for i in ids:
+        line, (path, points, extra) = rows[i]
+        where = f"{csv_path}, line {line}"
+        check_inside(points, image_size(path), where, path)
+        if has_spacing:
+            value = parse_number(extra["spacing_mm"], where, "spacing_mm")
+            if value <= 0:
+                raise UserError(f"{where}: spacing_mm = {value:g} must be > 0; fix the file")
+        else:
+            value = spacing
+        paths.append(path)
+        landmarks.append(points)
+        spacings.append(value)
+    return ImageDataset(
+        NAME,
+        ids,
+        paths,
+        np.array(landmarks, dtype=np.float32),
+        spacings,
+        num_landmarks=table.num_landmarks,
+        options={"split": split, "spacing": spacing},
+        source_files=[*paths, csv_path],
+    )
+
+
+def _check_spacing(spacing: Any) -> float | None:
+    if spacing is None:
+        return None
+    ok = isinstance(spacing, int | float | np.integer | np.floating)
+    if not ok or isinstance(spacing, bool) or not (math.isfinite(spacing) and spacing > 0):
+        raise UserError(f"folder option spacing={spacing!r}: expected mm per pixel, a number > 0")
+    return float(spacing)
