@@ -3,22 +3,15 @@ r"""A tiny synthetic config for tests: the whole run takes seconds.
 python -m piaug.main --config=configs/test.py --workdir=/tmp/piaug_test
 """
 
-import importlib.util
-from pathlib import Path
-
-
-def _demo():
-    spec = importlib.util.spec_from_file_location("demo", Path(__file__).with_name("demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from piaug import defaults
 
 
 def get_config(arg=None):
-    config = _demo().get_config(arg)
-    config.data.num_images = 3
-    config.data.size = (96, 80)
-    config.data.num_landmarks = 5
+    del arg
+    config = defaults.base_config("synthetic")
+    config.data.options.num_images = 3
+    config.data.options.size = (96, 80)
+    config.data.options.num_landmarks = 5
     config.data.image_size = (64, 64)
     config.data.crop_size = 32
     config.data.workers = 0

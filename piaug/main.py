@@ -15,7 +15,7 @@ config_flags.DEFINE_config_file(
     "config", None, "Config file, configs/NAME.py or configs/NAME.py:preset.", lock_config=True
 )
 flags.DEFINE_string("workdir", None, "Directory for the run's outputs.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])  # --workdir is checked in main (data_prep needs none)
 
 
 def parse_flags(argv):
@@ -33,6 +33,8 @@ def parse_flags(argv):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.workdir:
+        raise app.UsageError("--workdir=DIR is required: the folder for the run's outputs")
     logging.set_verbosity(logging.INFO)
     try:
         pipeline.run(FLAGS.config, FLAGS.workdir)

@@ -146,16 +146,10 @@ def make_footprint(spec: str) -> np.ndarray:
 def load_dataset(config):
     """The dataset named by ``config.data`` (the synthetic set is drawn from ``config.seed``)."""
     cfg = config.data
+    options = {k: v for k, v in cfg.options.to_dict().items() if v is not None}
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
     if cfg.name == "synthetic":
-        options = dict(
-            num_images=cfg.num_images,
-            seed=config.seed,
-            size=tuple(cfg.size),
-            num_landmarks=cfg.num_landmarks,
-        )
-    else:  # the reader's own options (configs/ceph.py, hand.py, folder.py define them)
-        options = {k: v for k, v in cfg.get("options", {}).items() if v is not None}
-        options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+        options["seed"] = config.seed
     try:
         return data.load(cfg.name, cfg.dir or None, split=cfg.split, **options)
     except UserError as e:

@@ -79,9 +79,11 @@ def test_rerun_skips_and_keeps_results(info_run):
 
 def test_different_config_in_same_workdir_is_an_error(info_run):
     workdir, _ = info_run
-    result = run_cli(workdir, "--config.data.num_images=4", check=False)
+    result = run_cli(workdir, "--config.data.options.num_images=4", check=False)
     assert result.returncode != 0
-    assert "different config" in result.stderr and "data.num_images: 3 -> 4" in result.stderr
+    assert (
+        "different config" in result.stderr and "data.options.num_images: 3 -> 4" in result.stderr
+    )
 
 
 def test_unknown_key_is_an_error(tmp_path):

@@ -1,0 +1,15 @@
+r"""Your own landmark data: a folder with images/ and landmarks.csv (see README, "Your own data").
+
+python -m piaug.main --config=configs/folder.py --workdir=runs/mine \
+    --config.data.dir=/path/to/folder --config.data.options.spacing=0.1
+
+The spacing (mm per pixel) comes from a spacing_mm column of landmarks.csv, or from
+--config.data.options.spacing for every image.
+"""
+
+from piaug import defaults
+
+
+def get_config(arg=None):
+    del arg
+    return defaults.base_config("folder")

@@ -1,0 +1,69 @@
+"""The fields every config shares, and each dataset's reader options (configs/*.py build on it).
+
+A config is ``base_config(dataset)`` plus its own changes; the reader options of ``dataset`` live
+in ``config.data.options`` and are passed to ``piaug.data.load`` as keyword arguments (a field
+left at None uses the reader's default).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def dataset_options(name: str) -> ml_collections.ConfigDict:
+    """``config.data.options`` of dataset ``name`` (see ``piaug.data.load``)."""
+    options = ml_collections.ConfigDict()
+    if name == "synthetic":
+        options.num_images = 32
+        options.size = (768, 768)  # original resolution (height, width)
+        options.num_landmarks = 19
+    elif name == "ceph":
+        options.annotation = "mean"  # mean (of the doctors present) | senior | junior
+    elif name == "hand":
+        options.protocol = "cc2d"  # cc2d: first 550 train, last 300 test | igu: first 300 test
+        options.wrist = (0, 4)  # landmarks spanning 50 mm (0-based); Payer et al. use (1, 5)
+        options.annotations = config_dict.placeholder(str)  # default: all.csv in the folder
+    elif name == "folder":
+        options.spacing = config_dict.placeholder(float)  # mm/pixel unless a spacing_mm column
+    else:
+        raise ValueError(f"unknown dataset {name!r}")
+    return options
+
+
+def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.stages = "info"  # comma-separated subset of piaug.pipeline.STAGES, run in order
+    config.force = False  # redo stages whose outputs exist
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = dataset  # ceph | hand | folder | synthetic
+    config.data.dir = ""  # the dataset's folder (the synthetic set needs none)
+    config.data.split = "train" if dataset in ("synthetic", "ceph") else "all"
+    config.data.options = dataset_options(dataset)
+    config.data.image_size = (384, 384)  # training size (height, width)
+    config.data.crop_size = 64  # side of the crop view
+    config.data.cache_dir = ""  # prepared datasets; default $PIAUG_CACHE or ~/.cache/piaug
+    config.data.workers = 2  # input pipeline worker processes (0: in the main process)
+
+    config.info = ml_collections.ConfigDict()
+    config.info.footprint = "disk(10)"  # disk(r) | square(s) | ball(r) | cube(s)
+    config.info.thresholds = (2.0, 4.5)  # low < t0 <= medium < t1 <= high, bits
+    config.info.num_figures = 4  # image | IIE | groups panels written to figures/
+
+    # The crop view (DESIGN.md 1): anchor sampling and the anchor group's jitter (Eq. 5, 6).
+    config.augment = ml_collections.ConfigDict()
+    config.augment.anchors = "exponential"  # uniform | exponential (IIE^gamma) | piecewise
+    config.augment.gamma = 0.3
+    config.augment.d = 2.0  # piecewise: anchors where IIE >= d
+    config.augment.adaptive = True  # the anchor's group picks the jitter ranges
+    config.augment.brightness = (0.85, 1.15)  # every group's ranges unless ranges_file is set
+    config.augment.contrast = (0.75, 1.25)
+    config.augment.ranges_file = ""  # augment.json of the estimate stage: ranges per group
+    config.augment.max_rotation = 20.0  # degrees
+    config.augment.rotation_order = 3  # spline order of the rotation (3: cubic)
+
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 8  # global: split across hosts and devices
+    return config
