@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +12,13 @@ import pytest
 import tensorflow_datasets as tfds
 
 from piaug import pipeline
+from piaug.data import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_cli(workdir, *overrides, check=True):
-    cmd = [sys.executable, "-m", "piaug.main", "--config=configs/test.py", f"--workdir={workdir}"]
+def run_cli(workdir, *overrides, check=True, config="configs/test.py"):
+    cmd = [sys.executable, "-m", "piaug.main", f"--config={config}", f"--workdir={workdir}"]
     result = subprocess.run(
         cmd + list(overrides), cwd=REPO, capture_output=True, text=True, timeout=300
     )
@@ -50,7 +52,7 @@ def test_info_stage_writes_its_files(info_run):
     assert [len(im["landmark_iie"]) for im in stats["per_image"]] == [5, 5, 5]
 
     # The stats describe the prepared dataset: the IIE at a landmark is the map's value there.
-    source = tfds.builder_from_directory(stats["prepared"]).as_data_source(split="train")
+    source = tfds.builder_from_directory(stats["prepared"]).as_data_source(prepare.TFDS_SPLIT)
     assert [source[i]["id"].decode() for i in range(3)] == [im["id"] for im in stats["per_image"]]
     first = source[0]["iie"]
     assert first.shape == (64, 64) and 0 <= first.min() and first.max() <= 8
@@ -144,6 +146,37 @@ def test_3d_footprint_on_images_is_a_user_error(tmp_path):
         result.stderr
     )
     assert not (tmp_path / "wd").exists()
+
+
+def test_a_missing_dataset_folder_prints_the_download_instructions(tmp_path):
+    missing = tmp_path / "ISBI2015"
+    result = run_cli(
+        tmp_path / "wd", f"--config.data.dir={missing}", check=False, config="configs/ceph.py"
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"{missing} does not exist" in result.stderr and "figshare" in result.stderr
+    assert not (tmp_path / "wd").exists()
+
+
+def test_data_prep_builds_the_prepared_dataset_once(tmp_path):
+    cmd = [sys.executable, "data_prep/build.py", "--config=configs/test.py"]
+    env = {**os.environ, "PIAUG_CACHE": str(tmp_path)}
+    first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "3 examples of synthetic (train) at " + str(tmp_path) in first.stdout
+    assert "prepare synthetic: IIE disk(3)" in first.stderr  # the progress bar
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0 and "prepare synthetic" not in again.stderr
+    assert "Downloading and preparing" not in again.stdout  # TFDS's line for a build
+    assert again.stdout.splitlines()[-1] == first.stdout.splitlines()[-1]
+
+
+def test_the_prepared_builders_carry_download_instructions():
+    from piaug.data import ceph, hand, prepare
+
+    assert prepare.PiaugCeph.MANUAL_DOWNLOAD_INSTRUCTIONS == ceph.DOWNLOAD_INSTRUCTIONS
+    assert prepare.PiaugHand.MANUAL_DOWNLOAD_INSTRUCTIONS == hand.DOWNLOAD_INSTRUCTIONS
+    assert "all.csv" in hand.DOWNLOAD_INSTRUCTIONS and "RawImage" in ceph.DOWNLOAD_INSTRUCTIONS
 
 
 def _test_config():

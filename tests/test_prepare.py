@@ -120,6 +120,20 @@ def test_fingerprint_follows_the_source_files(tmp_path):
     assert prepare.fingerprint(dataset, {"s": 1}) != before
 
 
+def test_any_reader_split_name_works(tmp_path):
+    """TFDS reserves 'all'; a prepared copy keeps the reader's split name beside its own."""
+    image, annotation = tmp_path / "a.npy", tmp_path / "a.csv"
+    np.save(image, np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8))
+    annotation.write_text("3,4")
+    p = prepare.prepare(
+        _FileDataset(image, annotation),
+        image_size=(32, 32),
+        split="all",
+        cache_dir=tmp_path / "cache",
+    )
+    assert p.split == "all" and len(p) == 1 and p.source[0]["id"] == b"a"
+
+
 def test_bad_settings_and_examples_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="config.data.image_size"):
         prepare.prepare(_synthetic(), image_size=(4, 64), cache_dir=tmp_path)

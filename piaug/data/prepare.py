@@ -35,6 +35,9 @@ from piaug import info
 from piaug.errors import UserError
 
 FORMAT_VERSION = 1  # bump when the stored features or their computation change
+# The one TFDS split of a prepared copy ("all" is reserved by TFDS); the reader's split is in the
+# fingerprint and in ``Prepared.split``.
+TFDS_SPLIT = "examples"
 _BATCH = 4  # images of one shape whose IIE maps are computed together
 
 
@@ -154,8 +157,8 @@ class _Builder(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Image, IIE map, landmarks, spacing and id per example."}
 
-    def __init__(self, *, dataset, split: str, image_size, footprint: str, **kwargs):
-        self._dataset, self._split = dataset, split
+    def __init__(self, *, dataset, image_size, footprint: str, **kwargs):
+        self._dataset = dataset
         self._image_size, self._footprint = tuple(int(s) for s in image_size), footprint
         self._iie_max: list[float] = []
         self._ids: list[str] = []
@@ -186,7 +189,7 @@ class _Builder(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # the reader was opened (and checked) before the build started
-        return {self._split: self._generate_examples()}
+        return {TFDS_SPLIT: self._generate_examples()}
 
     def _generate_examples(self):
         footprint = _footprint(self._footprint)
@@ -304,7 +307,6 @@ def prepare(
     cls = _BUILDERS.get(getattr(dataset, "name", ""), PiaugSynthetic)
     builder = cls(
         dataset=dataset,
-        split=split,
         image_size=image_size,
         footprint=footprint,
         data_dir=cache_dir / getattr(dataset, "name", "dataset") / key,
@@ -322,6 +324,6 @@ def prepare(
     return Prepared(
         path=Path(builder.data_dir),
         split=split,
-        source=built.as_data_source(split=split),
+        source=built.as_data_source(split=TFDS_SPLIT),
         metadata=dict(built.info.metadata or {}),
     )
