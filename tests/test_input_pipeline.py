@@ -221,6 +221,12 @@ def test_global_batch_over_fake_devices(source):
         assert out["crop"].shape == (4, 3) and len(out["crop"].addressable_shards) == 2
         assert out["crop"].addressable_shards[1].data.shape == (2, 3)
         np.testing.assert_array_equal(np.asarray(out["crop"]), batch["crop"])
+        try:
+            ip.to_global({"crop": np.zeros((3, 2))}, NamedSharding(mesh, P("data")))
+        except ip.UserError as e:
+            assert "multiple of the device count" in str(e)
+        else:
+            raise AssertionError("an odd batch on 2 devices was accepted")
         print("ok")
         """
     )

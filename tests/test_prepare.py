@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 from skimage import transform
 
 from piaug import data, info
@@ -25,7 +26,7 @@ def prepared(tmp_path_factory):
 
 def test_examples_hold_resized_image_iie_and_landmarks(prepared):
     dataset, p = prepared
-    assert len(p) == 3 and p.ids == dataset.ids if hasattr(dataset, "ids") else True
+    assert len(p) == 3 and p.ids == dataset.ids
     for i in range(3):
         ex, original = p.source[i], dataset[i]
         assert ex["id"].decode() == original["id"]
@@ -132,6 +133,26 @@ def test_any_reader_split_name_works(tmp_path):
         cache_dir=tmp_path / "cache",
     )
     assert p.split == "all" and len(p) == 1 and p.source[0]["id"] == b"a"
+
+
+def test_a_truncated_image_stops_the_build_naming_the_file(tmp_path):
+    root = tmp_path / "mine"
+    (root / "images").mkdir(parents=True)
+    for i in range(3):
+        pixels = np.random.default_rng(i).integers(0, 255, (60, 50), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"c{i}.png")
+    bad = root / "images" / "c1.png"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    (root / "landmarks.csv").write_text("image,1_x,1_y\nc0.png,3,4\nc1.png,5,6\nc2.png,7,8\n")
+    dataset = data.load("folder", root, spacing=0.1)
+    with pytest.raises(UserError, match="cannot decode image .*c1.png.*truncated"):
+        prepare.prepare(dataset, image_size=(32, 32), footprint="disk(2)", cache_dir=tmp_path / "c")
+    assert not list((tmp_path / "c").rglob("*.array_record*"))  # no half-built copy is left
+    bad.unlink()  # fixed by removing the image and its row: the next call builds
+    (root / "landmarks.csv").write_text("image,1_x,1_y\nc0.png,3,4\nc2.png,7,8\n")
+    fixed = data.load("folder", root, spacing=0.1)
+    p = prepare.prepare(fixed, image_size=(32, 32), footprint="disk(2)", cache_dir=tmp_path / "c")
+    assert p.ids == ["c0", "c2"]
 
 
 def test_bad_settings_and_examples_are_user_errors(tmp_path):

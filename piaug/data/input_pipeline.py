@@ -222,4 +222,11 @@ def to_global(batch: dict, sharding) -> dict:
     """This host's batch as global ``jax.Array``s laid out by ``sharding`` (batch axis first)."""
     import jax
 
+    devices = len(sharding.addressable_devices)
+    sizes = {len(x) for x in jax.tree.leaves(batch)}
+    if any(n % devices for n in sizes):
+        raise UserError(
+            f"a host batch of {min(sizes)} examples cannot be split evenly over this host's "
+            f"{devices} devices: make config.train.batch_size a multiple of the device count"
+        )
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
