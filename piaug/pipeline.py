@@ -153,7 +153,13 @@ def load_dataset(config):
     try:
         return data.load(cfg.name, cfg.dir or None, split=cfg.split, **options)
     except UserError as e:
-        raise UserError(f"config.data (dataset {cfg.name!r} at {cfg.dir!r}): {e}") from None
+        hint = ""
+        if "unknown options" in str(e):
+            hint = (
+                f"; config.data.options holds the reader options of the config's dataset: "
+                f"start from configs/{cfg.name}.py"
+            )
+        raise UserError(f"config.data (dataset {cfg.name!r} at {cfg.dir!r}): {e}{hint}") from None
     except ValueError as e:
         raise UserError(f"config.data: {e}") from None
 

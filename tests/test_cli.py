@@ -179,6 +179,13 @@ def test_the_prepared_builders_carry_download_instructions():
     assert "all.csv" in hand.DOWNLOAD_INSTRUCTIONS and "RawImage" in ceph.DOWNLOAD_INSTRUCTIONS
 
 
+def test_another_datasets_options_point_to_its_config(tmp_path):
+    config = _test_config()
+    config.data.name, config.data.dir = "ceph", str(tmp_path)
+    with pytest.raises(pipeline.UserError, match="num_images.*start from configs/ceph.py"):
+        pipeline.load_dataset(config)
+
+
 def _test_config():
     spec = importlib.util.spec_from_file_location("test_config", REPO / "configs" / "test.py")
     module = importlib.util.module_from_spec(spec)
