@@ -9,7 +9,7 @@ as float32 in [0, 1].
 Around it (``make_loader``): per-host sharding (each process reads its own part of the records),
 seeded shuffling over an endless stream of epochs, parallel worker processes, and batches of
 ``global_batch_size / process_count`` examples. The iterator's state is checkpointable
-(``get_state`` / ``set_state``, or orbax through ``grain.PyGrainCheckpointHandler``), and every
+(``get_state`` / ``set_state``: a small JSON blob to store with a checkpoint), and every
 random draw is seeded from the seed and the record's position in the stream, so a restored
 iterator yields exactly the batches the original would have. ``to_global`` assembles the host
 batches into arrays sharded over a ``('data',)`` mesh.
