@@ -32,6 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from piaug import info
+from piaug.data import ceph, hand
 from piaug.errors import UserError
 
 FORMAT_VERSION = 1  # bump when the stored features or their computation change
@@ -224,25 +225,16 @@ class _Builder(tfds.core.GeneratorBasedBuilder):
         )
 
 
-def _instructions(module_name: str) -> str:
-    import importlib
-
-    try:
-        return importlib.import_module(f"piaug.data.{module_name}").DOWNLOAD_INSTRUCTIONS
-    except (ImportError, AttributeError):
-        return ""
-
-
 class PiaugCeph(_Builder):
     """ISBI 2015 cephalometric radiographs (19 landmarks, 0.1 mm per pixel)."""
 
-    MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions("ceph")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = ceph.DOWNLOAD_INSTRUCTIONS
 
 
 class PiaugHand(_Builder):
     """Digital Hand Atlas radiographs with Payer et al.'s 37 landmarks."""
 
-    MANUAL_DOWNLOAD_INSTRUCTIONS = _instructions("hand")
+    MANUAL_DOWNLOAD_INSTRUCTIONS = hand.DOWNLOAD_INSTRUCTIONS
 
 
 class PiaugFolder(_Builder):
