@@ -147,7 +147,6 @@ def load_dataset(config):
     """The dataset named by ``config.data`` (the synthetic set is drawn from ``config.seed``)."""
     cfg = config.data
     options = {k: v for k, v in cfg.options.to_dict().items() if v is not None}
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
     if cfg.name == "synthetic":
         options["seed"] = config.seed
     try:

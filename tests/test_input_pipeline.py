@@ -182,7 +182,8 @@ def test_empty_weight_maps_and_big_crops_name_the_field(source):
     ip.check_sampling(
         ip.AnchorCrop(anchors="piecewise", d=2.0, crop_size=24), iie_max, ids, (96, 80)
     )
-    with pytest.raises(UserError, match=f"image '{ids[1 - (top == 1)]}'.*config.augment.d"):
+    first_short = ids[1] if top == 0 else ids[0]  # every image but the top one falls short
+    with pytest.raises(UserError, match=f"image '{first_short}'.*config.augment.d"):
         transform = ip.AnchorCrop(anchors="piecewise", d=max(iie_max) - 1e-3, crop_size=24)
         ip.check_sampling(transform, iie_max, ids, (96, 80))
     with pytest.raises(UserError, match="config.data.crop_size=90"):

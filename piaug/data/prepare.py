@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from piaug import info
 from piaug.data import ceph, hand
+from piaug.data.common import check_inside
 from piaug.errors import UserError
 
 FORMAT_VERSION = 1  # bump when the stored features or their computation change
@@ -89,9 +90,10 @@ _ANNOTATION_SUFFIXES = {".csv", ".txt", ".json"}
 
 
 def fingerprint(dataset, settings: dict) -> str:
-    """A short hash of what a prepared copy of ``dataset`` depends on."""
+    """A short hash of what a prepared copy of ``dataset`` (a ``piaug.data.load`` reader)
+    depends on."""
     files = []
-    for path in sorted(Path(p) for p in getattr(dataset, "source_files", ())):
+    for path in sorted(Path(p) for p in dataset.source_files):
         st = path.stat()
         if path.suffix.lower() in _ANNOTATION_SUFFIXES:
             files.append([str(path), _file_digest(path)])
@@ -99,9 +101,9 @@ def fingerprint(dataset, settings: dict) -> str:
             files.append([str(path), st.st_size, st.st_mtime_ns])
     payload = {
         "format": FORMAT_VERSION,
-        "dataset": getattr(dataset, "name", type(dataset).__name__),
-        "options": getattr(dataset, "options", repr(dataset)),
-        "ids": list(getattr(dataset, "ids", [])),
+        "dataset": dataset.name,
+        "options": dataset.options,
+        "ids": list(dataset.ids),
         "settings": settings,
         "files": files,
     }
@@ -117,15 +119,13 @@ def check_example(example, index: int) -> None:
         raise UserError(f"{where} is {image.dtype} {image.shape}; the reader must give uint8 2-D")
     if landmarks.ndim != 2 or landmarks.shape[1] != 2:
         raise UserError(f"{where}: landmarks must be (L, 2), got {landmarks.shape}")
-    bad = ~np.isfinite(landmarks).all(axis=1)
-    bad |= (landmarks < 0).any(axis=1) | (landmarks[:, 0] > image.shape[-1] - 1)
-    bad |= landmarks[:, 1] > image.shape[-2] - 1
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
+    nan = ~np.isfinite(landmarks).all(axis=1)
+    if nan.any():
+        i = int(np.flatnonzero(nan)[0])
         raise UserError(
-            f"{where}: landmark {i + 1} at (x, y) = {tuple(landmarks[i])} is NaN or outside the "
-            f"{image.shape[-1]} x {image.shape[-2]} image; fix the annotation"
+            f"{where}: landmark {i + 1} at (x, y) = {tuple(landmarks[i])} is not finite"
         )
+    check_inside(landmarks, image.shape[::-1], where, example.get("id", index))
     if not np.isfinite(example["spacing"]) or example["spacing"] <= 0:
         raise UserError(f"{where}: spacing {example['spacing']!r} mm must be a positive number")
 
@@ -194,7 +194,7 @@ class _Builder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self):
         footprint = _footprint(self._footprint)
-        name = getattr(self._dataset, "name", "dataset")
+        name = self._dataset.name
         for i, ex, iie in iie_examples(
             self._dataset, footprint, progress=f"prepare {name}: IIE {self._footprint}"
         ):
@@ -219,7 +219,7 @@ class _Builder(tfds.core.GeneratorBasedBuilder):
                 "iie_max": self._iie_max,
                 "footprint": self._footprint,
                 "image_size": list(self._image_size),
-                "report": list(getattr(self._dataset, "report", [])),
+                "report": list(self._dataset.report),
                 "source": repr(self._dataset),
             }
         )
@@ -296,12 +296,12 @@ def prepare(
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     settings = {"image_size": list(image_size), "footprint": footprint, "split": split}
     key = fingerprint(dataset, settings)
-    cls = _BUILDERS.get(getattr(dataset, "name", ""), PiaugSynthetic)
+    cls = _BUILDERS.get(dataset.name, PiaugSynthetic)
     builder = cls(
         dataset=dataset,
         image_size=image_size,
         footprint=footprint,
-        data_dir=cache_dir / getattr(dataset, "name", "dataset") / key,
+        data_dir=cache_dir / dataset.name / key,
         file_format="array_record",
     )
     if builder.is_prepared():
