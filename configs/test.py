@@ -17,5 +17,11 @@ def get_config(arg=None):
     config.data.workers = 0
     config.info.footprint = "disk(3)"
     config.info.num_figures = 2
+    config.model.width = 0.0625  # 4 to 32 channels
+    config.model.embedding = 8
+    config.loss.window = 2
     config.train.batch_size = 2
+    config.train.steps = 6
+    config.train.checkpoint_every = 3
+    config.train.log_every = 1
     return config

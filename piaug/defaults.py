@@ -34,7 +34,7 @@ def dataset_options(name: str) -> ml_collections.ConfigDict:
 def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.stages = "info"  # comma-separated subset of piaug.pipeline.STAGES, run in order
+    config.stages = "info,pretrain"  # comma-separated subset of piaug.pipeline.STAGES, run in order
     config.force = False  # redo stages whose outputs exist
 
     config.data = ml_collections.ConfigDict()
@@ -64,6 +64,28 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     config.augment.max_rotation = 20.0  # degrees
     config.augment.rotation_order = 3  # spline order of the rotation (3: cubic)
 
+    # The CC2D encoders (DESIGN.md 1): F on the whole image (RFB blocks), F' on the crop.
+    config.model = ml_collections.ConfigDict()
+    config.model.embedding = 16
+    config.model.width = 1.0  # channel multiplier (1: VGG19's; ImageNet weights need 1)
+    config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (mixed precision)
+    config.model.pretrained = ""  # torchvision vgg19 state dict (.pth, .npz, .safetensors)
+
+    # The multi-scale pixel InfoNCE: the whole map at stride 32, +-window cells at 16..2.
+    config.loss = ml_collections.ConfigDict()
+    config.loss.temperature = 1.0
+    config.loss.window = 9
+    config.loss.clamp = True  # cosines clamped to [0, 1] before the softmax
+
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 8  # global: split across hosts and devices
+    config.train.epochs = 400
+    config.train.steps = 0  # if > 0, the number of steps (instead of epochs)
+    config.train.lr = 1e-4  # Adam, one per encoder
+    config.train.weight_decay = 1e-4  # added to the gradient, as PyTorch's Adam does
+    config.train.lr_decay = 0.8  # the learning rate times lr_decay every lr_decay_epochs
+    config.train.lr_decay_epochs = 50
+    config.train.checkpoint_every = 500  # steps
+    config.train.keep_checkpoints = 2
+    config.train.log_every = 10  # steps between metrics.jsonl rows
     return config

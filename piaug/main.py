@@ -2,9 +2,14 @@ r"""Entry point: ``python -m piaug.main --config=configs/NAME.py --workdir=DIR``
 
 Runs the stages named by ``--config.stages`` (comma-separated) of the pipeline in
 ``piaug/pipeline.py``; any field of the config can be overridden with ``--config.key=value``, and
-a field the config does not define is an error.
+a field the config does not define is an error. ``--distributed`` (or ``--coordinator``) joins a
+multi-process run through ``jax.distributed.initialize`` (see ``launch/``).
 """
 
+import logging as std_logging
+import os
+
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -16,6 +21,47 @@ config_flags.DEFINE_config_file(
 )
 flags.DEFINE_string("workdir", None, "Directory for the run's outputs.")
 flags.mark_flags_as_required(["config"])  # --workdir is checked in main (data_prep needs none)
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Join a multi-process run: jax.distributed.initialize() with the values below, or those it "
+    "detects (Slurm, TPU pods, Open MPI, JAX_COORDINATOR_ADDRESS).",
+)
+flags.DEFINE_string("coordinator", None, "host:port of process 0 (implies --distributed).")
+flags.DEFINE_integer("num_processes", None, "Number of processes of a distributed run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a distributed run.")
+
+
+class _QuietLibraries(std_logging.Filter):
+    """Drops the INFO chatter of orbax and TFDS (their warnings and errors still show)."""
+
+    def filter(self, record):
+        noisy = ("/orbax/", "/tensorflow_datasets/", "/grain/")
+        return record.levelno > std_logging.INFO or not any(n in record.pathname for n in noisy)
+
+
+def setup_runtime() -> None:
+    """Logging, the persistent compilation cache (reruns and resumed runs skip compiling) and,
+    when asked, the multi-process runtime."""
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        from piaug.data import prepare
+
+        jax.config.update("jax_compilation_cache_dir", str(prepare.default_cache_dir() / "jax"))
+    if FLAGS.distributed or FLAGS.coordinator:
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
+        logging.info(
+            "process %d of %d, %d local of %d devices",
+            jax.process_index(),
+            jax.process_count(),
+            jax.local_device_count(),
+            jax.device_count(),
+        )
 
 
 def parse_flags(argv):
@@ -35,7 +81,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS.workdir:
         raise app.UsageError("--workdir=DIR is required: the folder for the run's outputs")
-    logging.set_verbosity(logging.INFO)
+    setup_runtime()
     try:
         pipeline.run(FLAGS.config, FLAGS.workdir)
     except pipeline.UserError as e:  # bad input: a clear message, no traceback

@@ -9,23 +9,33 @@ is overwritten without being asked. Stages so far:
   and writes ``info_stats.json`` (IIE histogram, fraction of pixels per information group, IIE
   at the landmarks, all in the training grid that the sampler sees) and ``figures/``
   (image | IIE | groups).
+* ``pretrain``: the baseline encoders (uniform anchors, the default jitter for every group)
+  trained on the prepared data (``piaug.train``) into ``checkpoints/``, with ``metrics.jsonl``;
+  an interrupted run resumes from its latest checkpoint, a finished one is skipped.
+
+With several processes (``jax.distributed``), process 0 writes the workdir and builds the
+prepared dataset while the others wait for it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
+import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from piaug import data, info, plots
+from piaug import augment, data, info, plots, train
 from piaug.data import input_pipeline, prepare
 from piaug.errors import UserError
 
-STAGES = ("info",)
+STAGES = ("info", "pretrain")
 # Fields that say how to run, not what the result is: they may change between calls on a workdir.
 _RUN_FIELDS = ("stages", "force")
 _HIST_EDGES = np.linspace(0.0, 8.0, 81)  # IIE histogram bins (bits); 8 bits is the maximum
@@ -36,12 +46,27 @@ def run(config, workdir: str | os.PathLike) -> None:
     stages = parse_stages(config.stages)
     check_config(config)  # before anything is written: a typo leaves no workdir behind
     workdir = Path(workdir)
-    prepare_workdir(config, workdir)
+    _primary_first(lambda: prepare_workdir(config, workdir), "workdir")
     for stage in STAGES:
         if stage not in stages:
             continue
         if stage == "info":
-            info_stage(config, workdir)
+            prepared = prepare_data(config)  # every process takes part (process 0 builds)
+            _primary_first(lambda p=prepared: info_stage(config, workdir, p), "info")
+        elif stage == "pretrain":
+            pretrain_stage(config, workdir)
+
+
+def _primary_first(fn, name: str, *, others: bool = False):
+    """Runs ``fn`` on process 0, then (if ``others``) on the rest once it is done there; with
+    one process just runs it."""
+    if jax.process_count() == 1:
+        return fn()
+    result = fn() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices(f"piaug:{name}")
+    if others and jax.process_index() != 0:
+        result = fn()
+    return result
 
 
 def parse_stages(spec: str) -> list[str]:
@@ -68,6 +93,17 @@ def check_config(config) -> None:
             f"training size {size}"
         )
     input_pipeline.anchor_crop_from_config(config, ranges_required=False)
+    train.nets_from_config(config)
+    if config.model.pretrained and not Path(config.model.pretrained).is_file():
+        raise UserError(
+            f"config.model.pretrained={config.model.pretrained!r} is not a file: give the path "
+            "of a torchvision vgg19 state dict (.pth, .npz or .safetensors), or '' for none"
+        )
+    if int(config.train.batch_size) % jax.device_count():
+        raise UserError(
+            f"config.train.batch_size={config.train.batch_size} does not split over the "
+            f"{jax.device_count()} devices: use a multiple of the device count"
+        )
     first = load_dataset(config)[0]  # datasets are lazy: this reads one example
     if footprint.ndim != np.ndim(first["image"]):
         raise UserError(
@@ -164,14 +200,19 @@ def load_dataset(config):
 
 
 def prepare_data(config, dataset=None) -> prepare.Prepared:
-    """The prepared (TFDS) copy of ``config.data`` at the training size, built on first use."""
+    """The prepared (TFDS) copy of ``config.data`` at the training size, built on first use
+    (by process 0 while the others wait, when there are several)."""
     dataset = load_dataset(config) if dataset is None else dataset
-    return prepare.prepare(
-        dataset,
-        image_size=tuple(config.data.image_size),
-        footprint=config.info.footprint,
-        cache_dir=config.data.cache_dir or None,
-        split=config.data.split,
+    return _primary_first(
+        lambda: prepare.prepare(
+            dataset,
+            image_size=tuple(config.data.image_size),
+            footprint=config.info.footprint,
+            cache_dir=config.data.cache_dir or None,
+            split=config.data.split,
+        ),
+        "prepare",
+        others=True,
     )
 
 
@@ -180,13 +221,13 @@ def _fractions(group_counts) -> dict[str, float]:
     return {name: int(c) / total for name, c in zip(info.GROUP_NAMES, group_counts, strict=True)}
 
 
-def info_stage(config, workdir: Path) -> None:
+def info_stage(config, workdir: Path, prepared: prepare.Prepared | None = None) -> None:
     """Prepares the dataset; statistics and figures of its IIE maps."""
     stats_path = workdir / "info_stats.json"
     if stats_path.exists() and not config.force:
         logging.info("info: %s exists, skipping (--config.force=True redoes it)", stats_path)
         return
-    prepared = prepare_data(config)
+    prepared = prepare_data(config) if prepared is None else prepared
     low, high = _thresholds(config)
     figures = workdir / "figures"
     figures.mkdir(exist_ok=True)
@@ -259,3 +300,42 @@ def info_stage(config, workdir: Path) -> None:
     fractions = ", ".join(f"{k} {v:.1%}" for k, v in stats["group_fraction"].items())
     logging.info("info: %d images, pixels per group: %s", len(per_image), fractions)
     logging.info("info: wrote %s and %s", stats_path, figures)
+
+
+def baseline_transform(config) -> input_pipeline.AnchorCrop:
+    """The crop view of the baseline encoder: ``config.augment`` with uniform anchors and the
+    default brightness and contrast ranges for every group (CC2D's own augmentation)."""
+    transform = input_pipeline.anchor_crop_from_config(config, ranges_required=False)
+    return dataclasses.replace(
+        transform, anchors="uniform", jitter=augment.GroupJitter.uniform(), adaptive=False
+    )
+
+
+def pretrain_stage(config, workdir: Path) -> None:
+    """Trains the baseline encoders into ``workdir/checkpoints`` (``piaug.train``)."""
+    ckpt_dir, metrics = workdir / "checkpoints", workdir / "metrics.jsonl"
+    if config.force and ckpt_dir.exists():
+
+        def clear():
+            logging.info("pretrain: config.force is set, removing %s and %s", ckpt_dir, metrics)
+            shutil.rmtree(ckpt_dir)
+            metrics.unlink(missing_ok=True)
+
+        _primary_first(clear, "pretrain-force")
+    prepared = prepare_data(config)
+    transform = baseline_transform(config)
+    input_pipeline.check_sampling(
+        transform, prepared.metadata["iie_max"], prepared.ids, tuple(config.data.image_size)
+    )
+    steps = train.num_steps(config, len(prepared))
+    logging.info(
+        "pretrain: %d steps of batch %d on %d images (%s), %d device(s), %d process(es)",
+        steps,
+        config.train.batch_size,
+        len(prepared),
+        config.data.name,
+        jax.device_count(),
+        jax.process_count(),
+    )
+    train.train(config, workdir, prepared.source, transform)
+    logging.info("pretrain: checkpoints in %s, metrics in %s", ckpt_dir, metrics)

@@ -127,8 +127,6 @@ def test_batches_are_seeded_and_restorable(source):
 
 
 def test_worker_processes_are_seeded_and_restorable(source):
-    """Each worker batches its own records, so batches depend on the number of workers (a
-    config field), but for a given number they are reproducible and restorable."""
     transform = ip.AnchorCrop(crop_size=24)
     parallel = iter(_loader(source, transform, workers=2))
     first = [next(parallel) for _ in range(2)]
@@ -139,6 +137,27 @@ def test_worker_processes_are_seeded_and_restorable(source):
     restored = iter(_loader(source, transform, workers=2))
     restored.set_state(state)
     _same(after, [next(restored) for _ in range(3)])
+
+
+def test_global_batches_do_not_depend_on_hosts_workers_or_the_start(source):
+    """Global batch j is the same on 1 host or split over 2, with or without workers, and a
+    loader started at batch j (a resumed run) begins with it."""
+    transform = ip.AnchorCrop(crop_size=24)
+    kw = {"global_batch_size": 4}
+    single = iter(_loader(source, transform, **kw))
+    reference = [next(single) for _ in range(5)]  # 20 examples: crosses three epochs of 6
+    with_workers = iter(_loader(source, transform, workers=2, **kw))
+    _same(reference, [next(with_workers) for _ in range(5)])
+    hosts = [
+        iter(_loader(source, transform, process_index=h, process_count=2, workers=w, **kw))
+        for h, w in ((0, 2), (1, 0))
+    ]
+    for batch in reference:
+        halves = [next(h) for h in hosts]
+        joined = {k: np.concatenate([halves[0][k], halves[1][k]]) for k in batch}
+        _same([batch], [joined])
+    resumed = iter(_loader(source, transform, start_batch=3, **kw))
+    _same(reference[3:], [next(resumed) for _ in range(2)])
 
 
 def _same(a, b):

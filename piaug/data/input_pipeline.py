@@ -6,12 +6,12 @@ random angle with the anchor tracked exactly, then brightness and contrast jitte
 of the anchor's information group (Eq. 6). The full image goes out unaugmented (uint8); the crop
 as float32 in [0, 1].
 
-Around it (``make_loader``): per-host sharding (each process reads its own part of the records),
-seeded shuffling over an endless stream of epochs, parallel worker processes, and batches of
-``global_batch_size / process_count`` examples. The iterator's state is checkpointable
-(``get_state`` / ``set_state``: a small JSON blob to store with a checkpoint), and every
-random draw is seeded from the seed and the record's position in the stream, so a restored
-iterator yields exactly the batches the original would have. ``to_global`` assembles the host
+Around it (``make_loader``): one seeded global stream of examples over endless epochs, of which
+each host reads and transforms only its slice of every global batch, in parallel worker
+processes. Every random draw is seeded from the seed and the example's global position, so
+global batch ``j`` is the same whatever the number of hosts or workers, and a run resumed at
+step ``t`` asks for ``start_batch=t``. The iterator's state is also checkpointable
+(``get_state`` / ``set_state``). ``to_global`` assembles the host
 batches into arrays sharded over a ``('data',)`` mesh.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import grain.python as grain
@@ -168,6 +169,64 @@ def check_sampling(transform: AnchorCrop, iie_max, ids, image_size) -> None:
             )
 
 
+class GlobalOrderSampler:
+    """Host ``process_index``'s share of one global stream of examples.
+
+    The global stream is a seeded shuffle of every record, epoch after epoch; global batch ``j``
+    is its positions ``[j * G, (j + 1) * G)`` and host ``h`` takes the slice
+    ``[h * G / P, (h + 1) * G / P)`` of each. An example's random draws are seeded by its global
+    position, and the mapping below undoes grain's assignment of local positions to worker
+    processes (worker ``w`` of ``W`` batches positions ``w, w + W, ...``), so the global batches
+    do not depend on the number of hosts or of workers, and batch ``j`` is a function of the
+    seed and ``j`` alone: a run resumed at step ``t`` starts at ``start_batch=t``.
+    """
+
+    def __init__(
+        self,
+        num_records: int,
+        *,
+        global_batch_size: int,
+        process_index: int,
+        process_count: int,
+        workers: int,
+        seed: int,
+        shuffle: bool = True,
+        start_batch: int = 0,
+        num_batches: int | None = None,
+    ):
+        self._base = grain.IndexSampler(num_records, shuffle=shuffle, seed=int(seed))
+        self._global = global_batch_size
+        self._local = global_batch_size // process_count
+        self._host = process_index
+        self._workers = max(1, int(workers))
+        self._start = int(start_batch)
+        self._len = sys.maxsize if num_batches is None else num_batches * self._local
+        self._repr = (
+            f"GlobalOrderSampler(num_records={num_records}, global_batch_size="
+            f"{global_batch_size}, process={process_index}/{process_count}, workers={workers}, "
+            f"seed={seed}, shuffle={shuffle}, start_batch={start_batch})"
+        )
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __repr__(self) -> str:
+        return self._repr
+
+    def global_position(self, index: int) -> int:
+        """The position in the global stream of this host's ``index``-th record."""
+        worker, m = index % self._workers, index // self._workers
+        local_batch, i = divmod(m, self._local)
+        batch = self._start + local_batch * self._workers + worker
+        return batch * self._global + self._host * self._local + i
+
+    def __getitem__(self, index: int) -> grain.RecordMetadata:
+        if not 0 <= index < self._len:
+            raise IndexError(f"sampler index {index} outside [0, {self._len})")
+        meta = self._base[self.global_position(index)]
+        return grain.RecordMetadata(index=index, record_key=meta.record_key, rng=meta.rng)
+
+
 def make_loader(
     source,
     transform: AnchorCrop,
@@ -177,13 +236,16 @@ def make_loader(
     workers: int = 0,
     shuffle: bool = True,
     num_epochs: int | None = None,
+    start_batch: int = 0,
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> grain.DataLoader:
-    """A grain DataLoader of this host's batches (``global_batch_size / process_count`` each).
+    """A grain DataLoader of this host's slices (``global_batch_size / process_count`` examples)
+    of the global batches ``start_batch, start_batch + 1, ...`` (``GlobalOrderSampler``).
 
-    ``process_index`` and ``process_count`` default to JAX's; records are split between hosts
-    (each host reads only its share) and the remainder is dropped so all hosts step together.
+    ``process_index`` and ``process_count`` default to JAX's. ``num_epochs`` ends the stream
+    after the last global batch that those epochs fill (rounded down to a multiple of the
+    workers); None streams forever.
     """
     if process_index is None or process_count is None:
         import jax
@@ -194,25 +256,36 @@ def make_loader(
             f"batch size {global_batch_size} must be a positive multiple of the "
             f"{process_count} processes"
         )
-    local = global_batch_size // process_count
-    if len(source) // process_count < local:
+    if len(source) < global_batch_size:
         raise UserError(
-            f"{len(source)} examples on {process_count} hosts cannot fill batches of {local}: "
+            f"{len(source)} examples cannot fill batches of {global_batch_size}: "
             "use a smaller batch size or more images"
         )
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # grain reads its absl flags; outside absl.app use defaults
-    sampler = grain.IndexSampler(
-        num_records=len(source),
-        shard_options=grain.ShardOptions(process_index, process_count, drop_remainder=True),
+    num_batches = None
+    if num_epochs is not None:
+        num_batches = max(0, num_epochs * len(source) // global_batch_size - start_batch)
+        num_batches -= num_batches % max(1, int(workers))  # whole rounds over the workers
+    sampler = GlobalOrderSampler(
+        len(source),
+        global_batch_size=global_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+        workers=workers,
+        seed=seed,
         shuffle=shuffle,
-        num_epochs=num_epochs,
-        seed=int(seed),
+        start_batch=start_batch,
+        num_batches=num_batches,
     )
     return grain.DataLoader(
         data_source=source,
         sampler=sampler,
-        operations=[transform, grain.Batch(local, drop_remainder=True)],
+        shard_options=grain.NoSharding(),  # the sampler already picks this host's share
+        operations=[
+            transform,
+            grain.Batch(global_batch_size // process_count, drop_remainder=True),
+        ],
         worker_count=int(workers),
         read_options=grain.ReadOptions(num_threads=2, prefetch_buffer_size=64),
     )

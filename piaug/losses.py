@@ -1,0 +1,133 @@
+"""The multi-scale pixel-wise InfoNCE of CC2D (DESIGN.md 1; the paper's Eq. 1).
+
+At each scale s (stride 32, 16, 8, 4, 2) the query is the crop encoder's feature at the anchor
+(``crop_anchor // s``); its cosine with every cell of the full-image encoder's map, clamped to
+[0, 1] and divided by the temperature, are the logits of a cross-entropy whose target is the
+anchor's cell (``anchor // s``). The candidates are the whole map at the coarsest scale and a
+window of +-``window`` cells around the target at the finer ones (cut at the map's borders).
+The total is the sum over scales of the batch means. The positive similarity indicator (PSI) of
+the paper is the clamped cosine at the target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from piaug.models import STRIDES
+
+
+def cell(points: jnp.ndarray, stride: int, shape: Sequence[int]) -> jnp.ndarray:
+    """The cell (row, col) of a ``(B, 2)`` pixel position at ``stride`` in a map of ``shape``."""
+    limit = jnp.asarray(shape[:2], points.dtype) - 1
+    return jnp.clip(points // stride, 0, limit)
+
+
+def cosine(a: jnp.ndarray, b: jnp.ndarray, *, eps: float = 1e-3) -> jnp.ndarray:
+    """Cosine along the last axis (each vector's norm floored at ``eps``, 1e-3 as in CC2D; the
+    floor is applied before the square root, so a zero vector has a finite gradient)."""
+
+    def unit(x):
+        return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+    return jnp.sum(unit(a) * unit(b), axis=-1)
+
+
+def pixel_info_nce(
+    image_features: jnp.ndarray,
+    crop_features: jnp.ndarray,
+    anchors: jnp.ndarray,
+    crop_anchors: jnp.ndarray,
+    *,
+    stride: int,
+    window: int | None = None,
+    temperature: float = 1.0,
+    clamp: bool = True,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """InfoNCE of one scale, per example.
+
+    Args:
+      image_features: ``(B, h, w, E)`` full-image encoder output at ``stride``.
+      crop_features: ``(B, hc, wc, E)`` crop encoder output at ``stride``.
+      anchors: ``(B, 2)`` int anchor (row, col) in image pixels.
+      crop_anchors: ``(B, 2)`` int position of the same point in crop pixels.
+      stride: the maps' stride in pixels.
+      window: candidates are the cells within +-window of the target (rows and columns); None
+        uses the whole map.
+      temperature: logits are similarities / temperature.
+      clamp: clamp the cosines to [0, 1] (CC2D) before the softmax.
+
+    Returns:
+      ``(loss, psi)``, each ``(B,)``: the cross-entropy and the (clamped) positive cosine.
+    """
+    if image_features.ndim != 4 or crop_features.ndim != 4:
+        raise ValueError(
+            f"features must be (B, h, w, E), got {image_features.shape} and {crop_features.shape}"
+        )
+    if anchors.shape != (image_features.shape[0], 2) or crop_anchors.shape != anchors.shape:
+        raise ValueError(
+            f"anchors must be (B, 2) for B={image_features.shape[0]}, "
+            f"got {anchors.shape} and {crop_anchors.shape}"
+        )
+    b = jnp.arange(image_features.shape[0])
+    target = cell(anchors, stride, image_features.shape[1:])
+    source = cell(crop_anchors, stride, crop_features.shape[1:])
+    query = crop_features[b, source[:, 0], source[:, 1]]  # (B, E)
+    sim = cosine(image_features, query[:, None, None, :])  # (B, h, w)
+    if clamp:
+        sim = jnp.clip(sim, 0.0, 1.0)
+    logits = sim / temperature
+    positive = logits[b, target[:, 0], target[:, 1]]
+    if window is not None:
+        rows = jnp.arange(sim.shape[1])[None, :, None]
+        cols = jnp.arange(sim.shape[2])[None, None, :]
+        inside = (jnp.abs(rows - target[:, 0, None, None]) <= window) & (
+            jnp.abs(cols - target[:, 1, None, None]) <= window
+        )
+        logits = jnp.where(inside, logits, -jnp.inf)
+    normaliser = jax.nn.logsumexp(logits.reshape(logits.shape[0], -1), axis=-1)
+    return normaliser - positive, sim[b, target[:, 0], target[:, 1]]
+
+
+def multiscale_info_nce(
+    image_features: Sequence[jnp.ndarray],
+    crop_features: Sequence[jnp.ndarray],
+    anchors: jnp.ndarray,
+    crop_anchors: jnp.ndarray,
+    *,
+    strides: Sequence[int] = STRIDES,
+    window: int | None = 9,
+    temperature: float = 1.0,
+    clamp: bool = True,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The CC2D loss over all scales, per example and scale.
+
+    ``image_features`` and ``crop_features`` are the encoders' output lists (coarsest first);
+    the coarsest scale uses the whole map, the others a +-``window`` window.
+
+    Returns:
+      ``(loss, psi)``, each ``(B, S)`` for the S scales. The training loss is
+      ``loss.mean(0).sum()``.
+    """
+    if not len(image_features) == len(crop_features) == len(strides):
+        raise ValueError(
+            f"need one feature map per stride {tuple(strides)}, got {len(image_features)} and "
+            f"{len(crop_features)}"
+        )
+    losses, psis = [], []
+    for i, (f, g, s) in enumerate(zip(image_features, crop_features, strides, strict=True)):
+        loss, psi = pixel_info_nce(
+            f,
+            g,
+            anchors,
+            crop_anchors,
+            stride=s,
+            window=None if i == 0 else window,
+            temperature=temperature,
+            clamp=clamp,
+        )
+        losses.append(loss)
+        psis.append(psi)
+    return jnp.stack(losses, axis=1), jnp.stack(psis, axis=1)

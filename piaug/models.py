@@ -1,0 +1,202 @@
+"""The CC2D encoder in Flax linen (DESIGN.md 1): VGG19 features, a U-Net decoder, RFB blocks and
+1x1 projection heads giving an embedding at strides 32, 16, 8, 4 and 2.
+
+``Encoder(rfb=True)`` is the full-image encoder F, ``Encoder(rfb=False)`` the crop encoder F'
+(the two do not share weights). ``width`` scales every channel count for small CPU configs; at
+``width=1`` the backbone has the layout of torchvision's ``vgg19().features`` (the converter in
+``piaug.pretrained`` loads its ImageNet weights, whose keys name the layers here: ``features_0``
+is torchvision's ``features.0``).
+
+Inputs are grayscale in [0, 1], ``(B, H, W)`` or ``(B, H, W, 1)``, replicated to the three
+channels VGG expects (no ImageNet mean/std, as in CC2D). H and W must be multiples of 32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+# VGG configuration E: channels of the 3x3 convolutions, "M" a 2x2 max-pool.
+VGG19 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M")
+VGG19 += (512, 512, 512, 512, "M")
+STRIDES = (32, 16, 8, 4, 2)  # of the five outputs, coarse to fine
+
+
+def channels(c: int, width: float) -> int:
+    return max(1, int(round(c * width)))
+
+
+def upsample_matrix(n: int) -> np.ndarray:
+    """(2n, n) linear interpolation weights of a x2 upsampling with aligned corners."""
+    out = 2 * n
+    if n == 1:
+        return np.ones((out, 1), np.float32)
+    pos = np.arange(out) * (n - 1) / (out - 1)
+    lo = np.minimum(np.floor(pos).astype(int), n - 2)
+    frac = pos - lo
+    m = np.zeros((out, n), np.float64)
+    m[np.arange(out), lo] = 1 - frac
+    m[np.arange(out), lo + 1] += frac
+    return m.astype(np.float32)
+
+
+def upsample2x(x: jnp.ndarray) -> jnp.ndarray:
+    """Bilinear x2 upsampling of ``(B, H, W, C)`` with aligned corners (PyTorch's
+    ``align_corners=True``), as two small matrix products."""
+    rows = jnp.asarray(upsample_matrix(x.shape[1]), x.dtype)
+    cols = jnp.asarray(upsample_matrix(x.shape[2]), x.dtype)
+    return jnp.einsum("ih,jw,bhwc->bijc", rows, cols, x)
+
+
+class VGGFeatures(nn.Module):
+    """VGG19 (configuration E, no batch norm): the outputs of its five max-pools
+    (64 channels at stride 2, 128 at 4, 256 at 8, 512 at 16, 512 at 32, times ``width``)."""
+
+    width: float = 1.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        pools = []
+        for index, layer in torchvision_layers():
+            if layer == "M":
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                pools.append(x)
+            else:
+                conv = nn.Conv(
+                    channels(layer, self.width), (3, 3), dtype=self.dtype, name=f"features_{index}"
+                )
+                x = nn.relu(conv(x))
+        return pools
+
+
+def torchvision_layers() -> list[tuple[int, int | str]]:
+    """VGG19's layers as (index in torchvision's ``features``, channels or "M"); each conv
+    there is followed by a ReLU that takes an index of its own."""
+    layers, index = [], 0
+    for item in VGG19:
+        layers.append((index, item))
+        index += 1 if item == "M" else 2
+    return layers
+
+
+class ConvBN(nn.Module):
+    """Convolution (no bias), batch norm (PyTorch's momentum 0.1, eps 1e-5), optional ReLU."""
+
+    features: int
+    kernel: tuple[int, int] = (3, 3)
+    dilation: int = 1
+    relu: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.Conv(
+            self.features,
+            self.kernel,
+            kernel_dilation=self.dilation,
+            use_bias=False,
+            dtype=self.dtype,
+        )(x)
+        x = nn.BatchNorm(
+            use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
+        )(x)
+        return nn.relu(x) if self.relu else x
+
+
+class Up(nn.Module):
+    """U-Net decoder step: bilinear x2, concatenated skip, two 3x3 conv-BN-ReLU."""
+
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, skip, train: bool):
+        x = jnp.concatenate([skip, upsample2x(x)], axis=-1)
+        x = ConvBN(self.features, dtype=self.dtype)(x, train)
+        return ConvBN(self.features, dtype=self.dtype)(x, train)
+
+
+class RFB(nn.Module):
+    """Receptive field block (CC2D's "non_local"): four branches of growing dilation
+    (1; 1x3, 3x1, 3x3 dilated 3; 1x5, 5x1, 3x3 dilated 5; 1x7, 7x1, 3x3 dilated 7), concatenated
+    and fused by a 3x3 conv, plus a 1x1 residual, then ReLU. Every conv is conv + BN."""
+
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        def conv(y, kernel, dilation=1):
+            return ConvBN(self.features, kernel, dilation, relu=False, dtype=self.dtype)(y, train)
+
+        branches = [conv(x, (1, 1))]
+        for k in (3, 5, 7):
+            y = conv(x, (1, 1))
+            y = conv(y, (1, k))
+            y = conv(y, (k, 1))
+            branches.append(conv(y, (3, 3), dilation=k))
+        fused = conv(jnp.concatenate(branches, axis=-1), (3, 3))
+        return nn.relu(fused + conv(x, (1, 1)))
+
+
+class Encoder(nn.Module):
+    """The CC2D encoder: ``(B, H, W[, 1])`` in [0, 1] -> five ``(B, H/s, W/s, embedding)`` maps
+    for the strides ``STRIDES`` (32 first). ``rfb`` adds the RFB blocks before the three coarsest
+    heads (the full-image encoder); the embeddings are not normalised (the loss takes cosines)."""
+
+    embedding: int = 16
+    width: float = 1.0
+    rfb: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False) -> list[jnp.ndarray]:
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.ndim != 4 or x.shape[-1] != 1:
+            raise ValueError(f"expected grayscale images (B, H, W[, 1]), got shape {x.shape}")
+        if x.shape[1] % 32 or x.shape[2] % 32:
+            raise ValueError(f"image height and width must be multiples of 32, got {x.shape[1:3]}")
+        x = jnp.broadcast_to(x, (*x.shape[:3], 3)).astype(self.dtype)
+        f0, f1, f2, f3, f4 = VGGFeatures(self.width, self.dtype, name="vgg")(x)
+        c = lambda n: channels(n, self.width)  # noqa: E731
+        u1 = Up(c(256), self.dtype, name="up1")(f4, f3, train)
+        u2 = Up(c(128), self.dtype, name="up2")(u1, f2, train)
+        u3 = Up(c(64), self.dtype, name="up3")(u2, f1, train)
+        u4 = Up(c(128), self.dtype, name="up4")(u3, f0, train)
+        inputs = [f4, u1, u2, u3, u4]
+        if self.rfb:
+            for i in range(3):
+                inputs[i] = RFB(inputs[i].shape[-1], self.dtype, name=f"rfb{i}")(inputs[i], train)
+        heads = []
+        for i, y in enumerate(inputs):
+            head = nn.Conv(self.embedding, (1, 1), dtype=self.dtype, name=f"head{STRIDES[i]}")
+            heads.append(head(y).astype(jnp.float32))
+        return heads
+
+
+def encoders(
+    *, embedding: int = 16, width: float = 1.0, dtype: str = "float32"
+) -> tuple[Encoder, Encoder]:
+    """The full-image encoder F (with RFB blocks) and the crop encoder F' (without)."""
+    dt = jnp.dtype(dtype)
+    return (
+        Encoder(embedding, width, rfb=True, dtype=dt),
+        Encoder(embedding, width, rfb=False, dtype=dt),
+    )
+
+
+def num_params(params) -> int:
+    import jax
+
+    return int(sum(np.size(x) for x in jax.tree.leaves(params)))
+
+
+def feature_shapes(image_shape: Sequence[int]) -> list[tuple[int, int]]:
+    """Spatial sizes of the five outputs for an ``(H, W)`` input."""
+    h, w = image_shape
+    return [(h // s, w // s) for s in STRIDES]

@@ -1,0 +1,130 @@
+"""The multi-scale pixel InfoNCE against hand-computed values."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from piaug import losses
+
+
+def _row(*vectors):
+    """A (1, 1, n, E) feature map: one image, one row of n cells."""
+    return jnp.asarray([[vectors]], jnp.float32)
+
+
+def _nce(image, crop, anchor, crop_anchor=(0, 0), **kw):
+    kw = {"stride": 1} | kw
+    loss, psi = losses.pixel_info_nce(
+        image, crop, jnp.asarray([anchor]), jnp.asarray([crop_anchor]), **kw
+    )
+    return float(loss[0]), float(psi[0])
+
+
+def test_whole_map_cross_entropy_with_clamped_cosines():
+    # cosines with the query (1, 0): 1, 0, 1/sqrt(2), -1 (clamped to 0)
+    image = _row([1.0, 0.0], [0.0, 2.0], [3.0, 3.0], [-5.0, 0.0])
+    crop = _row([7.0, 0.0])
+    loss, psi = _nce(image, crop, (0, 0))
+    c = 1 / np.sqrt(2)
+    assert loss == pytest.approx(-1 + np.log(np.e + 1 + np.exp(c) + 1), rel=1e-6)
+    assert psi == pytest.approx(1.0)
+    loss, psi = _nce(image, crop, (0, 2))  # the positive is the third cell
+    assert loss == pytest.approx(-c + np.log(np.e + 1 + np.exp(c) + 1), rel=1e-6)
+    assert psi == pytest.approx(c, rel=1e-6)
+    unclamped, _ = _nce(image, crop, (0, 0), clamp=False)
+    assert unclamped == pytest.approx(-1 + np.log(np.e + 1 + np.exp(c) + np.exp(-1)), rel=1e-6)
+    cold, _ = _nce(image, crop, (0, 0), temperature=0.5)
+    assert cold == pytest.approx(-2 + np.log(np.exp(2) + 1 + np.exp(2 * c) + 1), rel=1e-6)
+
+
+def test_window_is_cut_at_the_borders():
+    image = _row([1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0], [0.0, 1.0])
+    crop = _row([1.0, 0.0])
+    c = 1 / np.sqrt(2)
+    loss, _ = _nce(image, crop, (0, 2), window=1)  # cells 1, 2, 3
+    assert loss == pytest.approx(-c + np.log(1 + np.exp(c) + np.e), rel=1e-6)
+    loss, _ = _nce(image, crop, (0, 0), window=1)  # cells 0, 1: the window ends at the border
+    assert loss == pytest.approx(-1 + np.log(np.e + 1), rel=1e-6)
+    loss, _ = _nce(image, crop, (0, 4), window=0)  # only the positive: loss 0
+    assert loss == pytest.approx(0.0, abs=1e-6)
+
+
+def test_window_is_square_in_two_dimensions():
+    image = jnp.zeros((1, 5, 5, 2)).at[..., 1].set(1.0)  # every cosine 0 with the query (1, 0)
+    crop = _row([1.0, 0.0])
+    loss, psi = _nce(image, crop, (1, 1), window=1)  # 3 x 3 cells, all logits 0
+    assert loss == pytest.approx(np.log(9), rel=1e-6) and psi == 0.0
+    loss, _ = _nce(image, crop, (0, 4), window=2)  # rows 0-2, cols 2-4
+    assert loss == pytest.approx(np.log(9), rel=1e-6)
+    loss, _ = _nce(image, crop, (0, 4), window=None)
+    assert loss == pytest.approx(np.log(25), rel=1e-6)
+
+
+def test_cells_come_from_the_stride_and_the_crop_position():
+    image = jnp.zeros((1, 2, 3, 2)).at[0, 1, 2].set(jnp.asarray([1.0, 0.0]))
+    image = image.at[0, 0, 0].set(jnp.asarray([0.0, 1.0]))
+    crop = jnp.zeros((1, 2, 2, 2)).at[0, 1, 0].set(jnp.asarray([1.0, 0.0]))
+    # anchor pixel (40, 70) at stride 32 is cell (1, 2); crop pixel (33, 5) is crop cell (1, 0)
+    _, psi = _nce(image, crop, (40, 70), (33, 5), stride=32)
+    assert psi == pytest.approx(1.0)
+    # positions past the map (a crop anchor on the last pixel row) fall in the last cell
+    _, psi = _nce(image, crop, (63, 95), (63, 0), stride=32)
+    assert psi == pytest.approx(1.0)
+
+
+def test_zero_vectors_have_finite_gradients():
+    image = jnp.zeros((1, 2, 2, 3))
+    crop = jnp.zeros((1, 1, 1, 3))
+
+    def f(a, b):
+        loss, _ = losses.pixel_info_nce(
+            a, b, jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, 2), jnp.int32), stride=1
+        )
+        return loss.sum()
+
+    grads = jax.grad(f, argnums=(0, 1))(image, crop)
+    assert all(np.isfinite(g).all() for g in grads)
+
+
+def test_multiscale_sums_scales_and_matches_jit():
+    rng = np.random.default_rng(0)
+    strides = (32, 16, 8, 4, 2)
+    image = [jnp.asarray(rng.normal(size=(3, 64 // s, 64 // s, 4)), jnp.float32) for s in strides]
+    crop = [jnp.asarray(rng.normal(size=(3, 32 // s, 32 // s, 4)), jnp.float32) for s in strides]
+    anchors = jnp.asarray(rng.integers(0, 64, (3, 2)))
+    crop_anchors = jnp.asarray(rng.integers(0, 32, (3, 2)))
+    loss, psi = losses.multiscale_info_nce(image, crop, anchors, crop_anchors, window=3)
+    assert loss.shape == psi.shape == (3, 5)
+    for i, s in enumerate(strides):
+        one, p = losses.pixel_info_nce(
+            image[i], crop[i], anchors, crop_anchors, stride=s, window=None if i == 0 else 3
+        )
+        np.testing.assert_allclose(loss[:, i], one, rtol=1e-6)
+        np.testing.assert_allclose(psi[:, i], p, rtol=1e-6)
+    jitted = jax.jit(lambda *a: losses.multiscale_info_nce(*a, window=3))
+    np.testing.assert_allclose(jitted(image, crop, anchors, crop_anchors)[0], loss, rtol=1e-6)
+    assert np.all((psi >= 0) & (psi <= 1))
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ValueError, match=r"\(B, h, w, E\)"):
+        losses.pixel_info_nce(
+            jnp.zeros((2, 2, 4)),
+            jnp.zeros((1, 2, 2, 4)),
+            jnp.zeros((1, 2)),
+            jnp.zeros((1, 2)),
+            stride=1,
+        )
+    with pytest.raises(ValueError, match="anchors must be"):
+        losses.pixel_info_nce(
+            jnp.zeros((2, 2, 2, 4)),
+            jnp.zeros((2, 2, 2, 4)),
+            jnp.zeros((1, 2)),
+            jnp.zeros((2, 2)),
+            stride=1,
+        )
+    with pytest.raises(ValueError, match="one feature map per stride"):
+        losses.multiscale_info_nce(
+            [jnp.zeros((1, 2, 2, 4))], [], jnp.zeros((1, 2)), jnp.zeros((1, 2))
+        )

@@ -1,0 +1,67 @@
+"""The CC2D encoder: layout, parameter counts, output strides, aligned-corner upsampling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from piaug import models
+
+
+def _init(net, shape):
+    return jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros(shape), train=False))
+
+
+def test_parameter_counts_at_full_width():
+    full, crop = models.encoders(width=1.0)
+    v_full, v_crop = _init(full, (1, 64, 64)), _init(crop, (1, 64, 64))
+    assert models.num_params(v_full["params"]["vgg"]) == 20_024_384  # VGG19's convolutions
+    assert models.num_params(v_crop["params"]["vgg"]) == 20_024_384
+    assert models.num_params(v_full["params"]) == 57_954_960  # with the decoder, RFB, heads
+    assert models.num_params(v_crop["params"]) == 24_209_808
+    kernels = {k: v["kernel"].shape for k, v in v_full["params"]["vgg"].items()}
+    assert kernels["features_0"] == (3, 3, 3, 64) and kernels["features_34"] == (3, 3, 512, 512)
+    assert "rfb0" in v_full["params"] and "rfb0" not in v_crop["params"]
+
+
+def test_outputs_at_the_five_strides():
+    full, crop = models.encoders(width=0.0625, embedding=8)
+    x = jax.random.uniform(jax.random.key(1), (2, 64, 96))
+    out, variables = jax.jit(lambda x: full.init_with_output(jax.random.key(0), x))(x)
+    assert [o.shape for o in out] == [(2, h, w, 8) for h, w in models.feature_shapes((64, 96))]
+    assert models.feature_shapes((64, 96))[0] == (2, 3) and models.STRIDES[0] == 32
+    assert set(variables) == {"params", "batch_stats"}
+    out = jax.eval_shape(
+        lambda: full.apply(variables, x[..., None], train=True, mutable=["batch_stats"])
+    )
+    assert len(out[0]) == 5 and "batch_stats" in out[1]
+    out = jax.eval_shape(lambda: crop.init_with_output(jax.random.key(0), x[:, :32, :32])[0])
+    assert [o.shape[1:3] for o in out] == [(1, 1), (2, 2), (4, 4), (8, 8), (16, 16)]
+
+
+def test_mixed_precision_keeps_float32_params_and_outputs():
+    full = models.Encoder(embedding=4, width=0.0625, dtype=jnp.bfloat16)
+    out, variables = jax.eval_shape(
+        lambda: full.init_with_output(jax.random.key(0), jnp.zeros((1, 32, 32)))
+    )
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+    assert all(o.dtype == jnp.float32 for o in out)
+
+
+def test_bad_inputs_raise():
+    net = models.Encoder(width=0.0625)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 48, 64))))
+    with pytest.raises(ValueError, match="grayscale"):
+        jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_upsampling_aligns_corners_as_pytorch(n):
+    x = np.random.default_rng(n).normal(size=(1, n, n + 2, 3)).astype(np.float32)
+    ours = np.asarray(models.upsample2x(jnp.asarray(x)))
+    # grid_mode=False maps the first and last samples onto each other: align_corners=True
+    ref = ndimage.zoom(x, (1, 2, 2, 1), order=1, grid_mode=False, mode="nearest")
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+    assert ours.shape == (1, 2 * n, 2 * n + 4, 3)

@@ -1,0 +1,262 @@
+"""Pretraining: the sharded step equals the single-device one, a 2-process run equals a
+1-process run, a killed or pre-empted run resumes to the same parameters, checkpoints move
+between device counts, and a non-finite loss stops the run cleanly."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from piaug import train
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from configs import test as test_config  # noqa: E402
+
+# Runs the CLI with a mishap just before the HOOK_AT-th step of this process: a signal sent to
+# itself (HOOK=SIGKILL or SIGTERM) or NaN crops in the batch (HOOK=NAN).
+HOOKED = textwrap.dedent(
+    """
+    import os, signal
+    import numpy as np
+    from absl import app
+    from piaug import main, train
+
+    at, hook = int(os.environ["HOOK_AT"]), os.environ["HOOK"]
+    original, calls = train.device_batch, [0]
+
+    def device_batch(batch, mesh):
+        calls[0] += 1
+        if calls[0] == at and hook == "NAN":
+            batch = dict(batch, crop=np.full_like(batch["crop"], np.nan))
+        elif calls[0] == at:
+            os.kill(os.getpid(), getattr(signal, hook))
+        return original(batch, mesh)
+
+    train.device_batch = device_batch
+    app.run(main.main, flags_parser=main.parse_flags)
+    """
+)
+
+
+def _env(devices=1):
+    env = dict(os.environ)
+    # LLVM at -O0 compiles the tiny encoders three times faster; they run fast enough anyway.
+    env["XLA_FLAGS"] = (
+        f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+    )
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+def _cli(workdir, *extra, devices=1, script=None, env_extra=None, check=True):
+    cmd = [sys.executable]
+    cmd += ["-c", script] if script else ["-m", "piaug.main"]
+    cmd += [f"--config={REPO / 'configs/test.py'}", f"--workdir={workdir}"]
+    cmd += ["--config.stages=pretrain", *extra]
+    env = _env(devices) | (env_extra or {})
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def _params(workdir, step=None):
+    variables = train.restore_params(
+        Path(workdir) / "checkpoints", test_config.get_config(), step=step
+    )
+    return jax.device_get(variables)
+
+
+def _assert_trees_close(a, b, **tol):
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
+
+
+def _rows(workdir):
+    return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The tiny config's 6 uninterrupted steps on one device."""
+    workdir = tmp_path_factory.mktemp("reference")
+    _cli(workdir)
+    return workdir
+
+
+def test_pretrain_writes_checkpoints_and_metrics(reference):
+    rows = _rows(reference)
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    for key in (
+        "loss",
+        "loss_s32",
+        "loss_s2",
+        "psi_s32",
+        "psi_s2",
+        "grad_norm_image",
+        "grad_norm_crop",
+        "lr",
+        "samples_per_s",
+    ):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    row = rows[0]
+    assert row["loss"] == pytest.approx(sum(row[f"loss_s{s}"] for s in (32, 16, 8, 4, 2)))
+    assert row["lr"] == pytest.approx(1e-4)
+    steps = sorted(int(p.name) for p in (reference / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [3, 6]  # every 3 steps, the last 2 kept
+    params = _params(reference)
+    assert set(params) == {"image", "crop"} and "rfb0" in params["image"]["params"]
+    again = _cli(reference)  # a finished run is skipped
+    assert "already holds step 6 of 6" in again.stderr
+
+
+def test_sharded_step_equals_single_device_step():
+    script = textwrap.dedent(
+        """
+        import functools, sys
+        import jax, numpy as np, optax
+        from jax.sharding import NamedSharding, PartitionSpec
+        sys.path.insert(0, ".")
+        from configs import test as test_config
+        from piaug import train
+
+        config = test_config.get_config()
+        nets = train.nets_from_config(config)
+        # SGD: Adam divides each gradient entry by its own size, so an entry whose gradient is
+        # at round-off level (some are 1e-9 here) moves by up to the learning rate whichever
+        # way the sums were ordered; SGD keeps the comparison about the gradients, the batch
+        # statistics and the update.
+        txs = {n: optax.sgd(0.01) for n in train.ENCODERS}
+        rng = np.random.default_rng(0)
+        batch = {
+            "image": rng.integers(0, 256, (4, 64, 64), dtype=np.uint8),
+            "crop": rng.uniform(0, 1, (4, 32, 32)).astype(np.float32),
+            "anchor": rng.integers(0, 64, (4, 2)).astype(np.int32),
+            "crop_anchor": rng.integers(0, 32, (4, 2)).astype(np.int32),
+        }
+        init = jax.jit(functools.partial(
+            train.create_state, nets=nets, txs=txs, image_size=(64, 64), crop_size=32))
+        state0 = jax.device_get(init(jax.random.key(0)))  # host copy: each mesh donates its own
+        results = []
+        for n in (1, 2, 4):
+            mesh = train.make_mesh(jax.devices()[:n])
+            state = jax.device_put(state0, NamedSharding(mesh, PartitionSpec()))
+            step = train.compile_step(mesh, nets=nets, txs=txs, window=2)
+            state, metrics = step(state, train.device_batch(batch, mesh))
+            assert state.params["image"]["head32"]["kernel"].sharding.mesh.size == n
+            results.append(jax.device_get((state.params, state.batch_stats, metrics)))
+        moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(),
+                                             results[0][0], state0.params))
+        assert max(moved) > 1e-3  # the step changed the parameters
+        for other in results[1:]:
+            for x, y in zip(jax.tree.leaves(results[0]), jax.tree.leaves(other), strict=True):
+                np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+        assert int(state.step) == 1
+        print("EQUAL", results[0][2]["loss"])
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=_env(4),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0 and "EQUAL" in out.stdout, out.stderr[-3000:]
+
+
+def test_two_devices_equal_one_and_restore_on_one(reference, tmp_path):
+    _cli(tmp_path, devices=2)
+    _assert_same_run(tmp_path, reference)  # written on 2 devices, restored here on 1
+
+
+def _assert_same_run(workdir, reference):
+    """Six Adam steps on another layout: the same losses and parameters, up to the order of
+    float32 sums (Adam moves an entry whose gradient is at round-off level by up to the
+    learning rate, 1e-4, per step, so parameters are compared to a few learning rates)."""
+    losses = [r["loss"] for r in _rows(workdir)]
+    np.testing.assert_allclose(losses, [r["loss"] for r in _rows(reference)], rtol=1e-4)
+    _assert_trees_close(_params(workdir), _params(reference), rtol=0, atol=6e-4)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process(reference, tmp_path):
+    port = _free_port()
+    procs = []
+    for index in range(2):
+        cmd = [
+            sys.executable,
+            "-m",
+            "piaug.main",
+            f"--config={REPO / 'configs/test.py'}",
+            f"--workdir={tmp_path}",
+            "--config.stages=pretrain",
+            f"--coordinator=localhost:{port}",
+            "--num_processes=2",
+            f"--process_id={index}",
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                cwd=REPO,
+                env=_env(1),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    assert "process 1 of 2" in err
+    assert [r["step"] for r in _rows(tmp_path)] == list(range(1, 7))  # one writer
+    _assert_same_run(tmp_path, reference)
+
+
+def test_killed_and_preempted_runs_resume_to_the_same_parameters(reference, tmp_path):
+    # SIGKILL before step 6: steps 1-5 ran; the checkpoint of step 3 is saved unless the kill
+    # caught its background write (then the run starts over, which must end the same).
+    out = _cli(tmp_path, script=HOOKED, env_extra={"HOOK_AT": "6", "HOOK": "SIGKILL"}, check=False)
+    assert out.returncode == -signal.SIGKILL
+    checkpoints = train.Checkpoints(tmp_path / "checkpoints", every=1, keep=1)
+    latest = checkpoints.latest_step()
+    checkpoints.close()
+    assert latest in (None, 3)
+    # SIGTERM during the first step of the resumed run: it finishes that step, saves, exits.
+    out = _cli(tmp_path, script=HOOKED, env_extra={"HOOK_AT": "1", "HOOK": "SIGTERM"}, check=False)
+    saved = (latest or 0) + 1
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert f"SIGTERM: saved step {saved} of 6" in out.stderr, out.stderr[-3000:]
+    _cli(tmp_path)  # resumes after the saved step and finishes
+    _assert_trees_close(_params(tmp_path), _params(reference), rtol=0, atol=0)
+    rows, expected = _rows(tmp_path), _rows(reference)
+    assert [r["step"] for r in rows] == list(range(1, 7))  # no step logged twice
+    np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in expected])
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = _cli(tmp_path, script=HOOKED, env_extra={"HOOK_AT": "5", "HOOK": "NAN"}, check=False)
+    assert out.returncode == 1
+    assert "error: non-finite loss or gradient at step 5" in out.stderr, out.stderr[-3000:]
+    assert "the last good checkpoint is step 3" in out.stderr
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [3]
+    assert [r["step"] for r in _rows(tmp_path)] == [1, 2, 3, 4]
