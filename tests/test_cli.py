@@ -18,7 +18,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(workdir, *overrides, check=True, config="configs/test.py"):
+    """The CLI; the info stage only unless the overrides name stages (tests/test_train.py
+    runs the pretrain stage)."""
     cmd = [sys.executable, "-m", "piaug.main", f"--config={config}", f"--workdir={workdir}"]
+    if not any(o.startswith("--config.stages=") for o in overrides):
+        overrides += ("--config.stages=info",)
     result = subprocess.run(
         cmd + list(overrides), cwd=REPO, capture_output=True, text=True, timeout=300
     )

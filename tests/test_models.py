@@ -28,7 +28,8 @@ def test_parameter_counts_at_full_width():
 def test_outputs_at_the_five_strides():
     full, crop = models.encoders(width=0.0625, embedding=8)
     x = jax.random.uniform(jax.random.key(1), (2, 64, 96))
-    out, variables = jax.jit(lambda x: full.init_with_output(jax.random.key(0), x))(x)
+    # shapes only (eval_shape): tests/test_train.py runs the encoders for real
+    out, variables = jax.eval_shape(lambda: full.init_with_output(jax.random.key(0), x))
     assert [o.shape for o in out] == [(2, h, w, 8) for h, w in models.feature_shapes((64, 96))]
     assert models.feature_shapes((64, 96))[0] == (2, 3) and models.STRIDES[0] == 32
     assert set(variables) == {"params", "batch_stats"}

@@ -58,10 +58,13 @@ def _env(devices=1):
 
 
 def _cli(workdir, *extra, devices=1, script=None, env_extra=None, check=True):
+    """The CLI on configs/test.py, pretrain stage only unless ``extra`` names stages."""
     cmd = [sys.executable]
     cmd += ["-c", script] if script else ["-m", "piaug.main"]
     cmd += [f"--config={REPO / 'configs/test.py'}", f"--workdir={workdir}"]
-    cmd += ["--config.stages=pretrain", *extra]
+    if not any(e.startswith("--config.stages=") for e in extra):
+        extra += ("--config.stages=pretrain",)
+    cmd += extra
     env = _env(devices) | (env_extra or {})
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     if check:
@@ -90,13 +93,15 @@ def _rows(workdir):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The tiny config's 6 uninterrupted steps on one device."""
+    """The tiny config's whole run (its default stages, info and pretrain): 6 uninterrupted
+    steps on one device."""
     workdir = tmp_path_factory.mktemp("reference")
-    _cli(workdir)
+    _cli(workdir, "--config.stages=info,pretrain")
     return workdir
 
 
 def test_pretrain_writes_checkpoints_and_metrics(reference):
+    assert (reference / "info_stats.json").exists() and (reference / "config.json").exists()
     rows = _rows(reference)
     assert [r["step"] for r in rows] == list(range(1, 7))
     for key in (
@@ -199,34 +204,21 @@ def _free_port():
 
 
 def test_two_processes_equal_one_process(reference, tmp_path):
-    port = _free_port()
-    procs = []
-    for index in range(2):
-        cmd = [
-            sys.executable,
-            "-m",
-            "piaug.main",
-            f"--config={REPO / 'configs/test.py'}",
-            f"--workdir={tmp_path}",
-            "--config.stages=pretrain",
-            f"--coordinator=localhost:{port}",
-            "--num_processes=2",
-            f"--process_id={index}",
-        ]
-        procs.append(
-            subprocess.Popen(
-                cmd,
-                cwd=REPO,
-                env=_env(1),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    for p in procs:
-        _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-3000:]
-    assert "process 1 of 2" in err
+    """launch/multi_gpu.sh with PROCESSES=2: two processes joined by jax.distributed on
+    localhost (CPU collectives), one device each."""
+    env = _env(1) | {"PROCESSES": "2", "PORT": str(_free_port())}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    cmd = ["bash", "launch/multi_gpu.sh", "configs/test.py", str(tmp_path)]
+    out = subprocess.run(
+        cmd + ["--config.stages=pretrain"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "process 1 of 2" in out.stderr and "process 0 of 2" in out.stderr
     assert [r["step"] for r in _rows(tmp_path)] == list(range(1, 7))  # one writer
     _assert_same_run(tmp_path, reference)
 
