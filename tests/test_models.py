@@ -34,7 +34,7 @@ def test_outputs_at_the_five_strides():
     assert models.feature_shapes((64, 96))[0] == (2, 3) and models.STRIDES[0] == 32
     assert set(variables) == {"params", "batch_stats"}
     out = jax.eval_shape(
-        lambda: full.apply(variables, x[..., None], train=True, mutable=["batch_stats"])
+        lambda v: full.apply(v, x[..., None], train=True, mutable=["batch_stats"]), variables
     )
     assert len(out[0]) == 5 and "batch_stats" in out[1]
     out = jax.eval_shape(lambda: crop.init_with_output(jax.random.key(0), x[:, :32, :32])[0])
