@@ -103,6 +103,15 @@ class _FileDataset:
         }
 
 
+def test_a_copy_from_an_older_layout_is_refused_naming_its_folder(prepared, monkeypatch):
+    _, p = prepared
+    monkeypatch.setattr(prepare, "TFDS_SPLIT", "renamed")  # as if written with another split
+    with pytest.raises(UserError, match=r"has splits \['examples'\].*Delete that folder"):
+        prepare.prepare(
+            _synthetic(), image_size=(64, 48), footprint="disk(2)", cache_dir=p.path.parents[3]
+        )
+
+
 def test_fingerprint_follows_the_source_files(tmp_path):
     image, annotation = tmp_path / "a.npy", tmp_path / "a.csv"
     np.save(image, np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8))

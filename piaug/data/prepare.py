@@ -313,6 +313,11 @@ def prepare(
             download_config=tfds.download.DownloadConfig(try_download_gcs=False)
         )
     built = tfds.builder_from_directory(builder.data_dir)
+    if TFDS_SPLIT not in built.info.splits:
+        raise UserError(
+            f"the prepared copy at {builder.data_dir} has splits {list(built.info.splits)}, not "
+            f"{TFDS_SPLIT!r}: an older piaug wrote it. Delete that folder and run again."
+        )
     return Prepared(
         path=Path(builder.data_dir),
         split=split,
