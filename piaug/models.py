@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -191,8 +192,6 @@ def encoders(
 
 
 def num_params(params) -> int:
-    import jax
-
     return int(sum(np.size(x) for x in jax.tree.leaves(params)))
 
 

@@ -93,7 +93,7 @@ def check_config(config) -> None:
             f"training size {size}"
         )
     input_pipeline.anchor_crop_from_config(config, ranges_required=False)
-    train.nets_from_config(config)
+    train.check_config(config)
     if config.model.pretrained and not Path(config.model.pretrained).is_file():
         raise UserError(
             f"config.model.pretrained={config.model.pretrained!r} is not a file: give the path "

@@ -194,7 +194,32 @@ def nets_from_config(config) -> tuple[models.Encoder, models.Encoder]:
         raise UserError(f"config.model.dtype={m.dtype!r}: use float32, bfloat16 or float16")
     if not m.width > 0:
         raise UserError(f"config.model.width={m.width}: must be positive")
+    if not m.embedding >= 1:
+        raise UserError(f"config.model.embedding={m.embedding}: must be at least 1")
     return models.encoders(embedding=int(m.embedding), width=float(m.width), dtype=m.dtype)
+
+
+def check_config(config) -> None:
+    """Raises UserError, naming the field, for model, loss and training values that cannot
+    work."""
+    nets_from_config(config)
+    loss, cfg = config.loss, config.train
+    checks = [
+        ("loss.temperature", loss.temperature, loss.temperature > 0, "must be positive"),
+        ("loss.window", loss.window, loss.window >= 0, "must be 0 or more cells"),
+        ("train.batch_size", cfg.batch_size, cfg.batch_size >= 1, "must be at least 1"),
+        ("train.lr", cfg.lr, cfg.lr > 0, "must be positive"),
+        ("train.weight_decay", cfg.weight_decay, cfg.weight_decay >= 0, "must be 0 or more"),
+        ("train.lr_decay", cfg.lr_decay, 0 < cfg.lr_decay <= 1, "must be in (0, 1]"),
+        ("train.lr_decay_epochs", cfg.lr_decay_epochs, cfg.lr_decay_epochs > 0, "must be > 0"),
+        ("train.steps", cfg.steps, cfg.steps >= 0, "must be 0 (use epochs) or more"),
+        ("train.epochs", cfg.epochs, cfg.steps > 0 or cfg.epochs > 0, "must be positive"),
+        ("train.checkpoint_every", cfg.checkpoint_every, cfg.checkpoint_every >= 1, "must be >= 1"),
+        ("train.keep_checkpoints", cfg.keep_checkpoints, cfg.keep_checkpoints >= 1, "must be >= 1"),
+    ]
+    for field, value, ok, what in checks:
+        if not ok:
+            raise UserError(f"config.{field}={value!r}: {what}")
 
 
 class Checkpoints:

@@ -105,6 +105,9 @@ def test_unknown_key_is_an_error(tmp_path):
         ("--config.stages=info,train", "config.stages='info,train'"),
         ("--config.info.footprint=ring(3)", "config.info.footprint='ring(3)'"),
         ("--config.data.name=cifar", "unknown dataset 'cifar'"),
+        ("--config.loss.temperature=0", "config.loss.temperature=0.0: must be positive"),
+        ("--config.model.dtype=int8", "config.model.dtype='int8'"),
+        ("--config.model.pretrained=/nope/vgg19.pth", "config.model.pretrained='/nope/vgg19.pth'"),
     ],
 )
 def test_bad_values_are_errors_that_write_nothing(tmp_path, override, message):

@@ -218,3 +218,28 @@ def test_pth_with_torch(tmp_path, state):
     assert sorted(loaded) == ["features.0.bias", "features.0.weight"]
     np.testing.assert_array_equal(loaded["features.0.weight"], state["features.0.weight"])
     assert loaded["features.0.bias"].dtype == np.float32
+
+
+def test_training_starts_both_backbones_from_the_file(files, state):
+    """``model.pretrained``: the train state's two encoders get the converted weights."""
+    from piaug import train
+
+    full, crop = models.encoders(width=1.0)
+    params = {}
+    for name, net, size in (("image", full, 64), ("crop", crop, 32)):
+        shapes = jax.eval_shape(
+            lambda n=net, s=size: n.init(jax.random.key(0), jnp.zeros((1, s, s)))
+        )
+        params[name] = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), shapes["params"])
+    start = train.TrainState(step=np.int32(0), params=params, batch_stats={}, opt_state={})
+    loaded = train._with_pretrained_backbone(start, str(files["npz"]))
+    expected = pretrained.vgg_params(state)
+    for name in train.ENCODERS:
+        got = loaded.params[name]
+        np.testing.assert_array_equal(
+            got["vgg"]["features_0"]["kernel"], expected["features_0"]["kernel"]
+        )
+        np.testing.assert_array_equal(
+            got["vgg"]["features_34"]["bias"], expected["features_34"]["bias"]
+        )
+        np.testing.assert_array_equal(got["head32"]["kernel"], 1.0)  # the rest is untouched
