@@ -16,8 +16,8 @@ if [ $# -lt 2 ] || [ -z "${TPU_NAME:-}" ] || [ -z "${ZONE:-}" ]; then
 fi
 config=$1 workdir=$2
 shift 2
-repo=${REPO:-~/piaug}
-cache=${PIAUG_CACHE:-$workdir/.cache}
+repo=${REPO:-'~/piaug'}  # expanded on the workers
+cache=${PIAUG_CACHE:-$(dirname "$workdir")/piaug_cache}  # beside the workdir, on shared storage
 overrides=$(printf ' %q' "$@")
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command \
   "cd $repo && PIAUG_CACHE=$cache python -m piaug.main --config=$config --workdir=$workdir --distributed$overrides"
