@@ -1,0 +1,134 @@
+"""Landmark detection metrics (DESIGN.md 1): radial errors in millimetres, the mean radial error
+(MRE) and the successful detection rates (SDR, % of errors strictly below each radius).
+
+Two protocols:
+
+* ``grid``, the paper's: predictions and ground truth in the training grid (e.g. 384 x 384), the
+  ground truth truncated as the authors did (``int(int(x) * 384 / width)``), errors scaled per
+  axis by the grid's pixel size in millimetres (ceph: 0.625 mm in y, 0.504 mm in x).
+* ``full``: predictions mapped back to original pixels (the inverse of the resize), errors
+  against the original annotation with the original spacing.
+
+Points are (x, y) = (col, row), as the datasets store landmarks (``piaug.matching`` works in
+(row, col): flip its last axis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+RADII = (2.0, 2.5, 3.0, 4.0)
+PROTOCOLS = ("grid", "full")
+
+
+def grid_spacing(spacing, original_size, image_size) -> np.ndarray:
+    """Millimetres per training-grid pixel, ``(N, 2)`` (x, y), for images of ``original_size``
+    ``(N, 2)`` (height, width) and spacing ``(N,)`` mm per original pixel resized to
+    ``image_size`` (height, width)."""
+    spacing = np.asarray(spacing, np.float64).reshape(-1, 1)
+    original = np.asarray(original_size, np.float64).reshape(-1, 2)
+    h, w = image_size
+    return spacing * np.stack([original[:, 1] / w, original[:, 0] / h], axis=1)
+
+
+def to_original(points, original_size, image_size) -> np.ndarray:
+    """Grid points ``(N, L, 2)`` (x, y) in original pixels: the inverse of the resize
+    (``(p + 0.5) * original / grid - 0.5`` per axis)."""
+    points = np.asarray(points, np.float64)
+    original = np.asarray(original_size, np.float64).reshape(-1, 1, 2)[..., ::-1]  # (w, h)
+    grid = np.asarray(image_size, np.float64)[::-1]
+    return (points + 0.5) * original / grid - 0.5
+
+
+def radial_errors(pred, true, mm_per_pixel) -> np.ndarray:
+    """``(N, L)`` errors in mm between ``(N, L, 2)`` points, with ``mm_per_pixel`` a scalar,
+    ``(N,)`` or ``(N, 2)`` (x, y)."""
+    pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    if pred.shape != true.shape or pred.ndim != 3 or pred.shape[-1] != 2:
+        raise ValueError(f"need (N, L, 2) predictions and truth, got {pred.shape}, {true.shape}")
+    scale = np.asarray(mm_per_pixel, np.float64)
+    if scale.ndim == 1:
+        scale = scale[:, None, None]
+    elif scale.ndim == 2:
+        scale = scale[:, None, :]
+    return np.sqrt((((pred - true) * scale) ** 2).sum(-1))
+
+
+def metrics(errors, *, radii: Sequence[float] = RADII, protocol: str = "grid") -> dict:
+    """MRE (mean over landmarks of the mean over images), SDR per radius (% strictly below),
+    per-landmark MRE, the worst cases, as in DESIGN.md 3's ``results.json``."""
+    errors = np.asarray(errors, np.float64)
+    if errors.ndim != 2 or errors.size == 0:
+        raise ValueError(f"need (N, L) errors, got {errors.shape}")
+    if not np.isfinite(errors).all():
+        raise ValueError("errors hold NaN or inf: check the predictions and the spacing")
+    per_landmark = errors.mean(0)
+    worst = np.argsort(-errors, axis=None)[:5]
+    return {
+        "mre_mm": float(per_landmark.mean()),
+        "std_mm": float(errors.std()),
+        "sdr": {f"{r:.1f}": float(100.0 * (errors < r).mean()) for r in radii},
+        "protocol": protocol,
+        "n_images": int(errors.shape[0]),
+        "per_landmark_mre_mm": per_landmark.round(4).tolist(),
+        "worst": [
+            {"image": int(i), "landmark": int(j), "error_mm": float(errors[i, j])}
+            for i, j in zip(*np.unravel_index(worst, errors.shape), strict=True)
+        ],
+    }
+
+
+def truth_in_grid(landmarks_original, original_size, image_size) -> np.ndarray:
+    """The authors' grid ground truth: original pixels truncated, scaled, truncated again."""
+    original = np.asarray(original_size, np.float64).reshape(-1, 1, 2)[..., ::-1]  # (w, h)
+    grid = np.asarray(image_size, np.float64)[::-1]
+    return np.floor(np.floor(np.asarray(landmarks_original, np.float64)) * grid / original)
+
+
+def evaluate(
+    pred_grid,
+    *,
+    landmarks_original,
+    spacing,
+    original_size,
+    image_size,
+    radii: Sequence[float] = RADII,
+) -> dict[str, dict]:
+    """Both protocols for predictions ``(N, L, 2)`` (x, y) in the training grid.
+
+    ``landmarks_original``: the truth in original pixels; ``spacing`` ``(N,)`` mm per original
+    pixel; ``original_size`` ``(N, 2)`` (height, width).
+    Returns ``{"grid": metrics, "full": metrics}``.
+    """
+    pred_grid = np.asarray(pred_grid, np.float64)
+    truth_grid = truth_in_grid(landmarks_original, original_size, image_size)
+    grid = radial_errors(pred_grid, truth_grid, grid_spacing(spacing, original_size, image_size))
+    full = radial_errors(
+        to_original(pred_grid, original_size, image_size),
+        landmarks_original,
+        np.asarray(spacing, np.float64),
+    )
+    return {
+        "grid": metrics(grid, radii=radii, protocol=f"grid {image_size[0]}x{image_size[1]}"),
+        "full": metrics(full, radii=radii, protocol="full resolution"),
+    }
+
+
+def table(results: dict[str, dict]) -> str:
+    """A terminal table: one row per (encoder, protocol)."""
+    radii = None
+    rows = []
+    width = max([7, *(len(name) for name in results)])
+    for name, by_protocol in results.items():
+        for protocol, m in by_protocol.items():
+            radii = radii or list(m["sdr"])
+            sdr = "  ".join(f"{m['sdr'][r]:6.2f}" for r in radii)
+            rows.append(
+                f"{name:<{width}} {protocol:<6} {m['mre_mm']:7.3f}  {sdr}  {m['n_images']:5d}"
+            )
+    head = f"{'encoder':<{width}} {'proto':<6} {'MRE mm':>7}  " + "  ".join(
+        f"{'<' + r:>6}" for r in radii or []
+    )
+    return "\n".join([head + "  images", *rows])

@@ -1,0 +1,187 @@
+"""One-shot landmark matching with the full-image encoder (DESIGN.md 1, the paper's Eq. 4).
+
+For each landmark of a template image, its feature vector at every scale; for a query image, at
+each scale the cosine map between that vector and the query's features, clamped to [0, 1] and
+upsampled to the input size (nearest: each cell repeated ``stride`` times, or bilinear); the
+product over scales; the prediction is its argmax (optionally refined to sub-pixel precision
+by a parabola through the peak and its neighbours in each axis).
+
+``choose_template`` picks the template without labels, in the spirit of the paper's policy
+("which images to label"): salient points of each candidate (local maxima of its IIE map, away
+from the border and from each other) are matched into every other image, and the candidate
+whose points match most confidently (mean of the maximum similarity) wins.
+
+Points are (row, col) in the pixels of the encoder's input grid throughout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from piaug.losses import cell, cosine
+from piaug.models import STRIDES
+
+UPSAMPLING = ("nearest", "bilinear")
+
+
+def template_vectors(
+    features: Sequence[jnp.ndarray], points: jnp.ndarray, *, strides: Sequence[int] = STRIDES
+) -> list[jnp.ndarray]:
+    """The ``(L, E)`` feature vectors at ``points`` (``(L, 2)`` int, row and col) of one image,
+    one array per scale; ``features`` are its ``(h, w, E)`` maps (coarsest first)."""
+    points = jnp.asarray(points)
+    out = []
+    for f, s in zip(features, strides, strict=True):
+        c = cell(points, s, f.shape)
+        out.append(f[c[:, 0], c[:, 1]])
+    return out
+
+
+def _upsample(maps: jnp.ndarray, stride: int, size: tuple[int, int], method: str) -> jnp.ndarray:
+    """``(..., h, w)`` maps to ``(..., H, W)``."""
+    if method == "nearest":
+        up = jnp.repeat(jnp.repeat(maps, stride, axis=-2), stride, axis=-1)
+        return up[..., : size[0], : size[1]]
+    return jax.image.resize(maps, (*maps.shape[:-2], *size), method="bilinear")
+
+
+def similarity(
+    query_features: Sequence[jnp.ndarray],
+    templates: Sequence[jnp.ndarray],
+    *,
+    size: tuple[int, int],
+    strides: Sequence[int] = STRIDES,
+    upsample: str = "nearest",
+    clamp: bool = True,
+) -> jnp.ndarray:
+    """The ``(B, L, H, W)`` product over scales of each template vector's cosine map.
+
+    Args:
+      query_features: per scale, ``(B, h, w, E)`` maps of B query images.
+      templates: per scale, ``(L, E)`` template vectors (``template_vectors``).
+      size: the input grid ``(H, W)``.
+      upsample: 'nearest' (each cell covers its stride x stride pixels) or 'bilinear'.
+      clamp: clamp the cosines to [0, 1] before the product (CC2D).
+    """
+    if upsample not in UPSAMPLING:
+        raise ValueError(f"upsample must be one of {UPSAMPLING}, got {upsample!r}")
+    total = None
+    for f, t, s in zip(query_features, templates, strides, strict=True):
+        sim = cosine(f[:, None], t[None, :, None, None, :])  # (B, L, h, w)
+        if clamp:
+            sim = jnp.clip(sim, 0.0, 1.0)
+        sim = _upsample(sim, s, size, upsample)
+        total = sim if total is None else total * sim
+    return total
+
+
+def refine(maps: jnp.ndarray, peaks: jnp.ndarray) -> jnp.ndarray:
+    """Sub-pixel peaks: in each axis, the vertex of the parabola through the peak and its two
+    neighbours (no shift at the border or where the three are not a maximum).
+
+    ``maps`` ``(..., H, W)``, ``peaks`` ``(..., 2)`` int; returns ``(..., 2)`` float."""
+    h, w = maps.shape[-2:]
+    flat = maps.reshape(-1, h, w)
+    p = peaks.reshape(-1, 2)
+    idx = jnp.arange(flat.shape[0])
+
+    def offset(axis):
+        lo = p.at[:, axis].add(-1)
+        hi = p.at[:, axis].add(1)
+        n = (h, w)[axis]
+        inside = (p[:, axis] > 0) & (p[:, axis] < n - 1)
+        lo, hi = (
+            jnp.clip(lo, 0, jnp.array([h - 1, w - 1])),
+            jnp.clip(hi, 0, jnp.array([h - 1, w - 1])),
+        )
+        a = flat[idx, lo[:, 0], lo[:, 1]]
+        b = flat[idx, p[:, 0], p[:, 1]]
+        c = flat[idx, hi[:, 0], hi[:, 1]]
+        denom = a - 2 * b + c
+        shift = jnp.where(
+            inside & (denom < 0), 0.5 * (a - c) / jnp.where(denom < 0, denom, -1.0), 0
+        )
+        return jnp.clip(shift, -0.5, 0.5)
+
+    out = p.astype(jnp.float32) + jnp.stack([offset(0), offset(1)], axis=-1)
+    return out.reshape(peaks.shape)
+
+
+def match(
+    query_features: Sequence[jnp.ndarray],
+    templates: Sequence[jnp.ndarray],
+    *,
+    size: tuple[int, int],
+    strides: Sequence[int] = STRIDES,
+    upsample: str = "nearest",
+    subpixel: bool = False,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Predicted points ``(B, L, 2)`` (row, col) and their scores ``(B, L)`` (the maximum of
+    the product map). Integer pixels unless ``subpixel``."""
+    maps = similarity(query_features, templates, size=size, strides=strides, upsample=upsample)
+    b, n_l, h, w = maps.shape
+    flat = maps.reshape(b, n_l, h * w)
+    arg = jnp.argmax(flat, axis=-1)
+    peaks = jnp.stack([arg // w, arg % w], axis=-1)
+    scores = jnp.max(flat, axis=-1)
+    if subpixel:
+        return refine(maps, peaks), scores
+    return peaks, scores
+
+
+def salient_points(iie: np.ndarray, *, count: int, min_distance: int, border: int) -> np.ndarray:
+    """Up to ``count`` local maxima (row, col) of an IIE map (3 x 3 neighbourhoods, plateaus
+    excluded), strongest first, at least ``border`` pixels inside the image and
+    ``min_distance`` pixels (Chebyshev) apart."""
+    from scipy import ndimage
+
+    iie = np.asarray(iie, np.float64)
+    peaks = iie == ndimage.maximum_filter(iie, size=3, mode="nearest")
+    peaks &= iie > ndimage.minimum_filter(iie, size=3, mode="nearest")  # not on a plateau
+    peaks[:border] = peaks[-border:] = False
+    peaks[:, :border] = peaks[:, -border:] = False
+    rows, cols = np.nonzero(peaks)
+    order = np.argsort(-iie[rows, cols], kind="stable")
+    chosen: list[tuple[int, int]] = []
+    for r, c in zip(rows[order], cols[order], strict=True):
+        if all(max(abs(r - a), abs(c - b)) >= min_distance for a, b in chosen):
+            chosen.append((int(r), int(c)))
+            if len(chosen) == count:
+                break
+    return np.asarray(chosen, np.int64).reshape(-1, 2)
+
+
+def choose_template(
+    features: Sequence[jnp.ndarray],
+    points: Sequence[np.ndarray],
+    *,
+    size: tuple[int, int],
+    strides: Sequence[int] = STRIDES,
+    upsample: str = "nearest",
+) -> tuple[int, np.ndarray]:
+    """The candidate whose salient points match most confidently into the other images.
+
+    Args:
+      features: per scale, ``(N, h, w, E)`` maps of the N training images.
+      points: per image, its ``(P_i, 2)`` salient points (``salient_points``).
+
+    Returns:
+      ``(index, scores)``: the chosen image and every candidate's score, the mean over its
+      points and the other images of the maximum of the product similarity map.
+    """
+    n = features[0].shape[0]
+    scores = np.full(n, -np.inf)
+    for i in range(n):
+        if len(points[i]) == 0:
+            continue
+        templates = template_vectors([f[i] for f in features], points[i], strides=strides)
+        _, best = match(features, templates, size=size, strides=strides, upsample=upsample)
+        others = np.delete(np.asarray(best), i, axis=0)
+        scores[i] = float(others.mean())
+    if not np.isfinite(scores).any():
+        raise ValueError("no candidate has salient points: lower the border or the distance")
+    return int(np.argmax(scores)), scores

@@ -1,0 +1,86 @@
+"""One-shot matching (Eq. 4): template vectors, the product of clamped cosine maps, argmax,
+sub-pixel refinement, salient points and the unsupervised template choice."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from piaug import matching
+
+STRIDES = (8, 4, 2)
+SIZE = (32, 48)
+
+
+def _features(seed, n=2, noise=None, base=None):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, s in enumerate(STRIDES):
+        shape = (n, SIZE[0] // s, SIZE[1] // s, 6)
+        f = rng.normal(size=shape) if base is None else base[i]
+        if noise is not None:
+            f = f + np.asarray(noise).reshape(-1, 1, 1, 1) * rng.normal(size=shape)
+        out.append(jnp.asarray(f, jnp.float32))
+    return out
+
+
+def test_template_vectors_read_the_cells_of_the_points():
+    feats = _features(0, n=1)
+    points = jnp.asarray([[5, 9], [31, 47]])
+    vectors = matching.template_vectors([f[0] for f in feats], points, strides=STRIDES)
+    for f, v, s in zip(feats, vectors, STRIDES, strict=True):
+        np.testing.assert_array_equal(v[0], f[0, 5 // s, 9 // s])
+        np.testing.assert_array_equal(v[1], f[0, 31 // s, 47 // s])
+
+
+def test_a_point_matched_into_its_own_image_is_found():
+    feats = _features(1)
+    points = jnp.asarray([[5, 9], [20, 33], [30, 1]])
+    templates = matching.template_vectors([f[1] for f in feats], points, strides=STRIDES)
+    run = jax.jit(functools.partial(matching.match, size=SIZE, strides=STRIDES))
+    peaks, scores = run(feats, templates)
+    assert peaks.shape == (2, 3, 2) and scores.shape == (2, 3)
+    # nearest upsampling: the product is 1 on the finest cell of the point; argmax takes its
+    # first pixel
+    np.testing.assert_array_equal(peaks[1], (np.asarray(points) // 2) * 2)
+    np.testing.assert_allclose(scores[1], 1.0, rtol=1e-5)
+    assert np.all(scores[0] < 1.0)
+    maps = matching.similarity(feats, templates, size=SIZE, strides=STRIDES)
+    assert maps.shape == (2, 3, *SIZE) and float(maps.min()) >= 0.0
+    bilinear, _ = matching.match(feats, templates, size=SIZE, strides=STRIDES, upsample="bilinear")
+    assert np.abs(np.asarray(bilinear[1]) - np.asarray(points)).max() <= 2
+    with pytest.raises(ValueError, match="upsample"):
+        matching.similarity(feats, templates, size=SIZE, strides=STRIDES, upsample="cubic")
+
+
+def test_refine_finds_the_vertex_of_a_parabola():
+    rows, cols = np.meshgrid(np.arange(10), np.arange(12), indexing="ij")
+    maps = jnp.asarray(-((rows - 3.3) ** 2) - (cols - 5.8) ** 2, jnp.float32)[None]
+    got = matching.refine(maps, jnp.asarray([[3, 6]]))
+    np.testing.assert_allclose(got, [[3.3, 5.8]], atol=1e-5)
+    at_border = matching.refine(maps, jnp.asarray([[0, 6]]))
+    assert float(at_border[0, 0]) == 0.0  # no neighbour above: no shift
+
+
+def test_salient_points_are_strong_apart_and_inside():
+    iie = np.zeros((40, 40))
+    for (r, c), v in {(10, 10): 5.0, (12, 12): 4.0, (30, 25): 3.0, (1, 20): 6.0}.items():
+        iie[r, c] = v
+    points = matching.salient_points(iie, count=5, min_distance=5, border=3)
+    # (1, 20) is in the border, (12, 12) too close to the stronger (10, 10)
+    assert points.tolist() == [[10, 10], [30, 25]]
+    assert matching.salient_points(iie, count=1, min_distance=5, border=3).tolist() == [[10, 10]]
+
+
+def test_the_typical_image_is_chosen_as_template():
+    base = _features(2, n=1)
+    noise = [1.0, 0.0, 0.6, 0.8]  # image 1 is the clean one, the others are noisy copies
+    feats = [jnp.asarray(np.repeat(np.asarray(b), 4, axis=0)) for b in base]
+    feats = _features(3, n=4, noise=noise, base=feats)
+    points = [np.asarray([[4, 4], [16, 30], [26, 10]])] * 4
+    chosen, scores = matching.choose_template(feats, points, size=SIZE, strides=STRIDES)
+    assert chosen == 1 and scores.shape == (4,) and scores[1] == scores.max()
+    with pytest.raises(ValueError, match="no candidate"):
+        matching.choose_template(feats, [np.zeros((0, 2), int)] * 4, size=SIZE, strides=STRIDES)
