@@ -24,4 +24,7 @@ def get_config(arg=None):
     config.train.steps = 6
     config.train.checkpoint_every = 3
     config.train.log_every = 1
+    config.eval.salient_points = 8
+    config.eval.salient_distance = 4
+    config.eval.num_overlays = 2
     return config

@@ -34,7 +34,7 @@ def dataset_options(name: str) -> ml_collections.ConfigDict:
 def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.stages = "info,pretrain"  # comma-separated subset of piaug.pipeline.STAGES, run in order
+    config.stages = "info,pretrain,evaluate"  # a comma-separated subset of pipeline.STAGES
     config.force = False  # redo stages whose outputs exist
 
     config.data = ml_collections.ConfigDict()
@@ -88,4 +88,16 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 500  # steps
     config.train.keep_checkpoints = 2
     config.train.log_every = 10  # steps between metrics.jsonl rows
+
+    # One-shot matching (Eq. 4) and MRE/SDR (DESIGN.md 1).
+    config.eval = ml_collections.ConfigDict()
+    config.eval.split = "test" if dataset in ("synthetic", "ceph", "hand") else "all"
+    config.eval.template = ""  # an image id of data.split; "" chooses one without labels
+    config.eval.salient_points = 32  # per candidate template, IIE maxima ...
+    config.eval.salient_distance = 10  # ... this many grid pixels apart
+    config.eval.border = 0.1  # ... outside this fraction of the grid at each side
+    config.eval.upsample = "nearest"  # nearest | bilinear: similarity maps to the grid
+    config.eval.subpixel = False  # parabolic refinement of each peak
+    config.eval.batch_size = 8
+    config.eval.num_overlays = 4  # figures/overlay_*.png of predicted vs true landmarks
     return config

@@ -162,26 +162,69 @@ def choose_template(
     size: tuple[int, int],
     strides: Sequence[int] = STRIDES,
     upsample: str = "nearest",
+    batch_size: int = 8,
 ) -> tuple[int, np.ndarray]:
     """The candidate whose salient points match most confidently into the other images.
 
     Args:
       features: per scale, ``(N, h, w, E)`` maps of the N training images.
       points: per image, its ``(P_i, 2)`` salient points (``salient_points``).
+      batch_size: images matched at once (memory: ``batch_size * P * H * W`` floats).
 
     Returns:
       ``(index, scores)``: the chosen image and every candidate's score, the mean over its
       points and the other images of the maximum of the product similarity map.
     """
     n = features[0].shape[0]
+    most = max(len(p) for p in points)
+    if most == 0:
+        raise ValueError("no candidate has salient points: lower the border or the distance")
+    score = jax.jit(lambda f, t: match(f, t, size=size, strides=strides, upsample=upsample)[1])
     scores = np.full(n, -np.inf)
     for i in range(n):
-        if len(points[i]) == 0:
+        p = np.asarray(points[i]).reshape(-1, 2)
+        if len(p) == 0:
             continue
-        templates = template_vectors([f[i] for f in features], points[i], strides=strides)
-        _, best = match(features, templates, size=size, strides=strides, upsample=upsample)
-        others = np.delete(np.asarray(best), i, axis=0)
-        scores[i] = float(others.mean())
-    if not np.isfinite(scores).any():
-        raise ValueError("no candidate has salient points: lower the border or the distance")
+        padded = np.concatenate([p, np.repeat(p[:1], most - len(p), axis=0)])  # one shape
+        templates = template_vectors([f[i] for f in features], padded, strides=strides)
+        best = np.concatenate(
+            [
+                np.asarray(score([f[j : j + batch_size] for f in features], templates))
+                for j in range(0, n, batch_size)
+            ]
+        )[:, : len(p)]
+        scores[i] = float(np.delete(best, i, axis=0).mean())
     return int(np.argmax(scores)), scores
+
+
+def encode(apply_fn, images: np.ndarray, *, batch_size: int = 8) -> list[np.ndarray]:
+    """The five maps of ``apply_fn`` (a jitted encoder) for ``(N, H, W)`` uint8 images, in
+    batches, as host arrays ``(N, h, w, E)`` per scale (the last batch is padded)."""
+    outs = []
+    for start in range(0, len(images), batch_size):
+        chunk = np.asarray(images[start : start + batch_size], np.float32) / 255.0
+        pad = batch_size - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
+        maps = jax.device_get(apply_fn(chunk))
+        outs.append([m[: batch_size - pad] for m in maps])
+    return [np.concatenate(scale) for scale in zip(*outs, strict=True)]
+
+
+def match_all(
+    features: Sequence[np.ndarray],
+    templates: Sequence[jnp.ndarray],
+    *,
+    size: tuple[int, int],
+    batch_size: int = 8,
+    upsample: str = "nearest",
+    subpixel: bool = False,
+) -> np.ndarray:
+    """``match`` over all images of ``features`` in batches: ``(N, L, 2)`` (row, col)."""
+    run = jax.jit(lambda f, t: match(f, t, size=size, upsample=upsample, subpixel=subpixel)[0])
+    n = features[0].shape[0]
+    out = [
+        np.asarray(run([f[i : i + batch_size] for f in features], templates))
+        for i in range(0, n, batch_size)
+    ]
+    return np.concatenate(out)

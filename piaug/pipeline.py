@@ -31,11 +31,11 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from piaug import augment, data, info, plots, train
+from piaug import augment, data, evaluate, info, matching, plots, train
 from piaug.data import input_pipeline, prepare
 from piaug.errors import UserError
 
-STAGES = ("info", "pretrain")
+STAGES = ("info", "pretrain", "evaluate")
 # Fields that say how to run, not what the result is: they may change between calls on a workdir.
 _RUN_FIELDS = ("stages", "force")
 _HIST_EDGES = np.linspace(0.0, 8.0, 81)  # IIE histogram bins (bits); 8 bits is the maximum
@@ -55,6 +55,8 @@ def run(config, workdir: str | os.PathLike) -> None:
             _primary_first(lambda p=prepared: info_stage(config, workdir, p), "info")
         elif stage == "pretrain":
             pretrain_stage(config, workdir)
+        elif stage == "evaluate":
+            evaluate_stage(config, workdir)  # every process computes, process 0 writes
 
 
 def _primary_first(fn, name: str, *, others: bool = False):
@@ -179,14 +181,15 @@ def make_footprint(spec: str) -> np.ndarray:
         raise UserError(f"config.info.footprint={spec!r}: {e}") from None
 
 
-def load_dataset(config):
-    """The dataset named by ``config.data`` (the synthetic set is drawn from ``config.seed``)."""
+def load_dataset(config, split: str | None = None):
+    """The dataset named by ``config.data``, its ``split`` (default ``config.data.split``; the
+    synthetic set is drawn from ``config.seed``)."""
     cfg = config.data
     options = {k: v for k, v in cfg.options.to_dict().items() if v is not None}
     if cfg.name == "synthetic":
         options["seed"] = config.seed
     try:
-        return data.load(cfg.name, cfg.dir or None, split=cfg.split, **options)
+        return data.load(cfg.name, cfg.dir or None, split=split or cfg.split, **options)
     except UserError as e:
         hint = ""
         if "unknown options" in str(e):
@@ -199,17 +202,18 @@ def load_dataset(config):
         raise UserError(f"config.data: {e}") from None
 
 
-def prepare_data(config, dataset=None) -> prepare.Prepared:
-    """The prepared (TFDS) copy of ``config.data`` at the training size, built on first use
-    (by process 0 while the others wait, when there are several)."""
-    dataset = load_dataset(config) if dataset is None else dataset
+def prepare_data(config, dataset=None, split: str | None = None) -> prepare.Prepared:
+    """The prepared (TFDS) copy of ``config.data`` (or its ``split``) at the training size,
+    built on first use (by process 0 while the others wait, when there are several)."""
+    split = split or config.data.split
+    dataset = load_dataset(config, split) if dataset is None else dataset
     return _primary_first(
         lambda: prepare.prepare(
             dataset,
             image_size=tuple(config.data.image_size),
             footprint=config.info.footprint,
             cache_dir=config.data.cache_dir or None,
-            split=config.data.split,
+            split=split,
         ),
         "prepare",
         others=True,
@@ -339,3 +343,102 @@ def pretrain_stage(config, workdir: Path) -> None:
     )
     train.train(config, workdir, prepared.source, transform)
     logging.info("pretrain: checkpoints in %s, metrics in %s", ckpt_dir, metrics)
+
+
+def evaluate_stage(config, workdir: Path) -> None:
+    """One-shot matching with the baseline encoder on ``config.eval.split``: the template
+    (chosen without labels from ``config.data.split``, or ``config.eval.template``), MRE/SDR
+    under both protocols into ``results.json`` (key ``baseline``), a table, overlays."""
+    path = workdir / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    if "baseline" in results and not config.force:
+        logging.info(
+            "evaluate: %s holds the baseline, skipping (--config.force=True redoes it)", path
+        )
+        return
+    cfg, size = config.eval, tuple(config.data.image_size)
+    if cfg.upsample not in matching.UPSAMPLING:
+        raise UserError(f"config.eval.upsample={cfg.upsample!r}: use nearest or bilinear")
+    variables = train.restore_params(workdir / "checkpoints", config)
+    net, _ = train.nets_from_config(config)
+    apply = jax.jit(lambda x: net.apply(variables["image"], x))
+    pool = prepare_data(config)
+    pool_images = np.stack([pool.source[i]["image"] for i in range(len(pool))])
+    if cfg.template:
+        if cfg.template not in pool.ids:
+            raise UserError(
+                f"config.eval.template={cfg.template!r} is not an image of split "
+                f"{config.data.split!r} (e.g. {pool.ids[:3]})"
+            )
+        index, chosen_by, score = pool.ids.index(cfg.template), "config.eval.template", None
+        template_features = matching.encode(apply, pool_images[index : index + 1])
+        template_features = [f[0] for f in template_features]
+    else:
+        features = matching.encode(apply, pool_images, batch_size=cfg.batch_size)
+        border = int(round(cfg.border * min(size)))
+        points = [
+            matching.salient_points(
+                pool.source[i]["iie"],
+                count=cfg.salient_points,
+                min_distance=cfg.salient_distance,
+                border=border,
+            )
+            for i in range(len(pool))
+        ]
+        index, scores = matching.choose_template(
+            features, points, size=size, upsample=cfg.upsample, batch_size=cfg.batch_size
+        )
+        chosen_by, score = "salient-point policy", float(scores[index])
+        template_features = [f[index] for f in features]
+    template = pool.source[index]
+    rows_cols = np.round(template["landmarks"][:, ::-1]).astype(np.int64)
+    rows_cols = np.clip(rows_cols, 0, np.asarray(size) - 1)
+    vectors = matching.template_vectors(template_features, rows_cols)
+    logging.info("evaluate: template %s (%s)", pool.ids[index], chosen_by)
+
+    targets = prepare_data(config, split=cfg.split)
+    keep = [
+        i
+        for i in range(len(targets))
+        if not (cfg.split == config.data.split and i == index)  # never the template itself
+    ]
+    examples = [targets.source[i] for i in keep]
+    images = np.stack([e["image"] for e in examples])
+    features = matching.encode(apply, images, batch_size=cfg.batch_size)
+    pred = matching.match_all(
+        features,
+        vectors,
+        size=size,
+        batch_size=cfg.batch_size,
+        upsample=cfg.upsample,
+        subpixel=cfg.subpixel,
+    )[..., ::-1]  # (x, y)
+    both = evaluate.evaluate(
+        pred,
+        landmarks_original=np.stack([e["landmarks_original"] for e in examples]),
+        spacing=np.array([float(e["spacing"]) for e in examples]),
+        original_size=np.stack([e["original_size"] for e in examples]),
+        image_size=size,
+    )
+    entry = dict(both["grid"])
+    entry["full_resolution"] = both["full"]
+    entry["split"] = cfg.split
+    entry["ids"] = [targets.ids[i] for i in keep]
+    entry["template"] = {"id": pool.ids[index], "chosen_by": chosen_by, "score": score}
+    results["baseline"] = entry
+    logging.info("evaluate: %s\n%s", path, evaluate.table({"baseline": both}))
+    if jax.process_index() != 0:
+        return
+    _write_json(path, results)
+    figures = workdir / "figures"
+    figures.mkdir(exist_ok=True)
+    for e, p in list(zip(examples, pred, strict=True))[: cfg.num_overlays]:
+        name = e["id"].decode()
+        err = np.hypot(*(p - e["landmarks"]).T).mean()
+        plots.overlay(
+            e["image"],
+            e["landmarks"],
+            p,
+            figures / f"overlay_baseline_{name}.png",
+            title=f"baseline, {name}: template {pool.ids[index]}, mean error {err:.1f} grid px",
+        )

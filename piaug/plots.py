@@ -58,3 +58,19 @@ def iie_histogram(edges, counts, thresholds, landmark_iie, path: Path, *, title:
     ax.legend()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def overlay(image, true, pred, path: Path, *, title: str = "") -> None:
+    """Predicted (red crosses) against true (cyan dots) landmarks, joined by lines; (x, y)."""
+    true, pred = np.asarray(true), np.asarray(pred)
+    fig, ax = plt.subplots(figsize=(6, 6), constrained_layout=True)
+    ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+    for (x0, y0), (x1, y1) in zip(true, pred, strict=True):
+        ax.plot([x0, x1], [y0, y1], color="#ffd54f", lw=0.8)
+    ax.scatter(true[:, 0], true[:, 1], s=16, c="#00e5ff", edgecolors="k", lw=0.5, label="true")
+    ax.scatter(pred[:, 0], pred[:, 1], s=22, c="#ff1744", marker="x", lw=1.2, label="predicted")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -93,10 +93,10 @@ def _rows(workdir):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The tiny config's whole run (its default stages, info and pretrain): 6 uninterrupted
-    steps on one device."""
+    """The tiny config's whole run (its default stages: info, pretrain, evaluate): 6
+    uninterrupted steps on one device, then one-shot matching on the test split."""
     workdir = tmp_path_factory.mktemp("reference")
-    _cli(workdir, "--config.stages=info,pretrain")
+    _cli(workdir, "--config.stages=info,pretrain,evaluate")
     return workdir
 
 
@@ -125,6 +125,21 @@ def test_pretrain_writes_checkpoints_and_metrics(reference):
     assert set(params) == {"image", "crop"} and "rfb0" in params["image"]["params"]
     again = _cli(reference)  # a finished run is skipped
     assert "already holds step 6 of 6" in again.stderr
+
+
+def test_evaluate_writes_results_for_both_protocols(reference):
+    results = json.loads((reference / "results.json").read_text())
+    baseline = results["baseline"]
+    assert baseline["protocol"] == "grid 64x64" and baseline["n_images"] == 3
+    assert baseline["full_resolution"]["protocol"] == "full resolution"
+    assert np.isfinite(baseline["mre_mm"]) and set(baseline["sdr"]) == {"2.0", "2.5", "3.0", "4.0"}
+    assert len(baseline["per_landmark_mre_mm"]) == 5
+    assert baseline["template"]["chosen_by"] == "salient-point policy"
+    assert baseline["template"]["id"].startswith("synthetic-0-")  # from the training split
+    assert baseline["ids"] == [f"synthetic-1-{i:04d}" for i in range(3)]  # the test split
+    assert len(list((reference / "figures").glob("overlay_baseline_*.png"))) == 2
+    again = _cli(reference, "--config.stages=evaluate")
+    assert "holds the baseline, skipping" in again.stderr
 
 
 def test_sharded_step_equals_single_device_step():
