@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from piaug.data import prepare
+
 RADII = (2.0, 2.5, 3.0, 4.0)
 PROTOCOLS = ("grid", "full")
 
@@ -34,12 +36,14 @@ def grid_spacing(spacing, original_size, image_size) -> np.ndarray:
 
 
 def to_original(points, original_size, image_size) -> np.ndarray:
-    """Grid points ``(N, L, 2)`` (x, y) in original pixels: the inverse of the resize
-    (``(p + 0.5) * original / grid - 0.5`` per axis)."""
-    points = np.asarray(points, np.float64)
-    original = np.asarray(original_size, np.float64).reshape(-1, 1, 2)[..., ::-1]  # (w, h)
-    grid = np.asarray(image_size, np.float64)[::-1]
-    return (points + 0.5) * original / grid - 0.5
+    """Grid points ``(N, L, 2)`` (x, y) in original pixels: ``prepare.resize_points`` back from
+    the grid to each image's ``original_size`` (height, width)."""
+    return np.stack(
+        [
+            prepare.resize_points(p, image_size, size)
+            for p, size in zip(np.asarray(points), np.asarray(original_size), strict=True)
+        ]
+    )
 
 
 def radial_errors(pred, true, mm_per_pixel) -> np.ndarray:

@@ -90,14 +90,9 @@ def refine(maps: jnp.ndarray, peaks: jnp.ndarray) -> jnp.ndarray:
     idx = jnp.arange(flat.shape[0])
 
     def offset(axis):
-        lo = p.at[:, axis].add(-1)
+        lo = p.at[:, axis].add(-1)  # past the border these read some other pixel: masked below
         hi = p.at[:, axis].add(1)
-        n = (h, w)[axis]
-        inside = (p[:, axis] > 0) & (p[:, axis] < n - 1)
-        lo, hi = (
-            jnp.clip(lo, 0, jnp.array([h - 1, w - 1])),
-            jnp.clip(hi, 0, jnp.array([h - 1, w - 1])),
-        )
+        inside = (p[:, axis] > 0) & (p[:, axis] < (h, w)[axis] - 1)
         a = flat[idx, lo[:, 0], lo[:, 1]]
         b = flat[idx, p[:, 0], p[:, 1]]
         c = flat[idx, hi[:, 0], hi[:, 1]]
@@ -175,6 +170,7 @@ def choose_template(
       ``(index, scores)``: the chosen image and every candidate's score, the mean over its
       points and the other images of the maximum of the product similarity map.
     """
+    features = [jnp.asarray(f) for f in features]  # once: every candidate reads them all
     n = features[0].shape[0]
     most = max(len(p) for p in points)
     if most == 0:

@@ -13,8 +13,6 @@ channels VGG expects (no ImageNet mean/std, as in CC2D). H and W must be multipl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -193,9 +191,3 @@ def encoders(
 
 def num_params(params) -> int:
     return int(sum(np.size(x) for x in jax.tree.leaves(params)))
-
-
-def feature_shapes(image_shape: Sequence[int]) -> list[tuple[int, int]]:
-    """Spatial sizes of the five outputs for an ``(H, W)`` input."""
-    h, w = image_shape
-    return [(h // s, w // s) for s in STRIDES]

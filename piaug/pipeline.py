@@ -96,6 +96,10 @@ def check_config(config) -> None:
         )
     input_pipeline.anchor_crop_from_config(config, ranges_required=False)
     train.check_config(config)
+    if config.eval.upsample not in matching.UPSAMPLING:
+        raise UserError(
+            f"config.eval.upsample={config.eval.upsample!r}: use one of {matching.UPSAMPLING}"
+        )
     if config.model.pretrained and not Path(config.model.pretrained).is_file():
         raise UserError(
             f"config.model.pretrained={config.model.pretrained!r} is not a file: give the path "
@@ -357,13 +361,12 @@ def evaluate_stage(config, workdir: Path) -> None:
         )
         return
     cfg, size = config.eval, tuple(config.data.image_size)
-    if cfg.upsample not in matching.UPSAMPLING:
-        raise UserError(f"config.eval.upsample={cfg.upsample!r}: use nearest or bilinear")
     variables = train.restore_params(workdir / "checkpoints", config)
     net, _ = train.nets_from_config(config)
     apply = jax.jit(lambda x: net.apply(variables["image"], x))
     pool = prepare_data(config)
-    pool_images = np.stack([pool.source[i]["image"] for i in range(len(pool))])
+    pool_examples = [pool.source[i] for i in range(len(pool))]  # each record read once
+    pool_images = np.stack([e["image"] for e in pool_examples])
     if cfg.template:
         if cfg.template not in pool.ids:
             raise UserError(
@@ -378,19 +381,19 @@ def evaluate_stage(config, workdir: Path) -> None:
         border = int(round(cfg.border * min(size)))
         points = [
             matching.salient_points(
-                pool.source[i]["iie"],
+                e["iie"],
                 count=cfg.salient_points,
                 min_distance=cfg.salient_distance,
                 border=border,
             )
-            for i in range(len(pool))
+            for e in pool_examples
         ]
         index, scores = matching.choose_template(
             features, points, size=size, upsample=cfg.upsample, batch_size=cfg.batch_size
         )
         chosen_by, score = "salient-point policy", float(scores[index])
         template_features = [f[index] for f in features]
-    template = pool.source[index]
+    template = pool_examples[index]
     rows_cols = np.round(template["landmarks"][:, ::-1]).astype(np.int64)
     rows_cols = np.clip(rows_cols, 0, np.asarray(size) - 1)
     vectors = matching.template_vectors(template_features, rows_cols)

@@ -130,7 +130,12 @@ def load_backbone(params, path: str | Path):
     with a ``"vgg"`` entry) whose backbone holds the ImageNet weights read from ``path``
     (float32 numpy arrays); the other leaves are the same objects. The backbone must be at
     width 1."""
-    vgg = vgg_params(load_state_dict(path), source=str(path))
+    return place_backbone(params, vgg_params(load_state_dict(path), source=str(path)), path)
+
+
+def place_backbone(params, vgg: dict, path: str | Path):
+    """``load_backbone`` with the weights already converted (``vgg_params``), so one file read
+    serves several encoders; ``path`` names them in the errors."""
     tree = unfreeze(params)
     if "vgg" not in tree:
         raise UserError(

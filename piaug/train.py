@@ -322,23 +322,15 @@ def train(
     workdir: str | Path,
     source,
     transform: input_pipeline.AnchorCrop,
-    *,
-    checkpoint_dir: str | Path | None = None,
-    metrics_file: str | Path | None = None,
 ) -> TrainState:
     """Trains both encoders for ``num_steps(config, len(source))`` steps, resuming if a
     checkpoint exists. ``source`` is a prepared dataset's record source, ``transform`` the
     per-example anchor, crop and augmentation. Returns the final state."""
     workdir = Path(workdir)
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else workdir / "checkpoints"
+    ckpt_dir = workdir / "checkpoints"
     cfg = config.train
-    batch_size = int(cfg.batch_size)
+    batch_size = int(cfg.batch_size)  # its split over the devices: pipeline.check_config
     mesh = make_mesh()
-    if batch_size % mesh.size:
-        raise UserError(
-            f"config.train.batch_size={batch_size} does not split over the {mesh.size} "
-            "devices: use a multiple of the device count"
-        )
     total = num_steps(config, len(source))
     per_epoch = steps_per_epoch(len(source), batch_size)
     nets = nets_from_config(config)
@@ -385,9 +377,7 @@ def train(
         workers=int(config.data.workers),
         start_batch=start,
     )
-    writer = MetricsWriter(
-        Path(metrics_file) if metrics_file else workdir / "metrics.jsonl", start=start
-    )
+    writer = MetricsWriter(workdir / "metrics.jsonl", start=start)
     bar = tqdm(
         total=total,
         initial=start,
@@ -450,7 +440,8 @@ def _with_pretrained_backbone(state: TrainState, path: str) -> TrainState:
     """Both encoders' VGG19 backbones from a torchvision state dict (``piaug.pretrained``)."""
     from piaug import pretrained
 
-    params = {name: pretrained.load_backbone(state.params[name], path) for name in ENCODERS}
+    vgg = pretrained.vgg_params(pretrained.load_state_dict(path), source=path)
+    params = {name: pretrained.place_backbone(state.params[name], vgg, path) for name in ENCODERS}
     params = jax.tree.map(jnp.asarray, params)
     logging.info("train: VGG19 backbones from %s", path)
     return state.replace(params=params)

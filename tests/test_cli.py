@@ -107,6 +107,7 @@ def test_unknown_key_is_an_error(tmp_path):
         ("--config.data.name=cifar", "unknown dataset 'cifar'"),
         ("--config.loss.temperature=0", "config.loss.temperature=0.0: must be positive"),
         ("--config.model.dtype=int8", "config.model.dtype='int8'"),
+        ("--config.eval.upsample=cubic", "config.eval.upsample='cubic'"),
         ("--config.model.pretrained=/nope/vgg19.pth", "config.model.pretrained='/nope/vgg19.pth'"),
     ],
 )

@@ -30,8 +30,8 @@ def test_outputs_at_the_five_strides():
     x = jax.random.uniform(jax.random.key(1), (2, 64, 96))
     # shapes only (eval_shape): tests/test_train.py runs the encoders for real
     out, variables = jax.eval_shape(lambda: full.init_with_output(jax.random.key(0), x))
-    assert [o.shape for o in out] == [(2, h, w, 8) for h, w in models.feature_shapes((64, 96))]
-    assert models.feature_shapes((64, 96))[0] == (2, 3) and models.STRIDES[0] == 32
+    sizes = [(2, 3), (4, 6), (8, 12), (16, 24), (32, 48)]  # strides 32, 16, 8, 4, 2
+    assert [o.shape for o in out] == [(2, h, w, 8) for h, w in sizes]
     assert set(variables) == {"params", "batch_stats"}
     out = jax.eval_shape(
         lambda v: full.apply(v, x[..., None], train=True, mutable=["batch_stats"]), variables

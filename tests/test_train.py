@@ -72,10 +72,8 @@ def _cli(workdir, *extra, devices=1, script=None, env_extra=None, check=True):
     return out
 
 
-def _params(workdir, step=None):
-    variables = train.restore_params(
-        Path(workdir) / "checkpoints", test_config.get_config(), step=step
-    )
+def _params(workdir):
+    variables = train.restore_params(Path(workdir) / "checkpoints", test_config.get_config())
     return jax.device_get(variables)
 
 
