@@ -3,17 +3,32 @@ r"""ISBI 2015 cephalometric radiographs (19 landmarks, 0.1 mm per pixel), the pa
 python -m piaug.main --config=configs/ceph.py --workdir=runs/ceph \
     --config.data.dir=/path/to/ISBI2015
 
+The paper's settings: 384 x 384, 64 x 64 crops, batch 8, 400 epochs of the 150 training images,
+exponential weight map gamma 0.3, groups at 2 and 4.5 bits, alpha_hat 1, IIE over a disk of
+radius 10; one-shot matching evaluated on Test1 + Test2 (``--config.eval.split=test``).
+
 The folder holds the challenge release (RawImage/ + AnnotationsByMD/), the jpg + csv layout
 (images/ + senior.csv, junior.csv) or the Kaggle mirror (cepha400/ + train_senior.csv, ...);
 see piaug/data/ceph.py. Ground truth is the mean of the doctors present
 (--config.data.options.annotation=senior|junior to pick one).
+
+Presets (``--config=configs/ceph.py:NAME``):
+
+* ``cpu``: what a 2-core CPU trains in about half an hour per encoder: 192 x 192, encoders at a
+  quarter of VGG19's width, 1500 steps of batch 8 (80 epochs of 150 images), no ImageNet weights.
 """
 
 from piaug import defaults
 
 
 def get_config(arg=None):
-    del arg
     config = defaults.base_config("ceph")
     config.augment.gamma = 0.3
+    if arg == "cpu":
+        config.data.image_size = (192, 192)
+        config.model.width = 0.25
+        config.train.steps = 1500
+        config.train.checkpoint_every = 250
+    elif arg:
+        raise ValueError(f"configs/ceph.py: unknown preset {arg!r}; presets: cpu")
     return config

@@ -70,11 +70,21 @@ class GroupJitter:
     ``GroupJitter.from_mapping({'medium': {'brightness': (lo, hi), 'contrast': ...}, ...})``
     reads the ranges of an estimate (``augment.json``'s ``groups``), where a group that is
     missing takes the medium group's ranges (the authors' low group reuses medium's).
+
+    ``centers`` (optional, bits): a representative IIE of each group (the estimate's
+    ``iie_mean``), increasing. With them, ``draw_at`` gives the per-pixel continuous variant:
+    ranges interpolated linearly in the anchor's IIE between the groups' centers (constant
+    beyond the first and last).
     """
 
-    def __init__(self, brightness: Sequence[tuple[float, float]], contrast) -> None:
+    def __init__(self, brightness: Sequence[tuple[float, float]], contrast, centers=None) -> None:
         self.brightness = np.asarray(brightness, np.float64).reshape(len(GROUPS), 2)
         self.contrast = np.asarray(contrast, np.float64).reshape(len(GROUPS), 2)
+        self.centers = None if centers is None else np.asarray(centers, np.float64)
+        if self.centers is not None and (
+            self.centers.shape != (len(GROUPS),) or np.any(np.diff(self.centers) < 0)
+        ):
+            raise ValueError(f"centers={centers}: need one increasing IIE per group")
 
     @classmethod
     def uniform(cls, brightness=DEFAULT_BRIGHTNESS, contrast=DEFAULT_CONTRAST) -> GroupJitter:
@@ -90,6 +100,7 @@ class GroupJitter:
         if "medium" not in groups:
             raise ValueError(f"{where}: the medium group's ranges are required")
         ranges = {"brightness": [], "contrast": []}
+        centers = []
         for group in GROUPS:
             name = group if group in groups else "medium"
             entry = groups[name]
@@ -97,7 +108,10 @@ class GroupJitter:
                 if kind not in entry:
                     raise ValueError(f"{where}: group {name!r} has no {kind!r} range")
                 out.append(factor_range(entry[kind], f"{where}: {name}.{kind}"))
-        return cls(ranges["brightness"], ranges["contrast"])
+            centers.append(entry.get("iie_mean") if group in groups else None)
+        if any(c is None for c in centers):  # a group was missing or has no IIE: no centers
+            centers = None
+        return cls(ranges["brightness"], ranges["contrast"], centers)
 
     def to_mapping(self) -> dict:
         return {
@@ -109,6 +123,23 @@ class GroupJitter:
         """Brightness and contrast factors for an anchor of ``group``, and the op order."""
         b = rng.uniform(*self.brightness[group])
         c = rng.uniform(*self.contrast[group])
+        return float(b), float(c), bool(rng.integers(2))
+
+    def ranges_at(self, iie: float) -> tuple[np.ndarray, np.ndarray]:
+        """The continuous variant's (brightness, contrast) ranges at an IIE value (bits)."""
+        if self.centers is None:
+            raise ValueError("these ranges have no group centers (the estimate's iie_mean)")
+
+        def interp(r):
+            return np.array([np.interp(iie, self.centers, r[:, i]) for i in range(2)])
+
+        return interp(self.brightness), interp(self.contrast)
+
+    def draw_at(self, rng: np.random.Generator, iie: float) -> tuple[float, float, bool]:
+        """As ``draw`` with the ranges of ``ranges_at(iie)``."""
+        b_range, c_range = self.ranges_at(iie)
+        b = rng.uniform(*b_range)
+        c = rng.uniform(*c_range)
         return float(b), float(c), bool(rng.integers(2))
 
 

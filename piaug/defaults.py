@@ -34,7 +34,9 @@ def dataset_options(name: str) -> ml_collections.ConfigDict:
 def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.stages = "info,pretrain,evaluate"  # a comma-separated subset of pipeline.STAGES
+    # A comma-separated subset of pipeline.STAGES: info, pretrain, estimate, train, evaluate,
+    # analyze (always run in that order).
+    config.stages = "info,pretrain,estimate,train,evaluate,analyze"
     config.force = False  # redo stages whose outputs exist
 
     config.data = ml_collections.ConfigDict()
@@ -58,9 +60,11 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     config.augment.gamma = 0.3
     config.augment.d = 2.0  # piecewise: anchors where IIE >= d
     config.augment.adaptive = True  # the anchor's group picks the jitter ranges
-    config.augment.brightness = (0.85, 1.15)  # every group's ranges unless ranges_file is set
+    config.augment.continuous = False  # ranges interpolated in the anchor's IIE (per pixel)
+    config.augment.estimated = True  # the train stage uses the estimate stage's augment.json
+    config.augment.brightness = (0.85, 1.15)  # every group's, unless estimated or ranges_file
     config.augment.contrast = (0.75, 1.25)
-    config.augment.ranges_file = ""  # augment.json of the estimate stage: ranges per group
+    config.augment.ranges_file = ""  # an augment.json to use instead (ranges per group)
     config.augment.max_rotation = 20.0  # degrees
     config.augment.rotation_order = 3  # spline order of the rotation (3: cubic)
 
@@ -88,6 +92,17 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 500  # steps
     config.train.keep_checkpoints = 2
     config.train.log_every = 10  # steps between metrics.jsonl rows
+    # An existing baseline's checkpoints/ folder (same model and image size): the pretrain
+    # stage then trains nothing, and estimate and evaluate use it.
+    config.train.baseline = ""
+
+    # The augmentation-intensity estimate (Eq. 10) with the baseline encoder -> augment.json.
+    config.estimate = ml_collections.ConfigDict()
+    config.estimate.num_points = 16  # key points per information group in the template
+    config.estimate.patch_size = 0  # side of the MI patches; 0: config.data.crop_size
+    config.estimate.alpha = 1.0  # alpha_hat: the target is alpha_hat x the mean MI
+    config.estimate.max_steps = 100  # most steps of +0.03 brightness / +0.04 contrast
+    config.estimate.estimator = "joint"  # joint (Eq. 3) | count_vector (the authors' release)
 
     # One-shot matching (Eq. 4) and MRE/SDR (DESIGN.md 1).
     config.eval = ml_collections.ConfigDict()
@@ -100,4 +115,11 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     config.eval.subpixel = False  # parabolic refinement of each peak
     config.eval.batch_size = 8
     config.eval.num_overlays = 4  # figures/overlay_*.png of predicted vs true landmarks
+
+    # The paper's analysis figures (the analyze stage) from the run's artefacts.
+    config.analyze = ml_collections.ConfigDict()
+    config.analyze.num_images = 4  # Fig. 2: images whose per-pixel loss is measured
+    config.analyze.anchor_stride = 8  # Fig. 2: anchors on a grid of this step (grid pixels)
+    config.analyze.gammas = (0.0, 0.01, 0.1, 0.3, 0.5, 1.0)  # Fig. 3 weight maps
+    config.analyze.footprints = ("disk(10)", "disk(32)", "disk(128)")  # Fig. 7
     return config

@@ -31,11 +31,14 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from piaug import augment, data, evaluate, info, matching, plots, train
+from piaug import analyze, augment, data, estimate, evaluate, info, matching, plots, train
 from piaug.data import input_pipeline, prepare
 from piaug.errors import UserError
 
-STAGES = ("info", "pretrain", "evaluate")
+STAGES = ("info", "pretrain", "estimate", "train", "evaluate", "analyze")
+PIAUG_DIR = "piaug"  # the piaug encoders' checkpoints/ and metrics.jsonl, inside the workdir
+ESTIMATE_FILE = "augment.json"
+TEMPLATE_FILE = "template.json"
 # Fields that say how to run, not what the result is: they may change between calls on a workdir.
 _RUN_FIELDS = ("stages", "force")
 _HIST_EDGES = np.linspace(0.0, 8.0, 81)  # IIE histogram bins (bits); 8 bits is the maximum
@@ -55,8 +58,14 @@ def run(config, workdir: str | os.PathLike) -> None:
             _primary_first(lambda p=prepared: info_stage(config, workdir, p), "info")
         elif stage == "pretrain":
             pretrain_stage(config, workdir)
+        elif stage == "estimate":
+            estimate_stage(config, workdir)  # every process computes, process 0 writes
+        elif stage == "train":
+            train_stage(config, workdir)
         elif stage == "evaluate":
             evaluate_stage(config, workdir)  # every process computes, process 0 writes
+        elif stage == "analyze":
+            _primary_first(lambda: analyze.analyze(config, workdir), "analyze")
 
 
 def _primary_first(fn, name: str, *, others: bool = False):
@@ -100,10 +109,23 @@ def check_config(config) -> None:
         raise UserError(
             f"config.eval.upsample={config.eval.upsample!r}: use one of {matching.UPSAMPLING}"
         )
+    _check_estimate(config, size)
+    for spec in config.analyze.footprints:
+        make_footprint(spec, "config.analyze.footprints")
+    if int(config.analyze.anchor_stride) < 1 or int(config.analyze.num_images) < 1:
+        raise UserError(
+            f"config.analyze.anchor_stride={config.analyze.anchor_stride}, num_images="
+            f"{config.analyze.num_images}: both must be >= 1"
+        )
     if config.model.pretrained and not Path(config.model.pretrained).is_file():
         raise UserError(
             f"config.model.pretrained={config.model.pretrained!r} is not a file: give the path "
             "of a torchvision vgg19 state dict (.pth, .npz or .safetensors), or '' for none"
+        )
+    if config.train.baseline and not _has_checkpoint(Path(config.train.baseline)):
+        raise UserError(
+            f"config.train.baseline={config.train.baseline!r} holds no checkpoint: give the "
+            "checkpoints/ folder of a finished pretrain run, or '' to train one"
         )
     if int(config.train.batch_size) % jax.device_count():
         raise UserError(
@@ -117,6 +139,24 @@ def check_config(config) -> None:
             f"image {first['id']!r} is {np.ndim(first['image'])}-D: use disk or square for "
             "images, ball or cube for volumes"
         )
+
+
+def _check_estimate(config, size) -> None:
+    cfg = config.estimate
+    patch = int(cfg.patch_size) or int(config.data.crop_size)
+    problems = []
+    if int(cfg.num_points) < 1:
+        problems.append(f"num_points={cfg.num_points}: need at least 1")
+    if not 2 <= patch <= min(size):
+        problems.append(f"patch_size={cfg.patch_size}: need 2..{min(size)} (0: the crop size)")
+    if not float(cfg.alpha) > 0:
+        problems.append(f"alpha={cfg.alpha}: need alpha_hat > 0")
+    if int(cfg.max_steps) < 1:
+        problems.append(f"max_steps={cfg.max_steps}: need at least 1")
+    if cfg.estimator not in estimate.ESTIMATORS:
+        problems.append(f"estimator={cfg.estimator!r}: use one of {estimate.ESTIMATORS}")
+    if problems:
+        raise UserError("config.estimate." + "; config.estimate.".join(problems))
 
 
 def _thresholds(config) -> tuple[float, float]:
@@ -177,12 +217,12 @@ def _write_json(path: Path, payload) -> None:
     tmp.replace(path)
 
 
-def make_footprint(spec: str) -> np.ndarray:
-    """``config.info.footprint`` as a boolean array (``piaug.info.parse_footprint``)."""
+def make_footprint(spec: str, field: str = "config.info.footprint") -> np.ndarray:
+    """A footprint field as a boolean array (``piaug.info.parse_footprint``)."""
     try:
         return info.parse_footprint(spec)
     except ValueError as e:
-        raise UserError(f"config.info.footprint={spec!r}: {e}") from None
+        raise UserError(f"{field}={spec!r}: {e}") from None
 
 
 def load_dataset(config, split: str | None = None):
@@ -315,29 +355,49 @@ def baseline_transform(config) -> input_pipeline.AnchorCrop:
     default brightness and contrast ranges for every group (CC2D's own augmentation)."""
     transform = input_pipeline.anchor_crop_from_config(config, ranges_required=False)
     return dataclasses.replace(
-        transform, anchors="uniform", jitter=augment.GroupJitter.uniform(), adaptive=False
+        transform,
+        anchors="uniform",
+        jitter=augment.GroupJitter.uniform(),
+        adaptive=False,
+        continuous=False,
     )
 
 
-def pretrain_stage(config, workdir: Path) -> None:
-    """Trains the baseline encoders into ``workdir/checkpoints`` (``piaug.train``)."""
-    ckpt_dir, metrics = workdir / "checkpoints", workdir / "metrics.jsonl"
-    if config.force and ckpt_dir.exists():
+def baseline_dir(config, workdir: Path) -> Path:
+    """The baseline's checkpoints: ``config.train.baseline``, or the run's own."""
+    return Path(config.train.baseline) if config.train.baseline else workdir / "checkpoints"
 
-        def clear():
-            logging.info("pretrain: config.force is set, removing %s and %s", ckpt_dir, metrics)
-            shutil.rmtree(ckpt_dir)
-            metrics.unlink(missing_ok=True)
 
-        _primary_first(clear, "pretrain-force")
+def _has_checkpoint(ckpt_dir: Path) -> bool:
+    return ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+
+
+def _clear_training(out: Path, stage: str) -> None:
+    """``config.force``: removes ``out/checkpoints`` and ``out/metrics.jsonl``."""
+    ckpt_dir, metrics = out / "checkpoints", out / "metrics.jsonl"
+    if not ckpt_dir.exists():
+        return
+
+    def clear():
+        logging.info("%s: config.force is set, removing %s and %s", stage, ckpt_dir, metrics)
+        shutil.rmtree(ckpt_dir)
+        metrics.unlink(missing_ok=True)
+
+    _primary_first(clear, f"{stage}-force")
+
+
+def _train(config, out: Path, transform: input_pipeline.AnchorCrop, stage: str) -> None:
+    """Trains both encoders with ``transform`` into ``out`` (``piaug.train``)."""
+    if config.force:
+        _clear_training(out, stage)
     prepared = prepare_data(config)
-    transform = baseline_transform(config)
     input_pipeline.check_sampling(
         transform, prepared.metadata["iie_max"], prepared.ids, tuple(config.data.image_size)
     )
     steps = train.num_steps(config, len(prepared))
     logging.info(
-        "pretrain: %d steps of batch %d on %d images (%s), %d device(s), %d process(es)",
+        "%s: %d steps of batch %d on %d images (%s), %d device(s), %d process(es)",
+        stage,
         steps,
         config.train.batch_size,
         len(prepared),
@@ -345,103 +405,257 @@ def pretrain_stage(config, workdir: Path) -> None:
         jax.device_count(),
         jax.process_count(),
     )
-    train.train(config, workdir, prepared.source, transform)
-    logging.info("pretrain: checkpoints in %s, metrics in %s", ckpt_dir, metrics)
+    out.mkdir(parents=True, exist_ok=True)
+    train.train(config, out, prepared.source, transform, desc=stage)
+    logging.info("%s: checkpoints and metrics.jsonl in %s", stage, out)
+
+
+def pretrain_stage(config, workdir: Path) -> None:
+    """The baseline encoders (uniform anchors, default jitter) into ``workdir/checkpoints``,
+    or, with ``config.train.baseline``, a check that those checkpoints exist."""
+    if config.train.baseline:  # check_config made sure it holds checkpoints
+        logging.info(
+            "pretrain: using the baseline in %s (config.train.baseline)", config.train.baseline
+        )
+        return
+    _train(config, workdir, baseline_transform(config), "pretrain")
+
+
+def train_stage(config, workdir: Path) -> None:
+    """The piaug encoders: anchors from the weight map, the estimate's ranges per group
+    (``config.augment``) into ``workdir/piaug``."""
+    transform = input_pipeline.anchor_crop_from_config(
+        config, estimate_file=workdir / ESTIMATE_FILE
+    )
+    logging.info(
+        "train: %s anchors, ranges per group %s%s",
+        transform.anchors,
+        {
+            g: [list(np.round(b, 3)), list(np.round(c, 3))]
+            for g, b, c in zip(
+                info.GROUP_NAMES,
+                transform.jitter.brightness,
+                transform.jitter.contrast,
+                strict=True,
+            )
+        },
+        " (adaptive)" if transform.adaptive else " (medium's for every anchor)",
+    )
+    _train(config, workdir / PIAUG_DIR, transform, "train")
+
+
+class _Images:
+    """The prepared examples of one split, each record read once."""
+
+    def __init__(self, config, split: str | None = None):
+        self.prepared = prepare_data(config, split=split)
+        self.ids = self.prepared.ids
+        self.examples = [self.prepared.source[i] for i in range(len(self.prepared))]
+        self.images = np.stack([e["image"] for e in self.examples])
+
+
+def _encoder(config, ckpt_dir: Path):
+    """The jitted full-image encoder of the checkpoints in ``ckpt_dir``."""
+    variables = train.restore_params(ckpt_dir, config)
+    net, _ = train.nets_from_config(config)
+    return jax.jit(lambda x: net.apply(variables["image"], x))
+
+
+def choose_template(config, workdir: Path, pool: _Images, features, encoder: Path):
+    """The template's index in ``pool`` (``config.data.split``) and how it was chosen.
+
+    ``config.eval.template`` if set; else the choice saved in ``workdir/template.json``; else
+    the salient-point policy with ``features`` (a callable giving them, so they are computed
+    only when needed) of the encoder in ``encoder``, saved there so that every later stage and
+    encoder uses the same template (delete the file to choose again).
+    """
+    cfg, size = config.eval, tuple(config.data.image_size)
+    path = workdir / TEMPLATE_FILE
+    if cfg.template or path.exists():
+        if cfg.template:
+            chosen = {"id": cfg.template, "chosen_by": "config.eval.template", "score": None}
+            where = "config.eval.template"
+        else:
+            chosen, where = json.loads(path.read_text()), str(path)
+        if chosen["id"] not in pool.ids:
+            raise UserError(
+                f"{where}: template {chosen['id']!r} is not an image of split "
+                f"{config.data.split!r} (e.g. {pool.ids[:3]}); name one that is"
+                + ("" if cfg.template else ", or delete the file to choose again")
+            )
+        return pool.ids.index(chosen["id"]), chosen
+    border = int(round(cfg.border * min(size)))
+    points = [
+        matching.salient_points(
+            e["iie"], count=cfg.salient_points, min_distance=cfg.salient_distance, border=border
+        )
+        for e in pool.examples
+    ]
+    index, scores = matching.choose_template(
+        features(), points, size=size, upsample=cfg.upsample, batch_size=cfg.batch_size
+    )
+    chosen = {
+        "id": pool.ids[index],
+        "chosen_by": "salient-point policy",
+        "score": float(scores[index]),
+        "encoder": str(encoder),
+    }
+    if jax.process_index() == 0:
+        _write_json(path, chosen)
+    logging.info(
+        "template: %s (score %.4f, of %d candidates)", chosen["id"], scores[index], len(scores)
+    )
+    return index, chosen
+
+
+def estimate_stage(config, workdir: Path) -> None:
+    """The augmentation ranges of each information group (Eq. 10) with the baseline encoder,
+    into ``workdir/augment.json``."""
+    path = workdir / ESTIMATE_FILE
+    if path.exists() and not config.force:
+        logging.info("estimate: %s exists, skipping (--config.force=True redoes it)", path)
+        return
+    cfg = config.estimate
+    ckpt_dir = baseline_dir(config, workdir)
+    apply = _encoder(config, ckpt_dir)
+    pool = _Images(config)
+    features = matching.encode(apply, pool.images, batch_size=config.eval.batch_size)
+    index, chosen = choose_template(config, workdir, pool, lambda: features, ckpt_dir)
+    result = estimate.estimate(
+        features,
+        pool.images,
+        pool.examples[index]["iie"],
+        index,
+        thresholds=_thresholds(config),
+        num_points=int(cfg.num_points),
+        patch_size=int(cfg.patch_size) or int(config.data.crop_size),
+        alpha=float(cfg.alpha),
+        max_steps=int(cfg.max_steps),
+        estimator=cfg.estimator,
+        upsample=config.eval.upsample,
+        batch_size=int(config.eval.batch_size),
+        seed=int(config.seed),
+    )
+    result["template"] = chosen
+    result["encoder"] = str(ckpt_dir)
+    result["num_images"] = len(pool.ids)
+    lines = [
+        f"{name:<7} target MI {g['target_mi']:.3f} (mean {g['mi_mean']:.3f}), brightness "
+        f"[{g['brightness'][0]:.3f}, {g['brightness'][1]:.3f}], contrast "
+        f"[{g['contrast'][0]:.3f}, {g['contrast'][1]:.3f}], {g['num_points']} points"
+        for name, g in result["groups"].items()
+    ]
+    logging.info(
+        "estimate: %d images, %.1f s (match %.1f s, MI %.1f s, search %.1f s)\n%s",
+        len(pool.ids),
+        result["timing_s"]["total"],
+        result["timing_s"]["match"],
+        result["timing_s"]["target_mi"],
+        result["timing_s"]["search"],
+        "\n".join(lines),
+    )
+    if "medium" not in result["groups"]:
+        raise UserError(
+            f"estimate: template {chosen['id']!r} has no medium-information pixel far enough "
+            "from the border, so the medium ranges (which the low group reuses) cannot be "
+            "estimated: check config.info.thresholds against info_stats.json"
+        )
+    if jax.process_index() == 0:
+        _write_json(path, result)
+
+
+def _encoders(config, workdir: Path) -> dict[str, Path]:
+    return {"baseline": baseline_dir(config, workdir), "piaug": workdir / PIAUG_DIR / "checkpoints"}
 
 
 def evaluate_stage(config, workdir: Path) -> None:
-    """One-shot matching with the baseline encoder on ``config.eval.split``: the template
-    (chosen without labels from ``config.data.split``, or ``config.eval.template``), MRE/SDR
-    under both protocols into ``results.json`` (key ``baseline``), a table, overlays."""
+    """One-shot matching on ``config.eval.split`` with every encoder the run has (the baseline
+    and piaug's), the same template for both: MRE/SDR under both protocols into
+    ``results.json`` (one entry per encoder), a table, overlays."""
     path = workdir / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    if "baseline" in results and not config.force:
+    available = {k: d for k, d in _encoders(config, workdir).items() if _has_checkpoint(d)}
+    if not available:
+        raise UserError(
+            f"evaluate: no encoder in {workdir} (nor config.train.baseline): run the pretrain "
+            "or train stage first"
+        )
+    todo = {k: d for k, d in available.items() if config.force or k not in results}
+    if not todo:
         logging.info(
-            "evaluate: %s holds the baseline, skipping (--config.force=True redoes it)", path
+            "evaluate: %s holds %s, skipping (--config.force=True redoes it)", path, list(results)
         )
         return
     cfg, size = config.eval, tuple(config.data.image_size)
-    variables = train.restore_params(workdir / "checkpoints", config)
-    net, _ = train.nets_from_config(config)
-    apply = jax.jit(lambda x: net.apply(variables["image"], x))
-    pool = prepare_data(config)
-    pool_examples = [pool.source[i] for i in range(len(pool))]  # each record read once
-    pool_images = np.stack([e["image"] for e in pool_examples])
-    if cfg.template:
-        if cfg.template not in pool.ids:
-            raise UserError(
-                f"config.eval.template={cfg.template!r} is not an image of split "
-                f"{config.data.split!r} (e.g. {pool.ids[:3]})"
-            )
-        index, chosen_by, score = pool.ids.index(cfg.template), "config.eval.template", None
-        template_features = matching.encode(apply, pool_images[index : index + 1])
-        template_features = [f[0] for f in template_features]
-    else:
-        features = matching.encode(apply, pool_images, batch_size=cfg.batch_size)
-        border = int(round(cfg.border * min(size)))
-        points = [
-            matching.salient_points(
-                e["iie"],
-                count=cfg.salient_points,
-                min_distance=cfg.salient_distance,
-                border=border,
-            )
-            for e in pool_examples
-        ]
-        index, scores = matching.choose_template(
-            features, points, size=size, upsample=cfg.upsample, batch_size=cfg.batch_size
-        )
-        chosen_by, score = "salient-point policy", float(scores[index])
-        template_features = [f[index] for f in features]
-    template = pool_examples[index]
+    pool = _Images(config)
+    first = next(iter(available.values()))  # the baseline's when there is one
+    index, chosen = choose_template(
+        config,
+        workdir,
+        pool,
+        lambda: matching.encode(_encoder(config, first), pool.images, batch_size=cfg.batch_size),
+        first,
+    )
+    template = pool.examples[index]
     rows_cols = np.round(template["landmarks"][:, ::-1]).astype(np.int64)
     rows_cols = np.clip(rows_cols, 0, np.asarray(size) - 1)
-    vectors = matching.template_vectors(template_features, rows_cols)
-    logging.info("evaluate: template %s (%s)", pool.ids[index], chosen_by)
+    targets = _Images(config, cfg.split) if cfg.split != config.data.split else pool
+    keep = [i for i in range(len(targets.ids)) if not (targets is pool and i == index)]
+    examples = [targets.examples[i] for i in keep]
+    shown = {}
+    for name, ckpt_dir in todo.items():
+        apply = _encoder(config, ckpt_dir)
+        template_features = [f[0] for f in matching.encode(apply, pool.images[index : index + 1])]
+        vectors = matching.template_vectors(template_features, rows_cols)
+        features = matching.encode(apply, targets.images[keep], batch_size=cfg.batch_size)
+        pred = matching.match_all(
+            features,
+            vectors,
+            size=size,
+            batch_size=cfg.batch_size,
+            upsample=cfg.upsample,
+            subpixel=cfg.subpixel,
+        )[..., ::-1]  # (x, y)
+        both = evaluate.evaluate(
+            pred,
+            landmarks_original=np.stack([e["landmarks_original"] for e in examples]),
+            spacing=np.array([float(e["spacing"]) for e in examples]),
+            original_size=np.stack([e["original_size"] for e in examples]),
+            image_size=size,
+        )
+        entry = dict(both["grid"])
+        entry["full_resolution"] = both["full"]
+        entry["split"] = cfg.split
+        entry["ids"] = [targets.ids[i] for i in keep]
+        entry["template"] = chosen
+        entry["checkpoint"] = {"dir": str(ckpt_dir), "step": _latest_step(ckpt_dir)}
+        results[name] = entry
+        shown[name] = both
+        if jax.process_index() == 0:
+            _write_json(path, results)
+            _overlays(config, workdir, name, examples, pred, chosen["id"])
+    logging.info("evaluate: %s\n%s", path, evaluate.table(shown))
+    if "baseline" in results and "piaug" in results:
+        b, p = results["baseline"]["mre_mm"], results["piaug"]["mre_mm"]
+        logging.info(
+            "evaluate: MRE baseline %.3f mm, piaug %.3f mm (%s)", b, p, results["piaug"]["protocol"]
+        )
 
-    targets = prepare_data(config, split=cfg.split)
-    keep = [
-        i
-        for i in range(len(targets))
-        if not (cfg.split == config.data.split and i == index)  # never the template itself
-    ]
-    examples = [targets.source[i] for i in keep]
-    images = np.stack([e["image"] for e in examples])
-    features = matching.encode(apply, images, batch_size=cfg.batch_size)
-    pred = matching.match_all(
-        features,
-        vectors,
-        size=size,
-        batch_size=cfg.batch_size,
-        upsample=cfg.upsample,
-        subpixel=cfg.subpixel,
-    )[..., ::-1]  # (x, y)
-    both = evaluate.evaluate(
-        pred,
-        landmarks_original=np.stack([e["landmarks_original"] for e in examples]),
-        spacing=np.array([float(e["spacing"]) for e in examples]),
-        original_size=np.stack([e["original_size"] for e in examples]),
-        image_size=size,
-    )
-    entry = dict(both["grid"])
-    entry["full_resolution"] = both["full"]
-    entry["split"] = cfg.split
-    entry["ids"] = [targets.ids[i] for i in keep]
-    entry["template"] = {"id": pool.ids[index], "chosen_by": chosen_by, "score": score}
-    results["baseline"] = entry
-    logging.info("evaluate: %s\n%s", path, evaluate.table({"baseline": both}))
-    if jax.process_index() != 0:
-        return
-    _write_json(path, results)
+
+def _latest_step(ckpt_dir: Path) -> int:
+    return max(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
+
+
+def _overlays(config, workdir: Path, name: str, examples, pred, template_id: str) -> None:
     figures = workdir / "figures"
     figures.mkdir(exist_ok=True)
-    for e, p in list(zip(examples, pred, strict=True))[: cfg.num_overlays]:
-        name = e["id"].decode()
+    for e, p in list(zip(examples, pred, strict=True))[: config.eval.num_overlays]:
+        image_id = e["id"].decode()
         err = np.hypot(*(p - e["landmarks"]).T).mean()
         plots.overlay(
             e["image"],
             e["landmarks"],
             p,
-            figures / f"overlay_baseline_{name}.png",
-            title=f"baseline, {name}: template {pool.ids[index]}, mean error {err:.1f} grid px",
+            figures / f"overlay_{name}_{image_id}.png",
+            title=f"{name}, {image_id}: template {template_id}, mean error {err:.1f} grid px",
         )

@@ -74,3 +74,119 @@ def overlay(image, true, pred, path: Path, *, title: str = "") -> None:
     ax.axis("off")
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _shade_groups(ax, thresholds, top: float = 8.0) -> None:
+    """The low / medium / high IIE ranges as coloured bands behind a plot over IIE (bits)."""
+    edges = [0.0, *thresholds, top]
+    for (lo, hi), color, name in zip(
+        zip(edges[:-1], edges[1:], strict=True),
+        GROUP_COLORS,
+        ("low", "medium", "high"),
+        strict=True,
+    ):
+        ax.axvspan(lo, hi, color=color, alpha=0.12, lw=0)
+        ax.text(
+            (lo + hi) / 2,
+            1.0,
+            name,
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="top",
+            fontsize=8,
+            color=color,
+        )
+
+
+def loss_vs_iie(centers, curves: dict, thresholds, path: Path, *, title: str = "") -> None:
+    """Fig. 2: mean per-pixel loss and PSI against the anchor's IIE, one line per encoder.
+
+    ``curves``: encoder name -> ``(loss, psi, count)`` per IIE bin (NaN where empty)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for name, (loss, psi, _) in curves.items():
+        axes[0].plot(centers, loss, marker=".", label=name)
+        axes[1].plot(centers, psi, marker=".", label=name)
+    for ax, label in zip(
+        axes, ("InfoNCE loss (sum over scales)", "PSI (mean positive cosine)"), strict=True
+    ):
+        _shade_groups(ax, thresholds)
+        ax.set_xlabel("IIE at the anchor (bits)")
+        ax.set_ylabel(label)
+        ax.legend()
+    fig.suptitle(title)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def sampling_probability(
+    centers, density, weights: dict, landmark_iie, thresholds, path: Path, *, title: str = ""
+) -> None:
+    """Fig. 3: the probability that an anchor falls at each IIE, per weight map; landmark IIE
+    marked. ``density``: the pixels' IIE density per bin; ``weights``: label -> weight per bin."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), constrained_layout=True)
+    width = float(np.mean(np.diff(centers)))
+    for label, w in weights.items():
+        p = np.asarray(density) * np.asarray(w)
+        ax.plot(centers, p / max(p.sum() * width, 1e-12), label=label)
+    marks = np.ravel(landmark_iie)
+    ax.plot(marks, np.zeros_like(marks), "|", color="k", ms=14, alpha=0.5, label="landmarks")
+    _shade_groups(ax, thresholds)
+    ax.set_xlabel("IIE (bits)")
+    ax.set_ylabel("sampling probability density")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def mi_density(values: dict, targets: dict, path: Path, *, title: str = "") -> None:
+    """Fig. 6: the density of template-to-image MI per information group, targets marked."""
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    colors = dict(zip(("low", "medium", "high"), GROUP_COLORS, strict=True))
+    top = max([float(np.max(v)) for v in values.values() if len(v)] + [1e-6])
+    bins = np.linspace(0.0, top * 1.05, 40)
+    for name, v in values.items():
+        ax.hist(v, bins, density=True, histtype="step", lw=2, color=colors[name], label=name)
+        if name in targets:
+            ax.axvline(targets[name], color=colors[name], ls="--", lw=1)
+    ax.set_xlabel("MI between template and matched patches (nats); dashed: target")
+    ax.set_ylabel("density")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def footprint_maps(image, maps: dict, path: Path, *, title: str = "") -> None:
+    """Fig. 7: the image and its IIE map under each footprint."""
+    fig, axes = plt.subplots(
+        1, 1 + len(maps), figsize=(3.6 * (1 + len(maps)), 4.2), constrained_layout=True
+    )
+    axes[0].imshow(image, cmap="gray", vmin=0, vmax=255)
+    axes[0].set_title("image")
+    for ax, (spec, m) in zip(axes[1:], maps.items(), strict=True):
+        shown = ax.imshow(m, cmap="magma", vmin=0, vmax=8)
+        ax.set_title(f"IIE {spec}")
+    fig.colorbar(shown, ax=axes[-1], shrink=0.8, label="bits")
+    for ax in axes:
+        ax.set_axis_off()
+    fig.suptitle(title)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def loss_curves(curves: dict, path: Path, *, title: str = "") -> None:
+    """Training loss against step, one line per run (raw, and a moving average)."""
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    for name, (steps, loss) in curves.items():
+        steps, loss = np.asarray(steps), np.asarray(loss, np.float64)
+        line = ax.plot(steps, loss, alpha=0.25)[0]
+        k = max(1, len(loss) // 20)
+        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1 :], smooth, color=line.get_color(), label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (sum over scales)")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

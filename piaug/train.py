@@ -322,6 +322,8 @@ def train(
     workdir: str | Path,
     source,
     transform: input_pipeline.AnchorCrop,
+    *,
+    desc: str = "train",
 ) -> TrainState:
     """Trains both encoders for ``num_steps(config, len(source))`` steps, resuming if a
     checkpoint exists. ``source`` is a prepared dataset's record source, ``transform`` the
@@ -382,7 +384,7 @@ def train(
         total=total,
         initial=start,
         unit="step",
-        desc="pretrain",
+        desc=desc,
         disable=jax.process_index() != 0,
         dynamic_ncols=True,
     )

@@ -102,17 +102,29 @@ def test_unknown_key_is_an_error(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("--config.stages=info,train", "config.stages='info,train'"),
+        ("--config.stages=info,fit", "config.stages='info,fit'"),
+        ("--config.estimate.alpha=0", "config.estimate.alpha=0.0: need alpha_hat > 0"),
+        ("--config.estimate.estimator=kde", "config.estimate.estimator='kde'"),
+        ("--config.estimate.patch_size=500", "config.estimate.patch_size=500"),
+        ("--config.train.baseline=/nope/checkpoints", "config.train.baseline='/nope/checkpoints'"),
+        (
+            "--config.analyze.footprints=('disk(3)','ring(2)')",
+            "config.analyze.footprints='ring(2)'",
+        ),
         ("--config.info.footprint=ring(3)", "config.info.footprint='ring(3)'"),
         ("--config.data.name=cifar", "unknown dataset 'cifar'"),
         ("--config.loss.temperature=0", "config.loss.temperature=0.0: must be positive"),
         ("--config.model.dtype=int8", "config.model.dtype='int8'"),
         ("--config.eval.upsample=cubic", "config.eval.upsample='cubic'"),
+        (
+            "--config.augment.continuous=True --config.augment.estimated=False",
+            "config.augment.continuous=True interpolates estimated ranges",
+        ),
         ("--config.model.pretrained=/nope/vgg19.pth", "config.model.pretrained='/nope/vgg19.pth'"),
     ],
 )
 def test_bad_values_are_errors_that_write_nothing(tmp_path, override, message):
-    result = run_cli(tmp_path / "wd", override, check=False)
+    result = run_cli(tmp_path / "wd", *override.split(), check=False)
     assert result.returncode != 0 and message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "wd").exists()

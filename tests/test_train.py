@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from piaug import train
+from piaug import pipeline, train
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -91,10 +91,10 @@ def _rows(workdir):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The tiny config's whole run (its default stages: info, pretrain, evaluate): 6
-    uninterrupted steps on one device, then one-shot matching on the test split."""
+    """The tiny config's whole run, all six stages: the baseline's 6 uninterrupted steps on
+    one device, the estimate, piaug's 6 steps, matching on the test split, the figures."""
     workdir = tmp_path_factory.mktemp("reference")
-    _cli(workdir, "--config.stages=info,pretrain,evaluate")
+    _cli(workdir, "--config.stages=" + ",".join(pipeline.STAGES))
     return workdir
 
 
@@ -127,6 +127,11 @@ def test_pretrain_writes_checkpoints_and_metrics(reference):
 
 def test_evaluate_writes_results_for_both_protocols(reference):
     results = json.loads((reference / "results.json").read_text())
+    assert set(results) == {"baseline", "piaug"}
+    assert results["piaug"]["template"] == results["baseline"]["template"]  # one template
+    assert results["piaug"]["checkpoint"]["step"] == 6
+    assert results["piaug"]["checkpoint"]["dir"] == str(reference / "piaug" / "checkpoints")
+    assert results["piaug"]["mre_mm"] != results["baseline"]["mre_mm"]  # two encoders
     baseline = results["baseline"]
     assert baseline["protocol"] == "grid 64x64" and baseline["n_images"] == 3
     assert baseline["full_resolution"]["protocol"] == "full resolution"
@@ -136,8 +141,48 @@ def test_evaluate_writes_results_for_both_protocols(reference):
     assert baseline["template"]["id"].startswith("synthetic-0-")  # from the training split
     assert baseline["ids"] == [f"synthetic-1-{i:04d}" for i in range(3)]  # the test split
     assert len(list((reference / "figures").glob("overlay_baseline_*.png"))) == 2
+    assert len(list((reference / "figures").glob("overlay_piaug_*.png"))) == 2
     again = _cli(reference, "--config.stages=evaluate")
-    assert "holds the baseline, skipping" in again.stderr
+    assert "holds ['baseline', 'piaug'], skipping" in again.stderr
+
+
+def test_estimate_feeds_the_train_stage(reference):
+    est = json.loads((reference / "augment.json").read_text())
+    template = json.loads((reference / "template.json").read_text())
+    assert est["template"] == template and template["chosen_by"] == "salient-point policy"
+    assert "medium" in est["groups"] and est["estimator"] == "joint"
+    medium = est["groups"]["medium"]
+    assert medium["target_mi"] == pytest.approx(medium["mi_mean"])  # alpha_hat 1
+    assert 0 <= medium["brightness"][0] <= 1 <= medium["brightness"][1]
+    assert len(medium["mi"]) == medium["num_points"] * (medium["num_images"] - 1)
+    rows = [json.loads(x) for x in (reference / "piaug" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert rows != _rows(reference)  # other anchors and ranges than the baseline's
+
+
+def test_an_existing_baseline_is_used_not_trained(reference, tmp_path):
+    out = _cli(
+        tmp_path / "wd",
+        f"--config.train.baseline={reference / 'checkpoints'}",
+        "--config.stages=info,pretrain,estimate",
+    )
+    assert "using the baseline in" in out.stderr
+    assert not (tmp_path / "wd" / "checkpoints").exists()
+    mine = json.loads((tmp_path / "wd" / "augment.json").read_text())
+    theirs = json.loads((reference / "augment.json").read_text())
+    assert mine["groups"] == theirs["groups"]  # the same encoder, template and key points
+
+
+def test_analyze_draws_the_figures(reference):
+    summary = json.loads((reference / "analysis.json").read_text())
+    assert {"fig2", "fig3", "fig7"} <= set(summary)
+    assert set(summary["fig2"]["encoders"]) == {"baseline", "piaug"}
+    counts = summary["fig2"]["encoders"]["piaug"]["count"]
+    assert sum(counts) == 3 * 8 * 8  # 3 images, anchors every 8 px of 64 x 64
+    probability = summary["fig3"]["probability"]
+    assert sum(probability["IIE^0.3"]) == pytest.approx(1.0, abs=1e-4)
+    for name in ("loss_vs_iie", "sampling_probability", "mi_density", "footprints", "loss_curves"):
+        assert (reference / "figures" / f"{name}.png").stat().st_size > 5000, name
 
 
 def test_sharded_step_equals_single_device_step():
@@ -148,7 +193,7 @@ def test_sharded_step_equals_single_device_step():
         from jax.sharding import NamedSharding, PartitionSpec
         sys.path.insert(0, ".")
         from configs import test as test_config
-        from piaug import train
+        from piaug import pipeline, train
 
         config = test_config.get_config()
         nets = train.nets_from_config(config)

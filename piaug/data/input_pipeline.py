@@ -61,6 +61,8 @@ class AnchorCrop(grain.RandomMapTransform):
       thresholds: IIE bounds of the low / medium / high groups (bits).
       jitter: brightness and contrast ranges per group.
       adaptive: the anchor's group picks the ranges; False gives every anchor medium's ranges.
+      continuous: the ranges are interpolated in the anchor's IIE between the groups' centers
+        (``GroupJitter.draw_at``; the per-pixel variant) instead of taken from its group.
       max_rotation: angles are uniform in [-max_rotation, max_rotation] degrees.
       order: spline order of the rotation's interpolation (3: cubic).
     """
@@ -72,6 +74,7 @@ class AnchorCrop(grain.RandomMapTransform):
     thresholds: tuple[float, float] = (2.0, 4.5)
     jitter: augment.GroupJitter = dataclasses.field(default_factory=augment.GroupJitter.uniform)
     adaptive: bool = True
+    continuous: bool = False
     max_rotation: float = 20.0
     order: int = 3
 
@@ -85,7 +88,11 @@ class AnchorCrop(grain.RandomMapTransform):
         crop = augment.rotated_crop(
             image, anchor, crop_anchor, self.crop_size, angle, order=self.order
         )
-        brightness, contrast, contrast_first = self.jitter.draw(rng, group if self.adaptive else 1)
+        if self.continuous:
+            brightness, contrast, contrast_first = self.jitter.draw_at(rng, float(value))
+        else:
+            group_ranges = group if self.adaptive else 1
+            brightness, contrast, contrast_first = self.jitter.draw(rng, group_ranges)
         crop = augment.color_jitter(crop, brightness, contrast, contrast_first=contrast_first)
         return {
             "id": element["id"],
@@ -120,17 +127,33 @@ def load_jitter(path: str | Path) -> augment.GroupJitter:
         raise UserError(str(e)) from None
 
 
-def anchor_crop_from_config(config, *, ranges_required: bool = True) -> AnchorCrop:
+def anchor_crop_from_config(
+    config, *, ranges_required: bool = True, estimate_file: str | Path | None = None
+) -> AnchorCrop:
     """The per-example transform of ``config.augment`` and ``config.data.crop_size``.
 
-    With ``ranges_required=False`` a ranges file that does not exist yet (a later stage writes
-    it) is not an error; the config's uniform ranges stand in for it.
+    The jitter ranges come from ``config.augment.ranges_file`` if set; else, when
+    ``config.augment.estimated`` and an ``estimate_file`` is given (the run's ``augment.json``),
+    from that; else from ``config.augment.brightness``/``contrast`` for every group. With
+    ``ranges_required=False`` a ranges file that does not exist yet (a later stage writes it)
+    is not an error; the config's uniform ranges stand in for it.
     """
     cfg = config.augment
     if cfg.anchors not in ANCHORS:
         raise UserError(f"config.augment.anchors={cfg.anchors!r}: choose one of {ANCHORS}")
-    if cfg.ranges_file and (ranges_required or Path(cfg.ranges_file).exists()):
-        jitter = load_jitter(cfg.ranges_file)
+    path = cfg.ranges_file or (estimate_file if cfg.estimated else None)
+    if cfg.continuous and not cfg.ranges_file and not cfg.estimated:
+        raise UserError(
+            "config.augment.continuous=True interpolates estimated ranges: set "
+            "config.augment.estimated=True (the estimate stage's ranges) or a ranges_file"
+        )
+    if path and (ranges_required or Path(path).exists()):
+        jitter = load_jitter(path)
+        if cfg.continuous and jitter.centers is None:
+            raise UserError(
+                f"config.augment.continuous=True needs each group's iie_mean in {path}: "
+                "give the augment.json of a piaug estimate"
+            )
     else:
         try:
             jitter = augment.GroupJitter.uniform(tuple(cfg.brightness), tuple(cfg.contrast))
@@ -145,6 +168,7 @@ def anchor_crop_from_config(config, *, ranges_required: bool = True) -> AnchorCr
         thresholds=(low, high),
         jitter=jitter,
         adaptive=bool(cfg.adaptive),
+        continuous=bool(cfg.continuous) and jitter.centers is not None,
         max_rotation=float(cfg.max_rotation),
         order=int(cfg.rotation_order),
     )
