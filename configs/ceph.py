@@ -12,23 +12,25 @@ The folder holds the challenge release (RawImage/ + AnnotationsByMD/), the jpg +
 see piaug/data/ceph.py. Ground truth is the mean of the doctors present
 (--config.data.options.annotation=senior|junior to pick one).
 
-Presets (``--config=configs/ceph.py:NAME``):
+Presets (``--config=configs/ceph.py:NAME[,NAME...]``, applied in order):
 
 * ``cpu``: what a 2-core CPU trains in about half an hour per encoder: 192 x 192, encoders at a
   quarter of VGG19's width, 1500 steps of batch 8 (80 epochs of 150 images), no ImageNet weights.
+* the ablations of ``piaug.ablations`` (e.g. ``gamma_0.1``, ``d_3.7``, ``estimated``,
+  ``alpha_1.5``, ``footprint_32``, ``continuous``); ``launch/sweep.py`` runs whole sweeps.
 """
 
-from piaug import defaults
+from piaug import ablations, defaults
+
+
+def cpu(config):
+    config.data.image_size = (192, 192)
+    config.model.width = 0.25
+    config.train.steps = 1500
+    config.train.checkpoint_every = 250
 
 
 def get_config(arg=None):
     config = defaults.base_config("ceph")
     config.augment.gamma = 0.3
-    if arg == "cpu":
-        config.data.image_size = (192, 192)
-        config.model.width = 0.25
-        config.train.steps = 1500
-        config.train.checkpoint_every = 250
-    elif arg:
-        raise ValueError(f"configs/ceph.py: unknown preset {arg!r}; presets: cpu")
-    return config
+    return ablations.apply(config, arg, {"cpu": cpu})

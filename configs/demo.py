@@ -7,14 +7,13 @@ Sized for a laptop CPU (a few minutes): 32 synthetic 768 x 768 images trained at
 setting is configs/ceph.py.
 """
 
-from piaug import defaults
+from piaug import ablations, defaults
 
 
 def get_config(arg=None):
-    del arg
     config = defaults.base_config("synthetic")
     config.data.image_size = (192, 192)
     config.model.width = 0.25
     config.train.steps = 200
     config.train.checkpoint_every = 100
-    return config
+    return ablations.apply(config, arg)

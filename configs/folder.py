@@ -7,9 +7,8 @@ The spacing (mm per pixel) comes from a spacing_mm column of landmarks.csv, or f
 --config.data.options.spacing for every image.
 """
 
-from piaug import defaults
+from piaug import ablations, defaults
 
 
 def get_config(arg=None):
-    del arg
-    return defaults.base_config("folder")
+    return ablations.apply(defaults.base_config("folder"), arg)

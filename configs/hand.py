@@ -8,11 +8,10 @@ config.data.options.wrist (0-based, default (0, 4) as CC2D; Payer et al. use (1,
 config.data.options.protocol (see piaug/data/hand.py).
 """
 
-from piaug import defaults
+from piaug import ablations, defaults
 
 
 def get_config(arg=None):
-    del arg
     config = defaults.base_config("hand")
     config.augment.gamma = 0.2
-    return config
+    return ablations.apply(config, arg)

@@ -3,11 +3,10 @@ r"""A tiny synthetic config for tests: the whole run takes seconds.
 python -m piaug.main --config=configs/test.py --workdir=/tmp/piaug_test
 """
 
-from piaug import defaults
+from piaug import ablations, defaults
 
 
 def get_config(arg=None):
-    del arg
     config = defaults.base_config("synthetic")
     config.data.options.num_images = 3
     config.data.options.size = (96, 80)
@@ -27,4 +26,4 @@ def get_config(arg=None):
     config.eval.salient_points = 8
     config.eval.salient_distance = 4
     config.eval.num_overlays = 2
-    return config
+    return ablations.apply(config, arg)

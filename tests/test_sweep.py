@@ -1,0 +1,117 @@
+"""launch/sweep.py and the ablation presets (piaug.ablations)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from piaug import ablations
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from configs import ceph as ceph_config  # noqa: E402
+from launch import sweep  # noqa: E402
+
+
+def test_presets_express_the_papers_ablations():
+    c = ceph_config.get_config("cpu,gamma_0.1")
+    assert c.data.image_size == (192, 192) and c.augment.gamma == 0.1
+    assert c.augment.anchors == "exponential" and not c.augment.estimated
+    assert "estimate" not in c.stages  # Table 1: the weight map with the default jitter
+    c = ceph_config.get_config("d_3.7")
+    assert (c.augment.anchors, c.augment.d) == ("piecewise", 3.7)
+    c = ceph_config.get_config("estimated")
+    assert c.augment.estimated and not c.augment.adaptive
+    assert ceph_config.get_config("adaptive").to_dict() == ceph_config.get_config().to_dict()
+    assert ceph_config.get_config("alpha_1.5").estimate.alpha == 1.5
+    assert ceph_config.get_config("footprint_128").info.footprint == "disk(128)"
+    assert ceph_config.get_config("continuous").augment.continuous
+    assert ceph_config.get_config("baseline").stages == "info,pretrain,evaluate,analyze"
+    assert isinstance(ceph_config.get_config("gamma_0").augment.gamma, float)
+    with pytest.raises(ValueError, match="unknown preset 'gamma'"):
+        ceph_config.get_config("gamma")
+    assert len(ablations.SWEEPS["table1_gamma"]) == 6 and len(ablations.SWEEPS["fig5_alpha"]) == 8
+
+
+def test_print_lists_the_baseline_then_every_preset(tmp_path, capsys):
+    assert (
+        sweep.main(
+            [
+                "--config=configs/ceph.py:cpu",
+                "--sweep=table1_d",
+                f"--root={tmp_path}",
+                "--print",
+                "--",
+                "--config.data.dir=/data/isbi",
+            ]
+        )
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6
+    assert (
+        "--config=configs/ceph.py:cpu " in lines[0]
+        and "--config.stages=info,pretrain,evaluate" in lines[0]
+    )
+    assert f"--config=configs/ceph.py:cpu,d_1 --workdir={tmp_path / 'd_1'}" in lines[1]
+    assert all(
+        f"--config.train.baseline={tmp_path / 'shared_baseline' / 'checkpoints'}" in x
+        for x in lines[1:]
+    )
+    assert all(x.endswith("--config.data.dir=/data/isbi") for x in lines)
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_preset_of_a_sweep_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        sweep.main(
+            [
+                "--config=configs/test.py",
+                "--sweep=table3",
+                f"--root={tmp_path}",
+                "--presets=gamma_0.1",
+                "--print",
+            ]
+        )
+    assert "not in sweep table3" in capsys.readouterr().err
+
+
+def test_a_sweep_runs_and_gathers_its_table(tmp_path):
+    """Table 3's weight-map row on the tiny config: the shared baseline, then the preset."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "launch/sweep.py"),
+            f"--config={REPO / 'configs/test.py'}",
+            "--sweep=table3",
+            "--presets=baseline,weightmap",
+            f"--root={tmp_path}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not (tmp_path / "weightmap" / "checkpoints").exists()  # the shared baseline
+    assert not (tmp_path / "weightmap" / "augment.json").exists()  # default jitter: no estimate
+    results = json.loads((tmp_path / "weightmap" / "results.json").read_text())
+    assert (
+        results["piaug"]["template"]
+        == json.loads((tmp_path / "baseline" / "results.json").read_text())["baseline"]["template"]
+    )
+    table = (tmp_path / "table3.md").read_text()
+    assert "| baseline | baseline |" in table and "| weightmap | piaug |" in table
+    rows = (tmp_path / "table3.csv").read_text().splitlines()
+    assert rows[0].startswith("run,encoder,mre_mm,sdr_2.0") and len(rows) == 3
+    assert f"{results['piaug']['mre_mm']:.3f}".rstrip("0") in rows[2]
+
+
+def test_gather_marks_unfinished_runs(tmp_path):
+    rows = sweep.gather(tmp_path, ["a"])
+    assert rows == [{"run": "a", "encoder": "(not finished)"}]
