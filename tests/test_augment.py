@@ -108,3 +108,29 @@ def test_rotation_outside_the_image_is_zero():
     assert np.abs(crop[:10]).max() < 1e-6 and np.abs(crop[:, :10]).max() < 1e-6
     assert np.allclose(crop[10:, 10:], 1.0, atol=1e-6)
     assert crop.min() >= 0 and crop.max() <= 1  # cubic overshoot is clipped
+
+
+def test_continuous_ranges_interpolate_between_group_centres():
+    groups = {
+        "low": {"brightness": (0.9, 1.1), "contrast": (0.8, 1.2), "iie_mean": 1.0},
+        "medium": {"brightness": (0.5, 2.0), "contrast": (0.4, 2.4), "iie_mean": 3.0},
+        "high": {"brightness": (0.7, 1.5), "contrast": (0.6, 1.8), "iie_mean": 5.0},
+    }
+    jitter = augment.GroupJitter.from_mapping(groups)
+    np.testing.assert_allclose(jitter.centers, [1.0, 3.0, 5.0])
+    b, c = jitter.ranges_at(2.0)  # half way between low and medium
+    np.testing.assert_allclose(b, [0.7, 1.55])
+    np.testing.assert_allclose(c, [0.6, 1.8])
+    np.testing.assert_allclose(jitter.ranges_at(0.0)[0], [0.9, 1.1])  # constant beyond
+    np.testing.assert_allclose(jitter.ranges_at(7.0)[1], [0.6, 1.8])
+    rng = np.random.default_rng(0)
+    draws = np.array([jitter.draw_at(rng, 4.0)[:2] for _ in range(2000)])
+    assert draws[:, 0].min() >= 0.6 and draws[:, 0].max() <= 1.75
+    assert draws[:, 0].min() < 0.62 and draws[:, 0].max() > 1.73
+    # without every group's iie_mean (low reuses medium's ranges) there are no centres
+    no_low = {k: v for k, v in groups.items() if k != "low"}
+    assert augment.GroupJitter.from_mapping(no_low).centers is None
+    with pytest.raises(ValueError, match="no group centers"):
+        augment.GroupJitter.from_mapping(no_low).ranges_at(3.0)
+    with pytest.raises(ValueError, match="increasing"):
+        augment.GroupJitter([(1, 1)] * 3, [(1, 1)] * 3, centers=[3.0, 1.0, 5.0])

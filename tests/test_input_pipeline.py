@@ -107,6 +107,25 @@ def test_the_anchor_group_picks_the_jitter_ranges(source):
         assert len(seen) >= 2  # the check above saw more than one group
 
 
+def test_continuous_ranges_follow_the_anchor_iie(source):
+    jitter = augment.GroupJitter(
+        brightness=[(0.1, 0.2), (0.5, 0.6), (1.5, 1.6)],
+        contrast=[(1, 1), (1, 1), (1, 1)],
+        centers=[1.0, 3.0, 5.0],
+    )
+    transform = ip.AnchorCrop(crop_size=24, anchors="uniform", jitter=jitter, continuous=True)
+    rng = np.random.default_rng(4)
+    between = 0
+    for i in range(60):
+        element = source.source[i % len(source)]
+        out = transform.random_map(element, rng)
+        value = element["iie"][out["anchor"][0], out["anchor"][1]]
+        lo, hi = jitter.ranges_at(float(value))[0]
+        assert lo - 1e-6 <= out["brightness"] <= hi + 1e-6
+        between += not any(np.allclose((lo, hi), r) for r in jitter.brightness)
+    assert between > 10  # most anchors get ranges between two groups'
+
+
 def test_batches_are_seeded_and_restorable(source):
     transform = ip.AnchorCrop(crop_size=24)
     it = iter(_loader(source, transform))
