@@ -2,7 +2,7 @@
 
 A run lives in a workdir that holds ``config.json``; a workdir made by another config is refused,
 and a stage whose output exists is skipped unless ``config.force`` is set, so no finished result
-is overwritten without being asked. Stages so far:
+is overwritten without being asked. The stages, in order:
 
 * ``info``: prepares the dataset (``piaug.data.prepare``: IIE maps at the original resolution,
   resized with the images to the training size, stored as TFDS array_record in a shared cache)
@@ -11,7 +11,16 @@ is overwritten without being asked. Stages so far:
   (image | IIE | groups).
 * ``pretrain``: the baseline encoders (uniform anchors, the default jitter for every group)
   trained on the prepared data (``piaug.train``) into ``checkpoints/``, with ``metrics.jsonl``;
-  an interrupted run resumes from its latest checkpoint, a finished one is skipped.
+  an interrupted run resumes from its latest checkpoint, a finished one is skipped. With
+  ``config.train.baseline`` it trains nothing and the later stages use that run's checkpoints.
+* ``estimate``: the augmentation ranges per information group (``piaug.estimate``, Eq. 10)
+  with the baseline encoder and the template (chosen once, ``template.json``) into
+  ``augment.json``.
+* ``train``: the piaug encoders (weight-map anchors, the estimate's ranges per group) into
+  ``piaug/checkpoints/`` and ``piaug/metrics.jsonl``.
+* ``evaluate``: one-shot matching with each encoder that has checkpoints, the same template
+  for all, MRE/SDR in ``results.json`` (one entry per encoder), a table, overlays.
+* ``analyze``: the paper's figures from these files (``piaug.analyze``).
 
 With several processes (``jax.distributed``), process 0 writes the workdir and builds the
 prepared dataset while the others wait for it.
@@ -431,7 +440,7 @@ def train_stage(config, workdir: Path) -> None:
         "train: %s anchors, ranges per group %s%s",
         transform.anchors,
         {
-            g: [list(np.round(b, 3)), list(np.round(c, 3))]
+            g: [np.round(b, 3).tolist(), np.round(c, 3).tolist()]
             for g, b, c in zip(
                 info.GROUP_NAMES,
                 transform.jitter.brightness,
@@ -439,7 +448,11 @@ def train_stage(config, workdir: Path) -> None:
                 strict=True,
             )
         },
-        " (adaptive)" if transform.adaptive else " (medium's for every anchor)",
+        " (continuous in the anchor's IIE)"
+        if transform.continuous
+        else " (adaptive)"
+        if transform.adaptive
+        else " (medium's for every anchor)",
     )
     _train(config, workdir / PIAUG_DIR, transform, "train")
 
