@@ -116,16 +116,35 @@ def match(
     subpixel: bool = False,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Predicted points ``(B, L, 2)`` (row, col) and their scores ``(B, L)`` (the maximum of
-    the product map). Integer pixels unless ``subpixel``."""
+    the product map). Integer pixels unless ``subpixel``.
+
+    With nearest upsampling and no refinement the product map is constant on the finest
+    stride's cells, so it is formed at that stride (a quarter of the pixels at stride 2) and
+    the peak mapped to its cell's first pixel: the same point and score as at full size.
+    """
+    finest = min(strides)
+    if upsample == "nearest" and not subpixel and size[0] % finest == 0 == size[1] % finest:
+        cells = (size[0] // finest, size[1] // finest)
+        coarse = [s // finest for s in strides]
+        if all(c * finest == s for c, s in zip(coarse, strides, strict=True)):
+            maps = similarity(
+                query_features, templates, size=cells, strides=coarse, upsample="nearest"
+            )
+            peaks, scores = _peaks(maps)
+            return peaks * finest, scores
     maps = similarity(query_features, templates, size=size, strides=strides, upsample=upsample)
-    b, n_l, h, w = maps.shape
-    flat = maps.reshape(b, n_l, h * w)
-    arg = jnp.argmax(flat, axis=-1)
-    peaks = jnp.stack([arg // w, arg % w], axis=-1)
-    scores = jnp.max(flat, axis=-1)
+    peaks, scores = _peaks(maps)
     if subpixel:
         return refine(maps, peaks), scores
     return peaks, scores
+
+
+def _peaks(maps: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The first maximum (row-major) of each ``(..., H, W)`` map and its value."""
+    *lead, h, w = maps.shape
+    flat = maps.reshape(*lead, h * w)
+    arg = jnp.argmax(flat, axis=-1)
+    return jnp.stack([arg // w, arg % w], axis=-1), jnp.max(flat, axis=-1)
 
 
 def salient_points(iie: np.ndarray, *, count: int, min_distance: int, border: int) -> np.ndarray:

@@ -55,6 +55,25 @@ def test_a_point_matched_into_its_own_image_is_found():
         matching.similarity(feats, templates, size=SIZE, strides=STRIDES, upsample="cubic")
 
 
+def test_matching_at_the_finest_stride_equals_matching_at_full_size():
+    rng = np.random.default_rng(7)
+    size = (64, 96)
+    strides = (32, 16, 8, 4, 2)
+    feats = [
+        jnp.asarray(rng.normal(size=(3, size[0] // s, size[1] // s, 4)), jnp.float32)
+        for s in strides
+    ]
+    feats[0] = jnp.abs(feats[0])  # ties: many positive coarse cells, clamped fine ones
+    points = jnp.asarray(rng.integers(0, 64, (9, 2)))
+    templates = matching.template_vectors([f[0] for f in feats], points, strides=strides)
+    peaks, scores = matching.match(feats, templates, size=size, strides=strides)
+    maps = matching.similarity(feats, templates, size=size, strides=strides)  # full size
+    flat = np.asarray(maps).reshape(3, 9, -1)
+    arg = flat.argmax(-1)
+    np.testing.assert_array_equal(peaks, np.stack([arg // size[1], arg % size[1]], -1))
+    np.testing.assert_array_equal(scores, flat.max(-1))
+
+
 def test_refine_finds_the_vertex_of_a_parabola():
     rows, cols = np.meshgrid(np.arange(10), np.arange(12), indexing="ij")
     maps = jnp.asarray(-((rows - 3.3) ** 2) - (cols - 5.8) ** 2, jnp.float32)[None]
