@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from piaug.losses import cell, cosine
 from piaug.models import STRIDES
@@ -196,7 +197,7 @@ def choose_template(
         raise ValueError("no candidate has salient points: lower the border or the distance")
     score = jax.jit(lambda f, t: match(f, t, size=size, strides=strides, upsample=upsample)[1])
     scores = np.full(n, -np.inf)
-    for i in range(n):
+    for i in tqdm(range(n), desc="template choice", unit="candidate", leave=False):
         p = np.asarray(points[i]).reshape(-1, 2)
         if len(p) == 0:
             continue
