@@ -16,6 +16,8 @@ Points are (row, col) in the pixels of the encoder's input grid throughout.
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 from collections.abc import Sequence
 
 import jax
@@ -196,11 +198,11 @@ def choose_template(
     if most == 0:
         raise ValueError("no candidate has salient points: lower the border or the distance")
     score = jax.jit(lambda f, t: match(f, t, size=size, strides=strides, upsample=upsample)[1])
-    scores = np.full(n, -np.inf)
-    for i in tqdm(range(n), desc="template choice", unit="candidate", leave=False):
+
+    def candidate(i: int) -> float:
         p = np.asarray(points[i]).reshape(-1, 2)
         if len(p) == 0:
-            continue
+            return -np.inf
         padded = np.concatenate([p, np.repeat(p[:1], most - len(p), axis=0)])  # one shape
         templates = template_vectors([f[i] for f in features], padded, strides=strides)
         best = np.concatenate(
@@ -209,7 +211,23 @@ def choose_template(
                 for j in range(0, n, batch_size)
             ]
         )[:, : len(p)]
-        scores[i] = float(np.delete(best, i, axis=0).mean())
+        return float(np.delete(best, i, axis=0).mean())
+
+    # XLA's CPU executables run on the calling thread and release the GIL: on a CPU, candidates
+    # are scored on several threads at once (one core each); elsewhere one after another.
+    threads = min(os.cpu_count() or 1, 8) if jax.default_backend() == "cpu" else 1
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        scores = np.array(
+            list(
+                tqdm(
+                    pool.map(candidate, range(n)),
+                    total=n,
+                    desc="template choice",
+                    unit="candidate",
+                    leave=False,
+                )
+            )
+        )
     return int(np.argmax(scores)), scores
 
 
