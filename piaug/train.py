@@ -467,7 +467,13 @@ def restore_params(checkpoint_dir: str | Path, config, *, step: int | None = Non
             image_size=tuple(config.data.image_size),
             crop_size=int(config.data.crop_size),
         )
-        state = checkpoints.restore(abstract_state(init, jax.random.key(0), mesh), step)
+        try:
+            state = checkpoints.restore(abstract_state(init, jax.random.key(0), mesh), step)
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(
+                f"{ckpt_dir}: its checkpoint does not fit this config's encoders ({e}). It must "
+                "come from a run with the same config.model fields (width, embedding, dtype)"
+            ) from None
     finally:
         checkpoints.close()
     return {

@@ -173,6 +173,18 @@ def test_an_existing_baseline_is_used_not_trained(reference, tmp_path):
     assert mine["groups"] == theirs["groups"]  # the same encoder, template and key points
 
 
+def test_a_baseline_of_another_model_is_refused(reference, tmp_path):
+    out = _cli(
+        tmp_path / "wd",
+        f"--config.train.baseline={reference / 'checkpoints'}",
+        "--config.model.width=0.125",
+        "--config.stages=estimate",
+        check=False,
+    )
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert f"{reference / 'checkpoints'}: its checkpoint does not fit" in out.stderr
+
+
 def test_analyze_draws_the_figures(reference):
     summary = json.loads((reference / "analysis.json").read_text())
     assert {"fig2", "fig3", "fig7"} <= set(summary)
