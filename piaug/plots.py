@@ -76,6 +76,16 @@ def overlay(image, true, pred, path: Path, *, title: str = "") -> None:
     plt.close(fig)
 
 
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels, title and legend of a one-panel figure; writes it and frees it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def _shade_groups(ax, thresholds, top: float = 8.0) -> None:
     """The low / medium / high IIE ranges as coloured bands behind a plot over IIE (bits)."""
     edges = [0.0, *thresholds, top]
@@ -131,12 +141,7 @@ def sampling_probability(
     marks = np.ravel(landmark_iie)
     ax.plot(marks, np.zeros_like(marks), "|", color="k", ms=14, alpha=0.5, label="landmarks")
     _shade_groups(ax, thresholds)
-    ax.set_xlabel("IIE (bits)")
-    ax.set_ylabel("sampling probability density")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _finish(fig, ax, path, "IIE (bits)", "sampling probability density", title)
 
 
 def mi_density(values: dict, targets: dict, path: Path, *, title: str = "") -> None:
@@ -149,12 +154,14 @@ def mi_density(values: dict, targets: dict, path: Path, *, title: str = "") -> N
         ax.hist(v, bins, density=True, histtype="step", lw=2, color=colors[name], label=name)
         if name in targets:
             ax.axvline(targets[name], color=colors[name], ls="--", lw=1)
-    ax.set_xlabel("MI between template and matched patches (nats); dashed: target")
-    ax.set_ylabel("density")
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _finish(
+        fig,
+        ax,
+        path,
+        "MI between template and matched patches (nats); dashed: target",
+        "density",
+        title,
+    )
 
 
 def footprint_maps(image, maps: dict, path: Path, *, title: str = "") -> None:
@@ -184,9 +191,4 @@ def loss_curves(curves: dict, path: Path, *, title: str = "") -> None:
         k = max(1, len(loss) // 20)
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
         ax.plot(steps[k - 1 :], smooth, color=line.get_color(), label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (sum over scales)")
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _finish(fig, ax, path, "step", "loss (sum over scales)", title)
