@@ -229,7 +229,11 @@ class Checkpoints:
     def __init__(self, directory: Path, *, every: int, keep: int):
         self.every = max(1, int(every))
         options = ocp.CheckpointManagerOptions(max_to_keep=max(1, int(keep)), create=True)
-        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+        self.manager = ocp.CheckpointManager(
+            Path(directory).absolute(),
+            options=options,
+            item_handlers=ocp.StandardCheckpointHandler(),
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -241,12 +245,36 @@ class Checkpoints:
         return self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
     def restore(self, abstract: TrainState, step: int | None = None) -> TrainState:
+        """Restores ``step`` (the latest by default) onto ``abstract``'s shapes and shardings;
+        ValueError, naming the first differences, when the saved arrays do not fit them."""
         step = self.latest_step() if step is None else step
+        saved, wanted = (_shapes(t) for t in (self.manager.item_metadata(step), abstract))
+        if saved != wanted:
+            diff = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+            details = "; ".join(
+                f"{k}: saved {saved.get(k)}, needed {wanted.get(k)}" for k in diff[:3]
+            )
+            raise ValueError(f"{len(diff)} arrays differ ({details})")
         return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    """``{"params/image/...": shape}`` of a pytree of arrays or array metadata."""
+
+    def name(key):
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    return {
+        "/".join(name(k) for k in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
 class _Preemption:

@@ -127,7 +127,8 @@ def test_pretrain_writes_checkpoints_and_metrics(reference):
 
 def test_evaluate_writes_results_for_both_protocols(reference):
     results = json.loads((reference / "results.json").read_text())
-    assert set(results) == {"baseline", "piaug"}
+    assert set(results) == {"baseline", "piaug", "template_copy"}
+    assert results["template_copy"]["n_images"] == 3
     assert results["piaug"]["template"] == results["baseline"]["template"]  # one template
     assert results["piaug"]["checkpoint"]["step"] == 6
     assert results["piaug"]["checkpoint"]["dir"] == str(reference / "piaug" / "checkpoints")
