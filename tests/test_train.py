@@ -323,3 +323,10 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [3]
     assert [r["step"] for r in _rows(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_train_without_an_estimate_says_what_to_do(tmp_path):
+    out = _cli(tmp_path / "wd", "--config.stages=train", check=False)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "augment.json does not exist: run the estimate stage first" in out.stderr
+    assert not (tmp_path / "wd" / "piaug" / "checkpoints").exists()

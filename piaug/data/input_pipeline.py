@@ -114,8 +114,9 @@ def load_jitter(path: str | Path) -> augment.GroupJitter:
         payload = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(
-            f"augmentation ranges file {path} does not exist: run the estimate stage first, or "
-            "set config.augment.ranges_file='' to use config.augment.brightness/contrast"
+            f"augmentation ranges file {path} does not exist: run the estimate stage first, "
+            "or set config.augment.ranges_file='' and config.augment.estimated=False to use "
+            "config.augment.brightness/contrast"
         ) from None
     except json.JSONDecodeError as e:
         raise UserError(f"augmentation ranges file {path} is not valid JSON: {e}") from None
