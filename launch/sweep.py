@@ -15,6 +15,8 @@ resumes it. Then the results are gathered into ``ROOT/SWEEP.md`` and ``ROOT/SWEE
              the rest in parallel on a cluster), then exits.
   --gather   only gathers the table from the runs that have finished.
   --presets  a comma-separated subset of the sweep's presets.
+  --baseline an existing baseline's checkpoints/ folder (trained with the same config) to use
+             instead of training the shared one.
 """
 
 from __future__ import annotations
@@ -40,8 +42,11 @@ def _with_preset(config: str, preset: str) -> str:
     return f"{config},{preset}" if ":" in config else f"{config}:{preset}"
 
 
-def commands(config: str, sweep: str, root: Path, presets, extra) -> list[tuple[str, list[str]]]:
-    """``(name, argv)`` of the baseline run and each preset's run."""
+def commands(
+    config: str, sweep: str, root: Path, presets, extra, baseline: Path | None = None
+) -> list[tuple[str, list[str]]]:
+    """``(name, argv)`` of the baseline run (unless ``baseline`` names existing checkpoints)
+    and each preset's run."""
     base = [sys.executable, "-m", "piaug.main"]
     runs = [
         (
@@ -56,6 +61,8 @@ def commands(config: str, sweep: str, root: Path, presets, extra) -> list[tuple[
         )
     ]
     shared = root / "shared_baseline" / "checkpoints"
+    if baseline is not None:
+        runs, shared = [], baseline
     for preset in presets:
         runs.append(
             (
@@ -137,6 +144,12 @@ def main(argv=None) -> int:
     parser.add_argument("--sweep", required=True, choices=sorted(ablations.SWEEPS))
     parser.add_argument("--root", required=True, type=Path, help="one workdir per run in it")
     parser.add_argument("--presets", default="", help="a comma-separated subset of the sweep")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="an existing baseline's checkpoints/ folder (same config) instead of training one",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--print", action="store_true", help="print the commands, run nothing")
     mode.add_argument("--gather", action="store_true", help="only gather the results")
@@ -149,7 +162,10 @@ def main(argv=None) -> int:
         if unknown:
             parser.error(f"--presets: {unknown} are not in sweep {args.sweep} ({presets})")
         presets = chosen
-    runs = commands(args.config, args.sweep, args.root, presets, extra)
+    if args.baseline is not None and not args.baseline.is_dir():
+        parser.error(f"--baseline {args.baseline} is not a folder of checkpoints")
+    baseline = None if args.baseline is None else args.baseline.absolute()
+    runs = commands(args.config, args.sweep, args.root, presets, extra, baseline)
     if args.print:
         for _, argv_ in runs:
             print(shlex.join(argv_))

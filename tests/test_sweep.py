@@ -65,6 +65,19 @@ def test_print_lists_the_baseline_then_every_preset(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
+def test_an_existing_baseline_replaces_the_shared_one(tmp_path, capsys):
+    (tmp_path / "ckpt").mkdir()
+    args = ["--config=configs/test.py", "--sweep=continuous", f"--root={tmp_path / 'r'}"]
+    assert sweep.main([*args, f"--baseline={tmp_path / 'ckpt'}", "--print"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(
+        f"--config.train.baseline={tmp_path / 'ckpt'}" in x for x in lines
+    )
+    with pytest.raises(SystemExit):
+        sweep.main([*args, f"--baseline={tmp_path / 'nope'}", "--print"])
+    assert "is not a folder of checkpoints" in capsys.readouterr().err
+
+
 def test_unknown_preset_of_a_sweep_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sweep.main(
