@@ -52,15 +52,17 @@ for _sweep in SWEEPS.values():
 
 
 def set_field(config, key: str, value) -> None:
-    """``config.a.b = value`` for ``key`` 'a.b', keeping the field's type (int -> float)."""
+    """``config.a.b = value`` for ``key`` 'a.b'; an int given to a float field becomes a float
+    (any other type mismatch is ConfigDict's error)."""
     *parents, leaf = key.split(".")
     node = config
     for p in parents:
         node = node[p]
     if leaf not in node:
         raise KeyError(f"preset sets unknown config field {key!r}")
-    old = node[leaf]
-    node[leaf] = type(old)(value) if isinstance(old, float | int | str | bool) else value
+    if isinstance(node[leaf], float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    node[leaf] = value
 
 
 def apply(config, arg: str | None, own: dict | None = None):

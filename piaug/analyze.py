@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from piaug import info, losses, plots, train
+from piaug import estimate, info, losses, plots, train
 from piaug.data import input_pipeline
 
 _BINS = np.linspace(0.0, 8.0, 33)  # IIE bins (bits) of Fig. 2
@@ -43,11 +43,10 @@ def grid_anchors(size: tuple[int, int], stride: int) -> np.ndarray:
 def centred_crops(image: np.ndarray, anchors: np.ndarray, crop: int):
     """Unaugmented ``crop`` x ``crop`` views containing each anchor, centred where the border
     allows: ``(A, crop, crop)`` float32 in [0, 1] and the anchors' positions in them."""
-    corner = np.clip(anchors - crop // 2, 0, np.asarray(image.shape) - crop)
-    offsets = np.arange(crop)
-    rows = corner[:, 0, None, None] + offsets[:, None]
-    cols = corner[:, 1, None, None] + offsets[None, :]
-    return image[rows, cols].astype(np.float32) / 255.0, anchors - corner
+    crops = estimate.patches(image[None], anchors[None], crop)[0]
+    return crops.astype(np.float32) / 255.0, anchors - estimate.patch_corners(
+        anchors, crop, image.shape
+    )
 
 
 def pixel_losses(config, variables: dict, images, iie, *, stride: int, chunk: int = 64):
@@ -57,7 +56,7 @@ def pixel_losses(config, variables: dict, images, iie, *, stride: int, chunk: in
     kw = {"window": config.loss.window, "temperature": config.loss.temperature}
 
     @jax.jit
-    def run(image, crops, anchors, crop_anchors):
+    def run(variables, image, crops, anchors, crop_anchors):  # parameters: no baked constants
         feats = net_image.apply(variables["image"], image[None])
         crop_feats = net_crop.apply(variables["crop"], crops)
         feats = [jnp.broadcast_to(f, (len(crops), *f.shape[1:])) for f in feats]
@@ -79,7 +78,7 @@ def pixel_losses(config, variables: dict, images, iie, *, stride: int, chunk: in
                 np.concatenate([a[part], np.repeat(a[:1], pad, 0)])
                 for a in (crops, anchors, crop_anchors)
             ]
-            loss, psi = run(x, *args)
+            loss, psi = run(variables, x, *args)
             out["loss"].append(np.asarray(loss)[:n])
             out["psi"].append(np.asarray(psi)[:n])
         out["iie"].append(m[anchors[:, 0], anchors[:, 1]])

@@ -65,14 +65,18 @@ def key_points(
     return out
 
 
+def patch_corners(points, size: int, shape) -> np.ndarray:
+    """Top-left (row, col) of the ``size`` x ``size`` patch centred on each point, shifted
+    inside an image of ``shape`` (height, width)."""
+    return np.clip(np.asarray(points, np.int64) - size // 2, 0, np.asarray(shape[:2]) - size)
+
+
 def patches(images: np.ndarray, points: np.ndarray, size: int) -> np.ndarray:
     """The ``size`` x ``size`` patches of ``images`` ``(N, H, W)`` centred on ``points``
     ``(N, P, 2)`` (row, col), shifted inside the image where they would cross a border:
     ``(N, P, size, size)``, the images' dtype."""
     images = np.asarray(images)
-    points = np.asarray(points, np.int64)
-    limit = np.asarray(images.shape[1:3]) - size
-    corner = np.clip(points - size // 2, 0, limit)
+    corner = patch_corners(points, size, images.shape[1:3])
     offsets = np.arange(size)
     rows = corner[..., 0, None, None] + offsets[:, None]
     cols = corner[..., 1, None, None] + offsets[None, :]

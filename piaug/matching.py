@@ -142,6 +142,11 @@ def match(
     return peaks, scores
 
 
+# One compiled program per shape and setting, shared by every caller (template choice, the
+# estimate, evaluation of each encoder) instead of one per call.
+_match_jit = jax.jit(match, static_argnames=("size", "strides", "upsample", "subpixel"))
+
+
 def _peaks(maps: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     """The first maximum (row-major) of each ``(..., H, W)`` map and its value."""
     *lead, h, w = maps.shape
@@ -197,7 +202,10 @@ def choose_template(
     most = max(len(p) for p in points)
     if most == 0:
         raise ValueError("no candidate has salient points: lower the border or the distance")
-    score = jax.jit(lambda f, t: match(f, t, size=size, strides=strides, upsample=upsample)[1])
+    size, strides = tuple(size), tuple(strides)
+
+    def score(f, t):
+        return _match_jit(f, t, size=size, strides=strides, upsample=upsample)[1]
 
     def candidate(i: int) -> float:
         p = np.asarray(points[i]).reshape(-1, 2)
@@ -255,10 +263,10 @@ def match_all(
     subpixel: bool = False,
 ) -> np.ndarray:
     """``match`` over all images of ``features`` in batches: ``(N, L, 2)`` (row, col)."""
-    run = jax.jit(lambda f, t: match(f, t, size=size, upsample=upsample, subpixel=subpixel)[0])
+    kw = {"size": tuple(size), "upsample": upsample, "subpixel": subpixel}
     n = features[0].shape[0]
     out = [
-        np.asarray(run([f[i : i + batch_size] for f in features], templates))
+        np.asarray(_match_jit([f[i : i + batch_size] for f in features], templates, **kw)[0])
         for i in range(0, n, batch_size)
     ]
     return np.concatenate(out)

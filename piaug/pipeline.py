@@ -29,6 +29,7 @@ prepared dataset while the others wait for it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -378,8 +379,15 @@ def baseline_dir(config, workdir: Path) -> Path:
     return Path(config.train.baseline) if config.train.baseline else workdir / "checkpoints"
 
 
+def _latest_step(ckpt_dir: Path) -> int | None:
+    """The newest checkpoint step in ``ckpt_dir``, None when it holds none."""
+    if not ckpt_dir.is_dir():
+        return None
+    return max((int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()), default=None)
+
+
 def _has_checkpoint(ckpt_dir: Path) -> bool:
-    return ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+    return _latest_step(ckpt_dir) is not None
 
 
 def _clear_training(out: Path, stage: str) -> None:
@@ -469,10 +477,12 @@ class _Images:
 
 
 def _encoder(config, ckpt_dir: Path):
-    """The jitted full-image encoder of the checkpoints in ``ckpt_dir``."""
+    """The full-image encoder of the checkpoints in ``ckpt_dir``, as ``images -> maps``. The
+    parameters are an argument of the jitted call, not constants baked into it, so every
+    checkpoint of one config shares one compiled program."""
     variables = train.restore_params(ckpt_dir, config)
     net, _ = train.nets_from_config(config)
-    return jax.jit(lambda x: net.apply(variables["image"], x))
+    return functools.partial(jax.jit(net.apply), variables["image"])
 
 
 def choose_template(config, workdir: Path, pool: _Images, features, encoder: Path):
@@ -595,21 +605,26 @@ def evaluate_stage(config, workdir: Path) -> None:
             "or train stage first"
         )
     todo = {k: d for k, d in available.items() if config.force or k not in results}
-    encoders = [k for k in results if k != COPY_KEY]
     if not todo:
         logging.info(
-            "evaluate: %s holds %s, skipping (--config.force=True redoes it)", path, encoders
+            "evaluate: %s holds %s, skipping (--config.force=True redoes it)",
+            path,
+            [k for k in results if k != COPY_KEY],
         )
         return
     cfg, size = config.eval, tuple(config.data.image_size)
     pool = _Images(config)
-    first = next(iter(available.values()))  # the baseline's when there is one
+    # Each encoder restored on first use, once: the template's may also be evaluated.
+    encoders = {
+        k: functools.cache(functools.partial(_encoder, config, d)) for k, d in available.items()
+    }
+    first = next(iter(available))  # the baseline when there is one
     index, chosen = choose_template(
         config,
         workdir,
         pool,
-        lambda: matching.encode(_encoder(config, first), pool.images, batch_size=cfg.batch_size),
-        first,
+        lambda: matching.encode(encoders[first](), pool.images, batch_size=cfg.batch_size),
+        available[first],
     )
     template = pool.examples[index]
     rows_cols = np.round(template["landmarks"][:, ::-1]).astype(np.int64)
@@ -628,7 +643,7 @@ def evaluate_stage(config, workdir: Path) -> None:
     shown = {COPY_KEY: evaluate.evaluate(copied, **truth)}
     results[COPY_KEY] = dict(shown[COPY_KEY]["grid"], full_resolution=shown[COPY_KEY]["full"])
     for name, ckpt_dir in todo.items():
-        apply = _encoder(config, ckpt_dir)
+        apply = encoders[name]()
         template_features = [f[0] for f in matching.encode(apply, pool.images[index : index + 1])]
         vectors = matching.template_vectors(template_features, rows_cols)
         features = matching.encode(apply, targets.images[keep], batch_size=cfg.batch_size)
@@ -662,10 +677,6 @@ def evaluate_stage(config, workdir: Path) -> None:
             results[COPY_KEY]["mre_mm"],
             results["piaug"]["protocol"],
         )
-
-
-def _latest_step(ckpt_dir: Path) -> int:
-    return max(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
 
 
 def _overlays(config, workdir: Path, name: str, examples, pred, template_id: str) -> None:
