@@ -3,8 +3,8 @@
 The workload of the issue: the three information groups on the 150 ISBI ceph training images at
 384 x 384 (``--ceph-dir``; synthetic X-rays otherwise), k key points per group, 64 x 64 patches,
 brightness/contrast grown in steps of 0.03/0.04 both ways. Given the encoder's features: they
-are random here (the matching costs the same whatever they hold) unless ``--checkpoint`` names a
-run's checkpoints (with ``--config``), whose encoder then computes them (not timed).
+are random here (the matching costs the same whatever they hold) unless ``--run`` names a run's
+folder, whose baseline encoder then computes them (not timed; restored from the folder alone).
 
 The reference, the authors' way: sklearn's ``mutual_info_score`` per pair of patches for the
 targets, then per patch the factors grown one step at a time (jitter the float patch, round,
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -50,7 +49,7 @@ def load_images(ceph_dir: str | None, n: int, size: int):
 
 
 def features_for(images, args):
-    if not args.checkpoint:
+    if not args.run:
         rng = np.random.default_rng(0)
         return [
             rng.normal(size=(len(images), -(-args.size // s), -(-args.size // s), 16)).astype(
@@ -58,21 +57,10 @@ def features_for(images, args):
             )
             for s in (32, 16, 8, 4, 2)
         ], "random"
-    from piaug import matching, pipeline
+    from piaug import checkpoints, matching
 
-    config = _load_config(args.config)
-    apply = pipeline._encoder(config, Path(args.checkpoint))
-    return matching.encode(apply, images), f"encoder {args.checkpoint}"
-
-
-def _load_config(spec: str):
-    import importlib.util
-
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    apply = checkpoints.run_encoders(args.run)[args.encoder]
+    return matching.encode(apply, images), f"{args.encoder} encoder of {args.run}"
 
 
 def reference(images, found, template, counts, targets, patch, max_steps, subset, seed):
@@ -122,8 +110,8 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=100)
     parser.add_argument("--reference-patches", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--checkpoint", default=None)
-    parser.add_argument("--config", default="configs/ceph.py")
+    parser.add_argument("--run", default=None, help="a run folder: its encoder gives the features")
+    parser.add_argument("--encoder", default="baseline", choices=["baseline", "piaug"])
     args = parser.parse_args()
 
     images, original, source = load_images(args.ceph_dir, args.images, args.size)

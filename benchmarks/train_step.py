@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from piaug import defaults, models, train
+from piaug import models, train
 
 
 def _batch(image_size: int, crop_size: int, batch: int) -> dict:
@@ -83,10 +83,8 @@ def main():
     parser.add_argument("--no-reference", action="store_true", help="skip vgg19_features")
     args = parser.parse_args()
 
-    config = defaults.base_config("synthetic")
-    config.model.width, config.model.dtype = args.width_mult, args.dtype
-    nets = train.nets_from_config(config)
-    txs = {name: train.optimizer(config.train, 1.0) for name in train.ENCODERS}
+    nets = models.ModelSettings(width=args.width_mult, dtype=args.dtype).encoders()
+    txs = {name: train.optimizer(train.TrainSettings(), 1.0) for name in train.ENCODERS}
     mesh = train.make_mesh()
     init = jax.jit(
         functools.partial(

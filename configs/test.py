@@ -26,4 +26,5 @@ def get_config(arg=None):
     config.eval.salient_points = 8
     config.eval.salient_distance = 4
     config.eval.num_overlays = 2
+    config.analyze.footprints = ("disk(3)", "disk(8)")  # Fig. 7 at the tiny images' scale
     return ablations.apply(config, arg)

@@ -10,7 +10,8 @@ import sys
 
 from absl import app, logging
 
-from piaug import pipeline
+from piaug import configure
+from piaug.errors import UserError
 from piaug.main import FLAGS, parse_flags  # the same --config flag and override checks
 
 
@@ -20,9 +21,9 @@ def main(argv):
     logging.set_verbosity(logging.INFO)
     config = FLAGS.config
     try:
-        pipeline.check_config(config)
-        prepared = pipeline.prepare_data(config)
-    except pipeline.UserError as e:
+        configure.check(config, stages=("info",))
+        prepared = configure.prepare_data(config)
+    except UserError as e:
         raise SystemExit(f"error: {e}") from None
     report = prepared.metadata.get("report", [])
     print(

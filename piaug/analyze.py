@@ -1,36 +1,42 @@
-"""The paper's analysis figures from a run's saved artefacts (the ``analyze`` stage).
+"""The info statistics and the paper's analysis figures, from a run's saved artefacts.
 
-Each figure is drawn when what it needs exists, and skipped (with a log line naming the
-missing file) when not; the numbers behind them go to ``analysis.json``:
+Plain functions of arrays and of the run's JSON files; ``piaug.pipeline`` calls them in its
+``info`` and ``analyze`` stages (drawing each figure whose inputs exist, skipping the others
+with a log line) and writes the numbers they return to ``info_stats.json`` and
+``analysis.json``:
 
-* Fig. 2, ``figures/loss_vs_iie.png``: the per-pixel contrastive loss and PSI of each encoder
-  against the anchor's IIE, groups marked. Anchors on a grid of ``config.analyze.anchor_stride``
-  pixels in the first ``config.analyze.num_images`` training images, each with the crop
-  centred on it (clipped inside), unaugmented.
-* Fig. 3, ``figures/sampling_probability.png``: for exponential weight maps of each
-  ``config.analyze.gammas`` and the piecewise map at ``config.augment.d``, the density of the
-  anchors' IIE, from the IIE histogram of ``info_stats.json``; landmark IIE marked.
-* Fig. 6, ``figures/mi_density.png``: the density of the template-to-image MI per group, from
-  ``augment.json``, targets marked.
-* Fig. 7, ``figures/footprints.png``: IIE maps of one training image (original resolution)
-  under each of ``config.analyze.footprints``.
-* ``figures/loss_curves.png``: the training loss of the baseline and piaug runs.
+* ``info_statistics``: the IIE histogram, the fraction of pixels per information group and the
+  IIE at the landmarks, per image and overall (``info_stats.json``).
+* Fig. 2 (``fig2_loss_vs_iie`` of ``pixel_losses``), ``figures/loss_vs_iie.png``: the
+  per-pixel contrastive loss and PSI of each encoder against the anchor's IIE, groups marked.
+  Anchors on a grid of ``stride`` pixels, each with an unaugmented crop centred on it
+  (clipped inside).
+* Fig. 3 (``fig3_sampling``), ``figures/sampling_probability.png``: for exponential weight
+  maps of each gamma and the piecewise map at d, the density of the anchors' IIE, from the IIE
+  histogram of ``info_stats.json``; landmark IIE marked.
+* Fig. 6 (``fig6_mi_density``), ``figures/mi_density.png``: the density of the
+  template-to-image MI per group, from ``augment.json``, targets marked.
+* Fig. 7 (``fig7_footprints``), ``figures/footprints.png``: IIE maps of one image (original
+  resolution) under each footprint.
+* ``read_losses``: a ``metrics.jsonl``'s loss curve (``figures/loss_curves.png``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
-from piaug import estimate, info, losses, plots, train
+from piaug import estimate, info, losses, models, plots
 from piaug.data import input_pipeline
 
 _BINS = np.linspace(0.0, 8.0, 33)  # IIE bins (bits) of Fig. 2
+HIST_EDGES = np.linspace(0.0, 8.0, 81)  # IIE histogram bins of info_stats.json; 8 bits at most
 
 
 def grid_anchors(size: tuple[int, int], stride: int) -> np.ndarray:
@@ -49,26 +55,36 @@ def centred_crops(image: np.ndarray, anchors: np.ndarray, crop: int):
     )
 
 
-def pixel_losses(config, variables: dict, images, iie, *, stride: int, chunk: int = 64):
-    """Per-anchor loss (sum over scales) and PSI (mean over scales) of an encoder pair, with
-    the anchors' IIE: three flat arrays over the anchors of all ``images`` ``(N, H, W)``."""
-    net_image, net_crop = train.nets_from_config(config)
-    kw = {"window": config.loss.window, "temperature": config.loss.temperature}
+def pixel_losses(
+    nets: tuple[models.Encoder, models.Encoder],
+    variables: dict,
+    images,
+    iie,
+    *,
+    crop_size: int,
+    loss: losses.LossSettings,
+    stride: int,
+    chunk: int = 64,
+) -> dict[str, np.ndarray]:
+    """Per-anchor loss (sum over scales) and PSI (mean over scales) of an encoder pair
+    (``nets``, ``variables`` as ``piaug.checkpoints.restore_encoders`` gives them), with the
+    anchors' IIE: three flat arrays over the anchors of all ``images`` ``(N, H, W)``, anchors
+    every ``stride`` pixels, each with an unaugmented ``crop_size`` crop centred on it."""
+    net_image, net_crop = nets
+    kw = dataclasses.asdict(loss)
 
     @jax.jit
     def run(variables, image, crops, anchors, crop_anchors):  # parameters: no baked constants
         feats = net_image.apply(variables["image"], image[None])
         crop_feats = net_crop.apply(variables["crop"], crops)
         feats = [jnp.broadcast_to(f, (len(crops), *f.shape[1:])) for f in feats]
-        loss, psi = losses.multiscale_info_nce(
-            feats, crop_feats, anchors, crop_anchors, clamp=config.loss.clamp, **kw
-        )
+        loss, psi = losses.multiscale_info_nce(feats, crop_feats, anchors, crop_anchors, **kw)
         return loss.sum(1), psi.mean(1)
 
     anchors = grid_anchors(images.shape[1:], stride)
     out = {"iie": [], "loss": [], "psi": []}
     for image, m in zip(images, iie, strict=True):
-        crops, crop_anchors = centred_crops(image, anchors, int(config.data.crop_size))
+        crops, crop_anchors = centred_crops(image, anchors, int(crop_size))
         x = image.astype(np.float32) / 255.0
         for start in range(0, len(anchors), chunk):
             part = slice(start, start + chunk)
@@ -78,8 +94,8 @@ def pixel_losses(config, variables: dict, images, iie, *, stride: int, chunk: in
                 np.concatenate([a[part], np.repeat(a[:1], pad, 0)])
                 for a in (crops, anchors, crop_anchors)
             ]
-            loss, psi = run(variables, x, *args)
-            out["loss"].append(np.asarray(loss)[:n])
+            loss_values, psi = run(variables, x, *args)
+            out["loss"].append(np.asarray(loss_values)[:n])
             out["psi"].append(np.asarray(psi)[:n])
         out["iie"].append(m[anchors[:, 0], anchors[:, 1]])
     return {k: np.concatenate(v) for k, v in out.items()}
@@ -106,144 +122,125 @@ def sampling_weights(centers, gammas, d: float) -> dict[str, np.ndarray]:
     return out
 
 
-def _read_json(path: Path):
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _read_losses(path: Path):
+def read_losses(path: Path) -> tuple[list, list] | None:
+    """``(steps, losses)`` of a ``metrics.jsonl``, None when there is none."""
     if not path.exists():
         return None
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r["step"] for r in rows], [r["loss"] for r in rows]
 
 
-def analyze(config, workdir: Path) -> None:
-    """Draws every figure whose inputs exist into ``workdir/figures``; ``analysis.json``."""
-    from piaug import pipeline  # the stages module imports this one
+def _fractions(group_counts) -> dict[str, float]:
+    total = max(1, int(np.sum(group_counts)))
+    return {name: int(c) / total for name, c in zip(info.GROUP_NAMES, group_counts, strict=True)}
 
-    if (workdir / "analysis.json").exists() and not config.force:
-        logging.info(
-            "analyze: %s exists, skipping (--config.force=True redoes it)",
-            workdir / "analysis.json",
-        )
-        return
-    figures = workdir / "figures"
-    figures.mkdir(exist_ok=True)
-    thresholds = pipeline._thresholds(config)
-    summary: dict = {}
-    skipped = []
 
-    stats = _read_json(workdir / "info_stats.json")
-    if stats:
-        edges = np.asarray(stats["iie_histogram"]["bin_edges"])
-        centers = (edges[:-1] + edges[1:]) / 2
-        density = np.asarray(stats["iie_histogram"]["counts"], np.float64)
-        weights = sampling_weights(centers, config.analyze.gammas, float(config.augment.d))
-        marks = [p["landmark_iie"] for p in stats["per_image"]]
-        plots.sampling_probability(
-            centers,
-            density,
-            weights,
-            np.asarray(marks),
-            thresholds,
-            figures / "sampling_probability.png",
-            title=f"{config.data.name}: anchor IIE under each weight map ({len(marks)} images)",
+def info_statistics(examples: Iterable[dict], thresholds: tuple[float, float]) -> dict:
+    """The statistics of ``info_stats.json`` over prepared examples (each with ``iie``,
+    ``landmarks``, ``id``, ``original_size``, ``spacing``, in the training grid): the IIE
+    histogram (``HIST_EDGES``, bits), the fraction of pixels per group, the IIE at the
+    landmarks (per landmark and per group), per image."""
+    hist = np.zeros(len(HIST_EDGES) - 1, np.int64)
+    group_counts = np.zeros(3, np.int64)
+    per_image, landmark_iie = [], []
+    for ex in examples:
+        m = ex["iie"]
+        g = np.asarray(info.information_groups(m, thresholds))
+        hist += np.histogram(m, HIST_EDGES)[0]
+        counts = np.bincount(g.ravel(), minlength=3)
+        group_counts += counts
+        cols, rows = np.round(ex["landmarks"].astype(np.float64)).astype(int).T
+        cols, rows = cols.clip(0, m.shape[1] - 1), rows.clip(0, m.shape[0] - 1)
+        at_landmarks = m[rows, cols]
+        landmark_iie.append(at_landmarks)
+        per_image.append(
+            {
+                "id": ex["id"].decode() if isinstance(ex["id"], bytes) else str(ex["id"]),
+                "original_size": ex["original_size"].tolist(),
+                "spacing_mm": float(ex["spacing"]),
+                "mean_iie": float(m.mean()),
+                "group_fraction": _fractions(counts),
+                "landmark_iie": at_landmarks.round(4).tolist(),
+            }
         )
-        summary["fig3"] = {
-            "bin_centers": centers.round(4).tolist(),
-            "probability": {
-                k: (density * w / max((density * w).sum(), 1e-12)).round(6).tolist()
-                for k, w in weights.items()
+    landmark_iie = np.stack(landmark_iie)
+    landmark_groups = np.asarray(info.information_groups(landmark_iie, thresholds))
+    return {
+        "num_images": len(per_image),
+        "iie_histogram": {"bin_edges": HIST_EDGES.round(6).tolist(), "counts": hist.tolist()},
+        "group_fraction": _fractions(group_counts),
+        "landmark_iie": {
+            "mean": landmark_iie.mean(0).round(4).tolist(),
+            "std": landmark_iie.std(0).round(4).tolist(),
+            "overall_mean": float(landmark_iie.mean()),
+            "group_fraction": _fractions(np.bincount(landmark_groups.ravel(), minlength=3)),
+        },
+        "per_image": per_image,
+    }
+
+
+def fig3_sampling(stats: dict, gammas, d: float, thresholds, path: Path, *, title: str) -> dict:
+    """Fig. 3 from ``info_stats.json``'s histogram: the anchors' IIE density under each weight
+    map (``sampling_weights``), landmark IIE marked. Returns the numbers behind it."""
+    edges = np.asarray(stats["iie_histogram"]["bin_edges"])
+    centers = (edges[:-1] + edges[1:]) / 2
+    density = np.asarray(stats["iie_histogram"]["counts"], np.float64)
+    weights = sampling_weights(centers, gammas, float(d))
+    marks = np.asarray([p["landmark_iie"] for p in stats["per_image"]])
+    plots.sampling_probability(centers, density, weights, marks, thresholds, path, title=title)
+    return {
+        "bin_centers": centers.round(4).tolist(),
+        "probability": {
+            k: (density * w / max((density * w).sum(), 1e-12)).round(6).tolist()
+            for k, w in weights.items()
+        },
+    }
+
+
+def fig6_mi_density(estimate_result: dict, path: Path) -> None:
+    """Fig. 6 from ``augment.json``: the template-to-image MI per group, targets marked."""
+    groups = estimate_result["groups"]
+    plots.mi_density(
+        {k: np.asarray(g["mi"]) for k, g in groups.items()},
+        {k: g["target_mi"] for k, g in groups.items()},
+        path,
+        title=f"MI per group ({estimate_result['estimator']}, alpha_hat "
+        f"{estimate_result['alpha']:g}, template {estimate_result['template']['id']})",
+    )
+
+
+def fig2_loss_vs_iie(per_encoder: dict[str, dict], thresholds, path: Path, *, title: str) -> dict:
+    """Fig. 2 from each encoder's ``pixel_losses``: loss and PSI binned by the anchor's IIE,
+    groups shaded. Returns the numbers behind it."""
+    centers = (_BINS[:-1] + _BINS[1:]) / 2
+    lines, out = {}, {}
+    for name, per in per_encoder.items():
+        loss, count = binned(per["iie"], per["loss"])
+        psi, _ = binned(per["iie"], per["psi"])
+        lines[name] = (loss, psi, count)
+        groups = np.asarray(info.information_groups(per["iie"], thresholds))
+        out[name] = {
+            "loss": np.where(np.isnan(loss), None, loss.round(5)).tolist(),
+            "psi": np.where(np.isnan(psi), None, psi.round(5)).tolist(),
+            "count": count.tolist(),
+            "group_mean_loss": {
+                g: float(per["loss"][groups == i].mean()) if np.any(groups == i) else None
+                for i, g in enumerate(info.GROUP_NAMES)
             },
         }
-    else:
-        skipped.append("Fig. 3 (no info_stats.json: run the info stage)")
+    plots.loss_vs_iie(centers, lines, thresholds, path, title=title)
+    return {"bin_centers": centers.tolist(), "encoders": out}
 
-    estimate = _read_json(workdir / pipeline.ESTIMATE_FILE)
-    if estimate:
-        groups = estimate["groups"]
-        plots.mi_density(
-            {k: np.asarray(g["mi"]) for k, g in groups.items()},
-            {k: g["target_mi"] for k, g in groups.items()},
-            figures / "mi_density.png",
-            title=f"MI per group ({estimate['estimator']}, alpha_hat {estimate['alpha']:g}, "
-            f"template {estimate['template']['id']})",
-        )
-    else:
-        skipped.append(f"Fig. 6 (no {pipeline.ESTIMATE_FILE}: run the estimate stage)")
 
-    curves = {}
-    for name, ckpt_dir in pipeline._encoders(config, workdir).items():
-        rows = _read_losses(ckpt_dir.parent / "metrics.jsonl")
-        if rows:
-            curves[name] = rows
-    if curves:
-        plots.loss_curves(curves, figures / "loss_curves.png", title=config.data.name)
-    else:
-        skipped.append("loss curves (no metrics.jsonl: run pretrain or train)")
-
-    available = {
-        k: d for k, d in pipeline._encoders(config, workdir).items() if pipeline._has_checkpoint(d)
-    }
-    if available:
-        pool = pipeline.prepare_data(config)
-        n = min(int(config.analyze.num_images), len(pool))
-        examples = [pool.source[i] for i in range(n)]
-        images = np.stack([e["image"] for e in examples])
-        iie = np.stack([e["iie"] for e in examples])
-        lines, fig2 = {}, {}
-        centers = (_BINS[:-1] + _BINS[1:]) / 2
-        for name, ckpt_dir in available.items():
-            per = pixel_losses(
-                config,
-                train.restore_params(ckpt_dir, config),
-                images,
-                iie,
-                stride=int(config.analyze.anchor_stride),
-            )
-            loss, count = binned(per["iie"], per["loss"])
-            psi, _ = binned(per["iie"], per["psi"])
-            lines[name] = (loss, psi, count)
-            groups = np.asarray(info.information_groups(per["iie"], thresholds))
-            fig2[name] = {
-                "loss": np.where(np.isnan(loss), None, loss.round(5)).tolist(),
-                "psi": np.where(np.isnan(psi), None, psi.round(5)).tolist(),
-                "count": count.tolist(),
-                "group_mean_loss": {
-                    g: float(per["loss"][groups == i].mean()) if np.any(groups == i) else None
-                    for i, g in enumerate(info.GROUP_NAMES)
-                },
-            }
-        plots.loss_vs_iie(
-            centers,
-            lines,
-            thresholds,
-            figures / "loss_vs_iie.png",
-            title=f"per-pixel loss against IIE ({n} images, anchors every "
-            f"{config.analyze.anchor_stride} px)",
-        )
-        summary["fig2"] = {"bin_centers": centers.tolist(), "encoders": fig2}
-    else:
-        skipped.append("Fig. 2 (no checkpoints: run pretrain or train)")
-
-    first = pipeline.load_dataset(config)[0]
-    if np.ndim(first["image"]) == 2:
-        maps = {}
-        for spec in config.analyze.footprints:
-            maps[spec] = np.asarray(info.entropy_map(first["image"], pipeline.make_footprint(spec)))
-        plots.footprint_maps(
-            first["image"],
-            maps,
-            figures / "footprints.png",
-            title=f"{first['id']}: IIE at the original resolution {first['image'].shape}",
-        )
-        summary["fig7"] = {
-            spec: {"mean": float(m.mean()), "max": float(m.max())} for spec, m in maps.items()
-        }
-    else:
-        skipped.append("Fig. 7 (volumes: not drawn)")
-
-    pipeline._write_json(workdir / "analysis.json", summary)
-    for s in skipped:
-        logging.info("analyze: skipped %s", s)
-    logging.info("analyze: figures in %s, numbers in %s", figures, workdir / "analysis.json")
+def fig7_footprints(example: dict, footprints: dict[str, np.ndarray], path: Path) -> dict:
+    """Fig. 7: IIE maps of one image at its original resolution under each footprint
+    (``{spec: boolean array}``). Returns each map's mean and maximum."""
+    image = example["image"]
+    maps = {spec: np.asarray(info.entropy_map(image, fp)) for spec, fp in footprints.items()}
+    plots.footprint_maps(
+        example["image"],
+        maps,
+        path,
+        title=f"{example['id']}: IIE at the original resolution {example['image'].shape}",
+    )
+    return {spec: {"mean": float(m.mean()), "max": float(m.max())} for spec, m in maps.items()}

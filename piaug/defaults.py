@@ -1,8 +1,8 @@
 """The fields every config shares, and each dataset's reader options (configs/*.py build on it).
 
-A config is ``base_config(dataset)`` plus its own changes; the reader options of ``dataset`` live
-in ``config.data.options`` and are passed to ``piaug.data.load`` as keyword arguments (a field
-left at None uses the reader's default).
+A config is ``base_config(dataset)`` plus its own changes; the reader options of ``dataset`` (its
+registry entry's defaults) live in ``config.data.options`` and are passed to ``piaug.data.load``
+as keyword arguments (a field left at None uses the reader's default).
 """
 
 from __future__ import annotations
@@ -10,24 +10,16 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from piaug import data
+
 
 def dataset_options(name: str) -> ml_collections.ConfigDict:
-    """``config.data.options`` of dataset ``name`` (see ``piaug.data.load``)."""
+    """``config.data.options`` of dataset ``name``: its reader's options and defaults, from
+    the dataset registry (``piaug.data.DATASETS``)."""
+    spec = data.spec(name)
     options = ml_collections.ConfigDict()
-    if name == "synthetic":
-        options.num_images = 32
-        options.size = (768, 768)  # original resolution (height, width)
-        options.num_landmarks = 19
-    elif name == "ceph":
-        options.annotation = "mean"  # mean (of the doctors present) | senior | junior
-    elif name == "hand":
-        options.protocol = "cc2d"  # cc2d: first 550 train, last 300 test | igu: first 300 test
-        options.wrist = (0, 4)  # landmarks spanning 50 mm (0-based); Payer et al. use (1, 5)
-        options.annotations = config_dict.placeholder(str)  # default: all.csv in the folder
-    elif name == "folder":
-        options.spacing = config_dict.placeholder(float)  # mm/pixel unless a spacing_mm column
-    else:
-        raise ValueError(f"unknown dataset {name!r}")
+    for key, value in spec.defaults.items():
+        options[key] = config_dict.placeholder(spec.option_types[key]) if value is None else value
     return options
 
 
@@ -40,9 +32,9 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     config.force = False  # redo stages whose outputs exist
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = dataset  # ceph | hand | folder | synthetic
+    config.data.name = dataset  # one of piaug.data.NAMES: ceph | hand | folder | synthetic
     config.data.dir = ""  # the dataset's folder (the synthetic set needs none)
-    config.data.split = "train" if dataset in ("synthetic", "ceph") else "all"
+    config.data.split = data.spec(dataset).train_split
     config.data.options = dataset_options(dataset)
     config.data.image_size = (384, 384)  # training size (height, width)
     config.data.crop_size = 64  # side of the crop view
@@ -106,7 +98,7 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
 
     # One-shot matching (Eq. 4) and MRE/SDR (DESIGN.md 1).
     config.eval = ml_collections.ConfigDict()
-    config.eval.split = "test" if dataset in ("synthetic", "ceph", "hand") else "all"
+    config.eval.split = data.spec(dataset).eval_split
     config.eval.template = ""  # an image id of data.split; "" chooses one without labels
     config.eval.salient_points = 32  # per candidate template, IIE maxima ...
     config.eval.salient_distance = 10  # ... this many grid pixels apart

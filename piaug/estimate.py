@@ -27,6 +27,7 @@ has no such identity: there the augmented patches are made and measured, step by
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Sequence
@@ -36,10 +37,47 @@ import jax.numpy as jnp
 import numpy as np
 
 from piaug import info, matching
+from piaug.errors import require
 
 STEP_SIZES = (0.03, 0.04)  # brightness, contrast: the authors' steps
 ESTIMATORS = ("joint", "count_vector")
 _LEVELS = np.arange(info.NUM_BINS, dtype=np.float32) / 255.0
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimateSettings:
+    """The estimate's knobs (``config.estimate``, with ``patch_size`` resolved), as
+    ``estimate`` takes them (``dataclasses.asdict``). ValueError, naming the field."""
+
+    num_points: int = 16  # key points per group (k)
+    patch_size: int = 64  # side of the square patches whose MI is measured
+    alpha: float = 1.0  # alpha_hat: the target is alpha_hat x the mean MI
+    max_steps: int = 100  # most steps grown each way
+    estimator: str = "joint"  # joint (Eq. 3) | count_vector (the authors' release)
+
+    def __post_init__(self):
+        require(
+            [
+                ("num_points", self.num_points, self.num_points >= 1, "need at least 1"),
+                ("patch_size", self.patch_size, self.patch_size >= 2, "need at least 2"),
+                ("alpha", self.alpha, self.alpha > 0, "need alpha_hat > 0"),
+                ("max_steps", self.max_steps, self.max_steps >= 1, "need at least 1"),
+                ("estimator", self.estimator, self.estimator in ESTIMATORS, f"use {ESTIMATORS}"),
+            ]
+        )
+
+    def check_size(self, size) -> None:
+        """ValueError when the patches do not fit images of ``size`` (H, W)."""
+        require(
+            [
+                (
+                    "patch_size",
+                    self.patch_size,
+                    self.patch_size <= min(size),
+                    f"exceeds the image size {tuple(size)}",
+                )
+            ]
+        )
 
 
 def key_points(
@@ -230,14 +268,12 @@ def estimate(
       ``brightness``/``contrast`` ranges, ``target_mi``, the MI statistics, ``mi`` (every
       template-to-image MI, for figures), its key points and their mean IIE; ``timing_s``.
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    settings = EstimateSettings(num_points, patch_size, alpha, max_steps, estimator)
     images = np.asarray(images)
     n, size = len(images), images.shape[1:3]
     if n < 2:
         raise ValueError("the estimate needs the template and at least one other image")
-    if patch_size > min(size):
-        raise ValueError(f"patch_size={patch_size} exceeds the image size {size}")
+    settings.check_size(size)
     mi_fn = (
         info.mutual_information if estimator == "joint" else info.count_vector_mutual_information
     )

@@ -7,7 +7,8 @@
   co-located patches, in nats, as ``sklearn.metrics.mutual_info_score(a.ravel(), b.ravel())``.
 * ``count_vector_mutual_information``: the estimator of the authors' release (sklearn's MI between
   the two 256-bin count vectors, treated as label arrays), for reproduction only.
-* Weight maps (the sampling ratio rho), information groups and an anchor sampler.
+* Weight maps (the sampling ratio rho) and information groups; the anchors are drawn from the
+  weight map in the input pipeline (``piaug.data.input_pipeline.sample_anchor``).
 
 How ``entropy_map`` is computed. A footprint is a union of runs along its last axis, so moving the
 window one pixel along the image's last axis removes one pixel at the left end of every run and
@@ -485,7 +486,7 @@ def count_vector_mutual_information(
 
 
 # ---------------------------------------------------------------------------------------------
-# Weight maps, groups, anchor sampling.
+# Weight maps and groups (the sampler that draws anchors from them: piaug.data.input_pipeline).
 
 GROUP_NAMES = ("low", "medium", "high")
 
@@ -520,58 +521,3 @@ def information_groups(iie, thresholds: Sequence[float] = (2.0, 4.5)):
     low, high = thresholds
     iie = jnp.asarray(iie, jnp.float32)
     return (iie >= low).astype(jnp.int32) + (iie >= high).astype(jnp.int32)
-
-
-def check_weight_map(weights, *, spatial_ndim: int = 2, names: Sequence[str] | None = None):
-    """Raises ValueError, naming the image, if a map has NaN, a negative or no positive weight.
-
-    Args:
-      weights: ``(..., H, W)`` maps (``spatial_ndim`` trailing axes per map).
-      names: optional image names, one per map in the batch; else maps are named by index.
-    """
-    w = np.asarray(weights)
-    if w.ndim < spatial_ndim:
-        raise ValueError(f"weight map of shape {w.shape} has fewer than {spatial_ndim} axes")
-    w = w.reshape((-1, int(np.prod(w.shape[w.ndim - spatial_ndim :]))))
-    if names is None:
-        names = ["the image"] if len(w) == 1 else [f"image {i}" for i in range(len(w))]
-    if len(names) != len(w):
-        raise ValueError(f"got {len(names)} names for {len(w)} weight maps")
-    for name, row in zip(names, w, strict=True):
-        if not np.all(np.isfinite(row)):
-            raise ValueError(f"weight map of {name} has NaN or inf values")
-        if np.any(row < 0):
-            raise ValueError(f"weight map of {name} has negative weights")
-        if not np.any(row > 0):
-            raise ValueError(
-                f"weight map of {name} has no positive weight, so no anchor can be drawn: "
-                "lower the piecewise threshold d, or use an exponential or uniform map"
-            )
-
-
-@functools.partial(jax.jit, static_argnames=("num_samples", "spatial_ndim"))
-def _sample(key, weights, num_samples, spatial_ndim):
-    spatial = weights.shape[weights.ndim - spatial_ndim :]
-    batch = weights.shape[: weights.ndim - spatial_ndim]
-    logits = jnp.log(weights.reshape(batch + (-1,)).astype(jnp.float32))
-    flat = jax.random.categorical(key, logits, shape=(num_samples,) + batch)
-    flat = jnp.moveaxis(flat, 0, -1)  # (*batch, num_samples)
-    return jnp.stack(jnp.unravel_index(flat, spatial), axis=-1).astype(jnp.int32)
-
-
-def sample_pixels(key, weights, num_samples: int = 1, *, spatial_ndim: int = 2, names=None):
-    """Draws pixels with probability proportional to ``weights`` (with replacement).
-
-    Args:
-      key: a ``jax.random`` key.
-      weights: non-negative ``(..., H, W)`` (or ``(..., D, H, W)`` with ``spatial_ndim=3``).
-      num_samples: pixels drawn per map.
-      names: optional image names, used by the error for a map with no positive weight.
-    Returns:
-      int32 ``(..., num_samples, spatial_ndim)`` in array index order (row, column), *not* the
-      (x, y) order of landmarks. Concrete inputs are checked first (``check_weight_map``); under
-      ``jit`` that check cannot run, so check maps once when they are made.
-    """
-    if not _is_traced(weights):
-        check_weight_map(weights, spatial_ndim=spatial_ndim, names=names)
-    return _sample(key, jnp.asarray(weights), num_samples, spatial_ndim)

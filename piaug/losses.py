@@ -11,12 +11,31 @@ the paper is the clamped cosine at the target.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
+from piaug.errors import require
 from piaug.models import STRIDES
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+    """The loss's knobs, as ``multiscale_info_nce`` takes them (``dataclasses.asdict``)."""
+
+    window: int = 9  # cells around the target at strides 16..2; the whole map at 32
+    temperature: float = 1.0
+    clamp: bool = True  # cosines clamped to [0, 1] before the softmax
+
+    def __post_init__(self):
+        require(
+            [
+                ("temperature", self.temperature, self.temperature > 0, "must be positive"),
+                ("window", self.window, self.window >= 0, "must be 0 or more cells"),
+            ]
+        )
 
 
 def cell(points: jnp.ndarray, stride: int, shape: Sequence[int]) -> jnp.ndarray:

@@ -13,7 +13,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from piaug import pipeline
+from piaug.errors import UserError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -65,7 +65,8 @@ def setup_runtime() -> None:
 
 
 def parse_flags(argv):
-    """absl's parsing, with a one-line error for an override of a field the config lacks."""
+    """absl's parsing, with a one-line error for an override of a field the config lacks or
+    a value of the wrong type."""
     try:
         return FLAGS(argv)
     except (AttributeError, KeyError) as e:
@@ -73,6 +74,10 @@ def parse_flags(argv):
         raise SystemExit(
             f"error: unknown config field in {' '.join(bad)} ({e}); "
             "see the config file for the fields it defines"
+        ) from None
+    except (flags.IllegalFlagValueError, TypeError, ValueError) as e:
+        raise SystemExit(
+            f"error: {e}; give a value of the field's type (see the config file)"
         ) from None
 
 
@@ -82,9 +87,11 @@ def main(argv):
     if not FLAGS.workdir:
         raise app.UsageError("--workdir=DIR is required: the folder for the run's outputs")
     setup_runtime()
+    from piaug import pipeline  # here: a bad flag is refused before the libraries load
+
     try:
         pipeline.run(FLAGS.config, FLAGS.workdir)
-    except pipeline.UserError as e:  # bad input: a clear message, no traceback
+    except UserError as e:  # bad input: a clear message, no traceback
         logging.error("%s", e)
         raise SystemExit(f"error: {e}") from None
 

@@ -270,3 +270,26 @@ def match_all(
         for i in range(0, n, batch_size)
     ]
     return np.concatenate(out)
+
+
+def predict(
+    apply_fn,
+    template_image: np.ndarray,
+    template_points: np.ndarray,
+    images: np.ndarray,
+    *,
+    size: tuple[int, int],
+    batch_size: int = 8,
+    upsample: str = "nearest",
+    subpixel: bool = False,
+) -> np.ndarray:
+    """One-shot landmarks of ``images`` ``(N, H, W)`` uint8 with one encoder (``apply_fn``,
+    images -> maps) from one annotated template: ``template_points`` ``(L, 2)`` (row, col) in
+    ``template_image``'s grid. Returns ``(N, L, 2)`` (x, y) in the grid of ``size``."""
+    template_features = [f[0] for f in encode(apply_fn, template_image[None])]
+    vectors = template_vectors(template_features, template_points)
+    features = encode(apply_fn, images, batch_size=batch_size)
+    found = match_all(
+        features, vectors, size=size, batch_size=batch_size, upsample=upsample, subpixel=subpixel
+    )
+    return found[..., ::-1]

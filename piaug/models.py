@@ -13,15 +13,20 @@ channels VGG expects (no ImageNet mean/std, as in CC2D). H and W must be multipl
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from piaug.errors import require
+
 # VGG configuration E: channels of the 3x3 convolutions, "M" a 2x2 max-pool.
 VGG19 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M")
 VGG19 += (512, 512, 512, 512, "M")
 STRIDES = (32, 16, 8, 4, 2)  # of the five outputs, coarse to fine
+ENCODERS = ("image", "crop")  # F (the whole image, RFB blocks) and F' (the augmented crop)
 
 
 def channels(c: int, width: float) -> int:
@@ -187,6 +192,32 @@ def encoders(
         Encoder(embedding, width, rfb=True, dtype=dt),
         Encoder(embedding, width, rfb=False, dtype=dt),
     )
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    """What fixes the encoders' parameters: all a checkpoint needs to be restored
+    (``piaug.checkpoints.restore_encoders``). ValueError, naming the field, for bad values."""
+
+    embedding: int = 16
+    width: float = 1.0  # channel multiplier (1: VGG19's)
+    dtype: str = "float32"  # compute dtype; the parameters are float32 whatever it is
+
+    def __post_init__(self):
+        require(
+            [
+                ("dtype", self.dtype, self.dtype in DTYPES, f"use one of {', '.join(DTYPES)}"),
+                ("width", self.width, self.width > 0, "must be positive"),
+                ("embedding", self.embedding, self.embedding >= 1, "must be at least 1"),
+            ]
+        )
+
+    def encoders(self) -> tuple[Encoder, Encoder]:
+        """The full-image encoder F and the crop encoder F'."""
+        return encoders(embedding=int(self.embedding), width=float(self.width), dtype=self.dtype)
 
 
 def num_params(params) -> int:

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -29,17 +30,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from piaug import losses, models
+from piaug.checkpoints import Checkpoints
 from piaug.data import input_pipeline
-from piaug.errors import UserError
+from piaug.errors import UserError, require
+from piaug.layout import CHECKPOINTS, METRICS_FILE
 
-ENCODERS = ("image", "crop")  # F (the whole image, RFB blocks) and F' (the augmented crop)
+ENCODERS = models.ENCODERS
 BATCH_KEYS = ("image", "crop", "anchor", "crop_anchor")  # what the step reads of a batch
 
 
@@ -55,15 +57,45 @@ class TrainState:
     opt_state: dict
 
 
-def steps_per_epoch(num_examples: int, batch_size: int) -> float:
-    return num_examples / batch_size
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """The optimisation and bookkeeping of a training run (``config.train``'s fields).
+    ValueError, naming the field, for values that cannot work."""
 
+    batch_size: int = 8  # global: split across hosts and devices
+    epochs: float = 400
+    steps: int = 0  # if > 0, the number of steps (instead of epochs)
+    lr: float = 1e-4  # Adam, one per encoder
+    weight_decay: float = 1e-4  # added to the gradient, as PyTorch's Adam does
+    lr_decay: float = 0.8  # the learning rate times lr_decay every lr_decay_epochs
+    lr_decay_epochs: float = 50
+    checkpoint_every: int = 500  # steps
+    keep_checkpoints: int = 2
+    log_every: int = 10  # steps between metrics.jsonl rows
 
-def num_steps(config, num_examples: int) -> int:
-    """``config.train.steps`` if set, else the steps of ``config.train.epochs`` epochs."""
-    if config.train.steps:
-        return int(config.train.steps)
-    return math.ceil(config.train.epochs * steps_per_epoch(num_examples, config.train.batch_size))
+    def __post_init__(self):
+        require(
+            [
+                ("batch_size", self.batch_size, self.batch_size >= 1, "must be at least 1"),
+                ("lr", self.lr, self.lr > 0, "must be positive"),
+                ("weight_decay", self.weight_decay, self.weight_decay >= 0, "must be 0 or more"),
+                ("lr_decay", self.lr_decay, 0 < self.lr_decay <= 1, "must be in (0, 1]"),
+                ("lr_decay_epochs", self.lr_decay_epochs, self.lr_decay_epochs > 0, "must be > 0"),
+                ("steps", self.steps, self.steps >= 0, "must be 0 (use epochs) or more"),
+                ("epochs", self.epochs, self.steps > 0 or self.epochs > 0, "must be positive"),
+                ("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, ">= 1"),
+                ("keep_checkpoints", self.keep_checkpoints, self.keep_checkpoints >= 1, ">= 1"),
+            ]
+        )
+
+    def steps_per_epoch(self, num_examples: int) -> float:
+        return num_examples / self.batch_size
+
+    def num_steps(self, num_examples: int) -> int:
+        """``steps`` if set, else the steps of ``epochs`` epochs of ``num_examples``."""
+        if self.steps:
+            return int(self.steps)
+        return math.ceil(self.epochs * self.steps_per_epoch(num_examples))
 
 
 def learning_rate(cfg, per_epoch: float) -> optax.Schedule:
@@ -188,95 +220,6 @@ def device_batch(batch: dict, mesh: Mesh) -> dict:
     return input_pipeline.to_global({k: batch[k] for k in BATCH_KEYS}, sharding)
 
 
-def nets_from_config(config) -> tuple[models.Encoder, models.Encoder]:
-    m = config.model
-    if m.dtype not in ("float32", "bfloat16", "float16"):
-        raise UserError(f"config.model.dtype={m.dtype!r}: use float32, bfloat16 or float16")
-    if not m.width > 0:
-        raise UserError(f"config.model.width={m.width}: must be positive")
-    if not m.embedding >= 1:
-        raise UserError(f"config.model.embedding={m.embedding}: must be at least 1")
-    return models.encoders(embedding=int(m.embedding), width=float(m.width), dtype=m.dtype)
-
-
-def check_config(config) -> None:
-    """Raises UserError, naming the field, for model, loss and training values that cannot
-    work."""
-    nets_from_config(config)
-    loss, cfg = config.loss, config.train
-    checks = [
-        ("loss.temperature", loss.temperature, loss.temperature > 0, "must be positive"),
-        ("loss.window", loss.window, loss.window >= 0, "must be 0 or more cells"),
-        ("train.batch_size", cfg.batch_size, cfg.batch_size >= 1, "must be at least 1"),
-        ("train.lr", cfg.lr, cfg.lr > 0, "must be positive"),
-        ("train.weight_decay", cfg.weight_decay, cfg.weight_decay >= 0, "must be 0 or more"),
-        ("train.lr_decay", cfg.lr_decay, 0 < cfg.lr_decay <= 1, "must be in (0, 1]"),
-        ("train.lr_decay_epochs", cfg.lr_decay_epochs, cfg.lr_decay_epochs > 0, "must be > 0"),
-        ("train.steps", cfg.steps, cfg.steps >= 0, "must be 0 (use epochs) or more"),
-        ("train.epochs", cfg.epochs, cfg.steps > 0 or cfg.epochs > 0, "must be positive"),
-        ("train.checkpoint_every", cfg.checkpoint_every, cfg.checkpoint_every >= 1, "must be >= 1"),
-        ("train.keep_checkpoints", cfg.keep_checkpoints, cfg.keep_checkpoints >= 1, "must be >= 1"),
-    ]
-    for field, value, ok, what in checks:
-        if not ok:
-            raise UserError(f"config.{field}={value!r}: {what}")
-
-
-class Checkpoints:
-    """Orbax checkpoints of the train state in ``directory`` (every ``every`` steps, the last
-    ``keep`` kept), restored onto a given sharding so the device count may change."""
-
-    def __init__(self, directory: Path, *, every: int, keep: int):
-        self.every = max(1, int(every))
-        options = ocp.CheckpointManagerOptions(max_to_keep=max(1, int(keep)), create=True)
-        self.manager = ocp.CheckpointManager(
-            Path(directory).absolute(),
-            options=options,
-            item_handlers=ocp.StandardCheckpointHandler(),
-        )
-
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
-    def save(self, step: int, state: TrainState, *, force: bool = False) -> bool:
-        """Saves (in the background) at multiples of ``every`` or when forced."""
-        if not (force or step % self.every == 0):
-            return False
-        return self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
-
-    def restore(self, abstract: TrainState, step: int | None = None) -> TrainState:
-        """Restores ``step`` (the latest by default) onto ``abstract``'s shapes and shardings;
-        ValueError, naming the first differences, when the saved arrays do not fit them."""
-        step = self.latest_step() if step is None else step
-        saved, wanted = (_shapes(t) for t in (self.manager.item_metadata(step), abstract))
-        if saved != wanted:
-            diff = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
-            details = "; ".join(
-                f"{k}: saved {saved.get(k)}, needed {wanted.get(k)}" for k in diff[:3]
-            )
-            raise ValueError(f"{len(diff)} arrays differ ({details})")
-        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
-
-    def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
-
-
-def _shapes(tree) -> dict[str, tuple]:
-    """``{"params/image/...": shape}`` of a pytree of arrays or array metadata."""
-
-    def name(key):
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                return str(getattr(key, attr))
-        return str(key)
-
-    return {
-        "/".join(name(k) for k in path): tuple(leaf.shape)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-    }
-
-
 class _Preemption:
     """SIGTERM (a scheduler's pre-emption) sets a flag; the loop checks it after each step."""
 
@@ -346,27 +289,43 @@ def _finite(metrics: dict) -> bool:
 
 
 def train(
-    config,
     workdir: str | Path,
     source,
     transform: input_pipeline.AnchorCrop,
     *,
+    model: models.ModelSettings,
+    settings: TrainSettings,
+    loss: losses.LossSettings,
+    image_size: tuple[int, int],
+    seed: int = 0,
+    workers: int = 0,
+    pretrained: str = "",
     desc: str = "train",
 ) -> TrainState:
-    """Trains both encoders for ``num_steps(config, len(source))`` steps, resuming if a
-    checkpoint exists. ``source`` is a prepared dataset's record source, ``transform`` the
-    per-example anchor, crop and augmentation. Returns the final state."""
+    """Trains both encoders for ``settings.num_steps(len(source))`` steps into ``workdir``
+    (``checkpoints/``, ``metrics.jsonl``), resuming if a checkpoint exists.
+
+    Args:
+      source: a prepared dataset's record source (``piaug.data.prepare``).
+      transform: the per-example anchor, crop and augmentation.
+      model, settings, loss: the encoders, the optimisation, the loss.
+      image_size: the training size (height, width) of ``source``'s images.
+      seed: the initialisation's and the input pipeline's.
+      workers: input pipeline worker processes (0: in this process).
+      pretrained: a torchvision VGG19 state dict for both backbones ('' for none).
+    Returns:
+      The final state.
+    """
     workdir = Path(workdir)
-    ckpt_dir = workdir / "checkpoints"
-    cfg = config.train
-    batch_size = int(cfg.batch_size)  # its split over the devices: pipeline.check_config
+    ckpt_dir = workdir / CHECKPOINTS
+    batch_size = int(settings.batch_size)  # its split over the devices: configure.check
     mesh = make_mesh()
-    total = num_steps(config, len(source))
-    per_epoch = steps_per_epoch(len(source), batch_size)
-    nets = nets_from_config(config)
-    txs = {name: optimizer(cfg, per_epoch) for name in ENCODERS}
-    schedule = learning_rate(cfg, per_epoch)
-    image_size = tuple(int(s) for s in config.data.image_size)
+    total = settings.num_steps(len(source))
+    per_epoch = settings.steps_per_epoch(len(source))
+    nets = model.encoders()
+    txs = {name: optimizer(settings, per_epoch) for name in ENCODERS}
+    schedule = learning_rate(settings, per_epoch)
+    image_size = tuple(int(s) for s in image_size)
     # Initialised on one device and then replicated: the same program whatever the mesh, so
     # the compilation cache serves every device count (and each process computes the same).
     init = jax.jit(
@@ -374,16 +333,18 @@ def train(
             create_state, nets=nets, txs=txs, image_size=image_size, crop_size=transform.crop_size
         )
     )
-    checkpoints = Checkpoints(ckpt_dir, every=cfg.checkpoint_every, keep=cfg.keep_checkpoints)
-    key = jax.random.key(int(config.seed))
+    checkpoints = Checkpoints(
+        ckpt_dir, every=settings.checkpoint_every, keep=settings.keep_checkpoints
+    )
+    key = jax.random.key(int(seed))
     replicated = NamedSharding(mesh, PartitionSpec())
     if checkpoints.latest_step() is not None:
         state = checkpoints.restore(abstract_state(init, key, mesh))
         logging.info("train: resumed from %s at step %d", ckpt_dir, int(state.step))
     else:
         state = init(key)
-        if config.model.pretrained:
-            state = _with_pretrained_backbone(state, config.model.pretrained)
+        if pretrained:
+            state = with_pretrained_backbone(state, pretrained)
         state = jax.device_put(state, replicated)
     start = int(state.step)
     if start >= total:
@@ -391,23 +352,16 @@ def train(
         logging.info("train: %s already holds step %d of %d", ckpt_dir, start, total)
         return state
 
-    step_fn = compile_step(
-        mesh,
-        nets=nets,
-        txs=txs,
-        window=config.loss.window,
-        temperature=config.loss.temperature,
-        clamp=config.loss.clamp,
-    )
+    step_fn = compile_step(mesh, nets=nets, txs=txs, **dataclasses.asdict(loss))
     loader = input_pipeline.make_loader(
         source,
         transform,
         global_batch_size=batch_size,
-        seed=int(config.seed),
-        workers=int(config.data.workers),
+        seed=int(seed),
+        workers=int(workers),
         start_batch=start,
     )
-    writer = MetricsWriter(workdir / "metrics.jsonl", start=start)
+    writer = MetricsWriter(workdir / METRICS_FILE, start=start)
     bar = tqdm(
         total=total,
         initial=start,
@@ -416,7 +370,7 @@ def train(
         disable=jax.process_index() != 0,
         dynamic_ncols=True,
     )
-    log_every = max(1, int(cfg.log_every))
+    log_every = max(1, int(settings.log_every))
     tick, tick_step = time.perf_counter(), start
     try:
         with _Preemption() as preemption:
@@ -466,7 +420,7 @@ def abstract_state(init: Callable, key: jax.Array, mesh: Mesh) -> TrainState:
     )
 
 
-def _with_pretrained_backbone(state: TrainState, path: str) -> TrainState:
+def with_pretrained_backbone(state: TrainState, path: str) -> TrainState:
     """Both encoders' VGG19 backbones from a torchvision state dict (``piaug.pretrained``)."""
     from piaug import pretrained
 
@@ -475,36 +429,3 @@ def _with_pretrained_backbone(state: TrainState, path: str) -> TrainState:
     params = jax.tree.map(jnp.asarray, params)
     logging.info("train: VGG19 backbones from %s", path)
     return state.replace(params=params)
-
-
-def restore_params(checkpoint_dir: str | Path, config, *, step: int | None = None) -> dict:
-    """The encoders' variables of a checkpoint, ``{"image": {...}, "crop": {...}}`` each with
-    ``params`` and ``batch_stats`` (for the matching and estimate stages)."""
-    ckpt_dir = Path(checkpoint_dir)
-    checkpoints = Checkpoints(ckpt_dir, every=1, keep=1)
-    try:
-        if checkpoints.latest_step() is None:
-            raise UserError(f"{ckpt_dir} holds no checkpoint: run the pretrain stage first")
-        nets = nets_from_config(config)
-        txs = {name: optimizer(config.train, 1.0) for name in ENCODERS}
-        mesh = make_mesh(jax.local_devices()[:1])
-        init = functools.partial(
-            create_state,
-            nets=nets,
-            txs=txs,
-            image_size=tuple(config.data.image_size),
-            crop_size=int(config.data.crop_size),
-        )
-        try:
-            state = checkpoints.restore(abstract_state(init, jax.random.key(0), mesh), step)
-        except (ValueError, KeyError, TypeError) as e:
-            raise UserError(
-                f"{ckpt_dir}: its checkpoint does not fit this config's encoders ({e}). It must "
-                "come from a run with the same config.model fields (width, embedding, dtype)"
-            ) from None
-    finally:
-        checkpoints.close()
-    return {
-        name: {"params": state.params[name], "batch_stats": state.batch_stats[name]}
-        for name in ENCODERS
-    }

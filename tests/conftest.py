@@ -1,16 +1,134 @@
-"""Prepared datasets of the tests go to a temporary cache, never to the user's ~/.cache; the
-compiled programs too (shared by the test's subprocesses, so each is compiled once a session)."""
+"""Shared test set-up: the two tiers, the temporary caches and the one tiny pipeline run.
 
-import jax
-import pytest
+* Tiers: plain ``pytest`` runs the fast tier (in-process, under 3 minutes on 2 cores);
+  ``pytest --slow`` adds the tests marked ``slow`` (multi-device, multi-process, kill/resume,
+  sweep and data-prep subprocesses). An explicit ``-m`` expression picks tests itself.
+* Prepared datasets of the tests go to a temporary cache, never to the user's ~/.cache; the
+  compiled programs too (shared by the test's subprocesses, so each is compiled once a session).
+* ``tiny_run``: ``configs/test.py``'s whole pipeline, run once a session through the command
+  line; the tests of the stages read its files. It starts with the session, in the background,
+  when any collected test needs it, while the tests that do not need it run (its compiled
+  programs land in the session's compilation cache, which the in-process pipeline tests then
+  reuse); the tests that use the pipeline run last.
+"""
+
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# LLVM at -O0 compiles three times faster, and the tests' programs are small enough that they
+# run no slower for it (measured: 102 s against 117 s for the numeric modules). Set before JAX
+# starts its backend; a user's own XLA_FLAGS are kept.
+# The subprocesses of the tests use the same flags (a program compiled under other flags is
+# another entry of the compilation cache).
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+os.environ.setdefault("XLA_FLAGS", TEST_XLA_FLAGS)
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--slow",
+        action="store_true",
+        help="also run the slow tier: multi-device, multi-process, kill/resume, sweep and "
+        "data-prep subprocess tests",
+    )
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: a subprocess test of the slow tier (run with --slow, or -m slow)"
+    )
+
+
+_PIPELINE_FIXTURES = {"tiny_run", "tiny_config"}  # the tests that run the pipeline
+
+
+def pytest_collection_modifyitems(config, items):
+    if not (config.getoption("--slow") or config.getoption("markexpr")):
+        slow = [item for item in items if item.get_closest_marker("slow")]
+        if slow:
+            config.hook.pytest_deselected(items=slow)
+            items[:] = [item for item in items if not item.get_closest_marker("slow")]
+    # The pipeline's tests after the others, the slow tier last (stable otherwise): the
+    # background run has time to finish, and its compiled programs serve the later runs.
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("slow") is not None,
+            bool(_PIPELINE_FIXTURES & set(item.fixturenames)),
+        )
+    )
+    config.stash[_NEEDS_RUN] = any("tiny_run" in item.fixturenames for item in items)
+
+
+_NEEDS_RUN = pytest.StashKey[bool]()
+
+
+class _Background:
+    """The tiny config's whole run through the command line, started now, awaited later."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.log = workdir.parent / "run.log"
+        cmd = [sys.executable, "-m", "piaug.main", "--config=configs/test.py"]
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [*cmd, f"--workdir={workdir}"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def result(self) -> Path:
+        if self.process.wait(timeout=900) != 0:
+            raise AssertionError(f"the tiny run failed:\n{self.log.read_text()[-4000:]}")
+        return self.workdir
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _piaug_cache(tmp_path_factory):
+def _piaug_cache(tmp_path_factory, request):
     cache = tmp_path_factory.mktemp("piaug_cache")
     mp = pytest.MonkeyPatch()
     mp.setenv("PIAUG_CACHE", str(cache))
     mp.setenv("JAX_COMPILATION_CACHE_DIR", str(cache / "jax"))
     jax.config.update("jax_compilation_cache_dir", str(cache / "jax"))
-    yield
+    background = None
+    if request.config.stash.get(_NEEDS_RUN, False):
+        background = _Background(tmp_path_factory.mktemp("tiny_run") / "run")
+    yield background
+    if background is not None and background.process.poll() is None:
+        background.process.kill()
     mp.undo()
+
+
+def load_config(name: str = "test", arg: str | None = None):
+    """``configs/NAME.py``'s ``get_config(arg)``, imported by path (as the CLI does)."""
+    spec = importlib.util.spec_from_file_location(f"config_{name}", REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.fixture
+def tiny_config():
+    """A fresh ``configs/test.py`` config (tests change it freely)."""
+    return load_config("test")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(_piaug_cache):
+    """The tiny config's whole run, all six stages: the baseline's 6 steps, the estimate,
+    piaug's 6 steps, matching on the test split, the figures (its workdir; its log beside
+    it, ``run.log``)."""
+    return _piaug_cache.result()
+
+
+@pytest.fixture
+def logs(caplog):
+    """The log lines (absl's included) of the test, as one string."""
+    caplog.set_level(logging.INFO)
+    return caplog

@@ -1,6 +1,7 @@
 """The analysis helpers (piaug.analyze); the figures themselves: tests/test_train.py."""
 
 import numpy as np
+import pytest
 
 from piaug import analyze
 
@@ -31,3 +32,26 @@ def test_sampling_weights_of_fig_3():
     assert list(w) == ["uniform (gamma 0)", "IIE^0.5", "1[IIE >= 2]"]
     np.testing.assert_allclose(w["IIE^0.5"], [1.0, 2.0])
     np.testing.assert_allclose(w["1[IIE >= 2]"], [0.0, 1.0])
+
+
+def test_info_statistics_by_hand():
+    iie = np.array([[0.5, 1.0, 3.0], [4.0, 5.0, 7.5]], np.float32)  # groups 0 0 1 / 1 2 2
+    example = {
+        "iie": iie,
+        "landmarks": np.array([[0.2, 0.1], [2.0, 1.0]], np.float32),  # (x, y): (0, 0), (2, 1)
+        "id": b"a",
+        "original_size": np.array([20, 30]),
+        "spacing": np.float32(0.5),
+    }
+    other = dict(example, iie=iie + 0.25, id=b"b")
+    stats = analyze.info_statistics([example, other], (2.0, 4.5))
+    assert stats["num_images"] == 2
+    assert sum(stats["iie_histogram"]["counts"]) == 12
+    assert stats["group_fraction"] == pytest.approx(
+        {"low": 4 / 12, "medium": 4 / 12, "high": 4 / 12}
+    )
+    first = stats["per_image"][0]
+    assert first["id"] == "a" and first["original_size"] == [20, 30] and first["spacing_mm"] == 0.5
+    assert first["landmark_iie"] == [0.5, 7.5] and first["mean_iie"] == pytest.approx(iie.mean())
+    assert stats["landmark_iie"]["mean"] == [0.625, 7.625]
+    assert stats["landmark_iie"]["group_fraction"] == {"low": 0.5, "medium": 0.0, "high": 0.5}

@@ -1,6 +1,8 @@
-"""The command line on configs/test.py: the files it writes, skipping, and bad configs."""
+"""The pipeline on configs/test.py and the checks of the config edge: the files the info stage
+writes, skipping, and bad configs refused before anything is written (in-process, through
+``piaug.pipeline.run`` and ``piaug.configure.check``); the command line's own errors in a
+subprocess."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,40 +12,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import load_config
+from PIL import Image
 
-from piaug import pipeline
+from piaug import ablations, configure, data, defaults, layout, pipeline
 from piaug.data import prepare
+from piaug.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED_CEPH = REPO.parent / "shared" / "data" / "isbi2015_ceph_train"
 
 
-def run_cli(workdir, *overrides, check=True, config="configs/test.py"):
-    """The CLI; the info stage only unless the overrides name stages (tests/test_train.py
-    runs the pretrain stage)."""
+def run_cli(workdir, *overrides, config="configs/test.py", env=None):
+    """The command line, info stage only unless the overrides name stages."""
     cmd = [sys.executable, "-m", "piaug.main", f"--config={config}", f"--workdir={workdir}"]
     if not any(o.startswith("--config.stages=") for o in overrides):
         overrides += ("--config.stages=info",)
-    result = subprocess.run(
-        cmd + list(overrides), cwd=REPO, capture_output=True, text=True, timeout=300
+    return subprocess.run(
+        cmd + list(overrides), cwd=REPO, capture_output=True, text=True, timeout=300, env=env
     )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{cmd} failed:\n{result.stderr[-3000:]}")
-    return result
 
 
-@pytest.fixture(scope="module")
-def info_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run") / "wd"
-    result = run_cli(workdir)
-    return workdir, result
-
-
-def test_info_stage_writes_its_files(info_run):
-    workdir, result = info_run
-    config = json.loads((workdir / "config.json").read_text())
+def test_info_stage_writes_its_files(tiny_run):
+    config = json.loads((tiny_run / "config.json").read_text())
     assert config["data"]["name"] == "synthetic" and config["info"]["footprint"] == "disk(3)"
 
-    stats = json.loads((workdir / "info_stats.json").read_text())
+    stats = json.loads((tiny_run / "info_stats.json").read_text())
     assert stats["num_images"] == 3 and stats["units"] == "bits"
     counts = np.asarray(stats["iie_histogram"]["counts"])
     assert counts.sum() == 3 * 64 * 64
@@ -64,82 +58,134 @@ def test_info_stage_writes_its_files(info_run):
     cols, rows = np.round(source[0]["landmarks"]).astype(int).T
     np.testing.assert_allclose(stats["per_image"][0]["landmark_iie"], first[rows, cols], atol=1e-4)
 
-    figures = sorted(p.name for p in (workdir / "figures").glob("*.png"))
-    assert figures == [
-        "iie_histogram.png",
-        "info_synthetic-0-0000.png",
-        "info_synthetic-0-0001.png",
-    ]
-    assert all((workdir / "figures" / f).stat().st_size > 5000 for f in figures)
-    assert "IIE disk(3)" in result.stderr and "img/s" in result.stderr  # the progress bar
+    figures = sorted(p.name for p in (tiny_run / "figures").glob("info_*.png"))
+    assert figures == ["info_synthetic-0-0000.png", "info_synthetic-0-0001.png"]
+    for name in [*figures, "iie_histogram.png"]:
+        assert (tiny_run / "figures" / name).stat().st_size > 5000, name
 
 
-def test_rerun_skips_and_keeps_results(info_run):
-    workdir, _ = info_run
-    stats = workdir / "info_stats.json"
+def test_info_stage_shows_its_progress(tiny_config, tmp_path, capfd):
+    tiny_config.stages = "info"
+    pipeline.run(tiny_config, tmp_path / "wd")
+    err = capfd.readouterr().err
+    assert "info: statistics" in err and "img/s" in err  # the progress bar, with its rate
+
+
+def test_rerun_skips_and_keeps_results(tiny_run, tiny_config, logs):
+    stats = tiny_run / "info_stats.json"
     before = stats.stat().st_mtime_ns
-    result = run_cli(workdir)
-    assert "skipping" in result.stderr
+    tiny_config.stages = "info"
+    pipeline.run(tiny_config, tiny_run)
+    assert "info_stats.json exists, skipping" in logs.text
     assert stats.stat().st_mtime_ns == before
 
 
-def test_different_config_in_same_workdir_is_an_error(info_run):
-    workdir, _ = info_run
-    result = run_cli(workdir, "--config.data.options.num_images=4", check=False)
-    assert result.returncode != 0
-    assert (
-        "different config" in result.stderr and "data.options.num_images: 3 -> 4" in result.stderr
-    )
+def test_different_config_in_same_workdir_is_an_error(tiny_run, tiny_config):
+    tiny_config.data.options.num_images = 4
+    tiny_config.stages = "info"
+    with pytest.raises(UserError, match="different config .*data.options.num_images: 3 -> 4"):
+        pipeline.run(tiny_config, tiny_run)
 
 
-def test_unknown_key_is_an_error(tmp_path):
-    result = run_cli(tmp_path / "wd", "--config.data.bogus=1", check=False)
-    assert result.returncode != 0
-    assert "unknown config field in --config.data.bogus" in result.stderr
+def test_command_line_errors_are_one_line(tmp_path):
+    """An unknown field and a value of the wrong type: one line each, no traceback, no
+    workdir (the only errors the command line itself raises; the others are the config
+    edge's, tested in-process below)."""
+    for override, message in [
+        ("--config.data.bogus=1", "unknown config field in --config.data.bogus"),
+        ("--config.train.steps=five", "--config.train.steps=five: invalid literal for int()"),
+    ]:
+        result = run_cli(tmp_path / "wd", override)
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "wd").exists()
+
+
+BAD_VALUES = [
+    ({"stages": "info,fit"}, "config.stages='info,fit'"),
+    ({"estimate.alpha": 0.0}, "config.estimate.alpha=0.0: need alpha_hat > 0"),
+    ({"estimate.estimator": "kde"}, "config.estimate.estimator='kde'"),
+    ({"estimate.patch_size": 500}, "config.estimate.patch_size=500"),
+    ({"train.baseline": "/nope/checkpoints"}, "config.train.baseline='/nope/checkpoints'"),
+    ({"analyze.footprints": ("disk(3)", "ring(2)")}, "config.analyze.footprints='ring(2)'"),
+    ({"info.footprint": "ring(3)"}, "config.info.footprint='ring(3)'"),
+    ({"info.thresholds": (4.5, 2.0)}, "config.info.thresholds=(4.5, 2.0): need two numbers"),
+    ({"data.name": "cifar"}, "unknown dataset 'cifar'"),
+    ({"data.image_size": (4, 64)}, "config.data.image_size=(4, 64)"),
+    ({"data.crop_size": 65}, "config.data.crop_size=65"),
+    ({"loss.temperature": 0.0}, "config.loss.temperature=0.0: must be positive"),
+    ({"model.dtype": "int8"}, "config.model.dtype='int8'"),
+    ({"model.width": 0.0}, "config.model.width=0.0: must be positive"),
+    ({"train.lr_decay": 1.5}, "config.train.lr_decay=1.5: must be in (0, 1]"),
+    ({"train.batch_size": 4}, "config.train.batch_size=4 is larger than the 3 training images"),
+    ({"eval.upsample": "cubic"}, "config.eval.upsample='cubic'"),
+    (
+        {"augment.continuous": True, "augment.estimated": False},
+        "config.augment.continuous=True interpolates estimated ranges",
+    ),
+    ({"augment.anchors": "gauss"}, "config.augment.anchors='gauss'"),
+    ({"model.pretrained": "/nope/vgg19.pth"}, "config.model.pretrained='/nope/vgg19.pth'"),
+    ({"info.footprint": "ball(2)"}, "config.info.footprint='ball(2)' is 3-D but image"),
+]
+
+
+@pytest.mark.parametrize("fields, message", BAD_VALUES)
+def test_bad_values_are_errors_that_write_nothing(tiny_config, tmp_path, fields, message):
+    for key, value in fields.items():
+        ablations.set_field(tiny_config, key, value)
+    tiny_config.stages = fields.get("stages", ",".join(pipeline.STAGES))
+    with pytest.raises(UserError) as error:
+        pipeline.run(tiny_config, tmp_path / "wd")
+    assert message in str(error.value)
     assert not (tmp_path / "wd").exists()
 
 
-@pytest.mark.parametrize(
-    "override, message",
-    [
-        ("--config.stages=info,fit", "config.stages='info,fit'"),
-        ("--config.estimate.alpha=0", "config.estimate.alpha=0.0: need alpha_hat > 0"),
-        ("--config.estimate.estimator=kde", "config.estimate.estimator='kde'"),
-        ("--config.estimate.patch_size=500", "config.estimate.patch_size=500"),
-        ("--config.train.baseline=/nope/checkpoints", "config.train.baseline='/nope/checkpoints'"),
-        (
-            "--config.analyze.footprints=('disk(3)','ring(2)')",
-            "config.analyze.footprints='ring(2)'",
-        ),
-        ("--config.info.footprint=ring(3)", "config.info.footprint='ring(3)'"),
-        ("--config.data.name=cifar", "unknown dataset 'cifar'"),
-        ("--config.loss.temperature=0", "config.loss.temperature=0.0: must be positive"),
-        ("--config.model.dtype=int8", "config.model.dtype='int8'"),
-        ("--config.eval.upsample=cubic", "config.eval.upsample='cubic'"),
-        (
-            "--config.augment.continuous=True --config.augment.estimated=False",
-            "config.augment.continuous=True interpolates estimated ranges",
-        ),
-        ("--config.model.pretrained=/nope/vgg19.pth", "config.model.pretrained='/nope/vgg19.pth'"),
-    ],
-)
-def test_bad_values_are_errors_that_write_nothing(tmp_path, override, message):
-    result = run_cli(tmp_path / "wd", *override.split(), check=False)
-    assert result.returncode != 0 and message in result.stderr
-    assert "Traceback" not in result.stderr
+def test_a_batch_the_devices_cannot_split_is_refused(tiny_config, monkeypatch):
+    monkeypatch.setattr(configure.jax, "device_count", lambda: 4)
+    tiny_config.train.batch_size = 2
+    with pytest.raises(UserError, match="batch_size=2 does not split over the 4 devices"):
+        configure.check(tiny_config)
+
+
+def test_the_evaluation_split_is_checked_before_anything_trains(tmp_path):
+    """A folder whose csv has no test rows: evaluate on 'test' is refused before pretraining
+    (it used to train both encoders and then fail); without evaluate the run may go on."""
+    root = tmp_path / "mine"
+    (root / "images").mkdir(parents=True)
+    rows = ["image,1_x,1_y,split"]
+    for i in range(3):
+        pixels = np.random.default_rng(i).integers(0, 255, (64, 64), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"c{i}.png")
+        rows.append(f"c{i}.png,{10 + i},{20 + i},train")
+    (root / "landmarks.csv").write_text("\n".join(rows) + "\n")
+    config = load_config("folder")
+    config.data.dir, config.data.split, config.eval.split = str(root), "train", "test"
+    config.data.options.spacing = 0.1
+    config.train.batch_size = 2
+    with pytest.raises(UserError, match="config.eval.split='test' cannot be evaluated"):
+        pipeline.run(config, tmp_path / "wd")
+    assert not (tmp_path / "wd").exists()
+    configure.check(config, ["info", "pretrain"])  # no evaluate: fine
+
+
+@pytest.mark.skipif(not SHARED_CEPH.is_dir(), reason=f"no {SHARED_CEPH} (CI's shared data)")
+def test_the_readmes_ceph_command_on_a_train_only_folder_stops_before_training(tmp_path):
+    config = load_config("ceph")
+    config.data.dir = str(SHARED_CEPH)
+    with pytest.raises(UserError, match="config.eval.split='test'.*150 images"):
+        pipeline.run(config, tmp_path / "wd")
     assert not (tmp_path / "wd").exists()
 
 
-def test_foreign_non_empty_workdir_is_refused(tmp_path):
+def test_foreign_non_empty_workdir_is_refused(tiny_config, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    result = run_cli(tmp_path, check=False)
-    assert result.returncode != 0 and "not empty and has no config.json" in result.stderr
+    tiny_config.stages = "info"
+    with pytest.raises(UserError, match="not empty and has no config.json"):
+        pipeline.run(tiny_config, tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_synthetic_is_a_dataset_like_the_others():
-    from piaug import data
-
     train = data.load("synthetic", num_images=2, size=(64, 64), num_landmarks=3)
     test = data.load("synthetic", split="test", num_images=2, size=(64, 64), num_landmarks=3)
     assert len(train) == 2 and train[1]["landmarks"].shape == (3, 2)
@@ -150,34 +196,25 @@ def test_synthetic_is_a_dataset_like_the_others():
         data.load("synthetic", split="val")
 
 
-def test_config_seed_draws_the_synthetic_set():
-    config = _test_config()
-    config.seed = 5
-    dataset = pipeline.load_dataset(config)
+def test_config_seed_draws_the_synthetic_set(tiny_config):
+    tiny_config.seed = 5
+    dataset = configure.load_dataset(tiny_config)
     assert dataset[0]["id"] == "synthetic-5-0000"
-    other = pipeline.load_dataset(_test_config())
+    other = configure.load_dataset(load_config("test"))
     assert not np.array_equal(dataset[0]["image"], other[0]["image"])
-
-
-def test_3d_footprint_on_images_is_a_user_error(tmp_path):
-    result = run_cli(tmp_path / "wd", "--config.info.footprint=ball(2)", check=False)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "config.info.footprint='ball(2)' is 3-D but image 'synthetic-0-0000' is 2-D" in (
-        result.stderr
-    )
-    assert not (tmp_path / "wd").exists()
 
 
 def test_a_missing_dataset_folder_prints_the_download_instructions(tmp_path):
     missing = tmp_path / "ISBI2015"
-    result = run_cli(
-        tmp_path / "wd", f"--config.data.dir={missing}", check=False, config="configs/ceph.py"
-    )
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert f"{missing} does not exist" in result.stderr and "figshare" in result.stderr
+    config = load_config("ceph")
+    config.data.dir = str(missing)
+    with pytest.raises(UserError) as error:
+        pipeline.run(config, tmp_path / "wd")
+    assert f"{missing} does not exist" in str(error.value) and "figshare" in str(error.value)
     assert not (tmp_path / "wd").exists()
 
 
+@pytest.mark.slow
 def test_data_prep_builds_the_prepared_dataset_once(tmp_path):
     cmd = [sys.executable, "data_prep/build.py", "--config=configs/test.py"]
     env = {**os.environ, "PIAUG_CACHE": str(tmp_path)}
@@ -191,23 +228,52 @@ def test_data_prep_builds_the_prepared_dataset_once(tmp_path):
     assert again.stdout.splitlines()[-1] == first.stdout.splitlines()[-1]
 
 
-def test_the_prepared_builders_carry_download_instructions():
-    from piaug.data import ceph, hand, prepare
+def test_every_dataset_is_declared_once(tmp_path):
+    """The registry: each reader's spec makes its config options, default splits and TFDS
+    builder; an unregistered name is refused by name, never built as another dataset."""
+    from piaug.data import ceph, hand
 
-    assert prepare.PiaugCeph.MANUAL_DOWNLOAD_INSTRUCTIONS == ceph.DOWNLOAD_INSTRUCTIONS
-    assert prepare.PiaugHand.MANUAL_DOWNLOAD_INSTRUCTIONS == hand.DOWNLOAD_INSTRUCTIONS
+    for name, spec in data.DATASETS.items():
+        config = defaults.base_config(name)
+        options = config.data.options.to_dict()
+        assert options == {k: v for k, v in spec.defaults.items()}, name
+        assert (config.data.split, config.eval.split) == (spec.train_split, spec.eval_split)
+        builder = prepare.builder_class(name)
+        assert builder.__doc__ == spec.description and builder is prepare.builder_class(name)
+    assert prepare.builder_class("ceph").MANUAL_DOWNLOAD_INSTRUCTIONS == ceph.DOWNLOAD_INSTRUCTIONS
+    assert prepare.builder_class("hand").MANUAL_DOWNLOAD_INSTRUCTIONS == hand.DOWNLOAD_INSTRUCTIONS
+    assert prepare.builder_class("ceph").__name__ == "PiaugCeph"
     assert "all.csv" in hand.DOWNLOAD_INSTRUCTIONS and "RawImage" in ceph.DOWNLOAD_INSTRUCTIONS
 
+    class Unregistered:  # a reader nobody registered
+        name, num_landmarks, ids, options, report, source_files = "mine", 1, ["a"], {}, [], []
 
-def test_another_datasets_options_point_to_its_config(tmp_path):
-    config = _test_config()
-    config.data.name, config.data.dir = "ceph", str(tmp_path)
-    with pytest.raises(pipeline.UserError, match="num_images.*start from configs/ceph.py"):
-        pipeline.load_dataset(config)
+        def __len__(self):
+            return 1
+
+    with pytest.raises(UserError, match="unknown dataset 'mine'"):
+        prepare.prepare(Unregistered(), image_size=(32, 32), cache_dir=tmp_path)
 
 
-def _test_config():
-    spec = importlib.util.spec_from_file_location("test_config", REPO / "configs" / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+def test_another_datasets_options_point_to_its_config(tiny_config, tmp_path):
+    tiny_config.data.name, tiny_config.data.dir = "ceph", str(tmp_path)
+    with pytest.raises(UserError, match="num_images.*start from configs/ceph.py"):
+        configure.load_dataset(tiny_config)
+
+
+def test_layout_names_every_file_of_a_run(tiny_run):
+    files = {p.name for p in tiny_run.iterdir()}
+    for name in (
+        layout.CONFIG_FILE,
+        layout.INFO_FILE,
+        layout.TEMPLATE_FILE,
+        layout.ESTIMATE_FILE,
+        layout.RESULTS_FILE,
+        layout.ANALYSIS_FILE,
+        layout.METRICS_FILE,
+        layout.CHECKPOINTS,
+        layout.PIAUG_DIR,
+        layout.FIGURES,
+    ):
+        assert name in files, name
+    assert set(layout.trained_encoders(tiny_run)) == {"baseline", "piaug"}

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import chisquare
 
 from piaug import augment, data, info
 from piaug.data import input_pipeline as ip
@@ -49,6 +50,34 @@ def test_sample_anchor_follows_the_weights():
     assert counts[w == 0].sum() == 0  # zero weight is never drawn
     sigma = np.sqrt(expected * (1 - w / w.sum()))
     assert np.all(np.abs(counts - expected) <= 4 * sigma + 1e-9)
+
+
+def test_sample_anchor_chi_square_goodness_of_fit():
+    weights = np.arange(1.0, 21.0).reshape(4, 5) ** 1.5
+    weights[1, 3] = 0.0
+    rng = np.random.default_rng(1234)
+    n = 20_000
+    samples = np.array([ip.sample_anchor(rng, weights) for _ in range(n)])
+    assert samples.shape == (n, 2) and samples.dtype == np.int64
+    assert samples[:, 0].max() <= 3 and samples[:, 1].max() <= 4 and samples.min() >= 0
+    counts = np.bincount(samples[:, 0] * 5 + samples[:, 1], minlength=20)
+    flat = weights.ravel()
+    assert counts[1 * 5 + 3] == 0  # the zero-weight cell is never drawn
+    nonzero = flat > 0
+    result = chisquare(counts[nonzero], n * flat[nonzero] / flat.sum())
+    assert result.pvalue > 1e-3, result
+
+
+def test_sample_anchor_gives_row_col_and_is_seeded():
+    w = np.zeros((8, 8))
+    w[7, 0] = 0.1  # one pixel: row 7, column 0
+    assert ip.sample_anchor(np.random.default_rng(3), w).tolist() == [7, 0]
+    w = np.random.default_rng(9).random((10, 12))
+    draws = []
+    for seed in (42, 42, 43):
+        rng = np.random.default_rng(seed)
+        draws.append([ip.sample_anchor(rng, w).tolist() for _ in range(16)])
+    assert draws[0] == draws[1] and draws[0] != draws[2]
 
 
 def test_anchor_groups_follow_the_weight_map_through_the_transform(source):
@@ -145,6 +174,7 @@ def test_batches_are_seeded_and_restorable(source):
     assert not np.array_equal(next(other)["crop"], first[0]["crop"])
 
 
+@pytest.mark.slow
 def test_worker_processes_are_seeded_and_restorable(source):
     transform = ip.AnchorCrop(crop_size=24)
     parallel = iter(_loader(source, transform, workers=2))
@@ -156,12 +186,7 @@ def test_worker_processes_are_seeded_and_restorable(source):
     restored = iter(_loader(source, transform, workers=2))
     restored.set_state(state)
     _same(after, [next(restored) for _ in range(3)])
-
-
-def test_global_batches_do_not_depend_on_hosts_workers_or_the_start(source):
-    """Global batch j is the same on 1 host or split over 2, with or without workers, and a
-    loader started at batch j (a resumed run) begins with it."""
-    transform = ip.AnchorCrop(crop_size=24)
+    # Global batch j does not depend on the workers, nor on how the hosts use them.
     kw = {"global_batch_size": 4}
     single = iter(_loader(source, transform, **kw))
     reference = [next(single) for _ in range(5)]  # 20 examples: crosses three epochs of 6
@@ -170,6 +195,22 @@ def test_global_batches_do_not_depend_on_hosts_workers_or_the_start(source):
     hosts = [
         iter(_loader(source, transform, process_index=h, process_count=2, workers=w, **kw))
         for h, w in ((0, 2), (1, 0))
+    ]
+    for batch in reference:
+        halves = [next(h) for h in hosts]
+        joined = {k: np.concatenate([halves[0][k], halves[1][k]]) for k in batch}
+        _same([batch], [joined])
+
+
+def test_global_batches_do_not_depend_on_hosts_or_the_start(source):
+    """Global batch j is the same on 1 host or split over 2, and a loader started at batch j
+    (a resumed run) begins with it (with worker processes: the slow tier)."""
+    transform = ip.AnchorCrop(crop_size=24)
+    kw = {"global_batch_size": 4}
+    single = iter(_loader(source, transform, **kw))
+    reference = [next(single) for _ in range(5)]  # 20 examples: crosses three epochs of 6
+    hosts = [
+        iter(_loader(source, transform, process_index=h, process_count=2, **kw)) for h in (0, 1)
     ]
     for batch in reference:
         halves = [next(h) for h in hosts]
@@ -207,9 +248,9 @@ def test_each_host_reads_its_own_records(source):
 
 def test_loader_errors(source):
     transform = ip.AnchorCrop(crop_size=24)
-    with pytest.raises(UserError, match="multiple of the 2 processes"):
+    with pytest.raises(UserError, match="batch_size=3: must be a positive multiple of the 2"):
         _loader(source, transform, global_batch_size=3, process_count=2)
-    with pytest.raises(UserError, match="cannot fill batches of 8"):
+    with pytest.raises(UserError, match="batch_size=8 is larger than the 6 training images"):
         _loader(source, transform, global_batch_size=8)
 
 
@@ -247,6 +288,7 @@ def test_ranges_file_errors_name_the_file(tmp_path):
         ip.load_jitter(bad)
 
 
+@pytest.mark.slow
 def test_global_batch_over_fake_devices(source):
     """Host batches become one array sharded over a ('data',) mesh of 2 CPU devices."""
     script = textwrap.dedent(

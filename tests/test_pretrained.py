@@ -232,7 +232,7 @@ def test_training_starts_both_backbones_from_the_file(files, state):
         )
         params[name] = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), shapes["params"])
     start = train.TrainState(step=np.int32(0), params=params, batch_stats={}, opt_state={})
-    loaded = train._with_pretrained_backbone(start, str(files["npz"]))
+    loaded = train.with_pretrained_backbone(start, str(files["npz"]))
     expected = pretrained.vgg_params(state)
     for name in train.ENCODERS:
         got = loaded.params[name]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TEST_XLA_FLAGS
 
 from piaug import ablations
 
@@ -92,10 +93,11 @@ def test_unknown_preset_of_a_sweep_is_refused(tmp_path, capsys):
     assert "not in sweep table3" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_sweep_runs_and_gathers_its_table(tmp_path):
     """Table 3's weight-map row on the tiny config: the shared baseline, then the preset."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+    env["XLA_FLAGS"] = TEST_XLA_FLAGS  # the session's: its compiled programs serve the sweep
     out = subprocess.run(
         [
             sys.executable,

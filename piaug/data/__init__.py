@@ -5,6 +5,11 @@ Each example is a dict with ``image`` (uint8 ``(H, W)``, original resolution), `
 ``id``.  Every dataset also has ``name``, ``ids`` (in order), ``num_landmarks``, ``source_files``
 (the files it reads), ``options`` (the resolved options, including ``split``), ``report`` (lines
 about documented skips) and ``image_path(i)``.  Bad input raises ``piaug.errors.UserError``.
+
+``DATASETS`` is the registry: each reader module declares its ``SPEC`` (name, loader, options
+and their defaults, default splits, download instructions; ``piaug.data.common.DatasetSpec``),
+and a new dataset is its own module plus one line here. The config fields
+(``piaug.defaults``) and the prepared datasets (``piaug.data.prepare``) are made from the spec.
 """
 
 from __future__ import annotations
@@ -12,10 +17,26 @@ from __future__ import annotations
 from typing import Any
 
 from piaug.data import ceph, folder, hand, synthetic
+from piaug.data.common import DatasetSpec
 from piaug.errors import UserError
 
-NAMES = ("ceph", "hand", "folder", "synthetic")
-_READERS = {"ceph": ceph.load, "hand": hand.load, "folder": folder.load}
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        ceph.SPEC,  # ISBI 2015 cephalometric radiographs
+        hand.SPEC,  # Digital Hand Atlas
+        folder.SPEC,  # your own images + landmarks.csv
+        synthetic.SPEC,  # the built-in synthetic X-rays
+    )
+}
+NAMES = tuple(DATASETS)
+
+
+def spec(name: str) -> DatasetSpec:
+    """The registry entry of dataset ``name``; UserError naming the known ones."""
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(NAMES)}")
+    return DATASETS[name]
 
 
 def load(name: str, root: Any = None, split: str | None = None, **options: Any):
@@ -29,40 +50,7 @@ def load(name: str, root: Any = None, split: str | None = None, **options: Any):
     * ``folder`` (your own images + ``landmarks.csv``): ``split`` ``all`` (default) or a value
       of the csv's split column; option ``spacing``.  See ``piaug.data.folder``.
     * ``synthetic`` needs no ``root`` (it is ignored); its options are ``num_images``, ``seed``,
-      ``size`` (height, width) and ``num_landmarks``.  Its ``split`` picks a disjoint stream of
-      subjects: ``train`` (default) uses ``seed``, ``test`` uses ``seed + 1``.
+      ``size`` (height, width; default 768 x 768) and ``num_landmarks``.  Its ``split`` picks a
+      disjoint stream of subjects: ``train`` (default) uses ``seed``, ``test`` ``seed + 1``.
     """
-    if name == "synthetic":
-        return _synthetic("train" if split is None else split, options)
-    if name not in _READERS:
-        raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(NAMES)}")
-    return _READERS[name](root, split=split, **options)
-
-
-def _synthetic(split: str, options: dict[str, Any]) -> synthetic.SyntheticDataset:
-    if split not in ("train", "test"):
-        raise UserError(f"synthetic split must be 'train' or 'test', got {split!r}")
-    seed = options.pop("seed", 0)
-    num_images = options.pop("num_images", 32)
-    size = options.pop("size", (384, 384))
-    num_landmarks = options.pop("num_landmarks", 19)
-    if options:
-        raise UserError(
-            f"unknown options for the synthetic dataset: {sorted(options)}; its options are "
-            "split, num_images, seed, size, num_landmarks"
-        )
-    try:
-        seed = int(seed)
-        ds = synthetic.SyntheticDataset(
-            num_images, seed=seed + (split == "test"), size=tuple(size), num_landmarks=num_landmarks
-        )
-    except (TypeError, ValueError) as e:
-        raise UserError(f"synthetic dataset: {e}") from None
-    ds.options = {
-        "split": split,
-        "num_images": ds.num_images,
-        "seed": seed,
-        "size": list(ds.size),
-        "num_landmarks": ds.num_landmarks,
-    }
-    return ds
+    return spec(name).load(root, split=split, **options)

@@ -36,6 +36,7 @@ import numpy as np
 
 from piaug.data.common import (
     IMAGE_EXTENSIONS,
+    DatasetSpec,
     ImageDataset,
     LandmarkTable,
     check_count,
@@ -78,7 +79,7 @@ SPLITS: dict[str, tuple[int, int] | None] = {
 }
 DOCTORS = ("senior", "junior")
 ANNOTATIONS = ("mean", *DOCTORS)
-DEFAULTS: dict[str, Any] = {"annotation": "mean"}
+DEFAULTS: dict[str, Any] = {"annotation": "mean"}  # mean (of the doctors present) | senior | junior
 
 
 @dataclass
@@ -338,3 +339,14 @@ def _read_txt(path: Path) -> np.ndarray:
         x = parse_number(parts[0], where, f"landmark {n + 1} x")
         points.append([x, parse_number(parts[1], where, f"landmark {n + 1} y")])
     return np.array(points, dtype=np.float64)
+
+
+SPEC = DatasetSpec(
+    name=NAME,
+    load=load,
+    defaults=DEFAULTS,
+    train_split="train",
+    eval_split="test",
+    description="ISBI 2015 cephalometric radiographs (19 landmarks, 0.1 mm per pixel).",
+    instructions=DOWNLOAD_INSTRUCTIONS,
+)

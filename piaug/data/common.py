@@ -20,9 +20,10 @@ window is a choice the user has to make (convert them to 8-bit first).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,34 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # Pillow modes with more than 8 bits per sample: refused, the user picks the window.
 _DEEP_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;32", "I;32S", "F;32")
 _IMAGE_COLUMNS = ("image", "image_path")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What the rest of piaug knows of a dataset: each reader module declares its ``SPEC``,
+    and ``piaug.data.DATASETS`` lists them (one line per dataset).
+
+    Attributes:
+      name: the dataset's name (``config.data.name``, ``piaug.data.load``'s first argument).
+      load: ``load(root, split=None, **options)`` -> a lazy dataset.
+      defaults: the reader's options and their defaults (``config.data.options``).
+      option_types: the type of each option whose default is None (a config placeholder).
+      train_split: the split that training reads by default (``config.data.split``).
+      eval_split: the split that evaluation reads by default (``config.eval.split``).
+      description: one line, the prepared (TFDS) dataset's description.
+      instructions: how to get the data (the prepared dataset's manual download text).
+      seeded: the reader takes the run's ``config.seed`` as its ``seed`` option.
+    """
+
+    name: str
+    load: Callable[..., Any]
+    defaults: dict[str, Any]
+    train_split: str
+    eval_split: str
+    description: str
+    option_types: dict[str, type] = dataclasses.field(default_factory=dict)
+    instructions: str = ""
+    seeded: bool = False
 
 
 class ImageDataset(Sequence):

@@ -41,6 +41,7 @@ import numpy as np
 
 from piaug.data.common import (
     IMAGE_EXTENSIONS,
+    DatasetSpec,
     ImageDataset,
     LandmarkTable,
     check_inside,
@@ -56,7 +57,7 @@ from piaug.data.common import (
 from piaug.errors import UserError
 
 NAME = "folder"
-DEFAULTS: dict[str, Any] = {"spacing": None}
+DEFAULTS: dict[str, Any] = {"spacing": None}  # mm/pixel unless a spacing_mm column
 FORMAT = """\
 A folder dataset is ROOT/images/ (.png .jpg .jpeg .bmp .tif .tiff) plus ROOT/landmarks.csv with
 the header image,1_x,1_y,...,K_x,K_y and optional spacing_mm and split columns, one row per
@@ -163,3 +164,14 @@ def _check_spacing(spacing: Any) -> float | None:
     if not ok or isinstance(spacing, bool) or not (math.isfinite(spacing) and spacing > 0):
         raise UserError(f"folder option spacing={spacing!r}: expected mm per pixel, a number > 0")
     return float(spacing)
+
+
+SPEC = DatasetSpec(
+    name=NAME,
+    load=load,
+    defaults=DEFAULTS,
+    option_types={"spacing": float},  # mm/pixel unless a spacing_mm column
+    train_split="all",
+    eval_split="all",
+    description="A user's folder of images with landmarks.csv.",
+)

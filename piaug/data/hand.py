@@ -31,6 +31,7 @@ import numpy as np
 
 from piaug.data.common import (
     IMAGE_EXTENSIONS,
+    DatasetSpec,
     ImageDataset,
     LandmarkTable,
     check_count,
@@ -66,7 +67,11 @@ WRIST_WIDTH_MM = 50.0
 IMAGE_DIRS = (".", "images", "jpg")
 ANNOTATION_FILES = ("all.csv", "payer_all.csv", "landmarks.csv")
 PROTOCOLS = {"cc2d": ("train", "val", "test", "all"), "igu": ("train", "test", "all")}
-DEFAULTS: dict[str, Any] = {"protocol": "cc2d", "wrist": (0, 4), "annotations": None}
+DEFAULTS: dict[str, Any] = {
+    "protocol": "cc2d",  # cc2d: first 550 train, last 300 test | igu: first 300 test
+    "wrist": (0, 4),  # landmarks spanning 50 mm (0-based); Payer et al. use (1, 5)
+    "annotations": None,  # default: all.csv in the folder
+}
 _TEST_SIZE, _CC2D_TRAIN, _CC2D_MIN = 300, 550, 850
 
 
@@ -262,3 +267,15 @@ def _read_annotations(path: Path) -> dict[str, tuple[int, np.ndarray]]:
         ]
         items.append((_row_id(fields[0]), line, np.array(values).reshape(NUM_LANDMARKS, 2)))
     return index_unique(items, path)
+
+
+SPEC = DatasetSpec(
+    name=NAME,
+    load=load,
+    defaults=DEFAULTS,
+    option_types={"annotations": str},  # default: all.csv in the folder
+    train_split="all",
+    eval_split="test",
+    description="Digital Hand Atlas radiographs with Payer et al.'s 37 landmarks.",
+    instructions=DOWNLOAD_INSTRUCTIONS,
+)

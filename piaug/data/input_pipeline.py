@@ -128,60 +128,32 @@ def load_jitter(path: str | Path) -> augment.GroupJitter:
         raise UserError(str(e)) from None
 
 
-def anchor_crop_from_config(
-    config, *, ranges_required: bool = True, estimate_file: str | Path | None = None
-) -> AnchorCrop:
-    """The per-example transform of ``config.augment`` and ``config.data.crop_size``.
-
-    The jitter ranges come from ``config.augment.ranges_file`` if set; else, when
-    ``config.augment.estimated`` and an ``estimate_file`` is given (the run's ``augment.json``),
-    from that; else from ``config.augment.brightness``/``contrast`` for every group. With
-    ``ranges_required=False`` a ranges file that does not exist yet (a later stage writes it)
-    is not an error; the config's uniform ranges stand in for it.
-    """
-    cfg = config.augment
-    if cfg.anchors not in ANCHORS:
-        raise UserError(f"config.augment.anchors={cfg.anchors!r}: choose one of {ANCHORS}")
-    path = cfg.ranges_file or (estimate_file if cfg.estimated else None)
-    if cfg.continuous and not cfg.ranges_file and not cfg.estimated:
+def check_crop(crop_size: int, image_size) -> None:
+    """UserError unless a ``crop_size`` crop fits the training size ``image_size``."""
+    if not 1 <= int(crop_size) <= min(image_size):
         raise UserError(
-            "config.augment.continuous=True interpolates estimated ranges: set "
-            "config.augment.estimated=True (the estimate stage's ranges) or a ranges_file"
+            f"config.data.crop_size={crop_size}: must be between 1 and the training size "
+            f"{tuple(image_size)}: use a smaller crop or a larger config.data.image_size"
         )
-    if path and (ranges_required or Path(path).exists()):
-        jitter = load_jitter(path)
-        if cfg.continuous and jitter.centers is None:
-            raise UserError(
-                f"config.augment.continuous=True needs each group's iie_mean in {path}: "
-                "give the augment.json of a piaug estimate"
-            )
-    else:
-        try:
-            jitter = augment.GroupJitter.uniform(tuple(cfg.brightness), tuple(cfg.contrast))
-        except ValueError as e:
-            raise UserError(f"config.augment: {e}") from None
-    low, high = (float(t) for t in config.info.thresholds)
-    return AnchorCrop(
-        crop_size=int(config.data.crop_size),
-        anchors=cfg.anchors,
-        gamma=float(cfg.gamma),
-        d=float(cfg.d),
-        thresholds=(low, high),
-        jitter=jitter,
-        adaptive=bool(cfg.adaptive),
-        continuous=bool(cfg.continuous) and jitter.centers is not None,
-        max_rotation=float(cfg.max_rotation),
-        order=int(cfg.rotation_order),
-    )
+
+
+def check_batch(global_batch_size: int, num_examples: int, process_count: int = 1) -> None:
+    """UserError unless ``num_examples`` fill global batches that split over the processes."""
+    if global_batch_size < 1 or global_batch_size % process_count:
+        raise UserError(
+            f"config.train.batch_size={global_batch_size}: must be a positive multiple of the "
+            f"{process_count} processes"
+        )
+    if num_examples < global_batch_size:
+        raise UserError(
+            f"config.train.batch_size={global_batch_size} is larger than the {num_examples} "
+            "training images: use a smaller batch size or more images"
+        )
 
 
 def check_sampling(transform: AnchorCrop, iie_max, ids, image_size) -> None:
     """Raises UserError, naming the image, where no anchor or crop could be drawn."""
-    if transform.crop_size > min(image_size):
-        raise UserError(
-            f"config.data.crop_size={transform.crop_size} exceeds the training size "
-            f"{tuple(image_size)}: use a smaller crop or a larger config.data.image_size"
-        )
+    check_crop(transform.crop_size, image_size)
     for name, top in zip(ids, iie_max, strict=True):
         empty = (transform.anchors == "piecewise" and top < transform.d) or (
             transform.anchors == "exponential" and transform.gamma > 0 and top <= 0
@@ -276,16 +248,7 @@ def make_loader(
         import jax
 
         process_index, process_count = jax.process_index(), jax.process_count()
-    if global_batch_size < 1 or global_batch_size % process_count:
-        raise UserError(
-            f"batch size {global_batch_size} must be a positive multiple of the "
-            f"{process_count} processes"
-        )
-    if len(source) < global_batch_size:
-        raise UserError(
-            f"{len(source)} examples cannot fill batches of {global_batch_size}: "
-            "use a smaller batch size or more images"
-        )
+    check_batch(global_batch_size, len(source), process_count)
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # grain reads its absl flags; outside absl.app use defaults
     num_batches = None

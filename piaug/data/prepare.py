@@ -20,6 +20,7 @@ start from ``landmarks_original``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -31,8 +32,7 @@ from absl import logging
 from PIL import Image
 from tqdm import tqdm
 
-from piaug import info
-from piaug.data import ceph, hand
+from piaug import data, info
 from piaug.data.common import check_inside
 from piaug.errors import UserError
 
@@ -193,7 +193,7 @@ class _Builder(tfds.core.GeneratorBasedBuilder):
         return {TFDS_SPLIT: self._generate_examples()}
 
     def _generate_examples(self):
-        footprint = _footprint(self._footprint)
+        footprint = footprint_of(self._footprint)
         name = self._dataset.name
         for i, ex, iie in iie_examples(
             self._dataset, footprint, progress=f"prepare {name}: IIE {self._footprint}"
@@ -225,34 +225,41 @@ class _Builder(tfds.core.GeneratorBasedBuilder):
         )
 
 
-class PiaugCeph(_Builder):
-    """ISBI 2015 cephalometric radiographs (19 landmarks, 0.1 mm per pixel)."""
-
-    MANUAL_DOWNLOAD_INSTRUCTIONS = ceph.DOWNLOAD_INSTRUCTIONS
-
-
-class PiaugHand(_Builder):
-    """Digital Hand Atlas radiographs with Payer et al.'s 37 landmarks."""
-
-    MANUAL_DOWNLOAD_INSTRUCTIONS = hand.DOWNLOAD_INSTRUCTIONS
-
-
-class PiaugFolder(_Builder):
-    """A user's folder of images with ``landmarks.csv``."""
-
-
-class PiaugSynthetic(_Builder):
-    """The built-in synthetic X-ray-like set."""
+@functools.cache
+def builder_class(name: str) -> type[_Builder]:
+    """The TFDS builder of dataset ``name`` (``PiaugCeph`` for ``ceph``, ...), made once from
+    its registry entry (``piaug.data.DATASETS``): its description and download instructions."""
+    spec = data.spec(name)
+    return type(
+        "Piaug" + "".join(part.title() for part in name.split("_")),
+        (_Builder,),
+        {
+            "__doc__": spec.description,
+            "__module__": __name__,
+            "MANUAL_DOWNLOAD_INSTRUCTIONS": spec.instructions or None,
+        },
+    )
 
 
-_BUILDERS = {"ceph": PiaugCeph, "hand": PiaugHand, "folder": PiaugFolder}
+def check_image_size(image_size) -> tuple[int, int]:
+    """``config.data.image_size`` as ``(height, width)``; UserError unless both are >= 8."""
+    try:
+        size = tuple(int(s) for s in image_size)
+    except (TypeError, ValueError):
+        size = ()
+    if len(size) != 2 or min(size) < 8:
+        raise UserError(
+            f"config.data.image_size={tuple(image_size)}: need (height, width), each >= 8"
+        )
+    return size
 
 
-def _footprint(spec: str) -> np.ndarray:
+def footprint_of(spec: str, field: str = "config.info.footprint") -> np.ndarray:
+    """A footprint spec (``'disk(10)'``) as a boolean array; UserError naming ``field``."""
     try:
         return info.parse_footprint(spec)
     except ValueError as e:
-        raise UserError(f"config.info.footprint={spec!r}: {e}") from None
+        raise UserError(f"{field}={spec!r}: {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,15 +296,12 @@ def prepare(
       cache_dir: where prepared datasets live; ``default_cache_dir()`` when None.
       split: the name of the stored split (the reader's split).
     """
-    image_size = tuple(int(s) for s in image_size)
-    if len(image_size) != 2 or min(image_size) < 8:
-        raise UserError(f"config.data.image_size={image_size}: need (height, width), each >= 8")
-    _footprint(footprint)  # a bad spec fails before anything is written
+    image_size = check_image_size(image_size)
+    footprint_of(footprint)  # a bad spec fails before anything is written
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     settings = {"image_size": list(image_size), "footprint": footprint, "split": split}
     key = fingerprint(dataset, settings)
-    cls = _BUILDERS.get(dataset.name, PiaugSynthetic)
-    builder = cls(
+    builder = builder_class(dataset.name)(
         dataset=dataset,
         image_size=image_size,
         footprint=footprint,

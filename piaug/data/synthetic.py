@@ -49,7 +49,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LANDMARK_NAMES", "MAX_LANDMARKS", "SyntheticDataset", "generate"]
+from piaug.data.common import DatasetSpec, check_options, check_split
+from piaug.errors import UserError
+
+__all__ = ["LANDMARK_NAMES", "MAX_LANDMARKS", "SPEC", "SyntheticDataset", "generate", "load"]
 
 FOV_MM = 193.5
 MIN_SIZE = 64
@@ -664,3 +667,51 @@ class SyntheticDataset(Sequence):
             f"SyntheticDataset(num_images={self.num_images}, seed={self.seed}, "
             f"size={self.size}, num_landmarks={self.num_landmarks})"
         )
+
+
+NAME = "synthetic"
+SPLITS = ("train", "test")
+DEFAULTS: dict[str, Any] = {
+    "num_images": 32,
+    "seed": 0,
+    "size": (768, 768),  # original resolution (height, width)
+    "num_landmarks": 19,
+}
+
+
+def load(root: Any = None, split: str | None = None, **options: Any) -> SyntheticDataset:
+    """``num_images`` synthetic subjects; ``root`` is ignored (nothing is read). ``split``
+    picks a disjoint stream of subjects: ``train`` (default) uses ``seed``, ``test``
+    ``seed + 1``."""
+    del root
+    opts = check_options(NAME, options, DEFAULTS)
+    split = check_split(NAME, "train" if split is None else split, SPLITS)
+    try:
+        seed = int(opts["seed"])
+        ds = SyntheticDataset(
+            opts["num_images"],
+            seed=seed + (split == "test"),
+            size=tuple(opts["size"]),
+            num_landmarks=opts["num_landmarks"],
+        )
+    except (TypeError, ValueError) as e:
+        raise UserError(f"synthetic dataset: {e}") from None
+    ds.options = {
+        "split": split,
+        "num_images": ds.num_images,
+        "seed": seed,
+        "size": list(ds.size),
+        "num_landmarks": ds.num_landmarks,
+    }
+    return ds
+
+
+SPEC = DatasetSpec(
+    name=NAME,
+    load=load,
+    defaults={k: v for k, v in DEFAULTS.items() if k != "seed"},  # the seed is config.seed
+    train_split="train",
+    eval_split="test",
+    description="The built-in synthetic X-ray-like set.",
+    seeded=True,
+)
