@@ -91,12 +91,11 @@ def _rows(workdir):
 
 
 @pytest.fixture(scope="module")
-def cli_reference(tmp_path_factory):
+def cli_reference(tiny_run):
     """The baseline's 6 uninterrupted steps on one device, through the command line with the
-    slow tier's compiler flags: what the runs on other layouts must reproduce."""
-    workdir = tmp_path_factory.mktemp("reference")
-    _cli(workdir)
-    return workdir
+    session's compiler flags (the tiny run's ``checkpoints/`` and ``metrics.jsonl``): what the
+    runs on other layouts must reproduce."""
+    return tiny_run
 
 
 def test_pretrain_writes_checkpoints_and_metrics(tiny_run, tiny_config, logs):
