@@ -39,7 +39,6 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 PIAUG_DIR = "piaug"  # the piaug encoders' checkpoints/ and metrics.jsonl, inside the workdir
 FIGURES = "figures"
-ENCODER_NAMES = ("baseline", "piaug")  # in results.json, the baseline first
 # Fields that say how to run, not what the result is: they may change between calls.
 RUN_FIELDS = ("stages", "force")
 # Fields that only change evaluation: they may change on a call that only evaluates.
