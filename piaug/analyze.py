@@ -135,11 +135,14 @@ def _fractions(group_counts) -> dict[str, float]:
     return {name: int(c) / total for name, c in zip(info.GROUP_NAMES, group_counts, strict=True)}
 
 
-def info_statistics(examples: Iterable[dict], thresholds: tuple[float, float]) -> dict:
+def info_statistics(
+    examples: Iterable[dict], thresholds: tuple[float, float]
+) -> tuple[dict, np.ndarray]:
     """The statistics of ``info_stats.json`` over prepared examples (each with ``iie``,
     ``landmarks``, ``id``, ``original_size``, ``spacing``, in the training grid): the IIE
     histogram (``HIST_EDGES``, bits), the fraction of pixels per group, the IIE at the
-    landmarks (per landmark and per group), per image."""
+    landmarks (per landmark and per group), per image; and the ``(N, L)`` IIE at the
+    landmarks, unrounded (for the histogram figure)."""
     hist = np.zeros(len(HIST_EDGES) - 1, np.int64)
     group_counts = np.zeros(3, np.int64)
     per_image, landmark_iie = [], []
@@ -165,7 +168,7 @@ def info_statistics(examples: Iterable[dict], thresholds: tuple[float, float]) -
         )
     landmark_iie = np.stack(landmark_iie)
     landmark_groups = np.asarray(info.information_groups(landmark_iie, thresholds))
-    return {
+    stats = {
         "num_images": len(per_image),
         "iie_histogram": {"bin_edges": HIST_EDGES.round(6).tolist(), "counts": hist.tolist()},
         "group_fraction": _fractions(group_counts),
@@ -177,6 +180,7 @@ def info_statistics(examples: Iterable[dict], thresholds: tuple[float, float]) -
         },
         "per_image": per_image,
     }
+    return stats, landmark_iie
 
 
 def fig3_sampling(stats: dict, gammas, d: float, thresholds, path: Path, *, title: str) -> dict:

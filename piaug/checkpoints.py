@@ -3,8 +3,8 @@
 * ``Checkpoints``: the train state every ``every`` steps, restored onto a given sharding (so
   the device count may change); ``piaug.train`` uses it to save and resume.
 * ``restore_encoders(ckpt_dir, model)``: the two encoders' variables of a checkpoint, from its
-  folder and the model settings alone (the optimizer state is read from the folder's own
-  metadata and dropped): what matching, the estimate and downstream detectors need.
+  folder and the model settings alone (a partial restore: the optimizer state stays on
+  disk): what matching, the estimate and downstream detectors need.
 * ``image_encoder(ckpt_dir, model)``: the full-image encoder as a jitted ``images -> maps``.
 * ``run_encoders(workdir)``: every trained encoder of a run folder, from its ``config.json``
   alone (no ``configs/`` import).
@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -184,12 +185,9 @@ def image_encoder(
 
 def model_settings(config: dict) -> models.ModelSettings:
     """The model settings of a run's saved ``config.json`` (a plain dict)."""
-    fields = config.get("model", {})
-    return models.ModelSettings(
-        embedding=int(fields.get("embedding", 16)),
-        width=float(fields.get("width", 1.0)),
-        dtype=str(fields.get("dtype", "float32")),
-    )
+    saved = config.get("model", {})
+    names = [f.name for f in dataclasses.fields(models.ModelSettings)]
+    return models.ModelSettings(**{k: saved[k] for k in names if k in saved})
 
 
 def run_encoders(run_dir: str | Path) -> dict[str, Callable]:

@@ -106,7 +106,7 @@ def info_stage(config, workdir: Path, prepared: prepare.Prepared | None = None) 
     examples = (
         prepared.source[i] for i in tqdm(range(len(prepared)), desc="info: statistics", unit="img")
     )
-    computed = analyze.info_statistics(examples, thresholds)
+    computed, landmark_iie = analyze.info_statistics(examples, thresholds)
     stats = {
         "dataset": config.data.name,
         "prepared": str(prepared.path),
@@ -133,7 +133,6 @@ def info_stage(config, workdir: Path, prepared: prepare.Prepared | None = None) 
             figures / f"info_{name}.png",
             title=f"{name}  IIE {config.info.footprint}",
         )
-    landmark_iie = np.asarray([p["landmark_iie"] for p in stats["per_image"]])
     plots.iie_histogram(
         analyze.HIST_EDGES,
         np.asarray(stats["iie_histogram"]["counts"]),

@@ -44,7 +44,8 @@ def test_info_statistics_by_hand():
         "spacing": np.float32(0.5),
     }
     other = dict(example, iie=iie + 0.25, id=b"b")
-    stats = analyze.info_statistics([example, other], (2.0, 4.5))
+    stats, at_landmarks = analyze.info_statistics([example, other], (2.0, 4.5))
+    np.testing.assert_array_equal(at_landmarks, [[0.5, 7.5], [0.75, 7.75]])
     assert stats["num_images"] == 2
     assert sum(stats["iie_histogram"]["counts"]) == 12
     assert stats["group_fraction"] == pytest.approx(

@@ -236,7 +236,7 @@ def test_every_dataset_is_declared_once(tmp_path):
     for name, spec in data.DATASETS.items():
         config = defaults.base_config(name)
         options = config.data.options.to_dict()
-        assert options == {k: v for k, v in spec.defaults.items()}, name
+        assert options == spec.defaults, name
         assert (config.data.split, config.eval.split) == (spec.train_split, spec.eval_split)
         builder = prepare.builder_class(name)
         assert builder.__doc__ == spec.description and builder is prepare.builder_class(name)

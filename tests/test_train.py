@@ -180,10 +180,10 @@ def test_a_runs_encoders_are_restored_from_its_folder_alone(tiny_run):
     images = np.random.default_rng(0).uniform(0, 1, (8, 64, 64)).astype(np.float32)
     maps = encoders["piaug"](images)
     assert [m.shape for m in maps] == [(8, 64 // s, 64 // s, 8) for s in (32, 16, 8, 4, 2)]
-    variables = encoders["piaug"].args[0]  # image_encoder's: restore_encoders' "image"
-    assert set(variables) == {"params", "batch_stats"} and "rfb0" in variables["params"]
-    net, _ = models.ModelSettings(embedding=8, width=0.0625).encoders()  # configs/test.py's
-    np.testing.assert_allclose(jax.jit(net.apply)(variables, images)[0], maps[0], atol=1e-6)
+    model = models.ModelSettings(embedding=8, width=0.0625)  # configs/test.py's
+    variables = checkpoints.restore_encoders(tiny_run / "piaug" / "checkpoints", model)
+    assert set(variables) == {"image", "crop"} and "rfb0" in variables["image"]["params"]
+    _assert_trees_close(encoders["piaug"].args[0], variables["image"], rtol=0, atol=0)
     assert not np.allclose(maps[0], encoders["baseline"](images)[0])  # two encoder pairs
     with pytest.raises(UserError, match="does not fit this config's encoders"):
         checkpoints.restore_encoders(tiny_run / "checkpoints", models.ModelSettings(width=0.125))
