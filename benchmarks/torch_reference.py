@@ -35,6 +35,9 @@ def ch(c, width):
 
 
 class VGGFeatures(nn.Module):
+    """torchvision's vgg19 ``features`` (conv with bias, ReLU, max-pools), returning the five
+    pools; held as ``vgg.features`` like the authors' ``MyVgg``."""
+
     def __init__(self, width):
         super().__init__()
         layers, c_in = [], 3
@@ -55,49 +58,75 @@ class VGGFeatures(nn.Module):
         return pools
 
 
-def conv_bn(c_in, c_out, kernel=3, dilation=1, relu=True):
-    if isinstance(kernel, int):
-        kernel = (kernel, kernel)
-    padding = tuple(dilation * (k - 1) // 2 for k in kernel)
-    layers = [
-        nn.Conv2d(c_in, c_out, kernel, padding=padding, dilation=dilation, bias=False),
-        nn.BatchNorm2d(c_out),
-    ]
-    return nn.Sequential(*layers, *([nn.ReLU(inplace=True)] if relu else []))
+class DoubleConv(nn.Module):
+    """Two (3x3 conv with bias, BN, ReLU), as ``double_conv.{0,1,2,3,4,5}``."""
+
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.double_conv = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, padding=1),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x):
+        return self.double_conv(x)
 
 
 class Up(nn.Module):
     def __init__(self, c_in, c_out):
         super().__init__()
-        self.conv = nn.Sequential(conv_bn(c_in, c_out), conv_bn(c_out, c_out))
+        self.conv = DoubleConv(c_in, c_out)
 
     def forward(self, x, skip):
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
         return self.conv(torch.cat([skip, x], dim=1))
 
 
+class BasicConv2d(nn.Module):
+    """Conv (no bias) and BN, no ReLU."""
+
+    def __init__(self, c_in, c_out, kernel, dilation=1):
+        super().__init__()
+        if isinstance(kernel, int):
+            kernel = (kernel, kernel)
+        padding = tuple(dilation * (k - 1) // 2 for k in kernel)
+        self.conv = nn.Conv2d(c_in, c_out, kernel, padding=padding, dilation=dilation, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
 class RFB(nn.Module):
     def __init__(self, c):
         super().__init__()
-        self.branches = nn.ModuleList([conv_bn(c, c, 1, relu=False)])
-        for k in (3, 5, 7):
-            self.branches.append(
-                nn.Sequential(
-                    conv_bn(c, c, 1, relu=False),
-                    conv_bn(c, c, (1, k), relu=False),
-                    conv_bn(c, c, (k, 1), relu=False),
-                    conv_bn(c, c, 3, dilation=k, relu=False),
-                )
+        self.branch0 = nn.Sequential(BasicConv2d(c, c, 1))
+        for b, k in ((1, 3), (2, 5), (3, 7)):
+            branch = nn.Sequential(
+                BasicConv2d(c, c, 1),
+                BasicConv2d(c, c, (1, k)),
+                BasicConv2d(c, c, (k, 1)),
+                BasicConv2d(c, c, 3, dilation=k),
             )
-        self.fuse = conv_bn(4 * c, c, 3, relu=False)
-        self.residual = conv_bn(c, c, 1, relu=False)
+            setattr(self, f"branch{b}", branch)
+        self.conv_cat = BasicConv2d(4 * c, c, 3)
+        self.conv_res = BasicConv2d(c, c, 1)
 
     def forward(self, x):
-        fused = self.fuse(torch.cat([b(x) for b in self.branches], dim=1))
-        return F.relu(fused + self.residual(x))
+        branches = [getattr(self, f"branch{b}")(x) for b in range(4)]
+        return F.relu(self.conv_cat(torch.cat(branches, dim=1)) + self.conv_res(x))
 
 
 class Encoder(nn.Module):
+    """The CC2D encoder with the authors' module names (``vgg.features.N``,
+    ``upK.conv.double_conv.N``, ``non_local_{5,4,3}``, ``trans_{5..1}``), so that its
+    ``state_dict()`` is laid out as an authors' checkpoint (less ``up5``/``trans_0``, which
+    nothing uses)."""
+
     def __init__(self, width, embedding=16, rfb=True):
         super().__init__()
         self.vgg = VGGFeatures(width)
@@ -107,8 +136,12 @@ class Encoder(nn.Module):
         self.up3 = Up(c(128) + c(128), c(64))
         self.up4 = Up(c(64) + c(64), c(128))
         widths = [c(512), c(256), c(128), c(64), c(128)]
-        self.rfb = nn.ModuleList([RFB(w) for w in widths[:3]]) if rfb else None
-        self.heads = nn.ModuleList([nn.Conv2d(w, embedding, 1) for w in widths])
+        self.rfb = rfb
+        if rfb:
+            for level, w in zip((5, 4, 3), widths[:3], strict=True):
+                setattr(self, f"non_local_{level}", RFB(w))
+        for level, w in zip((5, 4, 3, 2, 1), widths, strict=True):
+            setattr(self, f"trans_{level}", nn.Conv2d(w, embedding, 1))
 
     def forward(self, x):
         x = x.expand(-1, 3, -1, -1)
@@ -118,14 +151,20 @@ class Encoder(nn.Module):
         u3 = self.up3(u2, f1)
         u4 = self.up4(u3, f0)
         inputs = [f4, u1, u2, u3, u4]
-        if self.rfb is not None:
-            inputs[:3] = [block(y) for block, y in zip(self.rfb, inputs[:3], strict=True)]
-        return [head(y) for head, y in zip(self.heads, inputs, strict=True)]
+        if self.rfb:
+            inputs[:3] = [
+                getattr(self, f"non_local_{level}")(y)
+                for level, y in zip((5, 4, 3), inputs[:3], strict=True)
+            ]
+        return [getattr(self, f"trans_{5 - i}")(y) for i, y in enumerate(inputs)]
 
 
-def info_nce(feats, crop_feats, anchors, crop_anchors, window=9):
+def info_nce(feats, crop_feats, anchors, crop_anchors, window=9, half_open=False):
+    """The clamped-cosine multi-scale InfoNCE; ``half_open`` windows [gt - w, gt + w) as the
+    authors' loss, else |d| <= w as piaug's default."""
     total = 0.0
     b = torch.arange(anchors.shape[0])
+    hi = window if half_open else window + 1
     for i, (f, g, s) in enumerate(zip(feats, crop_feats, STRIDES, strict=True)):
         h, w = f.shape[2:]
         target = torch.minimum(anchors // s, torch.tensor([h - 1, w - 1]))
@@ -134,11 +173,9 @@ def info_nce(feats, crop_feats, anchors, crop_anchors, window=9):
         sim = F.cosine_similarity(f, query[:, :, None, None], dim=1, eps=1e-3).clamp(0, 1)
         positive = sim[b, target[:, 0], target[:, 1]]
         if i > 0:
-            rows = torch.arange(h)[None, :, None]
-            cols = torch.arange(w)[None, None, :]
-            inside = ((rows - target[:, 0, None, None]).abs() <= window) & (
-                (cols - target[:, 1, None, None]).abs() <= window
-            )
+            dr = torch.arange(h)[None, :, None] - target[:, 0, None, None]
+            dc = torch.arange(w)[None, None, :] - target[:, 1, None, None]
+            inside = (dr >= -window) & (dr < hi) & (dc >= -window) & (dc < hi)
             sim = sim.masked_fill(~inside, float("-inf"))
         total = total + (torch.logsumexp(sim.flatten(1), dim=1) - positive).mean()
     return total

@@ -3,9 +3,12 @@ r"""ISBI 2015 cephalometric radiographs (19 landmarks, 0.1 mm per pixel), the pa
 python -m piaug.main --config=configs/ceph.py --workdir=runs/ceph \
     --config.data.dir=/path/to/ISBI2015
 
-The paper's settings: 384 x 384, 64 x 64 crops, batch 8, 400 epochs of the 150 training images,
-exponential weight map gamma 0.3, groups at 2 and 4.5 bits, alpha_hat 1, IIE over a disk of
-radius 10; one-shot matching evaluated on Test1 + Test2 (``--config.eval.split=test``).
+The paper's settings, as the authors' code runs them: 384 x 384, 64 x 64 crops, batch 8,
+400 epochs of 11 passes over the 150 training images (82,500 steps; their data loader lists
+each image 11 times), the learning rate x0.8 every 50 epochs, the half-open loss window
+[gt - 9, gt + 9) of their loss, exponential weight map gamma 0.3, groups at 2 and 4.5 bits,
+alpha_hat 1, IIE over a disk of radius 10; one-shot matching with bilinear upsampling of the
+similarity maps (their tester's), evaluated on Test1 + Test2 (``--config.eval.split=test``).
 
 The folder holds the challenge release (RawImage/ + AnnotationsByMD/), the jpg + csv layout
 (images/ + senior.csv, junior.csv) or the Kaggle mirror (cepha400/ + train_senior.csv, ...);
@@ -33,4 +36,7 @@ def cpu(config):
 def get_config(arg=None):
     config = defaults.base_config("ceph")
     config.augment.gamma = 0.3
+    config.train.epoch_passes = 11.0  # the authors' ceph_ssl datasets: num_repeat=10, 11 passes
+    config.loss.window_mode = "half_open"
+    config.eval.upsample = "bilinear"
     return ablations.apply(config, arg, {"cpu": cpu})

@@ -4,7 +4,9 @@ At each scale s (stride 32, 16, 8, 4, 2) the query is the crop encoder's feature
 (``crop_anchor // s``); its cosine with every cell of the full-image encoder's map, clamped to
 [0, 1] and divided by the temperature, are the logits of a cross-entropy whose target is the
 anchor's cell (``anchor // s``). The candidates are the whole map at the coarsest scale and a
-window of +-``window`` cells around the target at the finer ones (cut at the map's borders).
+window of +-``window`` cells around the target at the finer ones (cut at the map's borders):
+``closed``, ``|cell - target| <= window`` in rows and columns (2 window + 1 cells a side), or
+the authors' ``half_open``, ``target - window <= cell < target + window`` (2 window cells).
 The total is the sum over scales of the batch means. The positive similarity indicator (PSI) of
 the paper is the clamped cosine at the target.
 """
@@ -20,6 +22,8 @@ import jax.numpy as jnp
 from piaug.errors import require
 from piaug.models import STRIDES
 
+WINDOW_MODES = ("closed", "half_open")  # |d| <= window, or -window <= d < window (CC2D's)
+
 
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
@@ -28,10 +32,17 @@ class LossSettings:
     window: int = 9  # cells around the target at strides 16..2; the whole map at 32
     temperature: float = 1.0
     clamp: bool = True  # cosines clamped to [0, 1] before the softmax
+    window_mode: str = "closed"  # closed: |d| <= window; half_open: -window <= d < window
 
     def __post_init__(self):
         require(
             [
+                (
+                    "window_mode",
+                    self.window_mode,
+                    self.window_mode in WINDOW_MODES,
+                    f"use one of {', '.join(WINDOW_MODES)}",
+                ),
                 ("temperature", self.temperature, self.temperature > 0, "must be positive"),
                 ("window", self.window, self.window >= 0, "must be 0 or more cells"),
             ]
@@ -64,6 +75,7 @@ def pixel_info_nce(
     window: int | None = None,
     temperature: float = 1.0,
     clamp: bool = True,
+    window_mode: str = "closed",
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """InfoNCE of one scale, per example.
 
@@ -75,6 +87,8 @@ def pixel_info_nce(
       stride: the maps' stride in pixels.
       window: candidates are the cells within +-window of the target (rows and columns); None
         uses the whole map.
+      window_mode: ``closed`` (``|d| <= window``) or ``half_open`` (``-window <= d < window``,
+        the authors').
       temperature: logits are similarities / temperature.
       clamp: clamp the cosines to [0, 1] (CC2D) before the softmax.
 
@@ -100,11 +114,12 @@ def pixel_info_nce(
     logits = sim / temperature
     positive = logits[b, target[:, 0], target[:, 1]]
     if window is not None:
-        rows = jnp.arange(sim.shape[1])[None, :, None]
-        cols = jnp.arange(sim.shape[2])[None, None, :]
-        inside = (jnp.abs(rows - target[:, 0, None, None]) <= window) & (
-            jnp.abs(cols - target[:, 1, None, None]) <= window
-        )
+        if window_mode not in WINDOW_MODES:
+            raise ValueError(f"window_mode must be one of {WINDOW_MODES}, got {window_mode!r}")
+        hi = window + 1 if window_mode == "closed" else window
+        dr = jnp.arange(sim.shape[1])[None, :, None] - target[:, 0, None, None]
+        dc = jnp.arange(sim.shape[2])[None, None, :] - target[:, 1, None, None]
+        inside = (dr >= -window) & (dr < hi) & (dc >= -window) & (dc < hi)
         logits = jnp.where(inside, logits, -jnp.inf)
     normaliser = jax.nn.logsumexp(logits.reshape(logits.shape[0], -1), axis=-1)
     return normaliser - positive, sim[b, target[:, 0], target[:, 1]]
@@ -120,6 +135,7 @@ def multiscale_info_nce(
     window: int | None = 9,
     temperature: float = 1.0,
     clamp: bool = True,
+    window_mode: str = "closed",
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """The CC2D loss over all scales, per example and scale.
 
@@ -146,6 +162,7 @@ def multiscale_info_nce(
             window=None if i == 0 else window,
             temperature=temperature,
             clamp=clamp,
+            window_mode=window_mode,
         )
         losses.append(loss)
         psis.append(psi)

@@ -61,6 +61,30 @@ def test_window_is_square_in_two_dimensions():
     assert loss == pytest.approx(np.log(25), rel=1e-6)
 
 
+def test_half_open_window_is_the_authors():
+    """[gt - w, gt + w): 2w cells a side, one fewer after the target than before it."""
+    image = jnp.zeros((1, 7, 7, 2)).at[..., 1].set(1.0)  # every cosine 0 with the query
+    crop = _row([1.0, 0.0])
+    loss, _ = _nce(image, crop, (3, 3), window=2, window_mode="half_open")  # rows/cols 1..4
+    assert loss == pytest.approx(np.log(16), rel=1e-6)
+    loss, _ = _nce(image, crop, (3, 3), window=2)  # closed: rows/cols 1..5
+    assert loss == pytest.approx(np.log(25), rel=1e-6)
+    loss, _ = _nce(image, crop, (0, 6), window=2, window_mode="half_open")  # rows 0-1, cols 4-6
+    assert loss == pytest.approx(np.log(6), rel=1e-6)
+    # One row: a positive 1 at cell 2 and cosine 1/sqrt(2) at cells 0 and 4; the half-open
+    # window of 2 holds cells 0..3, so cell 4 is no candidate.
+    row = _row([1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0])
+    c = 1 / np.sqrt(2)
+    loss, _ = _nce(row, crop, (0, 2), window=2, window_mode="half_open")
+    assert loss == pytest.approx(-1 + np.log(np.e + np.exp(c) + 2), rel=1e-6)
+    loss, _ = _nce(row, crop, (0, 2), window=2)
+    assert loss == pytest.approx(-1 + np.log(np.e + 2 * np.exp(c) + 2), rel=1e-6)
+    with pytest.raises(ValueError, match="window_mode"):
+        _nce(row, crop, (0, 2), window=2, window_mode="open")
+    with pytest.raises(ValueError, match="window_mode='open'"):
+        losses.LossSettings(window_mode="open")
+
+
 def test_cells_come_from_the_stride_and_the_crop_position():
     image = jnp.zeros((1, 2, 3, 2)).at[0, 1, 2].set(jnp.asarray([1.0, 0.0]))
     image = image.at[0, 0, 0].set(jnp.asarray([0.0, 1.0]))

@@ -146,20 +146,46 @@ def test_missing_key(state):
     assert "my_vgg.npz" in str(err.value) and "no batch norm" in str(err.value)
 
 
-def test_vgg19_bn_is_refused():
-    """vgg19_bn: conv, BatchNorm, ReLU per layer, so the indices move (shapes only, no memory)."""
+def vgg19_bn_state(seed: int = 0) -> dict[str, np.ndarray]:
+    """torchvision's ``vgg19_bn().state_dict()`` layout (conv, BatchNorm, ReLU per layer, so
+    the indices move), seeded random values."""
+    rng = np.random.default_rng(seed)
     bn, index, cin = {}, 0, 3
     for item in models.VGG19:
         if item == "M":
             index += 1
             continue
-        bn[f"features.{index}.weight"] = np.broadcast_to(np.float32(0), (item, cin, 3, 3))
-        bn[f"features.{index}.bias"] = np.zeros(item, np.float32)
+        bn[f"features.{index}.weight"] = rng.standard_normal((item, cin, 3, 3), np.float32)
+        bn[f"features.{index}.bias"] = rng.standard_normal(item, np.float32)
         for part in ("weight", "bias", "running_mean", "running_var"):
-            bn[f"features.{index + 1}.{part}"] = np.zeros(item, np.float32)
+            bn[f"features.{index + 1}.{part}"] = rng.uniform(0.5, 1.5, item).astype(np.float32)
         index, cin = index + 3, item
-    with pytest.raises(UserError, match="features.2.weight is missing .*vgg19_bn"):
+    return bn
+
+
+def test_vgg19_bn_loads_into_the_batch_norm_backbone_only():
+    bn = vgg19_bn_state()
+    with pytest.raises(UserError, match="features.2.weight is missing .*vgg19_bn.*norm=batch"):
         pretrained.vgg_params(bn)
+    loaded = pretrained.vgg_variables(bn, batch_norm=True)
+    expected = jax.eval_shape(
+        lambda: models.VGGFeatures(width=1, norm="batch").init(
+            jax.random.key(0), jnp.zeros((1, 32, 32, 3))
+        )
+    )
+    for kind in ("params", "batch_stats"):
+        assert jax.tree.map(np.shape, loaded[kind]) == jax.tree.map(
+            lambda s: s.shape, dict(expected[kind])
+        ), kind
+    assert np.array_equal(loaded["params"]["features_1"]["scale"], bn["features.1.weight"])
+    assert np.array_equal(
+        loaded["batch_stats"]["features_50"]["var"], bn["features.50.running_var"]
+    )
+    assert np.array_equal(
+        loaded["params"]["features_49"]["kernel"], bn["features.49.weight"].transpose(2, 3, 1, 0)
+    )
+    with pytest.raises(UserError, match="looks like vgg19, without batch norm.*norm=none"):
+        pretrained.vgg_variables(torchvision_state(), batch_norm=True)
 
 
 def test_wrong_shape(state):
