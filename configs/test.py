@@ -26,5 +26,7 @@ def get_config(arg=None):
     config.eval.salient_points = 8
     config.eval.salient_distance = 4
     config.eval.num_overlays = 2
+    config.eval.every = 3  # the probe at steps 0, 3 and 6
+    config.eval.probe_images = 2
     config.analyze.footprints = ("disk(3)", "disk(8)")  # Fig. 7 at the tiny images' scale
     return ablations.apply(config, arg)

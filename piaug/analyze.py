@@ -18,7 +18,8 @@ with a log line) and writes the numbers they return to ``info_stats.json`` and
   template-to-image MI per group, from ``augment.json``, targets marked.
 * Fig. 7 (``fig7_footprints``), ``figures/footprints.png``: IIE maps of one image (original
   resolution) under each footprint.
-* ``read_losses``: a ``metrics.jsonl``'s loss curve (``figures/loss_curves.png``).
+* ``read_curve``: a ``metrics.jsonl``'s loss or probe curve (``figures/loss_curves.png``,
+  ``figures/probe_curve.png``).
 """
 
 from __future__ import annotations
@@ -122,12 +123,14 @@ def sampling_weights(centers, gammas, d: float) -> dict[str, np.ndarray]:
     return out
 
 
-def read_losses(path: Path) -> tuple[list, list] | None:
-    """``(steps, losses)`` of a ``metrics.jsonl``, None when there is none."""
+def read_curve(path: Path, key: str = "loss") -> tuple[list, list] | None:
+    """``(steps, values)`` of ``key`` in a ``metrics.jsonl`` (the rows that hold it: the
+    probe's rows, ``probe_*``, are apart from the training rows), None when there is none."""
     if not path.exists():
         return None
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r["step"] for r in rows], [r["loss"] for r in rows]
+    rows = [r for r in rows if key in r]
+    return ([r["step"] for r in rows], [r[key] for r in rows]) if rows else None
 
 
 def _fractions(group_counts) -> dict[str, float]:

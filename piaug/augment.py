@@ -143,39 +143,61 @@ class GroupJitter:
         return float(b), float(c), bool(rng.integers(2))
 
 
-def crop_position(rng: np.random.Generator, anchor, crop_size: int, image_shape) -> np.ndarray:
+def crop_position(
+    rng: np.random.Generator, anchor, crop_size: int, image_shape, *, grid: int = 0
+) -> np.ndarray:
     """Where the anchor sits in a crop drawn uniformly among the crops that contain it.
 
     The crop is ``crop_size`` square and lies inside the image; its corner is uniform among the
-    corners that keep ``anchor`` (row, col) inside it. Returns the anchor's (row, col) in the crop.
+    corners that keep ``anchor`` (row, col) inside it; with ``grid`` > 0, among those on
+    multiples of ``grid`` pixels (so the crop's cells at every stride dividing ``grid`` are the
+    image's cells: the anchor sits at the same place in its cell of both views; where no such
+    corner keeps the anchor inside, the nearest valid corner is used). Returns the anchor's
+    (row, col) in the crop.
     """
     pos = []
     for a, n in zip(anchor, image_shape, strict=True):
         lo, hi = max(0, int(a) - crop_size + 1), min(int(a), n - crop_size)
+        if grid > 0:
+            first, last = -(-lo // grid), hi // grid
+            if first <= last:
+                pos.append(int(a) - grid * int(rng.integers(first, last + 1)))
+                continue
         pos.append(int(a) - int(rng.integers(lo, hi + 1)))
     return np.asarray(pos, np.int64)
 
 
-def rotation_coordinates(anchor, crop_anchor, crop_size: int, angle_deg: float) -> np.ndarray:
+def rotation_coordinates(
+    anchor, crop_anchor, crop_size: int, angle_deg: float, scale: float = 1.0
+) -> np.ndarray:
     """Source (row, col) in the image of every crop pixel: ``(2, crop_size, crop_size)``.
 
-    Crop pixel ``p`` shows image point ``anchor + R(angle) (p - crop_anchor)``, so
+    Crop pixel ``p`` shows image point ``anchor + R(angle) (p - crop_anchor) / scale``, so
     ``crop_anchor`` shows ``anchor`` exactly. A positive angle turns the content
-    counter-clockwise on screen (rows grow downwards).
+    counter-clockwise on screen (rows grow downwards); ``scale`` > 1 enlarges it.
     """
     t = np.deg2rad(angle_deg)
     cos, sin = np.cos(t), np.sin(t)
     d = np.indices((crop_size, crop_size), dtype=np.float64)
     d -= np.asarray(crop_anchor, np.float64)[:, None, None]
+    d /= scale
     rows = anchor[0] + cos * d[0] + sin * d[1]
     cols = anchor[1] - sin * d[0] + cos * d[1]
     return np.stack([rows, cols])
 
 
 def rotated_crop(
-    image: np.ndarray, anchor, crop_anchor, crop_size: int, angle_deg: float, *, order: int = 3
+    image: np.ndarray,
+    anchor,
+    crop_anchor,
+    crop_size: int,
+    angle_deg: float,
+    *,
+    order: int = 3,
+    scale: float = 1.0,
 ) -> np.ndarray:
-    """The crop around ``anchor`` rotated by ``angle_deg``, float32 in [0, 1].
+    """The crop around ``anchor`` rotated by ``angle_deg`` (and enlarged ``scale`` times about
+    the anchor), float32 in [0, 1].
 
     Args:
       image: ``(H, W)`` float image in [0, 1] (or uint8, scaled by 1/255).
@@ -191,7 +213,7 @@ def rotated_crop(
     """
     if image.dtype == np.uint8:
         image = image.astype(np.float32) / 255.0
-    coords = rotation_coordinates(anchor, crop_anchor, crop_size, angle_deg)
+    coords = rotation_coordinates(anchor, crop_anchor, crop_size, angle_deg, scale)
     # Interpolate on a window around the sampled points only: the spline prefilter of the whole
     # image would cost more than the crop itself.
     lo = np.floor(coords.reshape(2, -1).min(1)).astype(int) - _SPLINE_MARGIN

@@ -148,6 +148,16 @@ def anchor_crop(
         raise UserError(
             f"config.augment.anchors={cfg.anchors!r}: choose one of {input_pipeline.ANCHORS}"
         )
+    if int(cfg.crop_grid) < 0 or int(cfg.crop_grid) > int(config.data.crop_size):
+        raise UserError(
+            f"config.augment.crop_grid={cfg.crop_grid}: give 0 (crops anywhere) or a step in "
+            f"pixels up to the crop size {config.data.crop_size} (e.g. 32, the coarsest stride)"
+        )
+    if not float(cfg.max_scale) >= 1.0:
+        raise UserError(
+            f"config.augment.max_scale={cfg.max_scale}: give 1 (no scaling) or more; the "
+            "factor is drawn in [1 / max_scale, max_scale]"
+        )
     path = cfg.ranges_file or (estimate_file if cfg.estimated else None)
     if cfg.continuous and not cfg.ranges_file and not cfg.estimated:
         raise UserError(
@@ -175,6 +185,8 @@ def anchor_crop(
         continuous=bool(cfg.continuous) and jitter.centers is not None,
         max_rotation=float(cfg.max_rotation),
         order=int(cfg.rotation_order),
+        max_scale=float(cfg.max_scale),
+        crop_grid=int(cfg.crop_grid),
     )
 
 
@@ -211,6 +223,10 @@ def check(config, stages: Sequence[str] = STAGES) -> None:
     if config.eval.upsample not in matching.UPSAMPLING:
         raise UserError(
             f"config.eval.upsample={config.eval.upsample!r}: use one of {matching.UPSAMPLING}"
+        )
+    if config.eval.combine not in matching.COMBINE:
+        raise UserError(
+            f"config.eval.combine={config.eval.combine!r}: use one of {matching.COMBINE}"
         )
     estimate_settings(config)
     for spec in config.analyze.footprints:

@@ -59,6 +59,12 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     config.augment.ranges_file = ""  # an augment.json to use instead (ranges per group)
     config.augment.max_rotation = 20.0  # degrees
     config.augment.rotation_order = 3  # spline order of the rotation (3: cubic)
+    # The crop also scaled about its anchor by a factor log-uniform in [1/max_scale, max_scale]:
+    # 1 is the paper's (none); e.g. 1.25 for training from scratch across subjects' sizes.
+    config.augment.max_scale = 1.0
+    # Crop corners on multiples of crop_grid pixels (32: the crop's cells are the image's at
+    # every stride, so the positive cell shows the same anatomy); 0 is the paper's (anywhere).
+    config.augment.crop_grid = 0
 
     # The CC2D encoders (DESIGN.md 1): F on the whole image (RFB blocks), F' on the crop.
     config.model = ml_collections.ConfigDict()
@@ -66,21 +72,31 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     config.model.width = 1.0  # channel multiplier (1: VGG19's; ImageNet weights need 1)
     config.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (mixed precision)
     config.model.pretrained = ""  # torchvision vgg19 state dict (.pth, .npz, .safetensors)
+    # The backbone's normalisation after each conv: none (the paper's VGG19) | batch
+    # (torchvision's vgg19_bn layout) | group; for training from scratch.
+    config.model.norm = "none"
 
     # The multi-scale pixel InfoNCE: the whole map at stride 32, +-window cells at 16..2.
     config.loss = ml_collections.ConfigDict()
     config.loss.temperature = 1.0
     config.loss.window = 9
     config.loss.clamp = True  # cosines clamped to [0, 1] before the softmax
+    # The window's cells: closed |d| <= window (2 window + 1 a side) | half_open
+    # -window <= d < window (2 window a side, the authors' code: the paper configs use it).
+    config.loss.window_mode = "closed"
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 8  # global: split across hosts and devices
     config.train.epochs = 400
+    # Passes over the training images in one epoch: the authors' data loaders list each image
+    # several times (ceph 11, hand 6), so their "400 epochs" are 400 x 11 passes.
+    config.train.epoch_passes = 1.0
     config.train.steps = 0  # if > 0, the number of steps (instead of epochs)
     config.train.lr = 1e-4  # Adam, one per encoder
     config.train.weight_decay = 1e-4  # added to the gradient, as PyTorch's Adam does
     config.train.lr_decay = 0.8  # the learning rate times lr_decay every lr_decay_epochs
     config.train.lr_decay_epochs = 50
+    config.train.warmup_steps = 0  # linear warm-up of the learning rate from 0
     config.train.checkpoint_every = 500  # steps
     config.train.keep_checkpoints = 2
     config.train.log_every = 10  # steps between metrics.jsonl rows
@@ -105,8 +121,16 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     config.eval.border = 0.1  # ... outside this fraction of the grid at each side
     config.eval.upsample = "nearest"  # nearest | bilinear: similarity maps to the grid
     config.eval.subpixel = False  # parabolic refinement of each peak
+    # How the scales' cosine maps combine: product (of cosines clamped to [0, 1], CC2D's) |
+    # sum (unclamped; for encoders trained with loss.clamp=False).
+    config.eval.combine = "product"
     config.eval.batch_size = 8
     config.eval.num_overlays = 4  # figures/overlay_*.png of predicted vs true landmarks
+    # The learning monitor (piaug.probe): every `every` training steps (0: never), one-shot
+    # matching of the template (eval.template, else the split's typical image by its labels)
+    # into the first probe_images images of eval.split; probe_mre_mm in metrics.jsonl.
+    config.eval.every = 500
+    config.eval.probe_images = 16
 
     # The paper's analysis figures (the analyze stage) from the run's artefacts.
     config.analyze = ml_collections.ConfigDict()

@@ -245,6 +245,7 @@ def estimate(
     upsample: str = "nearest",
     batch_size: int = 8,
     seed: int = 0,
+    combine: str = "product",
 ) -> dict:
     """The augmentation ranges of every information group (Eq. 10).
 
@@ -260,7 +261,7 @@ def estimate(
       alpha: alpha_hat, the target's multiple of the mean MI.
       max_steps: the most steps grown upwards (brightness 1 + 0.03 s, contrast 1 + 0.04 s).
       estimator: 'joint' (Eq. 3) or 'count_vector' (the authors' release).
-      upsample, batch_size: of the matching.
+      upsample, batch_size, combine: of the matching.
       seed: of the key points.
 
     Returns:
@@ -286,7 +287,7 @@ def estimate(
         raise ValueError("the template has no pixel far enough from the border for a patch")
     vectors = matching.template_vectors([f[template] for f in features], points)
     found = matching.match_all(
-        features, vectors, size=size, batch_size=batch_size, upsample=upsample
+        features, vectors, size=size, batch_size=batch_size, upsample=upsample, combine=combine
     )
     found[template] = points  # the template's own points are the key points themselves
     t_match = time.perf_counter()

@@ -39,8 +39,9 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 PIAUG_DIR = "piaug"  # the piaug encoders' checkpoints/ and metrics.jsonl, inside the workdir
 FIGURES = "figures"
-# Fields that say how to run, not what the result is: they may change between calls.
-RUN_FIELDS = ("stages", "force")
+# Fields that say how to run or what to watch, not what the result is: they may change between
+# calls (a section's name covers all its fields).
+RUN_FIELDS = ("stages", "force", "eval.every", "eval.probe_images")
 # Fields that only change evaluation: they may change on a call that only evaluates.
 EVAL_FIELDS = ("eval",)
 
@@ -80,7 +81,7 @@ def changed_fields(saved: dict, current: dict, *, ignore=RUN_FIELDS) -> dict[str
     return {
         k: (old.get(k), new.get(k))
         for k in sorted(set(old) | set(new))
-        if k.split(".")[0] not in ignore and old.get(k) != new.get(k)
+        if k.split(".")[0] not in ignore and k not in ignore and old.get(k) != new.get(k)
     }
 
 
@@ -123,7 +124,7 @@ def eval_tag(saved: dict, current: dict) -> str:
     """'' when ``current``'s ``eval`` fields are the run's saved ones, else a name of the
     differing fields and values (``split-test1.upsample-bilinear``) for its results file."""
     changed = changed_fields(
-        {"eval": saved.get("eval", {})}, {"eval": current.get("eval", {})}, ignore=()
+        {"eval": saved.get("eval", {})}, {"eval": current.get("eval", {})}, ignore=RUN_FIELDS
     )
     parts = []
     for key, (_, value) in changed.items():

@@ -1,10 +1,14 @@
 """One-shot landmark matching with the full-image encoder (DESIGN.md 1, the paper's Eq. 4).
 
 For each landmark of a template image, its feature vector at every scale; for a query image, at
-each scale the cosine map between that vector and the query's features, clamped to [0, 1] and
-upsampled to the input size (nearest: each cell repeated ``stride`` times, or bilinear); the
-product over scales; the prediction is its argmax (optionally refined to sub-pixel precision
-by a parabola through the peak and its neighbours in each axis).
+each scale the cosine map between that vector and the query's features, upsampled to the input
+size (nearest: each cell repeated ``stride`` times, or bilinear) and combined over scales: the
+``product`` of the cosines clamped to [0, 1] (CC2D's), or their ``sum`` (unclamped: the log of
+the product of the InfoNCE's ``exp(cosine / temperature)`` over scales, whatever the
+temperature, so it suits encoders trained without the clamp, whose cosines at a true match in
+another image are often negative at some scale and zero the product there); the prediction is
+its argmax (optionally refined to sub-pixel precision by a parabola through the peak and its
+neighbours in each axis).
 
 ``choose_template`` picks the template without labels, in the spirit of the paper's policy
 ("which images to label"): salient points of each candidate (local maxima of its IIE map, away
@@ -29,6 +33,7 @@ from piaug.losses import cell, cosine
 from piaug.models import STRIDES
 
 UPSAMPLING = ("nearest", "bilinear")
+COMBINE = ("product", "sum")  # of the scales' similarity maps
 
 
 def template_vectors(
@@ -59,26 +64,31 @@ def similarity(
     size: tuple[int, int],
     strides: Sequence[int] = STRIDES,
     upsample: str = "nearest",
-    clamp: bool = True,
+    combine: str = "product",
 ) -> jnp.ndarray:
-    """The ``(B, L, H, W)`` product over scales of each template vector's cosine map.
+    """The ``(B, L, H, W)`` product (or sum) over scales of each template vector's cosine map.
 
     Args:
       query_features: per scale, ``(B, h, w, E)`` maps of B query images.
       templates: per scale, ``(L, E)`` template vectors (``template_vectors``).
       size: the input grid ``(H, W)``.
       upsample: 'nearest' (each cell covers its stride x stride pixels) or 'bilinear'.
-      clamp: clamp the cosines to [0, 1] before the product (CC2D).
+      combine: 'product' of the cosines clamped to [0, 1] (CC2D) or 'sum' of the cosines.
     """
     if upsample not in UPSAMPLING:
         raise ValueError(f"upsample must be one of {UPSAMPLING}, got {upsample!r}")
+    if combine not in COMBINE:
+        raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
     total = None
     for f, t, s in zip(query_features, templates, strides, strict=True):
         sim = cosine(f[:, None], t[None, :, None, None, :])  # (B, L, h, w)
-        if clamp:
+        if combine == "product":
             sim = jnp.clip(sim, 0.0, 1.0)
         sim = _upsample(sim, s, size, upsample)
-        total = sim if total is None else total * sim
+        if total is None:
+            total = sim
+        else:
+            total = total * sim if combine == "product" else total + sim
     return total
 
 
@@ -117,11 +127,12 @@ def match(
     strides: Sequence[int] = STRIDES,
     upsample: str = "nearest",
     subpixel: bool = False,
+    combine: str = "product",
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Predicted points ``(B, L, 2)`` (row, col) and their scores ``(B, L)`` (the maximum of
-    the product map). Integer pixels unless ``subpixel``.
+    the combined map, ``similarity``). Integer pixels unless ``subpixel``.
 
-    With nearest upsampling and no refinement the product map is constant on the finest
+    With nearest upsampling and no refinement the combined map is constant on the finest
     stride's cells, so it is formed at that stride (a quarter of the pixels at stride 2) and
     the peak mapped to its cell's first pixel: the same point and score as at full size.
     """
@@ -131,11 +142,18 @@ def match(
         coarse = [s // finest for s in strides]
         if all(c * finest == s for c, s in zip(coarse, strides, strict=True)):
             maps = similarity(
-                query_features, templates, size=cells, strides=coarse, upsample="nearest"
+                query_features,
+                templates,
+                size=cells,
+                strides=coarse,
+                upsample="nearest",
+                combine=combine,
             )
             peaks, scores = _peaks(maps)
             return peaks * finest, scores
-    maps = similarity(query_features, templates, size=size, strides=strides, upsample=upsample)
+    maps = similarity(
+        query_features, templates, size=size, strides=strides, upsample=upsample, combine=combine
+    )
     peaks, scores = _peaks(maps)
     if subpixel:
         return refine(maps, peaks), scores
@@ -144,7 +162,7 @@ def match(
 
 # One compiled program per shape and setting, shared by every caller (template choice, the
 # estimate, evaluation of each encoder) instead of one per call.
-_match_jit = jax.jit(match, static_argnames=("size", "strides", "upsample", "subpixel"))
+_match_jit = jax.jit(match, static_argnames=("size", "strides", "upsample", "subpixel", "combine"))
 
 
 def _peaks(maps: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -185,6 +203,7 @@ def choose_template(
     strides: Sequence[int] = STRIDES,
     upsample: str = "nearest",
     batch_size: int = 8,
+    combine: str = "product",
 ) -> tuple[int, np.ndarray]:
     """The candidate whose salient points match most confidently into the other images.
 
@@ -195,7 +214,7 @@ def choose_template(
 
     Returns:
       ``(index, scores)``: the chosen image and every candidate's score, the mean over its
-      points and the other images of the maximum of the product similarity map.
+      points and the other images of the maximum of the combined similarity map.
     """
     features = [jnp.asarray(f) for f in features]  # once: every candidate reads them all
     n = features[0].shape[0]
@@ -205,7 +224,7 @@ def choose_template(
     size, strides = tuple(size), tuple(strides)
 
     def score(f, t):
-        return _match_jit(f, t, size=size, strides=strides, upsample=upsample)[1]
+        return _match_jit(f, t, size=size, strides=strides, upsample=upsample, combine=combine)[1]
 
     def candidate(i: int) -> float:
         p = np.asarray(points[i]).reshape(-1, 2)
@@ -261,9 +280,10 @@ def match_all(
     batch_size: int = 8,
     upsample: str = "nearest",
     subpixel: bool = False,
+    combine: str = "product",
 ) -> np.ndarray:
     """``match`` over all images of ``features`` in batches: ``(N, L, 2)`` (row, col)."""
-    kw = {"size": tuple(size), "upsample": upsample, "subpixel": subpixel}
+    kw = {"size": tuple(size), "upsample": upsample, "subpixel": subpixel, "combine": combine}
     n = features[0].shape[0]
     out = [
         np.asarray(_match_jit([f[i : i + batch_size] for f in features], templates, **kw)[0])
@@ -282,6 +302,7 @@ def predict(
     batch_size: int = 8,
     upsample: str = "nearest",
     subpixel: bool = False,
+    combine: str = "product",
 ) -> np.ndarray:
     """One-shot landmarks of ``images`` ``(N, H, W)`` uint8 with one encoder (``apply_fn``,
     images -> maps) from one annotated template: ``template_points`` ``(L, 2)`` (row, col) in
@@ -290,6 +311,12 @@ def predict(
     vectors = template_vectors(template_features, template_points)
     features = encode(apply_fn, images, batch_size=batch_size)
     found = match_all(
-        features, vectors, size=size, batch_size=batch_size, upsample=upsample, subpixel=subpixel
+        features,
+        vectors,
+        size=size,
+        batch_size=batch_size,
+        upsample=upsample,
+        subpixel=subpixel,
+        combine=combine,
     )
     return found[..., ::-1]

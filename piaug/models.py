@@ -7,6 +7,12 @@
 ``piaug.pretrained`` loads its ImageNet weights, whose keys name the layers here: ``features_0``
 is torchvision's ``features.0``).
 
+``norm`` adds a normalisation after every backbone convolution, for training from scratch
+(a plain VGG19 hardly learns from random weights): ``none`` is the paper's (and torchvision's
+``vgg19``), ``batch`` torchvision's ``vgg19_bn`` layout (conv ``features_N``, batch norm
+``features_{N+1}``, so its ImageNet file loads too), ``group`` a group norm of
+``group_count(channels)`` groups (no batch statistics).
+
 Inputs are grayscale in [0, 1], ``(B, H, W)`` or ``(B, H, W, 1)``, replicated to the three
 channels VGG expects (no ImageNet mean/std, as in CC2D). H and W must be multiples of 32.
 """
@@ -26,6 +32,7 @@ from piaug.errors import require
 VGG19 = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M")
 VGG19 += (512, 512, 512, 512, "M")
 STRIDES = (32, 16, 8, 4, 2)  # of the five outputs, coarse to fine
+NORMS = ("none", "batch", "group")  # the backbone's normalisation after each conv
 ENCODERS = ("image", "crop")  # F (the whole image, RFB blocks) and F' (the augmented crop)
 
 
@@ -55,35 +62,55 @@ def upsample2x(x: jnp.ndarray) -> jnp.ndarray:
     return jnp.einsum("ih,jw,bhwc->bijc", rows, cols, x)
 
 
+def group_count(c: int) -> int:
+    """Groups of the ``group`` norm for ``c`` channels: 32 as is usual, fewer when ``c`` is
+    small (the largest power of two dividing ``c`` and at most ``c // 2``, at least 1)."""
+    g = 32
+    while g > 1 and (c % g or c // g < 2):
+        g //= 2
+    return g
+
+
 class VGGFeatures(nn.Module):
-    """VGG19 (configuration E, no batch norm): the outputs of its five max-pools
-    (64 channels at stride 2, 128 at 4, 256 at 8, 512 at 16, 512 at 32, times ``width``)."""
+    """VGG19 (configuration E): the outputs of its five max-pools (64 channels at stride 2,
+    128 at 4, 256 at 8, 512 at 16, 512 at 32, times ``width``); ``norm`` after each conv."""
 
     width: float = 1.0
     dtype: jnp.dtype = jnp.float32
+    norm: str = "none"
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, train: bool = False):
         pools = []
-        for index, layer in torchvision_layers():
+        for index, layer in torchvision_layers(self.norm == "batch"):
             if layer == "M":
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
                 pools.append(x)
-            else:
-                conv = nn.Conv(
-                    channels(layer, self.width), (3, 3), dtype=self.dtype, name=f"features_{index}"
-                )
-                x = nn.relu(conv(x))
+                continue
+            c = channels(layer, self.width)
+            x = nn.Conv(c, (3, 3), dtype=self.dtype, name=f"features_{index}")(x)
+            if self.norm == "batch":
+                x = nn.BatchNorm(
+                    use_running_average=not train,
+                    momentum=0.9,
+                    epsilon=1e-5,
+                    dtype=self.dtype,
+                    name=f"features_{index + 1}",
+                )(x)
+            elif self.norm == "group":
+                x = nn.GroupNorm(group_count(c), dtype=self.dtype, name=f"norm_{index}")(x)
+            x = nn.relu(x)
         return pools
 
 
-def torchvision_layers() -> list[tuple[int, int | str]]:
+def torchvision_layers(batch_norm: bool = False) -> list[tuple[int, int | str]]:
     """VGG19's layers as (index in torchvision's ``features``, channels or "M"); each conv
-    there is followed by a ReLU that takes an index of its own."""
+    there is followed by a ReLU that takes an index of its own (and, in ``vgg19_bn``, by a
+    batch norm before it)."""
     layers, index = [], 0
     for item in VGG19:
         layers.append((index, item))
-        index += 1 if item == "M" else 2
+        index += 1 if item == "M" else 3 if batch_norm else 2
     return layers
 
 
@@ -156,6 +183,7 @@ class Encoder(nn.Module):
     width: float = 1.0
     rfb: bool = True
     dtype: jnp.dtype = jnp.float32
+    norm: str = "none"
 
     @nn.compact
     def __call__(self, x, train: bool = False) -> list[jnp.ndarray]:
@@ -166,7 +194,7 @@ class Encoder(nn.Module):
         if x.shape[1] % 32 or x.shape[2] % 32:
             raise ValueError(f"image height and width must be multiples of 32, got {x.shape[1:3]}")
         x = jnp.broadcast_to(x, (*x.shape[:3], 3)).astype(self.dtype)
-        f0, f1, f2, f3, f4 = VGGFeatures(self.width, self.dtype, name="vgg")(x)
+        f0, f1, f2, f3, f4 = VGGFeatures(self.width, self.dtype, self.norm, name="vgg")(x, train)
         c = lambda n: channels(n, self.width)  # noqa: E731
         u1 = Up(c(256), self.dtype, name="up1")(f4, f3, train)
         u2 = Up(c(128), self.dtype, name="up2")(u1, f2, train)
@@ -184,13 +212,13 @@ class Encoder(nn.Module):
 
 
 def encoders(
-    *, embedding: int = 16, width: float = 1.0, dtype: str = "float32"
+    *, embedding: int = 16, width: float = 1.0, dtype: str = "float32", norm: str = "none"
 ) -> tuple[Encoder, Encoder]:
     """The full-image encoder F (with RFB blocks) and the crop encoder F' (without)."""
     dt = jnp.dtype(dtype)
     return (
-        Encoder(embedding, width, rfb=True, dtype=dt),
-        Encoder(embedding, width, rfb=False, dtype=dt),
+        Encoder(embedding, width, rfb=True, dtype=dt, norm=norm),
+        Encoder(embedding, width, rfb=False, dtype=dt, norm=norm),
     )
 
 
@@ -205,10 +233,12 @@ class ModelSettings:
     embedding: int = 16
     width: float = 1.0  # channel multiplier (1: VGG19's)
     dtype: str = "float32"  # compute dtype; the parameters are float32 whatever it is
+    norm: str = "none"  # the backbone's normalisation: none (the paper's) | batch | group
 
     def __post_init__(self):
         require(
             [
+                ("norm", self.norm, self.norm in NORMS, f"use one of {', '.join(NORMS)}"),
                 ("dtype", self.dtype, self.dtype in DTYPES, f"use one of {', '.join(DTYPES)}"),
                 ("width", self.width, self.width > 0, "must be positive"),
                 ("embedding", self.embedding, self.embedding >= 1, "must be at least 1"),
@@ -217,7 +247,9 @@ class ModelSettings:
 
     def encoders(self) -> tuple[Encoder, Encoder]:
         """The full-image encoder F and the crop encoder F'."""
-        return encoders(embedding=int(self.embedding), width=float(self.width), dtype=self.dtype)
+        return encoders(
+            embedding=int(self.embedding), width=float(self.width), dtype=self.dtype, norm=self.norm
+        )
 
 
 def num_params(params) -> int:

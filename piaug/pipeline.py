@@ -48,6 +48,7 @@ from piaug import (
     layout,
     matching,
     plots,
+    probe,
     train,
 )
 from piaug.data import input_pipeline, prepare
@@ -172,11 +173,12 @@ def _train(config, out: Path, transform: input_pipeline.AnchorCrop, stage: str) 
         jax.process_count(),
     )
     out.mkdir(parents=True, exist_ok=True)
+    model = configure.model(config)
     train.train(
         out,
         prepared.source,
         transform,
-        model=configure.model(config),
+        model=model,
         settings=settings,
         loss=configure.loss(config),
         image_size=size,
@@ -184,8 +186,58 @@ def _train(config, out: Path, transform: input_pipeline.AnchorCrop, stage: str) 
         workers=int(config.data.workers),
         pretrained=config.model.pretrained,
         desc=stage,
+        probe=_probe(config, prepared, model),
+        probe_every=int(config.eval.every),
     )
     logging.info("%s: checkpoints and metrics.jsonl in %s", stage, out)
+
+
+def _probe(config, prepared: prepare.Prepared, model) -> probe.Probe | None:
+    """The learning monitor of ``config.eval.every`` (``piaug.probe``): the template
+    ``config.eval.template`` (else the training split's typical image by its labels,
+    ``probe.typical``) matched into the first ``config.eval.probe_images`` other images of
+    ``config.eval.split``."""
+    cfg = config.eval
+    if int(cfg.every) <= 0:
+        return None
+    if cfg.template:
+        template_id = cfg.template
+    else:
+        marks = np.stack([prepared.source[i]["landmarks"] for i in range(len(prepared))])
+        template_id = prepared.ids[probe.typical(marks)]
+    if template_id not in prepared.ids:
+        raise UserError(
+            f"config.eval.template={template_id!r} is not an image of split "
+            f"{config.data.split!r} (e.g. {prepared.ids[:3]}); name one that is"
+        )
+    template = prepared.source[prepared.ids.index(template_id)]
+    pool = (
+        prepared
+        if cfg.split == config.data.split
+        else configure.prepare_data(config, split=cfg.split)
+    )
+    chosen = probe.choose(pool.ids, template_id, int(cfg.probe_images))
+    if not chosen:
+        raise UserError(
+            f"config.eval.probe_images={cfg.probe_images}: the probe needs at least one image "
+            f"of split {cfg.split!r} besides the template (or config.eval.every=0 for none)"
+        )
+    logging.info(
+        "probe: template %s matched into %d images of %s every %d steps",
+        template_id,
+        len(chosen),
+        cfg.split,
+        int(cfg.every),
+    )
+    return probe.Probe(
+        model.encoders()[0],
+        template,
+        [pool.source[i] for i in chosen],
+        configure.image_size(config),
+        upsample=cfg.upsample,
+        batch_size=int(cfg.batch_size),
+        combine=cfg.combine,
+    )
 
 
 def pretrain_stage(config, workdir: Path) -> None:
@@ -260,7 +312,12 @@ def choose_template(config, workdir: Path, pool: _Images, features, encoder: Pat
         for e in pool.examples
     ]
     index, scores = matching.choose_template(
-        features(), points, size=size, upsample=cfg.upsample, batch_size=cfg.batch_size
+        features(),
+        points,
+        size=size,
+        upsample=cfg.upsample,
+        batch_size=cfg.batch_size,
+        combine=cfg.combine,
     )
     chosen = {
         "id": pool.ids[index],
@@ -295,6 +352,7 @@ def estimate_stage(config, workdir: Path) -> None:
         index,
         thresholds=configure.thresholds(config),
         upsample=config.eval.upsample,
+        combine=config.eval.combine,
         batch_size=int(config.eval.batch_size),
         seed=int(config.seed),
         **dataclasses.asdict(settings),
@@ -401,6 +459,7 @@ def evaluate_stage(config, workdir: Path, *, tag: str = "") -> None:
             batch_size=cfg.batch_size,
             upsample=cfg.upsample,
             subpixel=cfg.subpixel,
+            combine=cfg.combine,
         )
         both = evaluate.evaluate(pred, **truth)
         entry = dict(both["grid"])
@@ -477,12 +536,44 @@ def analyze_stage(config, workdir: Path) -> None:
         skipped.append(f"Fig. 6 (no {layout.ESTIMATE_FILE}: run the estimate stage)")
 
     dirs = layout.encoder_dirs(workdir, config.train.baseline)
-    curves = {name: analyze.read_losses(d.parent / layout.METRICS_FILE) for name, d in dirs.items()}
+    curves = {name: analyze.read_curve(d.parent / layout.METRICS_FILE) for name, d in dirs.items()}
     curves = {name: rows for name, rows in curves.items() if rows}
     if curves:
         plots.loss_curves(curves, figures / "loss_curves.png", title=config.data.name)
     else:
         skipped.append("loss curves (no metrics.jsonl: run pretrain or train)")
+    probes = {
+        name: analyze.read_curve(d.parent / layout.METRICS_FILE, "probe_mre_mm")
+        for name, d in dirs.items()
+    }
+    probes = {name: rows for name, rows in probes.items() if rows}
+    if probes:
+        copy = analyze.read_curve(
+            next(iter(dirs.values())).parent / layout.METRICS_FILE, "probe_copy_mre_mm"
+        )
+        reference = {"template copied": copy[1][-1]} if copy else None
+        plots.probe_curves(
+            probes, figures / "probe_curve.png", title=config.data.name, reference=reference
+        )
+    else:
+        skipped.append("probe curve (no probe in metrics.jsonl: config.eval.every)")
+
+    transforms = {"baseline": configure.baseline_anchor_crop(config)}
+    if not config.augment.estimated or (workdir / layout.ESTIMATE_FILE).exists():
+        transforms["piaug"] = configure.anchor_crop(
+            config, estimate_file=workdir / layout.ESTIMATE_FILE
+        )
+    prepared = configure.prepare_data(config)
+    for name, transform in transforms.items():
+        loader = input_pipeline.make_loader(
+            prepared.source,
+            transform,
+            global_batch_size=min(4, len(prepared)),
+            seed=int(config.seed),
+            process_index=0,
+            process_count=1,
+        )
+        plots.training_batch(next(iter(loader)), figures / f"training_batch_{name}.png")
 
     available = layout.trained_encoders(workdir, config.train.baseline)
     if available:

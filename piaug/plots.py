@@ -192,3 +192,73 @@ def loss_curves(curves: dict, path: Path, *, title: str = "") -> None:
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
         ax.plot(steps[k - 1 :], smooth, color=line.get_color(), label=name)
     _finish(fig, ax, path, "step", "loss (sum over scales)", title)
+
+
+def probe_curves(
+    curves: dict, path: Path, *, title: str = "", reference: dict | None = None
+) -> None:
+    """The probe's one-shot MRE (mm) against the training step, one line per run;
+    ``reference`` adds horizontal lines (e.g. ``{"template copied": 10.0}``)."""
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    for name, (steps, mre) in curves.items():
+        ax.plot(steps, mre, marker="o", markersize=3, label=name)
+    for name, value in (reference or {}).items():
+        ax.axhline(value, color="gray", linestyle="--", linewidth=1)
+        ax.annotate(name, (0, value), xycoords=("axes fraction", "data"), va="bottom", fontsize=8)
+    _finish(fig, ax, path, "step", "probe MRE (mm)", title)
+
+
+def training_batch(batch: dict, path: Path, *, strides=(32, 16, 8, 4, 2), count: int = 4) -> None:
+    """The data path by eye: for ``count`` examples of a training batch (the input pipeline's
+    ``image``, ``crop``, ``anchor``, ``crop_anchor``, ...), the whole image with the anchor,
+    the image around the anchor, and the augmented crop, each with the anchor's cell at every
+    stride: the loss's positive at each scale is that cell, so both must show the same anatomy
+    (the crop is rotated about the anchor and jittered in brightness and contrast)."""
+    n = min(int(count), len(batch["anchor"]))
+    crop_size = batch["crop"].shape[1]
+    colors = plt.cm.viridis(np.linspace(0, 0.9, len(strides)))
+    fig, axes = plt.subplots(n, 3, figsize=(10, 3.4 * n), constrained_layout=True, squeeze=False)
+    for i in range(n):
+        image, crop = np.asarray(batch["image"][i]), np.asarray(batch["crop"][i])
+        (r, c), (cr, cc) = np.asarray(batch["anchor"][i]), np.asarray(batch["crop_anchor"][i])
+        axes[i, 0].imshow(image, cmap="gray", vmin=0, vmax=255)
+        axes[i, 0].add_patch(
+            plt.Rectangle((c - cc, r - cr), crop_size, crop_size, fill=False, color="orange")
+        )
+        axes[i, 0].scatter([c], [r], s=20, c="red")
+        axes[i, 0].set_title(f"image, anchor ({r}, {c})", fontsize=9)
+        # The window the crop was cut from before its rotation about the anchor: the anchor
+        # sits at the same place in both panels.
+        top, left = r - cr, c - cc
+        axes[i, 1].imshow(image, cmap="gray", vmin=0, vmax=255)
+        axes[i, 1].set_xlim(left - 0.5, left + crop_size - 0.5)
+        axes[i, 1].set_ylim(top + crop_size - 0.5, top - 0.5)
+        axes[i, 1].set_title("the crop's window, unrotated", fontsize=9)
+        axes[i, 2].imshow(crop, cmap="gray", vmin=0, vmax=1)
+        extra = []
+        for key, fmt in (
+            ("group", "group {}"),
+            ("angle", "{:.0f} deg"),
+            ("brightness", "b {:.2f}"),
+        ):
+            if key in batch:
+                value = np.asarray(batch[key][i]).item()
+                extra.append(fmt.format(int(value) if key == "group" else value))
+        axes[i, 2].set_title("crop, " + ", ".join(extra), fontsize=9)
+        for ax, (y, x) in ((axes[i, 1], (r, c)), (axes[i, 2], (cr, cc))):
+            for s, color in zip(strides, colors, strict=True):
+                ax.add_patch(
+                    plt.Rectangle(
+                        ((x // s) * s - 0.5, (y // s) * s - 0.5), s, s, fill=False, color=color
+                    )
+                )
+            ax.scatter([x], [y], s=20, c="red")
+        for ax in axes[i]:
+            ax.set_axis_off()
+    handles = [
+        plt.Line2D([], [], color=col, label=f"cell at stride {s}")
+        for s, col in zip(strides, colors, strict=True)
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=len(strides), fontsize=8)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -64,11 +64,13 @@ class TrainSettings:
 
     batch_size: int = 8  # global: split across hosts and devices
     epochs: float = 400
+    epoch_passes: float = 1  # passes over the dataset in one epoch (the authors' ceph: 11)
     steps: int = 0  # if > 0, the number of steps (instead of epochs)
     lr: float = 1e-4  # Adam, one per encoder
     weight_decay: float = 1e-4  # added to the gradient, as PyTorch's Adam does
     lr_decay: float = 0.8  # the learning rate times lr_decay every lr_decay_epochs
     lr_decay_epochs: float = 50
+    warmup_steps: int = 0  # the learning rate rises linearly from 0 over these first steps
     checkpoint_every: int = 500  # steps
     keep_checkpoints: int = 2
     log_every: int = 10  # steps between metrics.jsonl rows
@@ -82,6 +84,8 @@ class TrainSettings:
                 ("lr_decay", self.lr_decay, 0 < self.lr_decay <= 1, "must be in (0, 1]"),
                 ("lr_decay_epochs", self.lr_decay_epochs, self.lr_decay_epochs > 0, "must be > 0"),
                 ("steps", self.steps, self.steps >= 0, "must be 0 (use epochs) or more"),
+                ("epoch_passes", self.epoch_passes, self.epoch_passes > 0, "must be positive"),
+                ("warmup_steps", self.warmup_steps, self.warmup_steps >= 0, "must be 0 or more"),
                 ("epochs", self.epochs, self.steps > 0 or self.epochs > 0, "must be positive"),
                 ("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, ">= 1"),
                 ("keep_checkpoints", self.keep_checkpoints, self.keep_checkpoints >= 1, ">= 1"),
@@ -89,7 +93,7 @@ class TrainSettings:
         )
 
     def steps_per_epoch(self, num_examples: int) -> float:
-        return num_examples / self.batch_size
+        return num_examples * self.epoch_passes / self.batch_size
 
     def num_steps(self, num_examples: int) -> int:
         """``steps`` if set, else the steps of ``epochs`` epochs of ``num_examples``."""
@@ -99,13 +103,19 @@ class TrainSettings:
 
 
 def learning_rate(cfg, per_epoch: float) -> optax.Schedule:
-    """``cfg.lr`` times ``cfg.lr_decay`` every ``cfg.lr_decay_epochs`` epochs (StepLR)."""
-    return optax.exponential_decay(
+    """``cfg.lr`` times ``cfg.lr_decay`` every ``cfg.lr_decay_epochs`` epochs (StepLR), after
+    a linear warm-up from 0 over ``cfg.warmup_steps`` steps (none by default, as the paper)."""
+    decay = optax.exponential_decay(
         cfg.lr,
         transition_steps=max(1, round(cfg.lr_decay_epochs * per_epoch)),
         decay_rate=cfg.lr_decay,
         staircase=True,
     )
+    warmup = int(getattr(cfg, "warmup_steps", 0))
+    if not warmup:
+        return decay
+    # Step s (0-based) of the warm-up applies lr * (s + 1) / warmup; the decay counts from 0.
+    return lambda step: decay(step) * jnp.minimum(1.0, (step + 1) / warmup)
 
 
 def optimizer(cfg, per_epoch: float) -> optax.GradientTransformation:
@@ -143,6 +153,7 @@ def train_step(
     window: int | None = 9,
     temperature: float = 1.0,
     clamp: bool = True,
+    window_mode: str = "closed",
 ) -> tuple[TrainState, dict]:
     """One step of both encoders on a batch.
 
@@ -175,6 +186,7 @@ def train_step(
             window=window,
             temperature=temperature,
             clamp=clamp,
+            window_mode=window_mode,
         )
         per_scale = per_example.mean(0)
         stats = {"image": new_image["batch_stats"], "crop": new_crop["batch_stats"]}
@@ -301,6 +313,8 @@ def train(
     workers: int = 0,
     pretrained: str = "",
     desc: str = "train",
+    probe: Callable[[dict, dict], dict] | None = None,
+    probe_every: int = 0,
 ) -> TrainState:
     """Trains both encoders for ``settings.num_steps(len(source))`` steps into ``workdir``
     (``checkpoints/``, ``metrics.jsonl``), resuming if a checkpoint exists.
@@ -313,6 +327,9 @@ def train(
       seed: the initialisation's and the input pipeline's.
       workers: input pipeline worker processes (0: in this process).
       pretrained: a torchvision VGG19 state dict for both backbones ('' for none).
+      probe: called with the full-image encoder's params and batch stats every
+        ``probe_every`` steps (and at step 0 and the last): its metrics (``piaug.probe``) go
+        into ``metrics.jsonl`` as rows of their own.
     Returns:
       The final state.
     """
@@ -371,10 +388,23 @@ def train(
         dynamic_ncols=True,
     )
     log_every = max(1, int(settings.log_every))
+    probe_every = int(probe_every) if probe is not None else 0
+
+    def run_probe(step) -> float:
+        """Runs the probe on the current state; its time in seconds."""
+        begin = time.perf_counter()
+        row = probe(state.params["image"], state.batch_stats["image"])
+        writer.write({"step": step, **row, "time": time.time()})
+        bar.write(f"{desc}: step {step}, probe MRE {row['probe_mre_mm']:.2f} mm")
+        return time.perf_counter() - begin
+
     tick, tick_step = time.perf_counter(), start
     try:
+        if probe_every and start == 0:
+            run_probe(0)
         with _Preemption() as preemption:
             batches = iter(loader)
+            tick = time.perf_counter()
             for step in range(start + 1, total + 1):
                 batch = device_batch(next(batches), mesh)
                 state, metrics = step_fn(state, batch)
@@ -396,7 +426,10 @@ def train(
                     rate = (step - tick_step) * batch_size / max(now - tick, 1e-9)
                     tick, tick_step = now, step
                     lr = float(schedule(step - 1))
-                    writer.write({"step": step, **metrics, "lr": lr, "samples_per_s": rate})
+                    row = {"step": step, **metrics, "lr": lr, "samples_per_s": rate}
+                    writer.write(row | {"time": time.time()})
+                if probe_every and (step % probe_every == 0 or step == total):
+                    tick += run_probe(step)  # samples_per_s leaves the probe's time out
                 if preemption.agreed() and step < total:
                     checkpoints.save(step, state, force=True)
                     checkpoints.close()
@@ -421,11 +454,22 @@ def abstract_state(init: Callable, key: jax.Array, mesh: Mesh) -> TrainState:
 
 
 def with_pretrained_backbone(state: TrainState, path: str) -> TrainState:
-    """Both encoders' VGG19 backbones from a torchvision state dict (``piaug.pretrained``)."""
+    """Both encoders' VGG19 backbones from a torchvision state dict (``piaug.pretrained``):
+    ``vgg19`` for a backbone without normalisation, ``vgg19_bn`` (with its running
+    statistics) for one with batch norm."""
     from piaug import pretrained
 
-    vgg = pretrained.vgg_params(pretrained.load_state_dict(path), source=path)
-    params = {name: pretrained.place_backbone(state.params[name], vgg, path) for name in ENCODERS}
-    params = jax.tree.map(jnp.asarray, params)
-    logging.info("train: VGG19 backbones from %s", path)
-    return state.replace(params=params)
+    batch_norm = "vgg" in state.batch_stats.get("image", {})
+    vgg = pretrained.vgg_variables(
+        pretrained.load_state_dict(path), batch_norm=batch_norm, source=path
+    )
+    params = {
+        name: pretrained.place_backbone(state.params[name], vgg["params"], path)
+        for name in ENCODERS
+    }
+    stats = dict(state.batch_stats)
+    if batch_norm:
+        stats = {name: {**stats[name], "vgg": vgg["batch_stats"]} for name in ENCODERS}
+    params, stats = jax.tree.map(jnp.asarray, (params, stats))
+    logging.info("train: VGG19%s backbones from %s", "_bn" if batch_norm else "", path)
+    return state.replace(params=params, batch_stats=stats)

@@ -77,6 +77,31 @@ def test_crop_position_is_uniform_over_the_crops_that_contain_the_anchor():
             assert counts.max() < 1.5 * counts.mean()
 
 
+def test_crops_on_the_grid_share_the_images_cells():
+    """crop_grid=32: every corner a multiple of 32, so the anchor's cell at strides 32..2 in the
+    crop covers the same pixels as its cell in the image; every such corner occurs."""
+    rng = np.random.default_rng(0)
+    shape, size, grid = (192, 160), 64, 32
+    for anchor in [(0, 0), (191, 159), (100, 37), (63, 64), (31, 130)]:
+        pos = np.array(
+            [augment.crop_position(rng, anchor, size, shape, grid=grid) for _ in range(400)]
+        )
+        corner = np.asarray(anchor) - pos
+        assert (corner % grid == 0).all() and (pos >= 0).all() and (pos < size).all()
+        assert (corner + size <= np.asarray(shape)).all()
+        for stride in (32, 16, 8, 4, 2):
+            cell = (np.asarray(anchor) // stride) * stride
+            assert ((pos // stride) * stride + corner == cell).all()
+        for axis in range(2):
+            lo = max(0, anchor[axis] - size + 1)
+            hi = min(anchor[axis], shape[axis] - size)
+            valid = [c for c in range(lo, hi + 1) if c % grid == 0]
+            assert sorted(set(corner[:, axis])) == valid
+    # No grid corner keeps the anchor inside (a 40-pixel image, crop 24, grid 32): anywhere.
+    pos = augment.crop_position(rng, (30, 30), 24, (40, 40), grid=32)
+    assert ((np.asarray((30, 30)) - pos) >= 0).all() and (pos < 24).all()
+
+
 @pytest.mark.parametrize("order", [0, 1, 3])
 @pytest.mark.parametrize("angle", [0.0, 7.3, -20.0, 90.0])
 def test_rotation_keeps_the_anchor_exactly(order, angle):
@@ -100,6 +125,18 @@ def test_rotation_geometry():
     spot[20, 26] = 1.0
     out = augment.rotated_crop(spot, anchor, (8, 5), n, 90.0, order=1)
     assert np.unravel_index(out.argmax(), out.shape) == (2, 5)
+
+
+def test_scaling_enlarges_about_the_anchor():
+    rows, cols = np.indices((60, 60), dtype=np.float32)
+    ramp = (rows + 100 * cols) / 6000  # linear: bilinear interpolation is exact on it
+    anchor, crop_anchor = (30, 30), (4, 6)
+    out = augment.rotated_crop(ramp, anchor, crop_anchor, 12, 0.0, order=1, scale=2.0)
+    r, c = np.indices((12, 12))
+    # crop pixel p shows image point anchor + (p - crop_anchor) / 2
+    expected = ((30 + (r - 4) / 2) + 100 * (30 + (c - 6) / 2)) / 6000
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert out[crop_anchor] == pytest.approx(ramp[anchor], abs=1e-7)
 
 
 def test_rotation_outside_the_image_is_zero():

@@ -117,6 +117,22 @@ def test_crop_shows_the_anchor_exactly(source):
                 value = out["crop"][tuple(out["crop_anchor"])]
                 assert abs(value - np.float32(ex["image"][r, c] / 255)) <= tolerance
                 assert -20 <= out["angle"] <= 20
+                assert out["scale"] == 1.0  # the paper's: no scaling
+
+
+def test_scale_is_log_uniform_and_keeps_the_anchor(source):
+    still = augment.GroupJitter.uniform((1.0, 1.0), (1.0, 1.0))
+    transform = ip.AnchorCrop(crop_size=24, jitter=still, order=1, max_scale=1.25)
+    rng = np.random.default_rng(3)
+    ex = source.source[0]
+    scales = []
+    for _ in range(200):
+        out = transform.random_map(ex, rng)
+        scales.append(out["scale"])
+        r, c = out["anchor"]
+        assert out["crop"][tuple(out["crop_anchor"])] == np.float32(ex["image"][r, c] / 255)
+    scales = np.log(scales) / np.log(1.25)
+    assert scales.min() >= -1 and scales.max() <= 1 and scales.min() < -0.8 < 0.8 < scales.max()
 
 
 def test_the_anchor_group_picks_the_jitter_ranges(source):

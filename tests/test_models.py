@@ -66,3 +66,40 @@ def test_upsampling_aligns_corners_as_pytorch(n):
     ref = ndimage.zoom(x, (1, 2, 2, 1), order=1, grid_mode=False, mode="nearest")
     np.testing.assert_allclose(ours, ref, atol=1e-5)
     assert ours.shape == (1, 2 * n, 2 * n + 4, 3)
+
+
+def test_batch_norm_backbone_has_the_vgg19_bn_layout():
+    full, crop = models.encoders(width=1.0, norm="batch")
+    variables = _init(full, (1, 64, 64))
+    vgg, stats = variables["params"]["vgg"], variables["batch_stats"]["vgg"]
+    # torchvision's vgg19_bn: conv features.N, BatchNorm features.N+1, ReLU N+2, pools between.
+    assert vgg["features_0"]["kernel"].shape == (3, 3, 3, 64)
+    assert vgg["features_1"]["scale"].shape == (64,) and stats["features_1"]["mean"].shape == (64,)
+    assert vgg["features_49"]["kernel"].shape == (3, 3, 512, 512) and "features_50" in stats
+    assert models.num_params(vgg) == 20_024_384 + 2 * 5_504  # + a scale and shift per channel
+    assert models.num_params(_init(crop, (1, 64, 64))["params"]["vgg"]) == 20_035_392
+
+
+def test_group_norm_backbone_has_no_batch_statistics():
+    full = models.Encoder(embedding=8, width=0.125, norm="group")
+    variables = _init(full, (1, 64, 64))
+    assert "vgg" not in variables["batch_stats"]
+    assert variables["params"]["vgg"]["norm_0"]["scale"].shape == (8,)
+    assert [models.group_count(c) for c in (1, 4, 8, 16, 64, 512, 24)] == [1, 2, 4, 8, 32, 32, 8]
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_normalised_backbones_run_and_normalise(norm):
+    """Run for real at a tiny width: outputs at every stride, finite; batch norm's running
+    statistics move in training mode."""
+    net = models.Encoder(embedding=4, width=0.0625, norm=norm)
+    x = jax.random.uniform(jax.random.key(1), (2, 64, 64))
+    variables = net.init(jax.random.key(0), x, train=False)
+    out, updates = net.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert [o.shape[1] for o in out] == [2, 4, 8, 16, 32]
+    assert all(np.isfinite(np.asarray(o)).all() for o in out)
+    if norm == "batch":  # the running statistics moved
+        before = variables["batch_stats"]["vgg"]["features_1"]["mean"]
+        assert not np.allclose(updates["batch_stats"]["vgg"]["features_1"]["mean"], before)
+    with pytest.raises(ValueError, match="norm='layer'"):
+        models.ModelSettings(norm="layer")

@@ -86,8 +86,11 @@ def _assert_trees_close(a, b, **tol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
 
 
-def _rows(workdir):
-    return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+def _rows(workdir, key="loss"):
+    """The rows of ``metrics.jsonl`` that hold ``key``: the training steps' by default, the
+    probe's with ``probe_mre_mm``."""
+    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return [row for row in map(json.loads, lines) if key in row]
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +105,12 @@ def test_pretrain_writes_checkpoints_and_metrics(tiny_run, tiny_config, logs):
     assert (tiny_run / "info_stats.json").exists() and (tiny_run / "config.json").exists()
     rows = _rows(tiny_run)
     assert [r["step"] for r in rows] == list(range(1, 7))
+    probes = _rows(tiny_run, "probe_mre_mm")  # the template into 2 test images, every 3 steps
+    assert [r["step"] for r in probes] == [0, 3, 6]
+    for row in probes:
+        assert np.isfinite(row["probe_mre_mm"]) and row["probe_copy_mre_mm"] > 0
+        assert set(row) >= {f"probe_sdr_{r}" for r in ("2.0", "2.5", "3.0", "4.0")}
+    assert probes[0]["probe_mre_mm"] != probes[-1]["probe_mre_mm"]  # the weights moved
     for key in (
         "loss",
         "loss_s32",
@@ -231,7 +240,9 @@ def test_analyze_draws_the_figures(tiny_run):
     assert sum(counts) == 3 * 8 * 8  # 3 images, anchors every 8 px of 64 x 64
     probability = summary["fig3"]["probability"]
     assert sum(probability["IIE^0.3"]) == pytest.approx(1.0, abs=1e-4)
-    for name in ("loss_vs_iie", "sampling_probability", "mi_density", "footprints", "loss_curves"):
+    figures = ("loss_vs_iie", "sampling_probability", "mi_density", "footprints", "loss_curves")
+    figures += ("probe_curve", "training_batch_baseline", "training_batch_piaug")
+    for name in figures:
         assert (tiny_run / "figures" / f"{name}.png").stat().st_size > 5000, name
 
 
@@ -271,6 +282,25 @@ def test_settings_name_their_field():
         losses.LossSettings(window=-1)
     assert train.TrainSettings(batch_size=4, epochs=2).num_steps(10) == 5
     assert train.TrainSettings(steps=7).num_steps(10) == 7
+    # The authors' epoch: 11 passes over the 150 ceph images, so 400 epochs of batch 8 are
+    # 82,500 steps and the decay every 50 epochs comes every 10,312.5 -> 10,312 steps.
+    paper = train.TrainSettings(epoch_passes=11)
+    assert paper.num_steps(150) == 82_500 and paper.steps_per_epoch(150) == 206.25
+    schedule = train.learning_rate(paper, paper.steps_per_epoch(150))
+    assert float(schedule(10_311)) == pytest.approx(1e-4)
+    assert float(schedule(10_312)) == pytest.approx(8e-5)
+    with pytest.raises(ValueError, match="epoch_passes=0"):
+        train.TrainSettings(epoch_passes=0)
+
+
+def test_warmup_rises_linearly_then_the_decay_applies():
+    cfg = train.TrainSettings(lr=1e-3, warmup_steps=4, lr_decay=0.5, lr_decay_epochs=1)
+    schedule = train.learning_rate(cfg, per_epoch=6)  # decay every 6 steps
+    got = [float(schedule(s)) for s in range(8)]
+    np.testing.assert_allclose(got, [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3, 5e-4, 5e-4], rtol=1e-6)
+    assert float(train.learning_rate(train.TrainSettings(), 10)(0)) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="warmup_steps=-1"):
+        train.TrainSettings(warmup_steps=-1)
 
 
 @pytest.mark.slow
@@ -392,3 +422,25 @@ def test_killed_and_preempted_runs_resume_to_the_same_parameters(cli_reference, 
     rows, expected = _rows(tmp_path), _rows(cli_reference)
     assert [r["step"] for r in rows] == list(range(1, 7))  # no step logged twice
     np.testing.assert_allclose([r["loss"] for r in rows], [r["loss"] for r in expected])
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_at_a_tiny_size():
+    """benchmarks/gpu_check.sh, made tiny: one JSON line per measurement (devices, the train
+    step in float32 and bfloat16, the entropy benchmark)."""
+    env = _env() | {"PIAUG_GPU_CHECK_TINY": "1", "PYTHON": sys.executable}
+    out = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert lines[0]["benchmark"] == "devices" and lines[0]["platform"] == "cpu"
+    steps = [line for line in lines if "samples_per_s" in line]
+    assert [s["dtype"] for s in steps] == ["float32", "bfloat16"]
+    assert all(s["samples_per_s"] > 0 for s in steps)
+    assert any("ratio_skimage_over_piaug" in line for line in lines)

@@ -65,6 +65,12 @@ class AnchorCrop(grain.RandomMapTransform):
         (``GroupJitter.draw_at``; the per-pixel variant) instead of taken from its group.
       max_rotation: angles are uniform in [-max_rotation, max_rotation] degrees.
       order: spline order of the rotation's interpolation (3: cubic).
+      max_scale: the crop is also scaled about the anchor by a factor log-uniform in
+        [1 / max_scale, max_scale] (1: no scaling, the paper's; no random number is drawn).
+      crop_grid: crops cut on corners at multiples of this many pixels (e.g. 32, the coarsest
+        stride), so the anchor lies at the same place of its cell in the crop and in the image
+        at every stride (0: anywhere, the paper's; the anchor's cell then shows content up to a
+        stride away from the image cell it must match).
     """
 
     crop_size: int = 64
@@ -77,16 +83,23 @@ class AnchorCrop(grain.RandomMapTransform):
     continuous: bool = False
     max_rotation: float = 20.0
     order: int = 3
+    max_scale: float = 1.0
+    crop_grid: int = 0
 
     def random_map(self, element, rng: np.random.Generator) -> dict:
         image, iie = element["image"], element["iie"]
         anchor = sample_anchor(rng, weights(iie, self.anchors, gamma=self.gamma, d=self.d))
         value = iie[anchor[0], anchor[1]]
         group = int(value >= self.thresholds[0]) + int(value >= self.thresholds[1])
-        crop_anchor = augment.crop_position(rng, anchor, self.crop_size, image.shape)
+        crop_anchor = augment.crop_position(
+            rng, anchor, self.crop_size, image.shape, grid=self.crop_grid
+        )
         angle = rng.uniform(-self.max_rotation, self.max_rotation)
+        scale = 1.0
+        if self.max_scale != 1.0:  # drawn only when asked: the paper's stream stays the same
+            scale = float(np.exp(rng.uniform(-1.0, 1.0) * np.log(self.max_scale)))
         crop = augment.rotated_crop(
-            image, anchor, crop_anchor, self.crop_size, angle, order=self.order
+            image, anchor, crop_anchor, self.crop_size, angle, order=self.order, scale=scale
         )
         if self.continuous:
             brightness, contrast, contrast_first = self.jitter.draw_at(rng, float(value))
@@ -104,6 +117,7 @@ class AnchorCrop(grain.RandomMapTransform):
             "brightness": np.float32(brightness),
             "contrast": np.float32(contrast),
             "angle": np.float32(angle),
+            "scale": np.float32(scale),
         }
 
 

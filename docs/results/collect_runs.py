@@ -1,0 +1,129 @@
+r"""Gathers training runs into a result file of this folder: each run's settings (its
+``config.json`` against a preset), steps, training minutes, probe curve and evaluation.
+
+python docs/results/collect_runs.py --preset=configs/ceph.py:cpu --out=from_scratch \
+    runs/fs/s1_none_t01 runs/fs/s2_bn_t01 ...
+
+writes ``docs/results/from_scratch.json`` and ``docs/results/from_scratch_probe.png`` (the probe
+curves of every run). The minutes are the training steps' own (from ``samples_per_s``; the
+probe's time and compiling are left out); ``mre_mm`` is the run's ``results.json`` baseline
+entry (or the encoder named by ``--encoder``), when the run has one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO))
+
+from piaug import configure, layout, plots  # noqa: E402
+
+# Fields that name where the data is or how the run was watched, not the recipe.
+IGNORED = (
+    "data.dir",
+    "data.cache_dir",
+    "data.workers",
+    "eval.split",
+    "eval.every",
+    "eval.probe_images",
+    "stages",
+    "force",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.baseline",
+)
+
+
+def preset_config(spec: str) -> dict:
+    """The plain dict of ``configs/NAME.py:ARG``."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("preset", REPO / path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return configure.as_dict(module.get_config(arg or None))
+
+
+def overrides(config: dict, preset: dict) -> list[str]:
+    changed = layout.changed_fields(preset, config, ignore=IGNORED)
+    return [f"{k}={v!r}".replace("'", "") for k, (_, v) in changed.items()]
+
+
+def training_minutes(rows: list[dict], batch_size: int) -> float:
+    seconds, previous = 0.0, 0
+    for row in rows:
+        if row.get("samples_per_s"):
+            seconds += (row["step"] - previous) * batch_size / row["samples_per_s"]
+            previous = row["step"]
+    return seconds / 60
+
+
+def collect(run: Path, preset: dict, encoder: str) -> dict:
+    config = layout.read_json(run / layout.CONFIG_FILE)
+    sub = run if encoder == "baseline" else run / layout.PIAUG_DIR
+    lines = (sub / layout.METRICS_FILE).read_text().splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
+    train_rows = [r for r in rows if "loss" in r]
+    probes = [r for r in rows if "probe_mre_mm" in r]
+    entry = {
+        "name": run.name,
+        "overrides": overrides(config, preset),
+        "steps": train_rows[-1]["step"] if train_rows else 0,
+        "minutes": round(training_minutes(train_rows, config["train"]["batch_size"]), 2),
+        "loss_first_last": [train_rows[0]["loss"], train_rows[-1]["loss"]] if train_rows else [],
+        "probe": {
+            "step": [r["step"] for r in probes],
+            "mre_mm": [r["probe_mre_mm"] for r in probes],
+            "copy_mre_mm": probes[-1].get("probe_copy_mre_mm") if probes else None,
+        },
+        "mre_mm": None,
+        "copy_mre_mm": None,
+    }
+    results = layout.read_json(run / layout.RESULTS_FILE) or {}
+    if encoder in results:
+        entry["mre_mm"] = results[encoder]["mre_mm"]
+        entry["sdr"] = results[encoder]["sdr"]
+        entry["n_images"] = results[encoder]["n_images"]
+        entry["template"] = results[encoder]["template"]["id"]
+        entry["copy_mre_mm"] = results["template_copy"]["mre_mm"]
+    return entry
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--preset", required=True, help="e.g. configs/ceph.py:cpu")
+    parser.add_argument("--out", required=True, help="the result file's name, without .json")
+    parser.add_argument("--encoder", default="baseline", help="baseline | piaug")
+    parser.add_argument("--note", default="", help="a line kept in the file")
+    args = parser.parse_args()
+    preset = preset_config(args.preset)
+    runs = [collect(r, preset, args.encoder) for r in args.runs]
+    payload = {
+        "preset": args.preset,
+        "encoder": args.encoder,
+        "note": args.note,
+        "command": " ".join(["python docs/results/collect_runs.py", *sys.argv[1:]]),
+        "runs": runs,
+    }
+    (HERE / f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    curves = {
+        r["name"]: (r["probe"]["step"], r["probe"]["mre_mm"]) for r in runs if r["probe"]["step"]
+    }
+    copies = {r["probe"]["copy_mre_mm"] for r in runs if r["probe"]["copy_mre_mm"]}
+    reference = {"template copied": copies.pop()} if len(copies) == 1 else None
+    if curves:
+        plots.probe_curves(
+            curves, HERE / f"{args.out}_probe.png", title=args.preset, reference=reference
+        )
+    print(f"wrote {HERE / args.out}.json ({len(runs)} runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+r"""The README's result tables, generated from the result files in this folder.
+
+Each table sits in README.md between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``;
+its numbers come only from the JSON files named below (written by the commands in
+docs/results/README.md), so they cannot drift from what the runs measured.
+tests/test_results_tables.py fails when the README differs from what this script writes.
+
+python docs/results/tables.py           # rewrite the tables in README.md
+python docs/results/tables.py --check   # exit 1 (naming the table) if README.md is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+README = HERE.parents[1] / "README.md"
+RADII = ("2.0", "2.5", "3.0", "4.0")
+ROW_NAMES = {
+    "template_copy": "the template's landmarks copied unmoved (no encoder)",
+    "baseline": "baseline (uniform anchors, default jitter)",
+    "weightmap": "the weight map alone (gamma 0.3, default jitter)",
+    "piaug": "piaug (weight map, estimated adaptive jitter)",
+}
+
+
+def _load(name: str):
+    return json.loads((HERE / name).read_text())
+
+
+def _sdr(entry: dict) -> str:
+    return " / ".join(f"{entry['sdr'][r]:.1f}" for r in RADII)
+
+
+def results_table(results: dict) -> str:
+    """One row per encoder of a ``results.json``: MRE and SDRs (grid protocol), full-res MRE."""
+    lines = [
+        "| encoder | MRE, grid protocol (mm) | SDR 2 / 2.5 / 3 / 4 mm (%) "
+        "| MRE, full resolution (mm) |",
+        "|---|---|---|---|",
+    ]
+    for key in ("template_copy", "baseline", "weightmap", "piaug"):
+        if key in results:
+            e = results[key]
+            full = e["full_resolution"]["mre_mm"]
+            lines.append(f"| {ROW_NAMES[key]} | {e['mre_mm']:.2f} | {_sdr(e)} | {full:.2f} |")
+    return "\n".join(lines)
+
+
+def demo() -> str:
+    return results_table(_load("demo_results.json"))
+
+
+def from_scratch() -> str:
+    """Every setting tried for learning from scratch (``from_scratch.json``)."""
+    runs = _load("from_scratch.json")["runs"]
+    lines = [
+        "| run | setting (overrides of the preset) | steps | minutes "
+        "| probe MRE, first -> best -> last (mm) | MRE, all images (mm) | template copied (mm) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        probe = run["probe"]
+        mre = probe["mre_mm"]
+        final = f"{run['mre_mm']:.2f}" if run.get("mre_mm") is not None else "not evaluated"
+        copy = f"{run['copy_mre_mm']:.2f}" if run.get("copy_mre_mm") is not None else "-"
+        setting = " ".join(f"`{o}`" for o in run["overrides"]) or "(the preset)"
+        lines.append(
+            f"| {run['name']} | {setting} | {run['steps']} | {run['minutes']:.1f} | "
+            f"{mre[0]:.2f} -> {min(mre):.2f} -> {mre[-1]:.2f} | {final} | {copy} |"
+        )
+    return "\n".join(lines)
+
+
+def seeds() -> str:
+    """Baseline, weight map and piaug over seeds (``ceph_cpu_seeds.json``): per-seed rows and
+    the mean +- standard deviation (over seeds; n - 1 in the denominator)."""
+    data = _load("ceph_cpu_seeds.json")
+    rows = [k for k in ("template_copy", "baseline", "weightmap", "piaug") if k in data["rows"]]
+    seeds_ = sorted(data["seeds"], key=int)
+    head = "| | " + " | ".join(f"seed {s}" for s in seeds_) + " | mean +- std |"
+    lines = [head, "|---" * (len(seeds_) + 2) + "|"]
+    for key in rows:
+        values = [data["seeds"][s][key]["mre_mm"] for s in seeds_ if key in data["seeds"][s]]
+        spread = f" +- {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+        cells = " | ".join(
+            f"{data['seeds'][s][key]['mre_mm']:.2f}" if key in data["seeds"][s] else "-"
+            for s in seeds_
+        )
+        lines.append(f"| {ROW_NAMES[key]} | {cells} | {statistics.mean(values):.2f}{spread} |")
+    return "\n".join(lines)
+
+
+TABLES = {"demo": demo, "from_scratch": from_scratch, "seeds": seeds}
+_BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- /table:\2 -->)", re.S)
+
+
+def render(text: str) -> str:
+    """``text`` with every table block regenerated; KeyError for an unknown table name."""
+    return _BLOCK.sub(lambda m: m[1] + TABLES[m[2]]() + "\n" + m[4], text)
+
+
+def blocks(text: str) -> list[str]:
+    """The names of the table blocks in ``text``."""
+    return [m[2] for m in _BLOCK.finditer(text)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only check; exit 1 if stale")
+    args = parser.parse_args()
+    text = README.read_text()
+    new = render(text)
+    if args.check:
+        stale = [n for n in blocks(text) if render_one(text, n) != render_one(new, n)]
+        if stale:
+            print(f"README.md tables out of date: {', '.join(stale)}; run {__file__}")
+            return 1
+        return 0
+    README.write_text(new)
+    print(f"README.md: tables {', '.join(blocks(new))} written")
+    return 0
+
+
+def render_one(text: str, name: str) -> str:
+    for m in _BLOCK.finditer(text):
+        if m[2] == name:
+            return m[3]
+    return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The README's result tables are generated from the committed result files
+(docs/results/*.json, written by the commands in docs/results/README.md): a figure changed by
+hand, or a result file without its table, fails here."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tables():
+    spec = importlib.util.spec_from_file_location("tables", REPO / "docs/results/tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_tables_equal_the_result_files(tables):
+    text = (REPO / "README.md").read_text()
+    names = tables.blocks(text)
+    assert "demo" in names  # at least the demo's table is generated, not typed
+    for name in names:
+        assert tables.render_one(tables.render(text), name) == tables.render_one(text, name), (
+            f"README.md's table {name!r} differs from docs/results: run docs/results/tables.py"
+        )
+
+
+def test_every_table_has_its_block(tables):
+    text = (REPO / "README.md").read_text()
+    assert set(tables.blocks(text)) == set(tables.TABLES)
+
+
+def test_a_changed_number_is_caught(tables):
+    text = (REPO / "README.md").read_text()
+    demo = json.loads((REPO / "docs/results/demo_results.json").read_text())
+    figure = f"{demo['baseline']['mre_mm']:.2f}"
+    assert figure in tables.render_one(text, "demo")
+    edited = text.replace(figure, "0.01", 1)
+    assert tables.render_one(tables.render(edited), "demo") != tables.render_one(edited, "demo")
+
+
+def test_check_mode_exits_clean():
+    out = subprocess.run(
+        [sys.executable, "docs/results/tables.py", "--check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
