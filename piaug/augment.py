@@ -56,6 +56,20 @@ def adjust_contrast(x, factor):
     return (factor * x + (1.0 - factor) * mean).clip(0.0, 1.0)
 
 
+def degrade(x: np.ndarray, rng: np.random.Generator, *, blur: float, noise: float) -> np.ndarray:
+    """A Gaussian blur of sigma uniform in [0, ``blur``] pixels, then Gaussian noise of std
+    uniform in [0, ``noise``], clipped to [0, 1]; each drawn only when its maximum is > 0.
+    On the crop only, they take away the pixel-exact texture that the crop shares with its
+    image: a shortcut to the contrastive task that does not carry over to other images."""
+    x = np.asarray(x, np.float32)
+    if blur > 0:
+        x = ndimage.gaussian_filter(x, float(rng.uniform(0.0, blur)), mode="nearest")
+    if noise > 0:
+        std = float(rng.uniform(0.0, noise))
+        x = x + std * rng.standard_normal(x.shape).astype(np.float32)
+    return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+
 def color_jitter(x, brightness, contrast, *, contrast_first=False):
     """Brightness then contrast (or the reverse): one draw of torchvision's ColorJitter."""
     if contrast_first:

@@ -153,6 +153,10 @@ def anchor_crop(
             f"config.augment.crop_grid={cfg.crop_grid}: give 0 (crops anywhere) or a step in "
             f"pixels up to the crop size {config.data.crop_size} (e.g. 32, the coarsest stride)"
         )
+    if not (float(cfg.blur) >= 0 and float(cfg.noise) >= 0):
+        raise UserError(
+            f"config.augment.blur={cfg.blur}, noise={cfg.noise}: give 0 (none) or more"
+        )
     if not float(cfg.max_scale) >= 1.0:
         raise UserError(
             f"config.augment.max_scale={cfg.max_scale}: give 1 (no scaling) or more; the "
@@ -187,6 +191,8 @@ def anchor_crop(
         order=int(cfg.rotation_order),
         max_scale=float(cfg.max_scale),
         crop_grid=int(cfg.crop_grid),
+        blur=float(cfg.blur),
+        noise=float(cfg.noise),
     )
 
 

@@ -65,6 +65,10 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     # Crop corners on multiples of crop_grid pixels (32: the crop's cells are the image's at
     # every stride, so the positive cell shows the same anatomy); 0 is the paper's (anywhere).
     config.augment.crop_grid = 0
+    # The crop blurred (sigma up to `blur` px) and noised (std up to `noise`) after the jitter:
+    # 0 is the paper's; they hide the pixel texture a crop shares with its own image.
+    config.augment.blur = 0.0
+    config.augment.noise = 0.0
 
     # The CC2D encoders (DESIGN.md 1): F on the whole image (RFB blocks), F' on the crop.
     config.model = ml_collections.ConfigDict()

@@ -171,3 +171,17 @@ def test_continuous_ranges_interpolate_between_group_centres():
         augment.GroupJitter.from_mapping(no_low).ranges_at(3.0)
     with pytest.raises(ValueError, match="increasing"):
         augment.GroupJitter([(1, 1)] * 3, [(1, 1)] * 3, centers=[3.0, 1.0, 5.0])
+
+
+def test_degrade_blurs_and_noises_within_its_ranges():
+    rng = np.random.default_rng(0)
+    x = np.zeros((32, 32), np.float32)
+    x[16, 16] = 1.0
+    assert np.array_equal(augment.degrade(x, rng, blur=0.0, noise=0.0), x)  # off: unchanged
+    blurred = augment.degrade(x, np.random.default_rng(1), blur=2.0, noise=0.0)
+    assert blurred[16, 16] < 1.0 and blurred.sum() == pytest.approx(1.0, abs=1e-4)
+    flat = np.full((64, 64), 0.5, np.float32)
+    stds = [augment.degrade(flat, rng, blur=0.0, noise=0.1).std() for _ in range(200)]
+    assert max(stds) <= 0.1 * 1.1 and min(stds) < 0.02 and max(stds) > 0.08
+    out = augment.degrade(np.ones((8, 8), np.float32), rng, blur=1.0, noise=0.5)
+    assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1

@@ -1,12 +1,12 @@
-r"""The README's result tables, generated from the result files in this folder.
+r"""The result tables of README.md and docs/*.md, generated from the result files here.
 
-Each table sits in README.md between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``;
-its numbers come only from the JSON files named below (written by the commands in
+Each table sits in a page between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; its
+numbers come only from the JSON files named below (written by the commands in
 docs/results/README.md), so they cannot drift from what the runs measured.
-tests/test_results_tables.py fails when the README differs from what this script writes.
+tests/test_results_tables.py fails when a page differs from what this script writes.
 
-python docs/results/tables.py           # rewrite the tables in README.md
-python docs/results/tables.py --check   # exit 1 (naming the table) if README.md is stale
+python docs/results/tables.py           # rewrite the tables in every page
+python docs/results/tables.py --check   # exit 1 (naming the page and table) if one is stale
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parents[1] / "README.md"
+PAGES = (README, HERE.parent / "from_scratch.md")  # the pages whose tables are generated
 RADII = ("2.0", "2.5", "3.0", "4.0")
 ROW_NAMES = {
     "template_copy": "the template's landmarks copied unmoved (no encoder)",
@@ -54,6 +55,26 @@ def results_table(results: dict) -> str:
 
 def demo() -> str:
     return results_table(_load("demo_results.json"))
+
+
+def ceph_cpu() -> str:
+    """Every row of the first seed of ``ceph_cpu_seeds.json``, with the SDRs."""
+    data = _load("ceph_cpu_seeds.json")
+    first = sorted(data["seeds"], key=int)[0]
+    rows = data["seeds"][first]
+    lines = [
+        "| encoder | MRE, grid protocol (mm) | SDR 2 / 2.5 / 3 / 4 mm (%) "
+        "| MRE, full resolution (mm) |",
+        "|---|---|---|---|",
+    ]
+    for key in ("template_copy", "baseline", "weightmap", "piaug"):
+        if key in rows:
+            e = rows[key]
+            lines.append(
+                f"| {ROW_NAMES[key]} | {e['mre_mm']:.2f} | {_sdr(e)} | "
+                f"{e['full_resolution_mre_mm']:.2f} |"
+            )
+    return "\n".join(lines)
 
 
 def from_scratch() -> str:
@@ -96,7 +117,7 @@ def seeds() -> str:
     return "\n".join(lines)
 
 
-TABLES = {"demo": demo, "from_scratch": from_scratch, "seeds": seeds}
+TABLES = {"demo": demo, "from_scratch": from_scratch, "seeds": seeds, "ceph_cpu": ceph_cpu}
 _BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- /table:\2 -->)", re.S)
 
 
@@ -114,16 +135,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if stale")
     args = parser.parse_args()
-    text = README.read_text()
-    new = render(text)
-    if args.check:
-        stale = [n for n in blocks(text) if render_one(text, n) != render_one(new, n)]
-        if stale:
-            print(f"README.md tables out of date: {', '.join(stale)}; run {__file__}")
-            return 1
-        return 0
-    README.write_text(new)
-    print(f"README.md: tables {', '.join(blocks(new))} written")
+    stale = []
+    for page in PAGES:
+        text = page.read_text()
+        new = render(text)
+        if args.check:
+            stale += [
+                f"{page.name}:{n}"
+                for n in blocks(text)
+                if render_one(text, n) != render_one(new, n)
+            ]
+        elif new != text:
+            page.write_text(new)
+            print(f"{page.name}: tables {', '.join(blocks(new))} written")
+    if stale:
+        print(f"tables out of date: {', '.join(stale)}; run {__file__}")
+        return 1
     return 0
 
 

@@ -71,6 +71,8 @@ class AnchorCrop(grain.RandomMapTransform):
         stride), so the anchor lies at the same place of its cell in the crop and in the image
         at every stride (0: anywhere, the paper's; the anchor's cell then shows content up to a
         stride away from the image cell it must match).
+      blur, noise: the crop blurred (sigma uniform in [0, blur] pixels) and noised (std uniform
+        in [0, noise]) after the jitter (``augment.degrade``; 0: not, the paper's).
     """
 
     crop_size: int = 64
@@ -85,6 +87,8 @@ class AnchorCrop(grain.RandomMapTransform):
     order: int = 3
     max_scale: float = 1.0
     crop_grid: int = 0
+    blur: float = 0.0
+    noise: float = 0.0
 
     def random_map(self, element, rng: np.random.Generator) -> dict:
         image, iie = element["image"], element["iie"]
@@ -107,6 +111,8 @@ class AnchorCrop(grain.RandomMapTransform):
             group_ranges = group if self.adaptive else 1
             brightness, contrast, contrast_first = self.jitter.draw(rng, group_ranges)
         crop = augment.color_jitter(crop, brightness, contrast, contrast_first=contrast_first)
+        if self.blur > 0 or self.noise > 0:
+            crop = augment.degrade(crop, rng, blur=self.blur, noise=self.noise)
         return {
             "id": element["id"],
             "image": image,

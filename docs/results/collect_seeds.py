@@ -1,0 +1,73 @@
+r"""Gathers a seeds comparison (baseline, weight map alone, piaug; one table3 sweep per seed)
+into ``docs/results/ceph_cpu_seeds.json``, which the README's seeds table is made from.
+
+python docs/results/collect_seeds.py --root=runs/seeds --baseline-runs=0:runs/fs/L3 \
+    [--seeds=0,1,2]
+
+For each seed ``s``: ``ROOT/seed_s/{weightmap,adaptive}/results.json`` (the sweep's runs) and
+the baseline's ``results.json`` (``ROOT/seed_s/shared_baseline``, or the run given for that seed
+by ``--baseline-runs``); the template is the one every row of that seed shares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+KEEP = ("mre_mm", "std_mm", "sdr", "protocol", "n_images", "per_landmark_mre_mm")
+
+
+def _entry(results: dict, key: str) -> dict:
+    entry = {k: results[key][k] for k in KEEP}
+    entry["full_resolution_mre_mm"] = results[key]["full_resolution"]["mre_mm"]
+    if "template" in results[key]:
+        entry["template"] = results[key]["template"]["id"]
+    if "checkpoint" in results[key]:
+        entry["checkpoint_step"] = results[key]["checkpoint"]["step"]
+    return entry
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--baseline-runs", default="", help="SEED:RUN_DIR,... reused baselines")
+    parser.add_argument("--note", default="")
+    args = parser.parse_args()
+    reused = dict(item.split(":", 1) for item in args.baseline_runs.split(",") if item)
+    seeds = {}
+    for seed in [s.strip() for s in args.seeds.split(",") if s.strip()]:
+        folder = args.root / f"seed_{seed}"
+        base_dir = Path(reused.get(seed, folder / "shared_baseline"))
+        rows = {}
+        base = base_dir / "results.json"
+        if base.exists():
+            results = json.loads(base.read_text())
+            rows["template_copy"] = _entry(results, "template_copy")
+            rows["baseline"] = _entry(results, "baseline")
+        for name, row in (("weightmap", "weightmap"), ("adaptive", "piaug")):
+            path = folder / name / "results.json"
+            if path.exists():
+                rows[row] = _entry(json.loads(path.read_text()), "piaug")
+        templates = {r["template"] for r in rows.values() if "template" in r}
+        if len(templates) > 1:
+            raise SystemExit(f"seed {seed}: rows with different templates {templates}")
+        if rows:
+            seeds[seed] = rows
+    payload = {
+        "command": " ".join(["python docs/results/collect_seeds.py", *sys.argv[1:]]),
+        "note": args.note,
+        "rows": sorted({k for rows in seeds.values() for k in rows}),
+        "seeds": seeds,
+    }
+    (HERE / "ceph_cpu_seeds.json").write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {HERE / 'ceph_cpu_seeds.json'}: seeds {sorted(seeds)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
