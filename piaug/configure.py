@@ -154,9 +154,7 @@ def anchor_crop(
             f"pixels up to the crop size {config.data.crop_size} (e.g. 32, the coarsest stride)"
         )
     if not (float(cfg.blur) >= 0 and float(cfg.noise) >= 0):
-        raise UserError(
-            f"config.augment.blur={cfg.blur}, noise={cfg.noise}: give 0 (none) or more"
-        )
+        raise UserError(f"config.augment.blur={cfg.blur}, noise={cfg.noise}: give 0 (none) or more")
     if not float(cfg.max_scale) >= 1.0:
         raise UserError(
             f"config.augment.max_scale={cfg.max_scale}: give 1 (no scaling) or more; the "

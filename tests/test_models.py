@@ -88,18 +88,22 @@ def test_group_norm_backbone_has_no_batch_statistics():
     assert [models.group_count(c) for c in (1, 4, 8, 16, 64, 512, 24)] == [1, 2, 4, 8, 32, 32, 8]
 
 
+@pytest.mark.slow  # compiling the backbone twice: about 13 s of the fast tier
 @pytest.mark.parametrize("norm", ["batch", "group"])
 def test_normalised_backbones_run_and_normalise(norm):
-    """Run for real at a tiny width: outputs at every stride, finite; batch norm's running
-    statistics move in training mode."""
+    """The backbone run for real at a tiny width (the whole encoder's shapes: eval_shape):
+    finite pools; batch norm's running statistics move in training mode."""
+    vgg = models.VGGFeatures(width=0.0625, norm=norm)
+    x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+    variables = vgg.init(jax.random.key(0), x)
+    pools, updates = vgg.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert [p.shape[1] for p in pools] == [16, 8, 4, 2, 1]
+    assert all(np.isfinite(np.asarray(p)).all() for p in pools)
+    if norm == "batch":
+        before = variables["batch_stats"]["features_1"]["mean"]
+        assert not np.allclose(updates["batch_stats"]["features_1"]["mean"], before)
     net = models.Encoder(embedding=4, width=0.0625, norm=norm)
-    x = jax.random.uniform(jax.random.key(1), (2, 64, 64))
-    variables = net.init(jax.random.key(0), x, train=False)
-    out, updates = net.apply(variables, x, train=True, mutable=["batch_stats"])
-    assert [o.shape[1] for o in out] == [2, 4, 8, 16, 32]
-    assert all(np.isfinite(np.asarray(o)).all() for o in out)
-    if norm == "batch":  # the running statistics moved
-        before = variables["batch_stats"]["vgg"]["features_1"]["mean"]
-        assert not np.allclose(updates["batch_stats"]["vgg"]["features_1"]["mean"], before)
+    out = jax.eval_shape(lambda: net.init_with_output(jax.random.key(0), x[..., 0])[0])
+    assert [o.shape[1] for o in out] == [1, 2, 4, 8, 16]
     with pytest.raises(ValueError, match="norm='layer'"):
         models.ModelSettings(norm="layer")

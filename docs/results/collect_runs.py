@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from piaug import configure, layout, plots  # noqa: E402
+from piaug import configure, defaults, layout, plots  # noqa: E402
 
 # Fields that name where the data is or how the run was watched, not the recipe.
 IGNORED = (
@@ -50,8 +50,25 @@ def preset_config(spec: str) -> dict:
 
 
 def overrides(config: dict, preset: dict) -> list[str]:
+    """The run's fields that differ from the preset's. A field the run's ``config.json`` lacks
+    (the run is older than the field) counts as its default: each option was added with the
+    paper's behaviour, the code's before it existed, as its default."""
+    base = configure.as_dict(defaults.base_config(config["data"]["name"]))
+    flat = {**layout.flatten(base), **layout.flatten(config)}
+    config = unflatten(flat)
     changed = layout.changed_fields(preset, config, ignore=IGNORED)
     return [f"{k}={v!r}".replace("'", "") for k, (_, v) in changed.items()]
+
+
+def unflatten(flat: dict) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
 
 
 def training_minutes(rows: list[dict], batch_size: int) -> float:

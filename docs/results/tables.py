@@ -38,17 +38,19 @@ def _sdr(entry: dict) -> str:
     return " / ".join(f"{entry['sdr'][r]:.1f}" for r in RADII)
 
 
-def results_table(results: dict) -> str:
-    """One row per encoder of a ``results.json``: MRE and SDRs (grid protocol), full-res MRE."""
+def results_table(rows: dict) -> str:
+    """One row per encoder: MRE and SDRs (grid protocol), full-resolution MRE. ``rows`` maps
+    each encoder to a ``results.json`` entry, or to a ``ceph_cpu_seeds.json`` one (which holds
+    ``full_resolution_mre_mm``)."""
     lines = [
         "| encoder | MRE, grid protocol (mm) | SDR 2 / 2.5 / 3 / 4 mm (%) "
         "| MRE, full resolution (mm) |",
         "|---|---|---|---|",
     ]
     for key in ("template_copy", "baseline", "weightmap", "piaug"):
-        if key in results:
-            e = results[key]
-            full = e["full_resolution"]["mre_mm"]
+        if key in rows:
+            e = rows[key]
+            full = e.get("full_resolution_mre_mm") or e["full_resolution"]["mre_mm"]
             lines.append(f"| {ROW_NAMES[key]} | {e['mre_mm']:.2f} | {_sdr(e)} | {full:.2f} |")
     return "\n".join(lines)
 
@@ -60,21 +62,7 @@ def demo() -> str:
 def ceph_cpu() -> str:
     """Every row of the first seed of ``ceph_cpu_seeds.json``, with the SDRs."""
     data = _load("ceph_cpu_seeds.json")
-    first = sorted(data["seeds"], key=int)[0]
-    rows = data["seeds"][first]
-    lines = [
-        "| encoder | MRE, grid protocol (mm) | SDR 2 / 2.5 / 3 / 4 mm (%) "
-        "| MRE, full resolution (mm) |",
-        "|---|---|---|---|",
-    ]
-    for key in ("template_copy", "baseline", "weightmap", "piaug"):
-        if key in rows:
-            e = rows[key]
-            lines.append(
-                f"| {ROW_NAMES[key]} | {e['mre_mm']:.2f} | {_sdr(e)} | "
-                f"{e['full_resolution_mre_mm']:.2f} |"
-            )
-    return "\n".join(lines)
+    return results_table(data["seeds"][sorted(data["seeds"], key=int)[0]])
 
 
 def from_scratch() -> str:
