@@ -167,7 +167,9 @@ def restore_encoders(
 
 
 @functools.cache
-def _jitted_apply(net: models.Encoder) -> Callable:
+def jitted_apply(net: models.Encoder) -> Callable:
+    """``jax.jit(net.apply)``, one per encoder: the evaluation, the probe and the estimate share
+    its compiled programs (the variables are an argument, not constants)."""
     return jax.jit(net.apply)
 
 
@@ -180,7 +182,7 @@ def image_encoder(
     one compiled program."""
     variables = restore_encoders(ckpt_dir, model, step=step)
     net, _ = model.encoders()
-    return functools.partial(_jitted_apply(net), variables["image"])
+    return functools.partial(jitted_apply(net), variables["image"])
 
 
 def model_settings(config: dict) -> models.ModelSettings:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from piaug import evaluate, matching, models
+from piaug import checkpoints, evaluate, matching, models
 
 
 @dataclasses.dataclass
@@ -55,8 +55,7 @@ class Probe:
             np.asarray(self.template["landmarks"], np.float64)[None], len(self.targets), 0
         )
         self.copy_mre_mm = evaluate.evaluate(copied, **self._truth)["grid"]["mre_mm"]
-        net = self.net
-        self._apply = jax.jit(lambda variables, x: net.apply(variables, x, train=False))
+        self._apply = checkpoints.jitted_apply(self.net)  # the evaluate stage's programs
 
     def __call__(self, params, batch_stats) -> dict[str, float]:
         """``probe_mre_mm``, ``probe_sdr_{r}`` (%), ``probe_copy_mre_mm`` (the template's

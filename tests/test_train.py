@@ -1,8 +1,9 @@
 """Pretraining and the stages after it, on the tiny config's run (in-process): checkpoints,
-metrics, the estimate, evaluation (and re-evaluation), analysis, restoring encoders, and a
-non-finite loss stopping the run cleanly. The slow tier, through the command line: the sharded
-step equals the single-device one, a 2-process run equals a 1-process run, a killed or
-pre-empted run resumes to the same parameters, checkpoints move between device counts."""
+metrics and the probe, the estimate, evaluation (and re-evaluation), analysis, restoring
+encoders. The slow tier: a non-finite loss stopping the run cleanly; through the command line,
+the sharded step equals the single-device one, a 2-process run equals a 1-process run, a killed
+or pre-empted run resumes to the same parameters, checkpoints move between device counts, and
+benchmarks/gpu_check.sh runs at a tiny size."""
 
 import json
 import os
@@ -246,6 +247,7 @@ def test_analyze_draws_the_figures(tiny_run):
         assert (tiny_run / "figures" / f"{name}.png").stat().st_size > 5000, name
 
 
+@pytest.mark.slow  # compiles the train step in this process: ~18 s of the fast tier
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     tiny_config, tmp_path, monkeypatch
 ):
