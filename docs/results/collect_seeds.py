@@ -4,6 +4,10 @@ into ``docs/results/ceph_cpu_seeds.json``, which the README's seeds table is mad
 python docs/results/collect_seeds.py --root=runs/seeds --baseline-runs=0:runs/fs/L3 \
     [--seeds=0,1,2]
 
+``--curve NAME=FILE`` (repeatable) draws ``ceph_cpu_seeds_probe.png``: the probe MRE of each
+named ``metrics.jsonl`` (or JSON list of probe rows), e.g. piaug's run and the baseline's
+checkpoints probed with the same template.
+
 For each seed ``s``: ``ROOT/seed_s/{weightmap,adaptive}/results.json`` (the sweep's runs) and
 the baseline's ``results.json`` (``ROOT/seed_s/shared_baseline``, or the run given for that seed
 by ``--baseline-runs``); the template is the one every row of that seed shares.
@@ -37,6 +41,7 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--baseline-runs", default="", help="SEED:RUN_DIR,... reused baselines")
     parser.add_argument("--note", default="")
+    parser.add_argument("--curve", action="append", default=[], help="NAME=FILE, repeatable")
     args = parser.parse_args()
     reused = dict(item.split(":", 1) for item in args.baseline_runs.split(",") if item)
     seeds = {}
@@ -65,6 +70,29 @@ def main() -> int:
         "seeds": seeds,
     }
     (HERE / "ceph_cpu_seeds.json").write_text(json.dumps(payload, indent=1) + "\n")
+    if args.curve:
+        sys.path.insert(0, str(HERE.parents[1]))
+        from piaug import plots
+
+        curves, copies = {}, set()
+        for item in args.curve:
+            name, path = item.split("=", 1)
+            text = Path(path).read_text()
+            rows = (
+                json.loads(text)
+                if path.endswith(".json")
+                else [json.loads(line) for line in text.splitlines() if line.strip()]
+            )
+            rows = [r for r in rows if "probe_mre_mm" in r]
+            curves[name] = ([r["step"] for r in rows], [r["probe_mre_mm"] for r in rows])
+            copies |= {round(r["probe_copy_mre_mm"], 6) for r in rows}
+        reference = {"template copied": copies.pop()} if len(copies) == 1 else None
+        plots.probe_curves(
+            curves,
+            HERE / "ceph_cpu_seeds_probe.png",
+            title="the probe, one template",
+            reference=reference,
+        )
     print(f"wrote {HERE / 'ceph_cpu_seeds.json'}: seeds {sorted(seeds)}")
     return 0
 
