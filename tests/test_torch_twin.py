@@ -150,7 +150,7 @@ def test_bilinear_matching_maps_match_the_authors_upsampling(twins):
     for f, v in zip(theirs, vectors, strict=True):
         q = torch.from_numpy(f[1:]).permute(0, 3, 1, 2)  # (1, E, h, w)
         t = torch.from_numpy(np.asarray(v))[:, :, None, None]  # (L, E, 1, 1)
-        cos = F_cos(q, t).clamp(0, 1)  # (L, h, w)
+        cos = _cosine(q, t).clamp(0, 1)  # (L, h, w)
         up = torch.nn.functional.interpolate(
             cos[None], size=(SIZE, SIZE), mode="bilinear", align_corners=False
         )[0]
@@ -158,7 +158,7 @@ def test_bilinear_matching_maps_match_the_authors_upsampling(twins):
     np.testing.assert_allclose(np.asarray(mine)[0], product.numpy(), rtol=1e-4, atol=1e-6)
 
 
-def F_cos(q, t):  # noqa: N802: cosine of every template vector with every cell
+def _cosine(q, t):  # of every template vector with every cell
     return torch.nn.functional.cosine_similarity(q, t, dim=1, eps=1e-3)
 
 

@@ -65,6 +65,9 @@ def _cli(workdir, *extra, devices=1, script=None, env_extra=None, check=True):
     cmd += [f"--config={REPO / 'configs/test.py'}", f"--workdir={workdir}"]
     if not any(e.startswith("--config.stages=") for e in extra):
         extra += ("--config.stages=pretrain",)
+    # No probe: these runs are compared by their losses and parameters, which it does not
+    # touch, and compiling it would cost every run (the tiny run tests it).
+    extra += ("--config.eval.every=0",)
     cmd += extra
     env = _env(devices) | (env_extra or {})
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
