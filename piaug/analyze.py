@@ -123,13 +123,18 @@ def sampling_weights(centers, gammas, d: float) -> dict[str, np.ndarray]:
     return out
 
 
+def read_rows(path: Path, key: str) -> list[dict]:
+    """The rows of a ``metrics.jsonl`` that hold ``key`` (the probe's rows, ``probe_*``, are
+    apart from the training rows); none when there is no such file."""
+    if not Path(path).exists():
+        return []
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [r for r in rows if key in r]
+
+
 def read_curve(path: Path, key: str = "loss") -> tuple[list, list] | None:
-    """``(steps, values)`` of ``key`` in a ``metrics.jsonl`` (the rows that hold it: the
-    probe's rows, ``probe_*``, are apart from the training rows), None when there is none."""
-    if not path.exists():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if key in r]
+    """``(steps, values)`` of ``key`` in a ``metrics.jsonl``, None when no row holds it."""
+    rows = read_rows(path, key)
     return ([r["step"] for r in rows], [r[key] for r in rows]) if rows else None
 
 

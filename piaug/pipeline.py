@@ -545,16 +545,15 @@ def analyze_stage(config, workdir: Path) -> None:
         plots.loss_curves(curves, figures / "loss_curves.png", title=config.data.name)
     else:
         skipped.append("loss curves (no metrics.jsonl: run pretrain or train)")
-    probes = {
-        name: analyze.read_curve(d.parent / layout.METRICS_FILE, "probe_mre_mm")
-        for name, d in dirs.items()
-    }
-    probes = {name: rows for name, rows in probes.items() if rows}
+    probes, copies = {}, set()
+    for name, d in dirs.items():
+        rows = analyze.read_rows(d.parent / layout.METRICS_FILE, "probe_mre_mm")
+        if rows:
+            probes[name] = ([r["step"] for r in rows], [r["probe_mre_mm"] for r in rows])
+            copies |= {r["probe_copy_mre_mm"] for r in rows}
     if probes:
-        copy = analyze.read_curve(
-            next(iter(dirs.values())).parent / layout.METRICS_FILE, "probe_copy_mre_mm"
-        )
-        reference = {"template copied": copy[1][-1]} if copy else None
+        # One probe for every encoder of the run, so one copy line (none if they differ).
+        reference = {"template copied": copies.pop()} if len(copies) == 1 else None
         plots.probe_curves(
             probes, figures / "probe_curve.png", title=config.data.name, reference=reference
         )

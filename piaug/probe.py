@@ -95,9 +95,3 @@ def choose(ids: Sequence[str], template_id: str, count: int) -> list[int]:
     """Indices of the probe's targets: the first ``count`` of ``ids`` other than the
     template's (the split's order is fixed, so the probe is the same in every run)."""
     return [i for i, name in enumerate(ids) if name != template_id][: max(0, int(count))]
-
-
-def curves(rows: Sequence[dict], key: str = "probe_mre_mm") -> tuple[list, list]:
-    """``(steps, values)`` of ``key`` in ``metrics.jsonl`` rows (the rows that have it)."""
-    picked = [r for r in rows if key in r]
-    return [r["step"] for r in picked], [r[key] for r in picked]

@@ -111,7 +111,7 @@ def learning_rate(cfg, per_epoch: float) -> optax.Schedule:
         decay_rate=cfg.lr_decay,
         staircase=True,
     )
-    warmup = int(getattr(cfg, "warmup_steps", 0))
+    warmup = int(cfg.warmup_steps)
     if not warmup:
         return decay
     # Step s (0-based) of the warm-up applies lr * (s + 1) / warmup; the decay counts from 0.

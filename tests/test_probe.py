@@ -31,4 +31,3 @@ def test_curves_read_only_the_rows_that_hold_the_key(tmp_path):
     assert analyze.read_curve(tmp_path / "metrics.jsonl", "probe_mre_mm") == ([0, 2], [9.5, 8.0])
     assert analyze.read_curve(tmp_path / "metrics.jsonl", "nothing") is None
     assert analyze.read_curve(tmp_path / "absent.jsonl") is None
-    assert probe.curves([{"step": 1, "a": 2}, {"step": 2}], "a") == ([1], [2])

@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from piaug import configure, defaults, layout, plots  # noqa: E402
+from piaug import analyze, configure, defaults, layout, plots  # noqa: E402
 
 # Fields that name where the data is or how the run was watched, not the recipe.
 IGNORED = (
@@ -83,10 +83,8 @@ def training_minutes(rows: list[dict], batch_size: int) -> float:
 def collect(run: Path, preset: dict, encoder: str) -> dict:
     config = layout.read_json(run / layout.CONFIG_FILE)
     sub = run if encoder == "baseline" else run / layout.PIAUG_DIR
-    lines = (sub / layout.METRICS_FILE).read_text().splitlines()
-    rows = [json.loads(line) for line in lines if line.strip()]
-    train_rows = [r for r in rows if "loss" in r]
-    probes = [r for r in rows if "probe_mre_mm" in r]
+    train_rows = analyze.read_rows(sub / layout.METRICS_FILE, "loss")
+    probes = analyze.read_rows(sub / layout.METRICS_FILE, "probe_mre_mm")
     entry = {
         "name": run.name,
         "overrides": overrides(config, preset),

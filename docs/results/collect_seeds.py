@@ -72,18 +72,15 @@ def main() -> int:
     (HERE / "ceph_cpu_seeds.json").write_text(json.dumps(payload, indent=1) + "\n")
     if args.curve:
         sys.path.insert(0, str(HERE.parents[1]))
-        from piaug import plots
+        from piaug import analyze, plots
 
         curves, copies = {}, set()
         for item in args.curve:
             name, path = item.split("=", 1)
-            text = Path(path).read_text()
-            rows = (
-                json.loads(text)
-                if path.endswith(".json")
-                else [json.loads(line) for line in text.splitlines() if line.strip()]
-            )
-            rows = [r for r in rows if "probe_mre_mm" in r]
+            if path.endswith(".json"):  # a list of probe rows
+                rows = [r for r in json.loads(Path(path).read_text()) if "probe_mre_mm" in r]
+            else:
+                rows = analyze.read_rows(Path(path), "probe_mre_mm")
             curves[name] = ([r["step"] for r in rows], [r["probe_mre_mm"] for r in rows])
             copies |= {round(r["probe_copy_mre_mm"], 6) for r in rows}
         reference = {"template copied": copies.pop()} if len(copies) == 1 else None
