@@ -155,6 +155,11 @@ def anchor_crop(
         )
     if not (float(cfg.blur) >= 0 and float(cfg.noise) >= 0):
         raise UserError(f"config.augment.blur={cfg.blur}, noise={cfg.noise}: give 0 (none) or more")
+    if int(cfg.anchors_per_crop) < 1:
+        raise UserError(
+            f"config.augment.anchors_per_crop={cfg.anchors_per_crop}: give 1 (the paper's) or "
+            "more anchors per crop"
+        )
     if not float(cfg.max_scale) >= 1.0:
         raise UserError(
             f"config.augment.max_scale={cfg.max_scale}: give 1 (no scaling) or more; the "
@@ -191,6 +196,7 @@ def anchor_crop(
         crop_grid=int(cfg.crop_grid),
         blur=float(cfg.blur),
         noise=float(cfg.noise),
+        anchors_per_crop=int(cfg.anchors_per_crop),
     )
 
 

@@ -69,6 +69,9 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     # 0 is the paper's; they hide the pixel texture a crop shares with its own image.
     config.augment.blur = 0.0
     config.augment.noise = 0.0
+    # Anchors per crop: 1 is the paper's; K > 1 draws K - 1 more inside the crop by the same
+    # weight map, so each forward pass of the encoders trains K queries (loss: their mean).
+    config.augment.anchors_per_crop = 1
 
     # The CC2D encoders (DESIGN.md 1): F on the whole image (RFB blocks), F' on the crop.
     config.model = ml_collections.ConfigDict()

@@ -9,6 +9,10 @@ window of +-``window`` cells around the target at the finer ones (cut at the map
 the authors' ``half_open``, ``target - window <= cell < target + window`` (2 window cells).
 The total is the sum over scales of the batch means. The positive similarity indicator (PSI) of
 the paper is the clamped cosine at the target.
+
+With several anchors per crop (``(B, K, 2)`` anchors, ``augment.anchors_per_crop``), each
+anchor is a query of its own against its image's map, and an example's loss and PSI are the
+means over its K anchors: one forward pass of both encoders then trains K queries.
 """
 
 from __future__ import annotations
@@ -108,21 +112,36 @@ def pixel_info_nce(
     target = cell(anchors, stride, image_features.shape[1:])
     source = cell(crop_anchors, stride, crop_features.shape[1:])
     query = crop_features[b, source[:, 0], source[:, 1]]  # (B, E)
-    sim = cosine(image_features, query[:, None, None, :])  # (B, h, w)
+    if window is None:
+        sim = cosine(image_features, query[:, None, None, :])  # (B, h, w)
+        at = (b, target[:, 0], target[:, 1])
+        inside = None
+    else:
+        if window_mode not in WINDOW_MODES:
+            raise ValueError(f"window_mode must be one of {WINDOW_MODES}, got {window_mode!r}")
+        # Only the window's cells are compared: cut (2 window + 1)^2 cells around the target
+        # from the map padded by the window (the padding is outside the map, masked below).
+        size = 2 * window + 1
+        h, w, e = image_features.shape[1:]
+        pad = ((window, window), (window, window))
+        padded = jnp.pad(image_features, ((0, 0), *pad, (0, 0)))
+        cut = jax.vmap(lambda f, t: jax.lax.dynamic_slice(f, (t[0], t[1], 0), (size, size, e)))
+        sim = cosine(cut(padded, target), query[:, None, None, :])  # (B, size, size)
+        on_map = jnp.pad(jnp.ones((h, w), bool), pad)
+        inside = jax.vmap(lambda t: jax.lax.dynamic_slice(on_map, (t[0], t[1]), (size, size)))(
+            target
+        )
+        if window_mode == "half_open":  # target - window <= cell < target + window
+            inside = inside.at[:, -1, :].set(False).at[:, :, -1].set(False)
+        at = (b, window, window)
     if clamp:
         sim = jnp.clip(sim, 0.0, 1.0)
     logits = sim / temperature
-    positive = logits[b, target[:, 0], target[:, 1]]
-    if window is not None:
-        if window_mode not in WINDOW_MODES:
-            raise ValueError(f"window_mode must be one of {WINDOW_MODES}, got {window_mode!r}")
-        hi = window + 1 if window_mode == "closed" else window
-        dr = jnp.arange(sim.shape[1])[None, :, None] - target[:, 0, None, None]
-        dc = jnp.arange(sim.shape[2])[None, None, :] - target[:, 1, None, None]
-        inside = (dr >= -window) & (dr < hi) & (dc >= -window) & (dc < hi)
+    positive = logits[at]
+    if inside is not None:
         logits = jnp.where(inside, logits, -jnp.inf)
     normaliser = jax.nn.logsumexp(logits.reshape(logits.shape[0], -1), axis=-1)
-    return normaliser - positive, sim[b, target[:, 0], target[:, 1]]
+    return normaliser - positive, sim[at]
 
 
 def multiscale_info_nce(
@@ -142,10 +161,31 @@ def multiscale_info_nce(
     ``image_features`` and ``crop_features`` are the encoders' output lists (coarsest first);
     the coarsest scale uses the whole map, the others a +-``window`` window.
 
+    ``anchors`` and ``crop_anchors`` are ``(B, 2)``, or ``(B, K, 2)`` for K anchors per example
+    (the loss and PSI are then means over the K).
+
     Returns:
       ``(loss, psi)``, each ``(B, S)`` for the S scales. The training loss is
       ``loss.mean(0).sum()``.
     """
+    kwargs = dict(
+        strides=strides,
+        window=window,
+        temperature=temperature,
+        clamp=clamp,
+        window_mode=window_mode,
+    )
+    if anchors.ndim == 3:
+        if crop_anchors.shape != anchors.shape:
+            raise ValueError(
+                f"anchors {anchors.shape} and crop_anchors {crop_anchors.shape} must match"
+            )
+
+        def one(a, c):
+            return multiscale_info_nce(image_features, crop_features, a, c, **kwargs)
+
+        loss, psi = jax.vmap(one, in_axes=1, out_axes=2)(anchors, crop_anchors)  # (B, S, K)
+        return loss.mean(-1), psi.mean(-1)
     if not len(image_features) == len(crop_features) == len(strides):
         raise ValueError(
             f"need one feature map per stride {tuple(strides)}, got {len(image_features)} and "

@@ -213,14 +213,18 @@ def training_batch(batch: dict, path: Path, *, strides=(32, 16, 8, 4, 2), count:
     ``image``, ``crop``, ``anchor``, ``crop_anchor``, ...), the whole image with the anchor,
     the image around the anchor, and the augmented crop, each with the anchor's cell at every
     stride: the loss's positive at each scale is that cell, so both must show the same anatomy
-    (the crop is rotated about the anchor and jittered in brightness and contrast)."""
+    (the crop is rotated about the anchor and jittered in brightness and contrast). With several
+    anchors per crop (``(B, K, 2)``) the first is drawn as above and the others as cyan dots,
+    each at its place in the image and in the crop."""
     n = min(int(count), len(batch["anchor"]))
     crop_size = batch["crop"].shape[1]
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(strides)))
     fig, axes = plt.subplots(n, 3, figsize=(10, 3.4 * n), constrained_layout=True, squeeze=False)
     for i in range(n):
         image, crop = np.asarray(batch["image"][i]), np.asarray(batch["crop"][i])
-        (r, c), (cr, cc) = np.asarray(batch["anchor"][i]), np.asarray(batch["crop_anchor"][i])
+        anchors = np.asarray(batch["anchor"][i]).reshape(-1, 2)
+        crop_anchors = np.asarray(batch["crop_anchor"][i]).reshape(-1, 2)
+        (r, c), (cr, cc) = anchors[0], crop_anchors[0]
         axes[i, 0].imshow(image, cmap="gray", vmin=0, vmax=255)
         axes[i, 0].add_patch(
             plt.Rectangle((c - cc, r - cr), crop_size, crop_size, fill=False, color="orange")
@@ -253,6 +257,8 @@ def training_batch(batch: dict, path: Path, *, strides=(32, 16, 8, 4, 2), count:
                     )
                 )
             ax.scatter([x], [y], s=20, c="red")
+        axes[i, 0].scatter(anchors[1:, 1], anchors[1:, 0], s=6, c="cyan")
+        axes[i, 2].scatter(crop_anchors[1:, 1], crop_anchors[1:, 0], s=6, c="cyan")
         for ax in axes[i]:
             ax.set_axis_off()
     handles = [

@@ -56,3 +56,35 @@ def test_info_statistics_by_hand():
     assert first["landmark_iie"] == [0.5, 7.5] and first["mean_iie"] == pytest.approx(iie.mean())
     assert stats["landmark_iie"]["mean"] == [0.625, 7.625]
     assert stats["landmark_iie"]["group_fraction"] == {"low": 0.5, "medium": 0.0, "high": 0.5}
+
+
+def test_training_batch_draws_every_anchor_of_a_crop(tmp_path):
+    """With K anchors per crop, the figure draws the first with its cells and the K - 1 others
+    as dots at their places in the image and in the crop."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from piaug import plots
+
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (2, 64, 64), dtype=np.uint8),
+        "crop": rng.uniform(0, 1, (2, 32, 32)).astype(np.float32),
+        "anchor": rng.integers(0, 64, (2, 5, 2)),
+        "crop_anchor": rng.integers(0, 32, (2, 5, 2)),
+    }
+    shown = []
+    save = plt.Figure.savefig
+    try:
+        plt.Figure.savefig = lambda fig, *a, **k: shown.append(fig) or save(fig, *a, **k)
+        plots.training_batch(batch, tmp_path / "batch.png", count=2)
+    finally:
+        plt.Figure.savefig = save
+    axes = shown[0].axes
+    dots = [c.get_offsets() for c in axes[0].collections]  # the image panel of example 0
+    np.testing.assert_array_equal(dots[-1], batch["anchor"][0, 1:, ::-1])
+    crop_dots = [c.get_offsets() for c in axes[2].collections]
+    np.testing.assert_array_equal(crop_dots[-1], batch["crop_anchor"][0, 1:, ::-1])
+    assert (tmp_path / "batch.png").stat().st_size > 0

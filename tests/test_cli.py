@@ -124,6 +124,9 @@ BAD_VALUES = [
         "config.augment.continuous=True interpolates estimated ranges",
     ),
     ({"augment.anchors": "gauss"}, "config.augment.anchors='gauss'"),
+    ({"augment.anchors_per_crop": 0}, "config.augment.anchors_per_crop=0"),
+    ({"augment.crop_grid": -1}, "config.augment.crop_grid=-1"),
+    ({"augment.max_scale": 0.5}, "config.augment.max_scale=0.5"),
     ({"model.pretrained": "/nope/vgg19.pth"}, "config.model.pretrained='/nope/vgg19.pth'"),
     ({"info.footprint": "ball(2)"}, "config.info.footprint='ball(2)' is 3-D but image"),
 ]

@@ -135,6 +135,37 @@ def test_scale_is_log_uniform_and_keeps_the_anchor(source):
     assert scales.min() >= -1 and scales.max() <= 1 and scales.min() < -0.8 < 0.8 < scales.max()
 
 
+def test_more_anchors_per_crop_show_their_image_pixels(source):
+    """K anchors: the first is the one-anchor stream's; every other crop anchor shows the image
+    pixel it is paired with (exactly at angle 0, linear interpolation, no jitter), and each is
+    drawn by the weight map (piecewise: none below d)."""
+    still = augment.GroupJitter.uniform((1.0, 1.0), (1.0, 1.0))
+    common = dict(crop_size=24, jitter=still, order=1, anchors="piecewise", d=3.0)
+    one = ip.AnchorCrop(max_rotation=0.0, **common)
+    many = ip.AnchorCrop(max_rotation=0.0, anchors_per_crop=8, **common)
+    rotated = ip.AnchorCrop(anchors_per_crop=8, **common)
+    for i in range(len(source)):
+        ex = source.source[i]
+        first = one.random_map(ex, np.random.default_rng(i))
+        out = many.random_map(ex, np.random.default_rng(i))
+        assert out["anchor"].shape == out["crop_anchor"].shape == (8, 2)
+        np.testing.assert_array_equal(out["anchor"][0], first["anchor"])
+        np.testing.assert_array_equal(out["crop_anchor"][0], first["crop_anchor"])
+        np.testing.assert_array_equal(out["crop"], first["crop"])
+        rows, cols = out["anchor"].T
+        np.testing.assert_array_equal(
+            out["crop"][tuple(out["crop_anchor"].T)], (ex["image"][rows, cols] / 255).astype(np.float32)
+        )
+        assert np.all(ex["iie"][rows, cols] >= 3.0)
+        assert np.all((out["crop_anchor"] >= 0) & (out["crop_anchor"] < 24))
+        turned = rotated.random_map(ex, np.random.default_rng(i))  # nearest image pixel
+        coords = augment.rotation_coordinates(
+            turned["anchor"][0], turned["crop_anchor"][0], 24, turned["angle"]
+        )
+        shown = coords[:, turned["crop_anchor"][:, 0], turned["crop_anchor"][:, 1]].T
+        assert np.abs(shown - turned["anchor"]).max() <= 0.5
+
+
 def test_the_anchor_group_picks_the_jitter_ranges(source):
     jitter = augment.GroupJitter(
         brightness=[(0.1, 0.2), (0.5, 0.6), (1.5, 1.6)], contrast=[(1, 1), (1, 1), (1, 1)]

@@ -134,6 +134,29 @@ def test_multiscale_sums_scales_and_matches_jit():
     assert np.all((psi >= 0) & (psi <= 1))
 
 
+def test_several_anchors_per_example_average_their_losses():
+    """(B, K, 2) anchors: each is a query of its own; an example's loss and PSI are the means
+    over its K anchors, each as the one-anchor loss computes it."""
+    rng = np.random.default_rng(1)
+    strides = (32, 16, 8, 4, 2)
+    image = [jnp.asarray(rng.normal(size=(2, 64 // s, 64 // s, 4)), jnp.float32) for s in strides]
+    crop = [jnp.asarray(rng.normal(size=(2, 32 // s, 32 // s, 4)), jnp.float32) for s in strides]
+    anchors = rng.integers(0, 64, (2, 3, 2))
+    crop_anchors = rng.integers(0, 32, (2, 3, 2))
+    kw = dict(window=2, temperature=0.1, clamp=False, window_mode="half_open")
+    loss, psi = losses.multiscale_info_nce(image, crop, anchors, crop_anchors, **kw)
+    assert loss.shape == psi.shape == (2, 5)
+    each = [
+        losses.multiscale_info_nce(image, crop, anchors[:, k], crop_anchors[:, k], **kw)
+        for k in range(3)
+    ]
+    np.testing.assert_allclose(loss, np.mean([e[0] for e in each], 0), rtol=1e-5)
+    np.testing.assert_allclose(psi, np.mean([e[1] for e in each], 0), rtol=1e-5)
+    assert not np.allclose(each[0][0], each[1][0])  # the anchors' losses differ
+    with pytest.raises(ValueError, match="must match"):
+        losses.multiscale_info_nce(image, crop, anchors, crop_anchors[:, :2])
+
+
 def test_bad_shapes_raise():
     with pytest.raises(ValueError, match=r"\(B, h, w, E\)"):
         losses.pixel_info_nce(

@@ -50,6 +50,30 @@ def sample_anchor(rng: np.random.Generator, w: np.ndarray) -> np.ndarray:
     return np.asarray(np.unravel_index(min(flat, cdf.size - 1), w.shape), np.int64)
 
 
+def more_anchors(
+    rng: np.random.Generator, w: np.ndarray, coords: np.ndarray, count: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` further anchors inside a crop, drawn with replacement by the weight map.
+
+    Args:
+      w: the image's sampling ratios ``(H, W)``.
+      coords: ``(2, C, C)`` the image point each crop pixel shows (``rotation_coordinates``).
+      count: how many to draw.
+
+    Returns:
+      ``(anchors, crop_anchors)``, each ``(count, 2)`` int64: a crop pixel drawn with probability
+      proportional to the weight of the image pixel nearest to what it shows (0 where that lies
+      outside the image), and that image pixel.
+    """
+    source = np.rint(coords).astype(np.int64)
+    inside = (source >= 0).all(0) & (source[0] < w.shape[0]) & (source[1] < w.shape[1])
+    rows, cols = (np.clip(source[i], 0, w.shape[i] - 1) for i in range(2))
+    p = np.where(inside, w[rows, cols], 0.0).ravel()
+    picks = rng.choice(p.size, size=count, p=p / p.sum())
+    crop_anchors = np.stack(np.unravel_index(picks, coords.shape[1:]), axis=1)
+    return source[:, crop_anchors[:, 0], crop_anchors[:, 1]].T, crop_anchors.astype(np.int64)
+
+
 @dataclasses.dataclass(frozen=True)
 class AnchorCrop(grain.RandomMapTransform):
     """Anchor, crop, rotation and (adaptive) jitter of one prepared example.
@@ -73,6 +97,10 @@ class AnchorCrop(grain.RandomMapTransform):
         stride away from the image cell it must match).
       blur, noise: the crop blurred (sigma uniform in [0, blur] pixels) and noised (std uniform
         in [0, noise]) after the jitter (``augment.degrade``; 0: not, the paper's).
+      anchors_per_crop: 1 (the paper's: ``anchor`` and ``crop_anchor`` are ``(2,)``) or K > 1:
+        K - 1 further anchors drawn inside the crop by the same weight map (``more_anchors``),
+        after the first one's; ``anchor`` and ``crop_anchor`` are then ``(K, 2)``, the first row
+        the anchor the crop was cut around (whose group picks the jitter).
     """
 
     crop_size: int = 64
@@ -89,10 +117,12 @@ class AnchorCrop(grain.RandomMapTransform):
     crop_grid: int = 0
     blur: float = 0.0
     noise: float = 0.0
+    anchors_per_crop: int = 1
 
     def random_map(self, element, rng: np.random.Generator) -> dict:
         image, iie = element["image"], element["iie"]
-        anchor = sample_anchor(rng, weights(iie, self.anchors, gamma=self.gamma, d=self.d))
+        w = weights(iie, self.anchors, gamma=self.gamma, d=self.d)
+        anchor = sample_anchor(rng, w)
         value = iie[anchor[0], anchor[1]]
         group = int(value >= self.thresholds[0]) + int(value >= self.thresholds[1])
         crop_anchor = augment.crop_position(
@@ -113,6 +143,13 @@ class AnchorCrop(grain.RandomMapTransform):
         crop = augment.color_jitter(crop, brightness, contrast, contrast_first=contrast_first)
         if self.blur > 0 or self.noise > 0:
             crop = augment.degrade(crop, rng, blur=self.blur, noise=self.noise)
+        if self.anchors_per_crop > 1:  # drawn last: the first anchor's stream stays the same
+            coords = augment.rotation_coordinates(
+                anchor, crop_anchor, self.crop_size, angle, scale
+            )
+            more, more_crop = more_anchors(rng, w, coords, self.anchors_per_crop - 1)
+            anchor = np.concatenate([anchor[None], more])
+            crop_anchor = np.concatenate([crop_anchor[None], more_crop])
         return {
             "id": element["id"],
             "image": image,
