@@ -3,6 +3,8 @@ r"""Training step throughput: samples/s of the jitted step of both encoders, on 
 python benchmarks/train_step.py --image-size 384 --crop-size 64 --batch 8 --width-mult 1
 python benchmarks/train_step.py --image-size 192 --crop-size 64 --batch 4 --width-mult 0.25
 python benchmarks/train_step.py ... --dtype bfloat16          # mixed precision (for GPUs)
+python benchmarks/train_step.py --image-size 192 --width-mult 0.25 --norm batch \
+    --embedding 64 --anchors 16                                 # configs/ceph.py:cpu
 
 Prints one JSON line. ``samples_per_s`` is the rate of ``piaug.train.train_step`` (both
 encoders forward and backward, the multi-scale InfoNCE, both Adam updates; jitted over a
@@ -29,13 +31,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 from piaug import models, train
 
 
-def _batch(image_size: int, crop_size: int, batch: int) -> dict:
+def _batch(image_size: int, crop_size: int, batch: int, anchors: int = 1) -> dict:
     rng = np.random.default_rng(0)
+    shape = (batch, 2) if anchors == 1 else (batch, anchors, 2)
     return {
         "image": rng.integers(0, 256, (batch, image_size, image_size), dtype=np.uint8),
         "crop": rng.uniform(0, 1, (batch, crop_size, crop_size)).astype(np.float32),
-        "anchor": rng.integers(0, image_size, (batch, 2)).astype(np.int32),
-        "crop_anchor": rng.integers(0, crop_size, (batch, 2)).astype(np.int32),
+        "anchor": rng.integers(0, image_size, shape).astype(np.int32),
+        "crop_anchor": rng.integers(0, crop_size, shape).astype(np.int32),
     }
 
 
@@ -79,11 +82,16 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--width-mult", type=float, default=1.0)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--norm", default="none", choices=list(models.NORMS))
+    parser.add_argument("--embedding", type=int, default=16)
+    parser.add_argument("--anchors", type=int, default=1, help="anchors per crop")
     parser.add_argument("--steps", type=int, default=5, help="timed steps after compiling")
     parser.add_argument("--no-reference", action="store_true", help="skip vgg19_features")
     args = parser.parse_args()
 
-    nets = models.ModelSettings(width=args.width_mult, dtype=args.dtype).encoders()
+    nets = models.ModelSettings(
+        embedding=args.embedding, width=args.width_mult, dtype=args.dtype, norm=args.norm
+    ).encoders()
     txs = {name: train.optimizer(train.TrainSettings(), 1.0) for name in train.ENCODERS}
     mesh = train.make_mesh()
     init = jax.jit(
@@ -99,7 +107,7 @@ def main():
     state = init(jax.random.key(0))
     params = {name: models.num_params(state.params[name]) for name in train.ENCODERS}
     step = train.compile_step(mesh, nets=nets, txs=txs)
-    batch = _batch(args.image_size, args.crop_size, args.batch)
+    batch = _batch(args.image_size, args.crop_size, args.batch, args.anchors)
     device_batch = train.device_batch(batch, mesh)
 
     def run():
@@ -117,6 +125,9 @@ def main():
         "batch": args.batch,
         "width_mult": args.width_mult,
         "dtype": args.dtype,
+        "norm": args.norm,
+        "embedding": args.embedding,
+        "anchors": args.anchors,
         "samples_per_s": round(args.batch / per_step, 3),
         "step_s": round(per_step, 4),
         "compile_s": round(compile_s, 1),

@@ -19,9 +19,10 @@ Presets (``--config=configs/ceph.py:NAME[,NAME...]``, applied in order):
 
 * ``cpu``: a recipe for training from scratch on a 2-core CPU (no ImageNet weights), about
   half an hour per encoder: 192 x 192, encoders at a quarter of VGG19's width with batch norm
-  in the backbone, 900 steps of batch 8 (lr 5e-4 after a 50-step warm-up), CC2D's later loss
-  (temperature 0.1, no clamp, 64-d embedding) matched by the sum of the scales' cosines with
-  bilinear upsampling, crops on a 32-pixel grid, scaled (up to 1.25x), blurred and noised.
+  in the backbone, 1000 steps of batch 8 with 16 anchors per crop (lr 5e-4 after a 50-step
+  warm-up, then a cosine to 0), CC2D's later loss (temperature 0.1, no clamp, 64-d embedding)
+  matched by the sum of the scales' cosines with bilinear upsampling, crops on a 32-pixel
+  grid, scaled (up to 1.25x), blurred and noised.
   docs/from_scratch.md records how it was found and what it reaches.
 * the ablations of ``piaug.ablations`` (e.g. ``gamma_0.1``, ``d_3.7``, ``estimated``,
   ``alpha_1.5``, ``footprint_32``, ``continuous``); ``launch/sweep.py`` runs whole sweeps.
@@ -37,14 +38,16 @@ def cpu(config):
     config.model.embedding = 64
     config.loss.temperature = 0.1
     config.loss.clamp = False
-    config.train.steps = 900
+    config.train.steps = 1000
     config.train.lr = 5e-4
     config.train.warmup_steps = 50
+    config.train.schedule = "cosine"
     config.train.checkpoint_every = 100
     config.augment.crop_grid = 32
     config.augment.max_scale = 1.25
     config.augment.blur = 1.5
     config.augment.noise = 0.05
+    config.augment.anchors_per_crop = 16
     config.eval.combine = "sum"
     config.eval.upsample = "bilinear"
     config.eval.every = 100

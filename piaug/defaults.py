@@ -104,6 +104,7 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     config.train.lr_decay = 0.8  # the learning rate times lr_decay every lr_decay_epochs
     config.train.lr_decay_epochs = 50
     config.train.warmup_steps = 0  # linear warm-up of the learning rate from 0
+    config.train.schedule = "step"  # step (x lr_decay every lr_decay_epochs) | cosine (to 0)
     config.train.checkpoint_every = 500  # steps
     config.train.keep_checkpoints = 2
     config.train.log_every = 10  # steps between metrics.jsonl rows

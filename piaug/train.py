@@ -42,6 +42,7 @@ from piaug.errors import UserError, require
 from piaug.layout import CHECKPOINTS, METRICS_FILE
 
 ENCODERS = models.ENCODERS
+SCHEDULES = ("step", "cosine")  # the learning rate's: StepLR (the paper's) or a cosine to 0
 BATCH_KEYS = ("image", "crop", "anchor", "crop_anchor")  # what the step reads of a batch
 
 
@@ -71,6 +72,9 @@ class TrainSettings:
     lr_decay: float = 0.8  # the learning rate times lr_decay every lr_decay_epochs
     lr_decay_epochs: float = 50
     warmup_steps: int = 0  # the learning rate rises linearly from 0 over these first steps
+    # step: x lr_decay every lr_decay_epochs (the paper's StepLR); cosine: from lr after the
+    # warm-up down to 0 at the last step (for short runs, which never reach a step decay)
+    schedule: str = "step"
     checkpoint_every: int = 500  # steps
     keep_checkpoints: int = 2
     log_every: int = 10  # steps between metrics.jsonl rows
@@ -86,6 +90,12 @@ class TrainSettings:
                 ("steps", self.steps, self.steps >= 0, "must be 0 (use epochs) or more"),
                 ("epoch_passes", self.epoch_passes, self.epoch_passes > 0, "must be positive"),
                 ("warmup_steps", self.warmup_steps, self.warmup_steps >= 0, "must be 0 or more"),
+                (
+                    "schedule",
+                    self.schedule,
+                    self.schedule in SCHEDULES,
+                    f"use one of {', '.join(SCHEDULES)}",
+                ),
                 ("epochs", self.epochs, self.steps > 0 or self.epochs > 0, "must be positive"),
                 ("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 1, ">= 1"),
                 ("keep_checkpoints", self.keep_checkpoints, self.keep_checkpoints >= 1, ">= 1"),
@@ -104,14 +114,23 @@ class TrainSettings:
 
 def learning_rate(cfg, per_epoch: float) -> optax.Schedule:
     """``cfg.lr`` times ``cfg.lr_decay`` every ``cfg.lr_decay_epochs`` epochs (StepLR), after
-    a linear warm-up from 0 over ``cfg.warmup_steps`` steps (none by default, as the paper)."""
-    decay = optax.exponential_decay(
-        cfg.lr,
-        transition_steps=max(1, round(cfg.lr_decay_epochs * per_epoch)),
-        decay_rate=cfg.lr_decay,
-        staircase=True,
-    )
+    a linear warm-up from 0 over ``cfg.warmup_steps`` steps (none by default, as the paper).
+    With ``cfg.schedule == "cosine"``: a cosine from ``cfg.lr`` at the end of the warm-up to 0
+    at the run's last step (``cfg.steps``, else its epochs)."""
     warmup = int(cfg.warmup_steps)
+    if cfg.schedule == "cosine":
+        total = int(cfg.steps) or math.ceil(cfg.epochs * per_epoch)
+        cosine = optax.cosine_decay_schedule(cfg.lr, decay_steps=max(1, total - warmup))
+
+        def decay(step):
+            return cosine(jnp.maximum(step - warmup, 0))
+    else:
+        decay = optax.exponential_decay(
+            cfg.lr,
+            transition_steps=max(1, round(cfg.lr_decay_epochs * per_epoch)),
+            decay_rate=cfg.lr_decay,
+            staircase=True,
+        )
     if not warmup:
         return decay
     # Step s (0-based) of the warm-up applies lr * (s + 1) / warmup; the decay counts from 0.

@@ -36,6 +36,7 @@ def test_new_options_default_to_the_papers_behaviour(name):
     assert config.augment.blur == 0.0 and config.augment.noise == 0.0
     assert config.eval.combine == "product" and config.loss.window_mode == "closed"
     assert config.train.epoch_passes == 1.0 and config.augment.anchors_per_crop == 1
+    assert config.train.schedule == "step"
     transform = configure.baseline_anchor_crop(config)
     assert transform.anchors_per_crop == 1
     assert (transform.crop_grid, transform.max_scale, transform.blur, transform.noise) == (

@@ -144,17 +144,56 @@ def test_several_anchors_per_example_average_their_losses():
     anchors = rng.integers(0, 64, (2, 3, 2))
     crop_anchors = rng.integers(0, 32, (2, 3, 2))
     kw = dict(window=2, temperature=0.1, clamp=False, window_mode="half_open")
-    loss, psi = losses.multiscale_info_nce(image, crop, anchors, crop_anchors, **kw)
+    run = jax.jit(lambda *a: losses.multiscale_info_nce(*a, **kw))
+    loss, psi = run(image, crop, anchors, crop_anchors)
     assert loss.shape == psi.shape == (2, 5)
-    each = [
-        losses.multiscale_info_nce(image, crop, anchors[:, k], crop_anchors[:, k], **kw)
-        for k in range(3)
-    ]
+    each = [run(image, crop, anchors[:, k], crop_anchors[:, k]) for k in range(3)]
     np.testing.assert_allclose(loss, np.mean([e[0] for e in each], 0), rtol=1e-5)
     np.testing.assert_allclose(psi, np.mean([e[1] for e in each], 0), rtol=1e-5)
     assert not np.allclose(each[0][0], each[1][0])  # the anchors' losses differ
     with pytest.raises(ValueError, match="must match"):
         losses.multiscale_info_nce(image, crop, anchors, crop_anchors[:, :2])
+
+
+def _full_map_reference():
+    """``benchmarks/loss_window.py``'s ``full_map``: the loss by cosines over the whole map,
+    masked to the window (CC2D's formulation)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "loss_window.py"
+    spec = importlib.util.spec_from_file_location("loss_window", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.full_map
+
+
+@pytest.mark.parametrize("window_mode, clamp", [("closed", True), ("half_open", False)])
+def test_cut_windows_equal_the_masked_full_map(window_mode, clamp):
+    """The windowed scales cut each target's window out of the padded map; loss and gradients
+    equal the masked full map's, targets at the borders and corners included."""
+    full_map = _full_map_reference()
+    rng = np.random.default_rng(2)
+    strides = (32, 16, 8, 4, 2)
+    image = [jnp.asarray(rng.normal(size=(2, 64 // s, 48 // s, 4)), jnp.float32) for s in strides]
+    crop = [jnp.asarray(rng.normal(size=(2, 32 // s, 32 // s, 4)), jnp.float32) for s in strides]
+    anchors = np.stack([[0, 0], [63, 47], [0, 47], [30, 20]])[None].repeat(2, 0)
+    anchors[1, 3] = rng.integers(0, 48, 2)
+    crop_anchors = rng.integers(0, 32, (2, 4, 2))
+    kw = dict(window=3, temperature=0.5, clamp=clamp, window_mode=window_mode)
+
+    def total(fn):
+        return jax.jit(
+            jax.value_and_grad(
+                lambda f, g: jnp.sum(jnp.asarray(fn(f, g, anchors, crop_anchors, **kw))), (0, 1)
+            )
+        )(image, crop)
+
+    ours, ours_grads = total(lambda *a, **k: losses.multiscale_info_nce(*a, **k)[0])
+    ref, ref_grads = total(full_map)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(ours_grads), jax.tree.leaves(ref_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_bad_shapes_raise():

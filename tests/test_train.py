@@ -309,6 +309,20 @@ def test_warmup_rises_linearly_then_the_decay_applies():
         train.TrainSettings(warmup_steps=-1)
 
 
+def test_cosine_schedule_falls_to_zero_at_the_last_step():
+    """After the warm-up, lr * (1 + cos(pi t / T)) / 2 with t counted from the warm-up's end
+    and T the steps left; 0 at the last step, whether steps or epochs set the length."""
+    cfg = train.TrainSettings(lr=1e-3, warmup_steps=2, steps=10, schedule="cosine")
+    schedule = train.learning_rate(cfg, per_epoch=3)
+    got = [float(schedule(s)) for s in range(11)]
+    want = [5e-4, 1e-3] + [1e-3 * (1 + np.cos(np.pi * t / 8)) / 2 for t in range(9)]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-12)
+    by_epochs = train.TrainSettings(lr=1e-3, epochs=2, schedule="cosine")  # 2 x 3 = 6 steps
+    np.testing.assert_allclose(float(train.learning_rate(by_epochs, 3)(6)), 0.0, atol=1e-12)
+    with pytest.raises(ValueError, match="schedule='linear'"):
+        train.TrainSettings(schedule="linear")
+
+
 @pytest.mark.slow
 def test_sharded_step_equals_single_device_step():
     script = textwrap.dedent(
