@@ -168,7 +168,10 @@ def _full_map_reference():
     return module.full_map
 
 
-@pytest.mark.parametrize("window_mode, clamp", [("closed", True), ("half_open", False)])
+@pytest.mark.parametrize(
+    "window_mode, clamp",
+    [("closed", True), pytest.param("half_open", False, marks=pytest.mark.slow)],
+)
 def test_cut_windows_equal_the_masked_full_map(window_mode, clamp):
     """The windowed scales cut each target's window out of the padded map; loss and gradients
     equal the masked full map's, targets at the borders and corners included."""
