@@ -59,10 +59,15 @@ def demo() -> str:
     return results_table(_load("demo_results.json"))
 
 
-def ceph_cpu() -> str:
-    """Every row of the first seed of ``ceph_cpu_seeds.json``, with the SDRs."""
-    data = _load("ceph_cpu_seeds.json")
+def ceph_cpu(name: str = "ceph_cpu_seeds.json") -> str:
+    """Every row of the first seed of ``ceph_cpu_seeds.json`` (or ``name``), with the SDRs."""
+    data = _load(name)
     return results_table(data["seeds"][sorted(data["seeds"], key=int)[0]])
+
+
+def ceph_cpu_l3() -> str:
+    """The same for the previous preset (``L3``, one anchor per crop, 900 steps)."""
+    return ceph_cpu("ceph_cpu_L3_seeds.json")
 
 
 def from_scratch() -> str:
@@ -105,7 +110,13 @@ def seeds() -> str:
     return "\n".join(lines)
 
 
-TABLES = {"demo": demo, "from_scratch": from_scratch, "seeds": seeds, "ceph_cpu": ceph_cpu}
+TABLES = {
+    "demo": demo,
+    "from_scratch": from_scratch,
+    "seeds": seeds,
+    "ceph_cpu": ceph_cpu,
+    "ceph_cpu_L3": ceph_cpu_l3,
+}
 _BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- /table:\2 -->)", re.S)
 
 
