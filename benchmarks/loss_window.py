@@ -1,6 +1,6 @@
 r"""The loss's windowed scales: piaug's cut windows against the masked full map.
 
-python benchmarks/loss_window.py                      # the cpu preset: 192, batch 8, 64-d, 16 anchors
+python benchmarks/loss_window.py                   # the cpu preset: 192, batch 8, 64-d, 16 anchors
 python benchmarks/loss_window.py --anchors 1 --image-size 384 --embedding 16   # the paper's
 
 Prints one JSON line. ``window_s`` is the time of one jitted loss and gradient (with respect to
@@ -62,7 +62,9 @@ def full_map(
         per_anchor.append(
             jnp.stack(
                 [
-                    one_scale(f, g, anchors[:, k], crop_anchors[:, k], s, None if i == 0 else window)
+                    one_scale(
+                        f, g, anchors[:, k], crop_anchors[:, k], s, None if i == 0 else window
+                    )
                     for i, (f, g, s) in enumerate(
                         zip(image_features, crop_features, models.STRIDES, strict=True)
                     )
@@ -96,8 +98,9 @@ def main(argv=None):
 
     def maps(size):
         return [
-            jnp.asarray(rng.normal(size=(args.batch, size // s, size // s, args.embedding)),
-                        jnp.float32)
+            jnp.asarray(
+                rng.normal(size=(args.batch, size // s, size // s, args.embedding)), jnp.float32
+            )
             for s in models.STRIDES
         ]
 

@@ -133,7 +133,8 @@ def learning_rate(cfg, per_epoch: float) -> optax.Schedule:
         )
     if not warmup:
         return decay
-    # Step s (0-based) of the warm-up applies lr * (s + 1) / warmup; the decay counts from 0.
+    # Step s (0-based) of the warm-up applies lr * (s + 1) / warmup; StepLR counts from step 0,
+    # the cosine from the end of the warm-up.
     return lambda step: decay(step) * jnp.minimum(1.0, (step + 1) / warmup)
 
 

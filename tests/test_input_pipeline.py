@@ -154,7 +154,8 @@ def test_more_anchors_per_crop_show_their_image_pixels(source):
         np.testing.assert_array_equal(out["crop"], first["crop"])
         rows, cols = out["anchor"].T
         np.testing.assert_array_equal(
-            out["crop"][tuple(out["crop_anchor"].T)], (ex["image"][rows, cols] / 255).astype(np.float32)
+            out["crop"][tuple(out["crop_anchor"].T)],
+            (ex["image"][rows, cols] / 255).astype(np.float32),
         )
         assert np.all(ex["iie"][rows, cols] >= 3.0)
         assert np.all((out["crop_anchor"] >= 0) & (out["crop_anchor"] < 24))

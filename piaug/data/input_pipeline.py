@@ -144,9 +144,7 @@ class AnchorCrop(grain.RandomMapTransform):
         if self.blur > 0 or self.noise > 0:
             crop = augment.degrade(crop, rng, blur=self.blur, noise=self.noise)
         if self.anchors_per_crop > 1:  # drawn last: the first anchor's stream stays the same
-            coords = augment.rotation_coordinates(
-                anchor, crop_anchor, self.crop_size, angle, scale
-            )
+            coords = augment.rotation_coordinates(anchor, crop_anchor, self.crop_size, angle, scale)
             more, more_crop = more_anchors(rng, w, coords, self.anchors_per_crop - 1)
             anchor = np.concatenate([anchor[None], more])
             crop_anchor = np.concatenate([crop_anchor[None], more_crop])
