@@ -56,8 +56,16 @@ def overrides(config: dict, preset: dict) -> list[str]:
     base = configure.as_dict(defaults.base_config(config["data"]["name"]))
     flat = {**layout.flatten(base), **layout.flatten(config)}
     config = unflatten(flat)
-    changed = layout.changed_fields(preset, config, ignore=IGNORED)
+    changed = layout.changed_fields(resolved(preset), resolved(config), ignore=IGNORED)
     return [f"{k}={v!r}".replace("'", "") for k, (_, v) in changed.items()]
+
+
+def resolved(config: dict) -> dict:
+    """``config`` with ``estimate.patch_size`` 0 read as the crop size, as ``configure`` does."""
+    estimate = config.get("estimate", {})
+    if not estimate.get("patch_size", 1):
+        estimate = {**estimate, "patch_size": config["data"]["crop_size"]}
+    return {**config, "estimate": estimate}
 
 
 def unflatten(flat: dict) -> dict:

@@ -66,8 +66,13 @@ def ceph_cpu(name: str = "ceph_cpu_seeds.json") -> str:
 
 
 def ceph_cpu_l3() -> str:
-    """The same for the previous preset (``L3``, one anchor per crop, 900 steps)."""
+    """The same for an earlier preset (``L3``, one anchor per crop, 900 steps)."""
     return ceph_cpu("ceph_cpu_L3_seeds.json")
+
+
+def ceph_cpu_p1() -> str:
+    """The same for the previous preset (``P1``, 16 anchors per 64 x 64 crop, 1000 steps)."""
+    return ceph_cpu("ceph_cpu_P1_seeds.json")
 
 
 def from_scratch() -> str:
@@ -116,6 +121,7 @@ TABLES = {
     "seeds": seeds,
     "ceph_cpu": ceph_cpu,
     "ceph_cpu_L3": ceph_cpu_l3,
+    "ceph_cpu_P1": ceph_cpu_p1,
 }
 _BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- /table:\2 -->)", re.S)
 
