@@ -12,6 +12,7 @@ python docs/results/tables.py --check   # exit 1 (naming the page and table) if 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import statistics
@@ -65,16 +66,6 @@ def ceph_cpu(name: str = "ceph_cpu_seeds.json") -> str:
     return results_table(data["seeds"][sorted(data["seeds"], key=int)[0]])
 
 
-def ceph_cpu_l3() -> str:
-    """The same for an earlier preset (``L3``, one anchor per crop, 900 steps)."""
-    return ceph_cpu("ceph_cpu_L3_seeds.json")
-
-
-def ceph_cpu_p1() -> str:
-    """The same for the previous preset (``P1``, 16 anchors per 64 x 64 crop, 1000 steps)."""
-    return ceph_cpu("ceph_cpu_P1_seeds.json")
-
-
 def from_scratch() -> str:
     """Every setting tried for learning from scratch (``from_scratch.json``)."""
     runs = _load("from_scratch.json")["runs"]
@@ -120,8 +111,9 @@ TABLES = {
     "from_scratch": from_scratch,
     "seeds": seeds,
     "ceph_cpu": ceph_cpu,
-    "ceph_cpu_L3": ceph_cpu_l3,
-    "ceph_cpu_P1": ceph_cpu_p1,
+    # the earlier presets: L3 (one anchor per crop), P1 (16 anchors per 64 x 64 crop)
+    "ceph_cpu_L3": functools.partial(ceph_cpu, "ceph_cpu_L3_seeds.json"),
+    "ceph_cpu_P1": functools.partial(ceph_cpu, "ceph_cpu_P1_seeds.json"),
 }
 _BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- /table:\2 -->)", re.S)
 
