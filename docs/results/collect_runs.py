@@ -22,6 +22,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
+from ml_collections import ConfigDict  # noqa: E402
+
 from piaug import analyze, configure, defaults, layout, plots  # noqa: E402
 
 # Fields that name where the data is or how the run was watched, not the recipe.
@@ -61,11 +63,9 @@ def overrides(config: dict, preset: dict) -> list[str]:
 
 
 def resolved(config: dict) -> dict:
-    """``config`` with ``estimate.patch_size`` 0 read as the crop size, as ``configure`` does."""
-    estimate = config.get("estimate", {})
-    if not estimate.get("patch_size", 1):
-        estimate = {**estimate, "patch_size": config["data"]["crop_size"]}
-    return {**config, "estimate": estimate}
+    """``config`` with ``estimate.patch_size`` as ``configure`` reads it (0: the crop size)."""
+    patch = configure.estimate_settings(ConfigDict(config)).patch_size
+    return {**config, "estimate": {**config["estimate"], "patch_size": patch}}
 
 
 def unflatten(flat: dict) -> dict:
