@@ -3,12 +3,14 @@ r"""Training step throughput: samples/s of the jitted step of both encoders, on 
 python benchmarks/train_step.py --image-size 384 --crop-size 64 --batch 8 --width-mult 1
 python benchmarks/train_step.py --image-size 192 --crop-size 64 --batch 4 --width-mult 0.25
 python benchmarks/train_step.py ... --dtype bfloat16          # mixed precision (for GPUs)
-python benchmarks/train_step.py --image-size 192 --width-mult 0.25 --norm batch \
-    --embedding 64 --anchors 16                                 # configs/ceph.py:cpu
+python benchmarks/train_step.py --image-size 192 --crop-size 128 --width-mult 0.25 \
+    --norm batch --embedding 64 --anchors 16                    # configs/ceph.py:cpu
+python benchmarks/train_step.py ... --batch 4 --crops-per-image 2   # 2 crops of each image
 
-Prints one JSON line. ``samples_per_s`` is the rate of ``piaug.train.train_step`` (both
-encoders forward and backward, the multi-scale InfoNCE, both Adam updates; jitted over a
-``('data',)`` mesh of all devices, state donated) on a fixed random batch, after compiling;
+Prints one JSON line. ``samples_per_s`` (images; ``crops_per_s`` counts crops) is the rate of
+``piaug.train.train_step`` (both encoders forward and backward, the multi-scale InfoNCE, both
+Adam updates; jitted over a ``('data',)`` mesh of all devices, state donated) on a fixed random
+batch, after compiling;
 ``params`` counts both encoders; ``peak_rss_mb`` is this process's peak resident memory. The
 reference measured in the same run is ``vgg19_features``: forward and backward of the two VGG19
 backbones alone at the same width on the same batch (a lower bound on any implementation's cost
@@ -31,12 +33,13 @@ from jax.sharding import NamedSharding, PartitionSpec
 from piaug import models, train
 
 
-def _batch(image_size: int, crop_size: int, batch: int, anchors: int = 1) -> dict:
+def _batch(image_size: int, crop_size: int, batch: int, anchors: int = 1, crops: int = 1) -> dict:
     rng = np.random.default_rng(0)
-    shape = (batch, 2) if anchors == 1 else (batch, anchors, 2)
+    lead = (batch,) if crops == 1 else (batch, crops)  # M crops per image: (B, M, ...)
+    shape = (*lead, 2) if anchors == 1 else (*lead, anchors, 2)
     return {
         "image": rng.integers(0, 256, (batch, image_size, image_size), dtype=np.uint8),
-        "crop": rng.uniform(0, 1, (batch, crop_size, crop_size)).astype(np.float32),
+        "crop": rng.uniform(0, 1, (*lead, crop_size, crop_size)).astype(np.float32),
         "anchor": rng.integers(0, image_size, shape).astype(np.int32),
         "crop_anchor": rng.integers(0, crop_size, shape).astype(np.int32),
     }
@@ -60,7 +63,8 @@ def _vgg_reference(args, batch) -> float:
     images = jnp.broadcast_to(
         jnp.asarray(batch["image"], jnp.float32)[..., None] / 255, (*batch["image"].shape, 3)
     )
-    crops = jnp.broadcast_to(jnp.asarray(batch["crop"])[..., None], (*batch["crop"].shape, 3))
+    crop = jnp.asarray(batch["crop"]).reshape(-1, *batch["crop"].shape[-2:])  # (B * M, C, C)
+    crops = jnp.broadcast_to(crop[..., None], (*crop.shape, 3))
     keys = jax.random.split(jax.random.key(0))
     params = [jax.jit(vgg.init)(k, x[:1]) for k, x in zip(keys, (images, crops), strict=True)]
 
@@ -85,6 +89,7 @@ def main():
     parser.add_argument("--norm", default="none", choices=list(models.NORMS))
     parser.add_argument("--embedding", type=int, default=16)
     parser.add_argument("--anchors", type=int, default=1, help="anchors per crop")
+    parser.add_argument("--crops-per-image", type=int, default=1, help="crops of each image")
     parser.add_argument("--steps", type=int, default=5, help="timed steps after compiling")
     parser.add_argument("--no-reference", action="store_true", help="skip vgg19_features")
     args = parser.parse_args()
@@ -107,7 +112,7 @@ def main():
     state = init(jax.random.key(0))
     params = {name: models.num_params(state.params[name]) for name in train.ENCODERS}
     step = train.compile_step(mesh, nets=nets, txs=txs)
-    batch = _batch(args.image_size, args.crop_size, args.batch, args.anchors)
+    batch = _batch(args.image_size, args.crop_size, args.batch, args.anchors, args.crops_per_image)
     device_batch = train.device_batch(batch, mesh)
 
     def run():
@@ -128,7 +133,9 @@ def main():
         "norm": args.norm,
         "embedding": args.embedding,
         "anchors": args.anchors,
+        "crops_per_image": args.crops_per_image,
         "samples_per_s": round(args.batch / per_step, 3),
+        "crops_per_s": round(args.batch * args.crops_per_image / per_step, 3),
         "step_s": round(per_step, 4),
         "compile_s": round(compile_s, 1),
         "params": sum(params.values()),

@@ -160,6 +160,11 @@ def anchor_crop(
             f"config.augment.anchors_per_crop={cfg.anchors_per_crop}: give 1 (the paper's) or "
             "more anchors per crop"
         )
+    if int(cfg.crops_per_image) < 1:
+        raise UserError(
+            f"config.augment.crops_per_image={cfg.crops_per_image}: give 1 (the paper's) or "
+            "more crops of each image per step"
+        )
     if not float(cfg.max_scale) >= 1.0:
         raise UserError(
             f"config.augment.max_scale={cfg.max_scale}: give 1 (no scaling) or more; the "
@@ -197,6 +202,7 @@ def anchor_crop(
         blur=float(cfg.blur),
         noise=float(cfg.noise),
         anchors_per_crop=int(cfg.anchors_per_crop),
+        crops_per_image=int(cfg.crops_per_image),
     )
 
 

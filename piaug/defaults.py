@@ -72,6 +72,10 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     # Anchors per crop: 1 is the paper's; K > 1 draws K - 1 more inside the crop by the same
     # weight map, so each forward pass of the encoders trains K queries (loss: their mean).
     config.augment.anchors_per_crop = 1
+    # Crops per image: 1 is the paper's; M > 1 cuts M crops of each image (own anchors,
+    # rotation, jitter), so a step runs the image encoder once for M crops (data.batch_size
+    # stays the number of images).
+    config.augment.crops_per_image = 1
 
     # The CC2D encoders (DESIGN.md 1): F on the whole image (RFB blocks), F' on the crop.
     config.model = ml_collections.ConfigDict()

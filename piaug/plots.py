@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
+from piaug.data import input_pipeline  # noqa: E402
+
 GROUP_COLORS = ("#3b4cc0", "#8fbc8f", "#d9534f")  # low, medium, high
 
 
@@ -215,7 +217,9 @@ def training_batch(batch: dict, path: Path, *, strides=(32, 16, 8, 4, 2), count:
     stride: the loss's positive at each scale is that cell, so both must show the same anatomy
     (the crop is rotated about the anchor and jittered in brightness and contrast). With several
     anchors per crop (``(B, K, 2)``) the first is drawn as above and the others as cyan dots,
-    each at its place in the image and in the crop."""
+    each at its place in the image and in the crop. With several crops per image the panels
+    show crops, each beside its image."""
+    batch = input_pipeline.per_crop(batch)
     n = min(int(count), len(batch["anchor"]))
     crop_size = batch["crop"].shape[1]
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(strides)))

@@ -178,12 +178,21 @@ def train_step(
     """One step of both encoders on a batch.
 
     ``batch``: ``image`` uint8 ``(B, H, W)``, ``crop`` float32 ``(B, C, C)`` in [0, 1],
-    ``anchor`` and ``crop_anchor`` int ``(B, 2)`` (row, col). Metrics: ``loss`` (the sum over
-    scales of the batch means), ``loss_s{stride}`` and ``psi_s{stride}`` per scale, the
-    gradient norm of each encoder.
+    ``anchor`` and ``crop_anchor`` int ``(B, 2)`` (row, col), or ``(B, K, 2)`` for K anchors
+    per crop. With M crops per image (``crop`` ``(B, M, C, C)``, anchors ``(B, M, ...)``) the
+    image encoder runs once per image and each crop is paired with its image's maps. Metrics:
+    ``loss`` (the sum over scales of the means over crops), ``loss_s{stride}`` and
+    ``psi_s{stride}`` per scale, the gradient norm of each encoder.
     """
     net_image, net_crop = nets
     image = batch["image"].astype(jnp.float32) / 255.0
+    crops, anchors, crop_anchors = batch["crop"], batch["anchor"], batch["crop_anchor"]
+    per_image = 1
+    if crops.ndim == 4:  # (B, M, C, C): M crops of each image
+        per_image = crops.shape[1]
+        crops = crops.reshape(-1, *crops.shape[2:])
+        anchors = anchors.reshape(-1, *anchors.shape[2:])
+        crop_anchors = crop_anchors.reshape(-1, *crop_anchors.shape[2:])
 
     def loss_fn(params):
         feats, new_image = net_image.apply(
@@ -194,15 +203,17 @@ def train_step(
         )
         crop_feats, new_crop = net_crop.apply(
             {"params": params["crop"], "batch_stats": state.batch_stats["crop"]},
-            batch["crop"],
+            crops,
             train=True,
             mutable=["batch_stats"],
         )
+        if per_image > 1:  # each image's maps once per crop of it (the gradient sums back)
+            feats = [jnp.repeat(f, per_image, axis=0) for f in feats]
         per_example, psi = losses.multiscale_info_nce(
             feats,
             crop_feats,
-            batch["anchor"],
-            batch["crop_anchor"],
+            anchors,
+            crop_anchors,
             window=window,
             temperature=temperature,
             clamp=clamp,

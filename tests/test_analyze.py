@@ -88,3 +88,35 @@ def test_training_batch_draws_every_anchor_of_a_crop(tmp_path):
     crop_dots = [c.get_offsets() for c in axes[2].collections]
     np.testing.assert_array_equal(crop_dots[-1], batch["crop_anchor"][0, 1:, ::-1])
     assert (tmp_path / "batch.png").stat().st_size > 0
+
+
+def test_training_batch_draws_each_crop_beside_its_image(tmp_path):
+    """Several crops per image: one row per crop, its own image on the left."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from piaug import plots
+
+    rng = np.random.default_rng(1)
+    batch = {
+        "image": rng.integers(0, 256, (2, 64, 64), dtype=np.uint8),
+        "crop": rng.uniform(0, 1, (2, 2, 32, 32)).astype(np.float32),
+        "anchor": rng.integers(0, 64, (2, 2, 3, 2)),
+        "crop_anchor": rng.integers(0, 32, (2, 2, 3, 2)),
+    }
+    shown = []
+    save = plt.Figure.savefig
+    try:
+        plt.Figure.savefig = lambda fig, *a, **k: shown.append(fig) or save(fig, *a, **k)
+        plots.training_batch(batch, tmp_path / "batch.png", count=4)
+    finally:
+        plt.Figure.savefig = save
+    axes = shown[0].axes
+    assert len(axes) == 12  # 4 crops x (image, window, crop)
+    np.testing.assert_array_equal(axes[3].images[0].get_array(), batch["image"][0])  # crop 2
+    np.testing.assert_array_equal(axes[5].images[0].get_array(), batch["crop"][0, 1])
+    np.testing.assert_array_equal(axes[6].images[0].get_array(), batch["image"][1])
+    dots = axes[5].collections[-1].get_offsets()
+    np.testing.assert_array_equal(dots, batch["crop_anchor"][0, 1, 1:, ::-1])

@@ -125,6 +125,7 @@ BAD_VALUES = [
     ),
     ({"augment.anchors": "gauss"}, "config.augment.anchors='gauss'"),
     ({"augment.anchors_per_crop": 0}, "config.augment.anchors_per_crop=0"),
+    ({"augment.crops_per_image": 0}, "config.augment.crops_per_image=0"),
     ({"augment.crop_grid": -1}, "config.augment.crop_grid=-1"),
     ({"augment.max_scale": 0.5}, "config.augment.max_scale=0.5"),
     ({"model.pretrained": "/nope/vgg19.pth"}, "config.model.pretrained='/nope/vgg19.pth'"),

@@ -167,6 +167,39 @@ def test_more_anchors_per_crop_show_their_image_pixels(source):
         assert np.abs(shown - turned["anchor"]).max() <= 0.5
 
 
+def test_several_crops_per_image_stack_the_one_crop_stream(source):
+    """M crops of an image: drawn one after the other from the same stream, so the first is
+    the one-crop transform's; per-crop fields gain an axis of M; ``per_crop`` lays them out as
+    M * B crops, each beside its own image."""
+    common = dict(crop_size=24, order=1, anchors_per_crop=3)
+    one = ip.AnchorCrop(**common)
+    three = ip.AnchorCrop(crops_per_image=3, **common)
+    ex = source.source[1]
+    first = one.random_map(ex, np.random.default_rng(5))
+    out = three.random_map(ex, np.random.default_rng(5))
+    assert out["crop"].shape == (3, 24, 24) and out["anchor"].shape == (3, 3, 2)
+    assert out["group"].shape == out["angle"].shape == (3,)
+    np.testing.assert_array_equal(out["image"], ex["image"])
+    for key in ("crop", "anchor", "crop_anchor", "group", "angle", "brightness"):
+        np.testing.assert_array_equal(out[key][0], first[key])
+    assert not np.array_equal(out["crop"][0], out["crop"][1])  # each crop draws its own
+    batch = {k: np.stack([v, v]) for k, v in out.items() if k != "id"}
+    batch["id"] = np.array(["a", "b"])
+    flat = ip.per_crop(batch)
+    assert flat["crop"].shape == (6, 24, 24) and flat["anchor"].shape == (6, 3, 2)
+    assert list(flat["id"]) == ["a"] * 3 + ["b"] * 3
+    np.testing.assert_array_equal(flat["image"][4], batch["image"][1])
+    np.testing.assert_array_equal(flat["crop"][4], batch["crop"][1, 1])
+    assert ip.per_crop(first) is first  # one crop per image: as it is
+
+
+def test_batches_of_several_crops_per_image_come_through_the_loader(source):
+    transform = ip.AnchorCrop(crop_size=24, crops_per_image=2, anchors_per_crop=4)
+    batch = next(iter(_loader(source, transform)))
+    assert batch["image"].shape == (2, 96, 80) and batch["crop"].shape == (2, 2, 24, 24)
+    assert batch["anchor"].shape == batch["crop_anchor"].shape == (2, 2, 4, 2)
+
+
 def test_the_anchor_group_picks_the_jitter_ranges(source):
     jitter = augment.GroupJitter(
         brightness=[(0.1, 0.2), (0.5, 0.6), (1.5, 1.6)], contrast=[(1, 1), (1, 1), (1, 1)]

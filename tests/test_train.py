@@ -324,6 +324,41 @@ def test_cosine_schedule_falls_to_zero_at_the_last_step():
 
 
 @pytest.mark.slow
+def test_several_crops_per_image_equal_their_images_repeated():
+    """M crops per image: one image-encoder pass for M crops gives the loss, the metrics, the
+    batch statistics and the update of the step on M copies of each image, one crop each."""
+    import functools
+
+    import optax
+
+    from piaug.data import input_pipeline
+
+    config = load_config()
+    config.model.norm = "batch"
+    nets = configure.model(config).encoders()
+    txs = {n: optax.sgd(0.01) for n in train.ENCODERS}  # see the sharded test: SGD, not Adam
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (2, 64, 64), dtype=np.uint8),
+        "crop": rng.uniform(0, 1, (2, 3, 32, 32)).astype(np.float32),
+        "anchor": rng.integers(0, 64, (2, 3, 4, 2)).astype(np.int32),
+        "crop_anchor": rng.integers(0, 32, (2, 3, 4, 2)).astype(np.int32),
+    }
+    init = functools.partial(
+        train.create_state, nets=nets, txs=txs, image_size=(64, 64), crop_size=32
+    )
+    state = init(jax.random.key(0))
+    step = jax.jit(functools.partial(train.train_step, nets=nets, txs=txs, window=2))
+    ours = jax.device_get(step(state, batch))
+    flat = input_pipeline.per_crop(batch)
+    assert flat["crop"].shape == (6, 32, 32)
+    theirs = jax.device_get(step(state, flat))
+    assert ours[1]["loss"] > 0
+    for x, y in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)  # summation order aside
+
+
+@pytest.mark.slow
 def test_sharded_step_equals_single_device_step():
     script = textwrap.dedent(
         """

@@ -101,6 +101,10 @@ class AnchorCrop(grain.RandomMapTransform):
         K - 1 further anchors drawn inside the crop by the same weight map (``more_anchors``),
         after the first one's; ``anchor`` and ``crop_anchor`` are then ``(K, 2)``, the first row
         the anchor the crop was cut around (whose group picks the jitter).
+      crops_per_image: 1 (the paper's) or M > 1: M crops of the image, each with its own
+        anchors, rotation and jitter, drawn one after the other; every per-crop field gains an
+        axis of M after the batch's (``crop`` ``(M, C, C)``, ``anchor`` ``(M, 2)`` or
+        ``(M, K, 2)``, ``group`` ``(M,)``, ...). The step runs the image encoder once for them.
     """
 
     crop_size: int = 64
@@ -118,10 +122,20 @@ class AnchorCrop(grain.RandomMapTransform):
     blur: float = 0.0
     noise: float = 0.0
     anchors_per_crop: int = 1
+    crops_per_image: int = 1
 
     def random_map(self, element, rng: np.random.Generator) -> dict:
         image, iie = element["image"], element["iie"]
         w = weights(iie, self.anchors, gamma=self.gamma, d=self.d)
+        if self.crops_per_image == 1:
+            views = self._crop(image, iie, w, rng)
+        else:
+            each = [self._crop(image, iie, w, rng) for _ in range(self.crops_per_image)]
+            views = {k: np.stack([v[k] for v in each]) for k in each[0]}
+        return {"id": element["id"], "image": image, **views}
+
+    def _crop(self, image, iie, w, rng: np.random.Generator) -> dict:
+        """One crop of ``image``: its anchors, pixels and the augmentation drawn for it."""
         anchor = sample_anchor(rng, w)
         value = iie[anchor[0], anchor[1]]
         group = int(value >= self.thresholds[0]) + int(value >= self.thresholds[1])
@@ -149,8 +163,6 @@ class AnchorCrop(grain.RandomMapTransform):
             anchor = np.concatenate([anchor[None], more])
             crop_anchor = np.concatenate([crop_anchor[None], more_crop])
         return {
-            "id": element["id"],
-            "image": image,
             "crop": crop.astype(np.float32),
             "anchor": anchor.astype(np.int32),
             "crop_anchor": crop_anchor.astype(np.int32),
@@ -160,6 +172,22 @@ class AnchorCrop(grain.RandomMapTransform):
             "angle": np.float32(angle),
             "scale": np.float32(scale),
         }
+
+
+def per_crop(batch: dict) -> dict:
+    """A batch of ``crops_per_image`` M > 1 (``crop`` ``(B, M, C, C)``) as one of B * M crops,
+    each with its own copy of its image (and id); a batch of one crop per image as it is."""
+    if np.ndim(batch["crop"]) != 4:
+        return batch
+    m = np.shape(batch["crop"])[1]
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        if key in ("image", "id") or value.ndim == 0:
+            out[key] = np.repeat(value, m, axis=0) if value.ndim else value
+        else:
+            out[key] = value.reshape(-1, *value.shape[2:])
+    return out
 
 
 def load_jitter(path: str | Path) -> augment.GroupJitter:
