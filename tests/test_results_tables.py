@@ -58,20 +58,20 @@ def test_check_mode_exits_clean():
 
 def test_run_settings_read_the_estimate_patch_as_configure_does():
     """``collect_runs.overrides``: ``estimate.patch_size`` 0 means the crop size, so a run at
-    64-pixel crops with 0 has the patches of a preset that sets 64, and one at 128 has not."""
+    32-pixel crops with 0 has the patches of a preset that sets 32, and one at 128 has not."""
     spec = importlib.util.spec_from_file_location(
         "collect_runs", REPO / "docs/results/collect_runs.py"
     )
     collect_runs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(collect_runs)
     preset = collect_runs.preset_config("configs/ceph.py:cpu")
-    assert preset["estimate"]["patch_size"] == 64 and preset["data"]["crop_size"] == 128
+    assert preset["estimate"]["patch_size"] == 32 and preset["data"]["crop_size"] == 128
 
     def run(crop, patch):
         config = json.loads(json.dumps(preset))
         config["data"]["crop_size"], config["estimate"]["patch_size"] = crop, patch
         return collect_runs.overrides(config, preset)
 
-    assert run(128, 64) == []
-    assert run(64, 0) == ["data.crop_size=64"]
+    assert run(128, 32) == []
+    assert run(32, 0) == ["data.crop_size=32"]
     assert run(128, 0) == ["estimate.patch_size=128"]

@@ -111,9 +111,11 @@ TABLES = {
     "from_scratch": from_scratch,
     "seeds": seeds,
     "ceph_cpu": ceph_cpu,
-    # the earlier presets: L3 (one anchor per crop), P1 (16 anchors per 64 x 64 crop)
+    # the earlier presets: L3 (one anchor per crop), P1 (16 anchors per 64 x 64 crop), C1
+    # (128 x 128 crops, 8 images of one crop a step)
     "ceph_cpu_L3": functools.partial(ceph_cpu, "ceph_cpu_L3_seeds.json"),
     "ceph_cpu_P1": functools.partial(ceph_cpu, "ceph_cpu_P1_seeds.json"),
+    "ceph_cpu_C1": functools.partial(ceph_cpu, "ceph_cpu_C1_seeds.json"),
 }
 _BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- /table:\2 -->)", re.S)
 
