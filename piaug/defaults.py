@@ -73,7 +73,7 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     # weight map, so each forward pass of the encoders trains K queries (loss: their mean).
     config.augment.anchors_per_crop = 1
     # Crops per image: 1 is the paper's; M > 1 cuts M crops of each image (own anchors,
-    # rotation, jitter), so a step runs the image encoder once for M crops (data.batch_size
+    # rotation, jitter), so a step runs the image encoder once for M crops (train.batch_size
     # stays the number of images).
     config.augment.crops_per_image = 1
 
