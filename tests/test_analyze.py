@@ -58,9 +58,8 @@ def test_info_statistics_by_hand():
     assert stats["landmark_iie"]["group_fraction"] == {"low": 0.5, "medium": 0.0, "high": 0.5}
 
 
-def test_training_batch_draws_every_anchor_of_a_crop(tmp_path):
-    """With K anchors per crop, the figure draws the first with its cells and the K - 1 others
-    as dots at their places in the image and in the crop."""
+def _training_batch_axes(batch, path, count):
+    """The axes of ``plots.training_batch``'s figure (captured as it is saved to ``path``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,6 +67,19 @@ def test_training_batch_draws_every_anchor_of_a_crop(tmp_path):
 
     from piaug import plots
 
+    shown = []
+    save = plt.Figure.savefig
+    try:
+        plt.Figure.savefig = lambda fig, *a, **k: shown.append(fig) or save(fig, *a, **k)
+        plots.training_batch(batch, path, count=count)
+    finally:
+        plt.Figure.savefig = save
+    return shown[0].axes
+
+
+def test_training_batch_draws_every_anchor_of_a_crop(tmp_path):
+    """With K anchors per crop, the figure draws the first with its cells and the K - 1 others
+    as dots at their places in the image and in the crop."""
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.integers(0, 256, (2, 64, 64), dtype=np.uint8),
@@ -75,14 +87,7 @@ def test_training_batch_draws_every_anchor_of_a_crop(tmp_path):
         "anchor": rng.integers(0, 64, (2, 5, 2)),
         "crop_anchor": rng.integers(0, 32, (2, 5, 2)),
     }
-    shown = []
-    save = plt.Figure.savefig
-    try:
-        plt.Figure.savefig = lambda fig, *a, **k: shown.append(fig) or save(fig, *a, **k)
-        plots.training_batch(batch, tmp_path / "batch.png", count=2)
-    finally:
-        plt.Figure.savefig = save
-    axes = shown[0].axes
+    axes = _training_batch_axes(batch, tmp_path / "batch.png", count=2)
     dots = [c.get_offsets() for c in axes[0].collections]  # the image panel of example 0
     np.testing.assert_array_equal(dots[-1], batch["anchor"][0, 1:, ::-1])
     crop_dots = [c.get_offsets() for c in axes[2].collections]
@@ -92,13 +97,6 @@ def test_training_batch_draws_every_anchor_of_a_crop(tmp_path):
 
 def test_training_batch_draws_each_crop_beside_its_image(tmp_path):
     """Several crops per image: one row per crop, its own image on the left."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    from piaug import plots
-
     rng = np.random.default_rng(1)
     batch = {
         "image": rng.integers(0, 256, (2, 64, 64), dtype=np.uint8),
@@ -106,14 +104,7 @@ def test_training_batch_draws_each_crop_beside_its_image(tmp_path):
         "anchor": rng.integers(0, 64, (2, 2, 3, 2)),
         "crop_anchor": rng.integers(0, 32, (2, 2, 3, 2)),
     }
-    shown = []
-    save = plt.Figure.savefig
-    try:
-        plt.Figure.savefig = lambda fig, *a, **k: shown.append(fig) or save(fig, *a, **k)
-        plots.training_batch(batch, tmp_path / "batch.png", count=4)
-    finally:
-        plt.Figure.savefig = save
-    axes = shown[0].axes
+    axes = _training_batch_axes(batch, tmp_path / "batch.png", count=4)
     assert len(axes) == 12  # 4 crops x (image, window, crop)
     np.testing.assert_array_equal(axes[3].images[0].get_array(), batch["image"][0])  # crop 2
     np.testing.assert_array_equal(axes[5].images[0].get_array(), batch["crop"][0, 1])
