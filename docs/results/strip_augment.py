@@ -13,7 +13,8 @@ KEEP = ("brightness", "contrast", "target_mi", "mi_mean", "num_points", "iie_mea
 
 
 def main(source: str, target: str) -> None:
-    d = json.load(open(source))
+    with open(source) as f:
+        d = json.load(f)
     out = {k: d[k] for k in ("template", "encoder", "num_images", "patch_size")}
     out["encoder"] = (
         os.path.relpath(out["encoder"]) if os.path.isabs(out["encoder"]) else out["encoder"]

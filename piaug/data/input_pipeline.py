@@ -183,9 +183,9 @@ def per_crop(batch: dict) -> dict:
     out = {}
     for key, value in batch.items():
         value = np.asarray(value)
-        if key in ("image", "id") or value.ndim == 0:
-            out[key] = np.repeat(value, m, axis=0) if value.ndim else value
-        else:
+        if key in ("image", "id"):  # one per image: a copy beside each of its crops
+            out[key] = np.repeat(value, m, axis=0)
+        else:  # (B, M, ...) per crop
             out[key] = value.reshape(-1, *value.shape[2:])
     return out
 
