@@ -56,14 +56,19 @@ def test_check_mode_exits_clean():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_run_settings_read_the_estimate_patch_as_configure_does():
-    """``collect_runs.overrides``: ``estimate.patch_size`` 0 means the crop size, so a run at
-    32-pixel crops with 0 has the patches of a preset that sets 32, and one at 128 has not."""
+def _collect_runs():
     spec = importlib.util.spec_from_file_location(
         "collect_runs", REPO / "docs/results/collect_runs.py"
     )
     collect_runs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(collect_runs)
+    return collect_runs
+
+
+def test_run_settings_read_the_estimate_patch_as_configure_does():
+    """``collect_runs.overrides``: ``estimate.patch_size`` 0 means the crop size, so a run at
+    32-pixel crops with 0 has the patches of a preset that sets 32, and one at 128 has not."""
+    collect_runs = _collect_runs()
     preset = collect_runs.preset_config("configs/ceph.py:cpu")
     assert preset["estimate"]["patch_size"] == 32 and preset["data"]["crop_size"] == 128
 
@@ -75,3 +80,21 @@ def test_run_settings_read_the_estimate_patch_as_configure_does():
     assert run(128, 32) == []
     assert run(32, 0) == ["data.crop_size=32"]
     assert run(128, 0) == ["estimate.patch_size=128"]
+
+
+def test_probe_curves_name_their_template_when_the_run_set_one(tmp_path):
+    """A run that set ``eval.template`` probed from that image, not from the typical one: its
+    curve says so, and the entry records it."""
+    collect_runs = _collect_runs()
+    preset = collect_runs.preset_config("configs/ceph.py:cpu")
+    rows = [{"step": 10, "loss": 20.0, "samples_per_s": 2.0}, {"step": 10, "probe_mre_mm": 7.5}]
+    for name, template in (("a", ""), ("b", "089")):
+        config = json.loads(json.dumps(preset))
+        config["eval"]["template"] = template
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        (tmp_path / name / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    a, b = (collect_runs.collect(tmp_path / n, preset, "baseline") for n in "ab")
+    assert (a["probe"]["template"], b["probe"]["template"]) == (None, "089")
+    assert [collect_runs.curve_name(e) for e in (a, b)] == ["a", "b (probe template 089)"]
+    assert b["overrides"] == ["eval.template=089"] and b["probe"]["mre_mm"] == [7.5]

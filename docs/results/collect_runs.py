@@ -103,6 +103,9 @@ def collect(run: Path, preset: dict, encoder: str) -> dict:
             "step": [r["step"] for r in probes],
             "mre_mm": [r["probe_mre_mm"] for r in probes],
             "copy_mre_mm": probes[-1].get("probe_copy_mre_mm") if probes else None,
+            # The probe matches from eval.template when the run set one, else from the
+            # typical image by the labels: curves of different templates are not comparable.
+            "template": config["eval"].get("template") or None,
         },
         "mre_mm": None,
         "copy_mre_mm": None,
@@ -111,10 +114,16 @@ def collect(run: Path, preset: dict, encoder: str) -> dict:
     if encoder in results:
         entry["mre_mm"] = results[encoder]["mre_mm"]
         entry["sdr"] = results[encoder]["sdr"]
+        entry["per_landmark_mre_mm"] = results[encoder].get("per_landmark_mre_mm")
         entry["n_images"] = results[encoder]["n_images"]
         entry["template"] = results[encoder]["template"]["id"]
         entry["copy_mre_mm"] = results["template_copy"]["mre_mm"]
     return entry
+
+
+def curve_name(entry: dict) -> str:
+    template = entry["probe"].get("template")
+    return f"{entry['name']} (probe template {template})" if template else entry["name"]
 
 
 def main() -> int:
@@ -136,7 +145,9 @@ def main() -> int:
     }
     (HERE / f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")
     curves = {
-        r["name"]: (r["probe"]["step"], r["probe"]["mre_mm"]) for r in runs if r["probe"]["step"]
+        curve_name(r): (r["probe"]["step"], r["probe"]["mre_mm"])
+        for r in runs
+        if r["probe"]["step"]
     }
     copies = {r["probe"]["copy_mre_mm"] for r in runs if r["probe"]["copy_mre_mm"]}
     reference = {"template copied": copies.pop()} if len(copies) == 1 else None
