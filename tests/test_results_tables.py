@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,3 +99,31 @@ def test_probe_curves_name_their_template_when_the_run_set_one(tmp_path):
     assert (a["probe"]["template"], b["probe"]["template"]) == (None, "089")
     assert [collect_runs.curve_name(e) for e in (a, b)] == ["a", "b (probe template 089)"]
     assert b["overrides"] == ["eval.template=089"] and b["probe"]["mre_mm"] == [7.5]
+
+
+def test_landmark_errors_summary_finds_a_match_on_another_landmark():
+    """``landmark_errors.summary`` on two images of two landmarks 10 mm apart: landmark 1 is
+    found exactly; landmark 2's match lands on landmark 1's true point in one image (nearest
+    true landmark: 1 there), 2 mm off in the other; the copy is 3 mm to the right of the truth."""
+    spec = importlib.util.spec_from_file_location(
+        "landmark_errors", REPO / "docs/results/landmark_errors.py"
+    )
+    landmark_errors = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(landmark_errors)
+    truth = np.array([[[0.0, 0.0], [10.0, 0.0]]] * 2)
+    offset = np.array([[[0.0, 0.0], [-10.0, 0.0]], [[0.0, 0.0], [0.0, 2.0]]])
+    copy_offset = np.full_like(truth, 0.0)
+    copy_offset[..., 0] = 3.0
+    errors = {
+        "pred": np.linalg.norm(offset, axis=-1),
+        "copy": np.linalg.norm(copy_offset, axis=-1),
+        "offset": offset,
+        "copy_offset": copy_offset,
+        "truth": truth,
+    }
+    first, second = landmark_errors.summary(errors)
+    assert first["mre_mm"] == 0 and first["nearest_true_landmark_pct"] == {"1": 100.0}
+    assert first["distance_to_copy_median_mm"] == 3.0 and first["corr_with_copy"] is None
+    assert second["mre_mm"] == 6.0 and second["over_10mm_pct"] == 0.0
+    assert second["nearest_true_landmark_pct"] == {"1": 50.0, "2": 50.0}
+    assert second["mean_offset_mm"] == [-5.0, 1.0] and second["copy_mean_offset_mm"] == [3.0, 0.0]

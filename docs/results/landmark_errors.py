@@ -1,0 +1,125 @@
+r"""Per landmark, how a run's encoder misses (grid protocol, the run's template and images,
+as ``evaluate``): the median and 90th percentile of the errors, the share over 10 mm, the mean
+offset (mm; x to the right, y down: a bias when it is as large as the error); for the
+template's landmarks copied unmoved, the same offset and the correlation of its errors with
+the encoder's; the median distance from the match to the copied landmark (near 0: the match
+did not move); and how often each landmark's true point is the one nearest to the match
+(another landmark's: the match found that one instead).
+
+python docs/results/landmark_errors.py --out=NAME RUN[:ENCODER] ...
+
+``ENCODER`` is ``baseline`` (default) or ``piaug``; each run needs its ``results.json`` (the
+template and the images evaluated) and its data where its ``config.json`` says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+from ml_collections import ConfigDict  # noqa: E402
+
+from piaug import checkpoints, configure, evaluate, layout, matching, pipeline  # noqa: E402
+
+
+def errors(run: Path, encoder: str) -> dict[str, np.ndarray]:
+    """``{"pred", "copy": (N, L) mm, "offset", "copy_offset", "truth": (N, L, 2) mm}`` of
+    ``encoder`` and of the template's landmarks copied (``truth``: the true points, in mm)."""
+    config = ConfigDict(layout.read_json(run / layout.CONFIG_FILE))
+    entry = layout.read_json(run / layout.RESULTS_FILE)[encoder]
+    if entry["split"] != config.data.split:
+        raise SystemExit(f"{run}: evaluated on {entry['split']}, not the training split")
+    pool = pipeline._Images(config)
+    index = pool.ids.index(entry["template"]["id"])
+    keep = [pool.ids.index(i) for i in entry["ids"]]
+    size = configure.image_size(config)
+    template = pool.examples[index]
+    rows_cols = np.clip(np.round(template["landmarks"][:, ::-1]).astype(np.int64), 0, size[0] - 1)
+    ckpt = layout.trained_encoders(run, config.train.baseline)[encoder]
+    pred = matching.predict(
+        checkpoints.image_encoder(ckpt, configure.model(config)),
+        pool.images[index],
+        rows_cols,
+        pool.images[keep],
+        size=size,
+        batch_size=config.eval.batch_size,
+        upsample=config.eval.upsample,
+        subpixel=config.eval.subpixel,
+        combine=config.eval.combine,
+    )
+    examples = [pool.examples[i] for i in keep]
+    original = np.stack([e["original_size"] for e in examples])
+    spacing = evaluate.grid_spacing([float(e["spacing"]) for e in examples], original, size)
+    truth = evaluate.truth_in_grid(
+        np.stack([e["landmarks_original"] for e in examples]), original, size
+    )
+    copied = np.repeat(template["landmarks"][None].astype(np.float64), len(keep), axis=0)
+    out = {
+        "pred": evaluate.radial_errors(pred, truth, spacing),
+        "copy": evaluate.radial_errors(copied, truth, spacing),
+        "offset": (np.asarray(pred) - truth) * spacing[:, None, :],
+        "copy_offset": (copied - truth) * spacing[:, None, :],
+        "truth": truth * spacing[:, None, :],
+    }
+    # The same numbers as the run's evaluation, or this is not the run's encoder.
+    if not np.isclose(out["pred"].mean(), entry["mre_mm"], atol=1e-3):
+        raise SystemExit(f"{run}: MRE {out['pred'].mean():.4f} != results.json's {entry['mre_mm']}")
+    return out
+
+
+def summary(e: dict[str, np.ndarray]) -> list[dict]:
+    rows = []
+    # For each prediction, the landmark whose true point is nearest to it (in that image).
+    pred = e["truth"] + e["offset"]
+    nearest = np.linalg.norm(pred[:, :, None] - e["truth"][:, None], axis=-1).argmin(-1)
+    for k in range(e["pred"].shape[1]):
+        p, c = e["pred"][:, k], e["copy"][:, k]
+        rows.append(
+            {
+                "landmark": k + 1,
+                "mre_mm": float(p.mean()),
+                "median_mm": float(np.median(p)),
+                "p90_mm": float(np.percentile(p, 90)),
+                "over_10mm_pct": float(100 * (p > 10).mean()),
+                "mean_offset_mm": [float(v) for v in e["offset"][:, k].mean(0)],
+                "copy_mre_mm": float(c.mean()),
+                "copy_mean_offset_mm": [float(v) for v in e["copy_offset"][:, k].mean(0)],
+                # None where either is constant (no correlation to give).
+                "corr_with_copy": float(np.corrcoef(p, c)[0, 1]) if p.std() and c.std() else None,
+                # How far the match moved from where the template's landmark was copied.
+                "distance_to_copy_median_mm": float(
+                    np.median(np.hypot(*(e["offset"][:, k] - e["copy_offset"][:, k]).T))
+                ),
+                "nearest_true_landmark_pct": {
+                    str(j + 1): float(100 * n / len(p))
+                    for j, n in enumerate(np.bincount(nearest[:, k], minlength=p.size))
+                    if n
+                },
+            }
+        )
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="RUN[:ENCODER]")
+    parser.add_argument("--out", required=True, help="the result file's name, without .json")
+    args = parser.parse_args()
+    payload = {"command": " ".join(["python docs/results/landmark_errors.py", *sys.argv[1:]])}
+    for spec in args.runs:
+        run, _, encoder = spec.partition(":")
+        payload[spec] = summary(errors(Path(run), encoder or "baseline"))
+    (HERE / f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {HERE / args.out}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
