@@ -115,8 +115,6 @@ def test_landmark_errors_summary_finds_a_match_on_another_landmark():
     copy_offset = np.full_like(truth, 0.0)
     copy_offset[..., 0] = 3.0
     errors = {
-        "pred": np.linalg.norm(offset, axis=-1),
-        "copy": np.linalg.norm(copy_offset, axis=-1),
         "offset": offset,
         "copy_offset": copy_offset,
         "truth": truth,

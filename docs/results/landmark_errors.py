@@ -30,8 +30,8 @@ from piaug import checkpoints, configure, evaluate, layout, matching, pipeline  
 
 
 def errors(run: Path, encoder: str) -> dict[str, np.ndarray]:
-    """``{"pred", "copy": (N, L) mm, "offset", "copy_offset", "truth": (N, L, 2) mm}`` of
-    ``encoder`` and of the template's landmarks copied (``truth``: the true points, in mm)."""
+    """``{"offset", "copy_offset", "truth"}``, each ``(N, L, 2)`` in mm: the matches of
+    ``encoder`` and the template's landmarks copied, less the true points; the true points."""
     config = ConfigDict(layout.read_json(run / layout.CONFIG_FILE))
     entry = layout.read_json(run / layout.RESULTS_FILE)[encoder]
     if entry["split"] != config.data.split:
@@ -41,7 +41,9 @@ def errors(run: Path, encoder: str) -> dict[str, np.ndarray]:
     keep = [pool.ids.index(i) for i in entry["ids"]]
     size = configure.image_size(config)
     template = pool.examples[index]
-    rows_cols = np.clip(np.round(template["landmarks"][:, ::-1]).astype(np.int64), 0, size[0] - 1)
+    rows_cols = np.clip(
+        np.round(template["landmarks"][:, ::-1]).astype(np.int64), 0, np.asarray(size) - 1
+    )
     ckpt = layout.trained_encoders(run, config.train.baseline)[encoder]
     pred = matching.predict(
         checkpoints.image_encoder(ckpt, configure.model(config)),
@@ -62,15 +64,14 @@ def errors(run: Path, encoder: str) -> dict[str, np.ndarray]:
     )
     copied = np.repeat(template["landmarks"][None].astype(np.float64), len(keep), axis=0)
     out = {
-        "pred": evaluate.radial_errors(pred, truth, spacing),
-        "copy": evaluate.radial_errors(copied, truth, spacing),
         "offset": (np.asarray(pred) - truth) * spacing[:, None, :],
         "copy_offset": (copied - truth) * spacing[:, None, :],
         "truth": truth * spacing[:, None, :],
     }
     # The same numbers as the run's evaluation, or this is not the run's encoder.
-    if not np.isclose(out["pred"].mean(), entry["mre_mm"], atol=1e-3):
-        raise SystemExit(f"{run}: MRE {out['pred'].mean():.4f} != results.json's {entry['mre_mm']}")
+    mre = np.linalg.norm(out["offset"], axis=-1).mean()
+    if not np.isclose(mre, entry["mre_mm"], atol=1e-3):
+        raise SystemExit(f"{run}: MRE {mre:.4f} != results.json's {entry['mre_mm']}")
     return out
 
 
@@ -79,8 +80,10 @@ def summary(e: dict[str, np.ndarray]) -> list[dict]:
     # For each prediction, the landmark whose true point is nearest to it (in that image).
     pred = e["truth"] + e["offset"]
     nearest = np.linalg.norm(pred[:, :, None] - e["truth"][:, None], axis=-1).argmin(-1)
-    for k in range(e["pred"].shape[1]):
-        p, c = e["pred"][:, k], e["copy"][:, k]
+    errors_mm = np.linalg.norm(e["offset"], axis=-1)
+    copy_mm = np.linalg.norm(e["copy_offset"], axis=-1)
+    for k in range(errors_mm.shape[1]):
+        p, c = errors_mm[:, k], copy_mm[:, k]
         rows.append(
             {
                 "landmark": k + 1,
