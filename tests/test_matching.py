@@ -47,9 +47,14 @@ def test_a_point_matched_into_its_own_image_is_found():
     np.testing.assert_array_equal(peaks[1], (np.asarray(points) // 2) * 2)
     np.testing.assert_allclose(scores[1], 1.0, rtol=1e-5)
     assert np.all(scores[0] < 1.0)
-    maps = matching.similarity(feats, templates, size=SIZE, strides=STRIDES)
+    # jitted: eager, each operation is compiled on its own (seconds)
+    maps = jax.jit(functools.partial(matching.similarity, size=SIZE, strides=STRIDES))(
+        feats, templates
+    )
     assert maps.shape == (2, 3, *SIZE) and float(maps.min()) >= 0.0
-    bilinear, _ = matching.match(feats, templates, size=SIZE, strides=STRIDES, upsample="bilinear")
+    bilinear, _ = matching._match_jit(
+        feats, templates, size=SIZE, strides=STRIDES, upsample="bilinear"
+    )
     assert np.abs(np.asarray(bilinear[1]) - np.asarray(points)).max() <= 2
     with pytest.raises(ValueError, match="upsample"):
         matching.similarity(feats, templates, size=SIZE, strides=STRIDES, upsample="cubic")
@@ -66,8 +71,9 @@ def test_matching_at_the_finest_stride_equals_matching_at_full_size():
     feats[0] = jnp.abs(feats[0])  # ties: many positive coarse cells, clamped fine ones
     points = jnp.asarray(rng.integers(0, 64, (9, 2)))
     templates = matching.template_vectors([f[0] for f in feats], points, strides=strides)
-    peaks, scores = matching.match(feats, templates, size=size, strides=strides)
-    maps = matching.similarity(feats, templates, size=size, strides=strides)  # full size
+    kw = {"size": size, "strides": strides}
+    peaks, scores = matching._match_jit(feats, templates, **kw)
+    maps = jax.jit(functools.partial(matching.similarity, **kw))(feats, templates)  # full size
     flat = np.asarray(maps).reshape(3, 9, -1)
     arg = flat.argmax(-1)
     np.testing.assert_array_equal(peaks, np.stack([arg // size[1], arg % size[1]], -1))
