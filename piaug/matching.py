@@ -277,13 +277,15 @@ def match_all(
     templates: Sequence[jnp.ndarray],
     *,
     size: tuple[int, int],
+    strides: Sequence[int] = STRIDES,
     batch_size: int = 8,
     upsample: str = "nearest",
     subpixel: bool = False,
     combine: str = "product",
 ) -> np.ndarray:
     """``match`` over all images of ``features`` in batches: ``(N, L, 2)`` (row, col)."""
-    kw = {"size": tuple(size), "upsample": upsample, "subpixel": subpixel, "combine": combine}
+    kw = {"size": tuple(size), "strides": tuple(strides), "upsample": upsample}
+    kw |= {"subpixel": subpixel, "combine": combine}
     n = features[0].shape[0]
     out = [
         np.asarray(_match_jit([f[i : i + batch_size] for f in features], templates, **kw)[0])

@@ -80,6 +80,18 @@ def test_matching_at_the_finest_stride_equals_matching_at_full_size():
     np.testing.assert_array_equal(scores, flat.max(-1))
 
 
+def test_match_all_goes_in_batches_over_the_scales_it_is_given():
+    feats = _features(3)
+    points = jnp.asarray([[5, 9], [20, 33]])
+    templates = matching.template_vectors([f[0] for f in feats], points, strides=STRIDES)
+    # stride 4 alone, one image a batch
+    kw = {"size": SIZE, "strides": (4,), "combine": "sum"}
+    found = matching.match_all([np.asarray(feats[1])], [templates[1]], batch_size=1, **kw)
+    whole, _ = matching._match_jit([feats[1]], [templates[1]], **kw)
+    np.testing.assert_array_equal(found, whole)
+    np.testing.assert_array_equal(found[0], (np.asarray(points) // 4) * 4)  # the template
+
+
 def test_refine_finds_the_vertex_of_a_parabola():
     rows, cols = np.meshgrid(np.arange(10), np.arange(12), indexing="ij")
     maps = jnp.asarray(-((rows - 3.3) ** 2) - (cols - 5.8) ** 2, jnp.float32)[None]

@@ -125,3 +125,16 @@ def test_landmark_errors_summary_finds_a_match_on_another_landmark():
     assert second["mre_mm"] == 6.0 and second["over_10mm_pct"] == 0.0
     assert second["nearest_true_landmark_pct"] == {"1": 50.0, "2": 50.0}
     assert second["mean_offset_mm"] == [-5.0, 1.0] and second["copy_mean_offset_mm"] == [3.0, 0.0]
+
+
+def test_matching_scales_row_on_hand_made_offsets():
+    """``matching_scales.row``: two images, two landmarks, errors 0, 3, 5 and 1 mm."""
+    spec = importlib.util.spec_from_file_location(
+        "matching_scales", REPO / "docs/results/matching_scales.py"
+    )
+    matching_scales = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(matching_scales)
+    offset = np.array([[[0.0, 0.0], [3.0, 0.0]], [[3.0, 4.0], [0.0, -1.0]]])
+    row = matching_scales.row(offset)
+    assert row["mre_mm"] == 2.25 and row["per_landmark_mre_mm"] == [2.5, 2.0]
+    assert row["sdr_2mm_pct"] == 50.0 and row["sdr_4mm_pct"] == 75.0

@@ -29,9 +29,10 @@ from ml_collections import ConfigDict  # noqa: E402
 from piaug import checkpoints, configure, evaluate, layout, matching, pipeline  # noqa: E402
 
 
-def errors(run: Path, encoder: str) -> dict[str, np.ndarray]:
-    """``{"offset", "copy_offset", "truth"}``, each ``(N, L, 2)`` in mm: the matches of
-    ``encoder`` and the template's landmarks copied, less the true points; the true points."""
+def setting(run: Path, encoder: str) -> dict:
+    """What ``evaluate`` matched for ``encoder`` of ``run``: its config, encoder (images ->
+    maps), template image and landmarks (row, col in the grid), the images evaluated, their
+    true points in the grid and the grid's spacing (mm per pixel, x and y)."""
     config = ConfigDict(layout.read_json(run / layout.CONFIG_FILE))
     entry = layout.read_json(run / layout.RESULTS_FILE)[encoder]
     if entry["split"] != config.data.split:
@@ -41,37 +42,58 @@ def errors(run: Path, encoder: str) -> dict[str, np.ndarray]:
     keep = [pool.ids.index(i) for i in entry["ids"]]
     size = configure.image_size(config)
     template = pool.examples[index]
-    rows_cols = np.clip(
-        np.round(template["landmarks"][:, ::-1]).astype(np.int64), 0, np.asarray(size) - 1
-    )
+    examples = [pool.examples[i] for i in keep]
+    original = np.stack([e["original_size"] for e in examples])
     ckpt = layout.trained_encoders(run, config.train.baseline)[encoder]
+    return {
+        "config": config,
+        "mre_mm": entry["mre_mm"],
+        "size": size,
+        "encoder": checkpoints.image_encoder(ckpt, configure.model(config)),
+        "template_image": pool.images[index],
+        "template_landmarks": template["landmarks"],
+        "template_rows_cols": np.clip(
+            np.round(template["landmarks"][:, ::-1]).astype(np.int64), 0, np.asarray(size) - 1
+        ),
+        "images": pool.images[keep],
+        "spacing": evaluate.grid_spacing([float(e["spacing"]) for e in examples], original, size),
+        "truth": evaluate.truth_in_grid(
+            np.stack([e["landmarks_original"] for e in examples]), original, size
+        ),
+    }
+
+
+def check_mre(run: Path, offset: np.ndarray, mre_mm: float) -> None:
+    """Stop unless the offsets' (mm) mean norm is the MRE the run's results.json holds."""
+    mre = np.linalg.norm(offset, axis=-1).mean()
+    if not np.isclose(mre, mre_mm, atol=1e-3):
+        raise SystemExit(f"{run}: MRE {mre:.4f} != results.json's {mre_mm}")
+
+
+def errors(run: Path, encoder: str) -> dict[str, np.ndarray]:
+    """``{"offset", "copy_offset", "truth"}``, each ``(N, L, 2)`` in mm: the matches of
+    ``encoder`` and the template's landmarks copied, less the true points; the true points."""
+    s = setting(run, encoder)
+    config = s["config"]
     pred = matching.predict(
-        checkpoints.image_encoder(ckpt, configure.model(config)),
-        pool.images[index],
-        rows_cols,
-        pool.images[keep],
-        size=size,
+        s["encoder"],
+        s["template_image"],
+        s["template_rows_cols"],
+        s["images"],
+        size=s["size"],
         batch_size=config.eval.batch_size,
         upsample=config.eval.upsample,
         subpixel=config.eval.subpixel,
         combine=config.eval.combine,
     )
-    examples = [pool.examples[i] for i in keep]
-    original = np.stack([e["original_size"] for e in examples])
-    spacing = evaluate.grid_spacing([float(e["spacing"]) for e in examples], original, size)
-    truth = evaluate.truth_in_grid(
-        np.stack([e["landmarks_original"] for e in examples]), original, size
-    )
-    copied = np.repeat(template["landmarks"][None].astype(np.float64), len(keep), axis=0)
+    truth, spacing = s["truth"], s["spacing"]
+    copied = np.repeat(s["template_landmarks"][None].astype(np.float64), len(truth), axis=0)
     out = {
         "offset": (np.asarray(pred) - truth) * spacing[:, None, :],
         "copy_offset": (copied - truth) * spacing[:, None, :],
         "truth": truth * spacing[:, None, :],
     }
-    # The same numbers as the run's evaluation, or this is not the run's encoder.
-    mre = np.linalg.norm(out["offset"], axis=-1).mean()
-    if not np.isclose(mre, entry["mre_mm"], atol=1e-3):
-        raise SystemExit(f"{run}: MRE {mre:.4f} != results.json's {entry['mre_mm']}")
+    check_mre(run, out["offset"], s["mre_mm"])
     return out
 
 
