@@ -132,18 +132,24 @@ def summary(e: dict[str, np.ndarray]) -> list[dict]:
     return rows
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(doc: str, script: str, analyse) -> int:
+    """The command line of this script and of its siblings: ``--out=NAME RUN[:ENCODER] ...``,
+    ``analyse(run, encoder)`` for each, written with the command to ``NAME.json`` here."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="RUN[:ENCODER]")
     parser.add_argument("--out", required=True, help="the result file's name, without .json")
     args = parser.parse_args()
-    payload = {"command": " ".join(["python docs/results/landmark_errors.py", *sys.argv[1:]])}
+    payload = {"command": " ".join([f"python docs/results/{script}", *sys.argv[1:]])}
     for spec in args.runs:
         run, _, encoder = spec.partition(":")
-        payload[spec] = summary(errors(Path(run), encoder or "baseline"))
+        payload[spec] = analyse(Path(run), encoder or "baseline")
     (HERE / f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")
     print(f"wrote {HERE / args.out}.json")
     return 0
+
+
+def main() -> int:
+    return cli(__doc__, "landmark_errors.py", lambda run, encoder: summary(errors(run, encoder)))
 
 
 if __name__ == "__main__":

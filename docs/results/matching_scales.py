@@ -10,8 +10,6 @@ data where its ``config.json`` says.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 
-from landmark_errors import check_mre, setting  # noqa: E402
+from landmark_errors import check_mre, cli, setting  # noqa: E402
 
 from piaug import matching  # noqa: E402
 from piaug.models import STRIDES  # noqa: E402
@@ -66,17 +64,7 @@ def scales(run: Path, encoder: str) -> dict[str, dict]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="RUN[:ENCODER]")
-    parser.add_argument("--out", required=True, help="the result file's name, without .json")
-    args = parser.parse_args()
-    payload = {"command": " ".join(["python docs/results/matching_scales.py", *sys.argv[1:]])}
-    for spec in args.runs:
-        run, _, encoder = spec.partition(":")
-        payload[spec] = scales(Path(run), encoder or "baseline")
-    (HERE / f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"wrote {HERE / args.out}.json")
-    return 0
+    return cli(__doc__, "matching_scales.py", scales)
 
 
 if __name__ == "__main__":
