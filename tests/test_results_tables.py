@@ -138,3 +138,47 @@ def test_matching_scales_row_on_hand_made_offsets():
     row = matching_scales.row(offset)
     assert row["mre_mm"] == 2.25 and row["per_landmark_mre_mm"] == [2.5, 2.0]
     assert row["sdr_2mm_pct"] == 50.0 and row["sdr_4mm_pct"] == 75.0
+
+
+def test_strip_augment_caps_the_upper_ends_and_the_file_loads_as_ranges(tmp_path):
+    """``strip_augment --max-brightness/--max-contrast``: upper ends above the cap come down to
+    it, ends below stay, low ends stay; the caps are recorded and the file reads as
+    ``config.augment.ranges_file``; a cap under a low end is refused."""
+    spec = importlib.util.spec_from_file_location(
+        "strip_augment", REPO / "docs/results/strip_augment.py"
+    )
+    strip_augment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(strip_augment)
+    group = {"target_mi": 1.0, "mi_mean": 1.0, "num_points": 4, "iie_mean": 3.0, "mi": [1, 2]}
+    source = {
+        "template": {"id": "001"},
+        "encoder": "runs/x/checkpoints",
+        "num_images": 3,
+        "patch_size": 32,
+        "groups": {
+            "low": {**group, "brightness": [0.5, 2.0], "contrast": [0.3, 1.1], "iie_mean": 1.0},
+            "medium": {**group, "brightness": [0.6, 1.1], "contrast": [0.4, 2.5]},
+            "high": {**group, "brightness": [0.7, 1.5], "contrast": [0.5, 1.7], "iie_mean": 5.0},
+        },
+    }
+    (tmp_path / "augment.json").write_text(json.dumps(source))
+    out = tmp_path / "capped.json"
+    strip_augment.main(
+        [str(tmp_path / "augment.json"), str(out), "--max-brightness=1.15", "--max-contrast=1.25"]
+    )
+    capped = json.loads(out.read_text())
+    assert capped["capped"] == {"brightness": 1.15, "contrast": 1.25}
+    got = {g: (v["brightness"], v["contrast"]) for g, v in capped["groups"].items()}
+    assert got == {
+        "low": ([0.5, 1.15], [0.3, 1.1]),
+        "medium": ([0.6, 1.1], [0.4, 1.25]),
+        "high": ([0.7, 1.15], [0.5, 1.25]),
+    }
+    assert "mi" not in capped["groups"]["low"]
+
+    from piaug.data import input_pipeline
+
+    jitter = input_pipeline.load_jitter(out)
+    assert np.allclose(np.asarray(jitter.brightness)[:, 1], [1.15, 1.1, 1.15])
+    with pytest.raises(SystemExit, match="--max-contrast=0.2 is not above the low end 0.3"):
+        strip_augment.main([str(tmp_path / "augment.json"), str(out), "--max-contrast=0.2"])

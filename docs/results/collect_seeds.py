@@ -8,7 +8,8 @@ python docs/results/collect_seeds.py --root=runs/seeds --baseline-runs=0:runs/fs
 named ``metrics.jsonl`` (or JSON list of probe rows), e.g. piaug's run and the baseline's
 checkpoints probed with the same template.
 
-For each seed ``s``: ``ROOT/seed_s/{weightmap,adaptive}/results.json`` (the sweep's runs) and
+For each seed ``s``: ``ROOT/seed_s/{weightmap,adaptive}/results.json`` (the sweep's runs, and
+``adaptive_capped`` where it exists: piaug with its estimate's upper ends capped) and
 the baseline's ``results.json`` (``ROOT/seed_s/shared_baseline``, or the run given for that seed
 by ``--baseline-runs``); the template is the one every row of that seed shares.
 """
@@ -22,6 +23,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+# the sweep's runs of a seed and their rows; adaptive_capped: piaug with ranges_file set to
+# strip_augment.py's capped copy of the seed's estimate (a diagnostic, not part of table3)
+ROWS = (("weightmap", "weightmap"), ("adaptive", "piaug"), ("adaptive_capped", "piaug_capped"))
 KEEP = ("mre_mm", "std_mm", "sdr", "protocol", "n_images", "per_landmark_mre_mm")
 
 
@@ -54,7 +58,7 @@ def main() -> int:
             results = json.loads(base.read_text())
             rows["template_copy"] = _entry(results, "template_copy")
             rows["baseline"] = _entry(results, "baseline")
-        for name, row in (("weightmap", "weightmap"), ("adaptive", "piaug")):
+        for name, row in ROWS:
             path = folder / name / "results.json"
             if path.exists():
                 rows[row] = _entry(json.loads(path.read_text()), "piaug")

@@ -28,6 +28,7 @@ ROW_NAMES = {
     "baseline": "baseline (uniform anchors, default jitter)",
     "weightmap": "the weight map alone (gamma 0.3, default jitter)",
     "piaug": "piaug (weight map, estimated adaptive jitter)",
+    "piaug_capped": "piaug, the jitter's upper ends capped at the default's (1.15, 1.25)",
 }
 
 
@@ -48,7 +49,7 @@ def results_table(rows: dict) -> str:
         "| MRE, full resolution (mm) |",
         "|---|---|---|---|",
     ]
-    for key in ("template_copy", "baseline", "weightmap", "piaug"):
+    for key in ROW_NAMES:
         if key in rows:
             e = rows[key]
             full = e.get("full_resolution_mre_mm") or e["full_resolution"]["mre_mm"]
@@ -91,7 +92,7 @@ def seeds() -> str:
     """Baseline, weight map and piaug over seeds (``ceph_cpu_seeds.json``): per-seed rows and
     the mean +- standard deviation (over seeds; n - 1 in the denominator)."""
     data = _load("ceph_cpu_seeds.json")
-    rows = [k for k in ("template_copy", "baseline", "weightmap", "piaug") if k in data["rows"]]
+    rows = [k for k in ROW_NAMES if k in data["rows"]]
     seeds_ = sorted(data["seeds"], key=int)
     head = "| | " + " | ".join(f"seed {s}" for s in seeds_) + " | mean +- std |"
     lines = [head, "|---" * (len(seeds_) + 2) + "|"]
