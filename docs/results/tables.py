@@ -98,7 +98,7 @@ def seeds() -> str:
     lines = [head, "|---" * (len(seeds_) + 2) + "|"]
     for key in rows:
         values = [data["seeds"][s][key]["mre_mm"] for s in seeds_ if key in data["seeds"][s]]
-        spread = f" +- {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+        spread = f" +- {statistics.stdev(values):.2f}" if len(values) > 1 else " (one seed)"
         cells = " | ".join(
             f"{data['seeds'][s][key]['mre_mm']:.2f}" if key in data["seeds"][s] else "-"
             for s in seeds_
