@@ -14,12 +14,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tables():
-    spec = importlib.util.spec_from_file_location("tables", REPO / "docs/results/tables.py")
+def _script(name: str):
+    """The module of ``docs/results/NAME.py`` (a script folder, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / f"docs/results/{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return _script("tables")
 
 
 def test_tables_equal_the_result_files(tables):
@@ -59,12 +64,7 @@ def test_check_mode_exits_clean():
 
 
 def _collect_runs():
-    spec = importlib.util.spec_from_file_location(
-        "collect_runs", REPO / "docs/results/collect_runs.py"
-    )
-    collect_runs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(collect_runs)
-    return collect_runs
+    return _script("collect_runs")
 
 
 def test_run_settings_read_the_estimate_patch_as_configure_does():
@@ -106,11 +106,7 @@ def test_landmark_errors_summary_finds_a_match_on_another_landmark():
     """``landmark_errors.summary`` on two images of two landmarks 10 mm apart: landmark 1 is
     found exactly; landmark 2's match lands on landmark 1's true point in one image (nearest
     true landmark: 1 there), 2 mm off in the other; the copy is 3 mm to the right of the truth."""
-    spec = importlib.util.spec_from_file_location(
-        "landmark_errors", REPO / "docs/results/landmark_errors.py"
-    )
-    landmark_errors = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(landmark_errors)
+    landmark_errors = _script("landmark_errors")
     truth = np.array([[[0.0, 0.0], [10.0, 0.0]]] * 2)
     offset = np.array([[[0.0, 0.0], [-10.0, 0.0]], [[0.0, 0.0], [0.0, 2.0]]])
     copy_offset = np.full_like(truth, 0.0)
@@ -130,11 +126,7 @@ def test_landmark_errors_summary_finds_a_match_on_another_landmark():
 
 def test_matching_scales_row_on_hand_made_offsets():
     """``matching_scales.row``: two images, two landmarks, errors 0, 3, 5 and 1 mm."""
-    spec = importlib.util.spec_from_file_location(
-        "matching_scales", REPO / "docs/results/matching_scales.py"
-    )
-    matching_scales = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(matching_scales)
+    matching_scales = _script("matching_scales")
     offset = np.array([[[0.0, 0.0], [3.0, 0.0]], [[3.0, 4.0], [0.0, -1.0]]])
     row = matching_scales.row(offset)
     assert row["mre_mm"] == 2.25 and row["per_landmark_mre_mm"] == [2.5, 2.0]
@@ -145,11 +137,7 @@ def test_strip_augment_caps_the_upper_ends_and_the_file_loads_as_ranges(tmp_path
     """``strip_augment --max-brightness/--max-contrast``: upper ends above the cap come down to
     it, ends below stay, low ends stay; the caps are recorded and the file reads as
     ``config.augment.ranges_file``; a cap under a low end is refused."""
-    spec = importlib.util.spec_from_file_location(
-        "strip_augment", REPO / "docs/results/strip_augment.py"
-    )
-    strip_augment = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(strip_augment)
+    strip_augment = _script("strip_augment")
     group = {"target_mi": 1.0, "mi_mean": 1.0, "num_points": 4, "iie_mean": 3.0, "mi": [1, 2]}
     source = {
         "template": {"id": "001"},
