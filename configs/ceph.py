@@ -24,7 +24,9 @@ Presets (``--config=configs/ceph.py:NAME[,NAME...]``, applied in order):
   0.1, no clamp, 64-d embedding) matched by the sum of the scales' cosines with bilinear
   upsampling, crops on a 32-pixel grid, scaled (up to 1.25x), blurred and noised; the
   estimate's MI patches 32 pixels (the paper's 64 at 384). docs/from_scratch.md records how
-  it was found and what it reaches.
+  it was found and what it reaches. The detector (CC2D's second stage) at the same size and
+  width: 2000 steps of 4 images with lr 1e-3 (warm-up, cosine), rotated, scaled, shifted
+  and jittered.
 * the ablations of ``piaug.ablations`` (e.g. ``gamma_0.1``, ``d_3.7``, ``estimated``,
   ``alpha_1.5``, ``footprint_32``, ``continuous``); ``launch/sweep.py`` runs whole sweeps.
 """
@@ -56,6 +58,20 @@ def cpu(config):
     config.eval.combine = "sum"
     config.eval.upsample = "bilinear"
     config.eval.every = 100
+    # The detector (stages pseudo, detector) at the same size and width: 2000 steps of 4
+    # images (lr 1e-3 after 50 warm-up steps, cosine to 0), rotated (up to 10 degrees),
+    # scaled (1.1x), shifted (5 %) and jittered (0.8-1.2), since it trains from scratch.
+    config.detector.batch_size = 4
+    config.detector.steps = 2000
+    config.detector.lr = 1e-3
+    config.detector.warmup_steps = 50
+    config.detector.schedule = "cosine"
+    config.detector.checkpoint_every = 200
+    config.detector.max_rotation = 10.0
+    config.detector.max_scale = 1.1
+    config.detector.max_shift = 0.05
+    config.detector.brightness = (0.8, 1.2)
+    config.detector.contrast = (0.8, 1.2)
 
 
 def get_config(arg=None):

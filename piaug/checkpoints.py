@@ -68,11 +68,16 @@ class Checkpoints:
         """The ``params`` and ``batch_stats`` of step ``step`` (the latest), on one ``device``
         (the first local one): the encoders of ``model`` alone, the optimizer state left on
         disk. The caller checks that the shapes fit (orbax would pad or cut them)."""
+        return self.restore_part(encoder_variables(model), step, device=device)
+
+    def restore_part(self, abstract: dict, step: int | None = None, *, device=None):
+        """The arrays of ``abstract`` (a subtree of the saved state, as shapes and dtypes)
+        from step ``step`` (the latest), on one ``device`` (the first local one); the rest
+        stays on disk. The caller checks that the shapes fit (orbax would pad or cut them)."""
         step = self.latest_step() if step is None else step
         sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
         abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-            encoder_variables(model),
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract
         )
         path = self.manager.directory / str(step) / "default"
         restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)

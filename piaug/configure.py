@@ -19,11 +19,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from piaug import augment, data, estimate, layout, losses, matching, models, train
+from piaug import augment, data, detector, estimate, layout, losses, matching, models, train
 from piaug.data import input_pipeline, prepare
 from piaug.errors import UserError, fields_of
 
-STAGES = ("info", "pretrain", "estimate", "train", "evaluate", "analyze")  # in pipeline order
+STAGES = ("info", "pretrain", "estimate", "train", "pseudo", "detector", "evaluate", "analyze")
 
 
 def parse_stages(spec: str) -> list[str]:
@@ -59,6 +59,78 @@ def loss(config) -> losses.LossSettings:
 
 def train_settings(config) -> train.TrainSettings:
     return _settings(train.TrainSettings, config.train, "config.train.")
+
+
+DETECTOR_INITS = ("random", "baseline", "piaug", "imagenet")
+DETECTOR_LABELS = ("pseudo", "true")
+
+
+def detector_settings(config) -> detector.DetectorSettings:
+    return _settings(detector.DetectorSettings, config.detector, "config.detector.")
+
+
+def detector_train_settings(config) -> train.TrainSettings:
+    return _settings(train.TrainSettings, config.detector, "config.detector.")
+
+
+def detector_augment(config) -> input_pipeline.LandmarkAugment:
+    cfg = config.detector
+    with fields_of("config.detector."):
+        return input_pipeline.LandmarkAugment(
+            max_rotation=float(cfg.max_rotation),
+            max_scale=float(cfg.max_scale),
+            max_shift=float(cfg.max_shift),
+            brightness=augment.factor_range(cfg.brightness, "brightness"),
+            contrast=augment.factor_range(cfg.contrast, "contrast"),
+        )
+
+
+def detector_inits(config) -> list[str]:
+    """``config.detector.inits`` as a list: a tuple, or a comma-separated string (as
+    ``--config.detector.inits=random,piaug`` gives)."""
+    value = config.detector.inits
+    items = [value] if isinstance(value, str) else list(value)
+    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+
+
+def detector_name(config, init: str) -> str:
+    """The folder and results row of the detector from ``init``: ``detector_INIT`` (true
+    labels), ``detector_INIT_pseudo_ENCODER`` (pseudo-labels of that encoder)."""
+    if config.detector.labels == "true":
+        return f"detector_{init}"
+    return f"detector_{init}_pseudo_{config.detector.pseudo_from}"
+
+
+def check_detector(config) -> None:
+    """UserError, naming the field, for a ``config.detector`` that cannot run."""
+    cfg = config.detector
+    detector_settings(config)
+    detector_train_settings(config)
+    detector_augment(config)
+    inits = detector_inits(config)
+    bad = [i for i in inits if i not in DETECTOR_INITS]
+    if bad or not inits:
+        raise UserError(
+            f"config.detector.inits={tuple(inits)}: use one or more of {DETECTOR_INITS}"
+        )
+    if cfg.labels not in DETECTOR_LABELS:
+        raise UserError(f"config.detector.labels={cfg.labels!r}: use one of {DETECTOR_LABELS}")
+    if cfg.pseudo_from not in ("baseline", "piaug"):
+        raise UserError(f"config.detector.pseudo_from={cfg.pseudo_from!r}: use baseline or piaug")
+    if int(cfg.images) < 0 or int(cfg.labeled) < 0:
+        raise UserError(
+            f"config.detector.images={cfg.images}, labeled={cfg.labeled}: both must be >= 0"
+        )
+    if "imagenet" in inits and not config.model.pretrained:
+        raise UserError(
+            "config.detector.inits has 'imagenet' but config.model.pretrained is empty: give "
+            "the path of a torchvision vgg19 state dict"
+        )
+    if cfg.encoders and not (Path(cfg.encoders) / layout.CONFIG_FILE).is_file():
+        raise UserError(
+            f"config.detector.encoders={cfg.encoders!r} is not a piaug run folder (no "
+            f"{layout.CONFIG_FILE}): give the --workdir of a run with trained encoders, or ''"
+        )
 
 
 def estimate_settings(config) -> estimate.EstimateSettings:
@@ -245,6 +317,7 @@ def check(config, stages: Sequence[str] = STAGES) -> None:
             f"config.eval.combine={config.eval.combine!r}: use one of {matching.COMBINE}"
         )
     estimate_settings(config)
+    check_detector(config)
     for spec in config.analyze.footprints:
         prepare.footprint_of(spec, "config.analyze.footprints")
     if int(config.analyze.anchor_stride) < 1 or int(config.analyze.num_images) < 1:

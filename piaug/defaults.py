@@ -26,8 +26,8 @@ def dataset_options(name: str) -> ml_collections.ConfigDict:
 def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
-    # A comma-separated subset of pipeline.STAGES: info, pretrain, estimate, train, evaluate,
-    # analyze (always run in that order).
+    # A comma-separated subset of pipeline.STAGES: info, pretrain, estimate, train, pseudo,
+    # detector, evaluate, analyze (always run in that order).
     config.stages = "info,pretrain,estimate,train,evaluate,analyze"
     config.force = False  # redo stages whose outputs exist
 
@@ -143,6 +143,49 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     # into the first probe_images images of eval.split; probe_mre_mm in metrics.jsonl.
     config.eval.every = 500
     config.eval.probe_images = 16
+
+    # The landmark detector of CC2D's second stage (piaug.detector): the pseudo stage writes
+    # one-shot pseudo-labels, the detector stage trains one detector per init into
+    # detectors/NAME/, and evaluate adds a row per detector. Defaults: the authors' TPL.
+    config.detector = ml_collections.ConfigDict()
+    # One detector per init: random | baseline | piaug (that encoder's backbone and decoder)
+    # | imagenet (config.model.pretrained's backbone).
+    config.detector.inits = ("random",)
+    # pseudo: the one-shot pseudo-labels of detector.pseudo_from's encoder, the template with
+    # its true labels in every batch (CC2D-S2) | true: the true labels (supervised, few-shot).
+    config.detector.labels = "pseudo"
+    config.detector.pseudo_from = "baseline"  # baseline | piaug
+    config.detector.images = 0  # the first N images of data.split train it (0: all of them)
+    config.detector.labeled = 0  # labels=true: the first K of those (0: all N)
+    # A run folder whose encoders (and template.json) the detectors use; '' for this run's.
+    config.detector.encoders = ""
+    config.detector.radius = 0.05  # of the larger side (19 pixels at 384)
+    config.detector.heatmap_weight = 2.0  # focal term against the offsets' L1
+    # focal: the authors' term, averaged over every pixel | balanced: averaged over the disks'
+    # pixels and the others apart (faster from scratch)
+    config.detector.heatmap_loss = "focal"
+    config.detector.decode = "vote"  # vote (the authors') | peak (heatmap maximum + offset)
+    # Optimisation (piaug.train.TrainSettings's fields): Adam 3e-4, x0.1 every 30 of 90
+    # epochs of 10 passes, 3 images a step (and the template, with pseudo-labels).
+    config.detector.batch_size = 3
+    config.detector.epochs = 90
+    config.detector.epoch_passes = 10.0
+    config.detector.steps = 0
+    config.detector.lr = 3e-4
+    config.detector.weight_decay = 1e-4
+    config.detector.lr_decay = 0.1
+    config.detector.lr_decay_epochs = 30
+    config.detector.warmup_steps = 0
+    config.detector.schedule = "step"
+    config.detector.checkpoint_every = 500
+    config.detector.keep_checkpoints = 2
+    config.detector.log_every = 10
+    # Augmentation (input_pipeline.LandmarkAugment; the authors' TPL has none).
+    config.detector.max_rotation = 0.0  # degrees
+    config.detector.max_scale = 1.0
+    config.detector.max_shift = 0.0  # of each side
+    config.detector.brightness = (1.0, 1.0)
+    config.detector.contrast = (1.0, 1.0)
 
     # The paper's analysis figures (the analyze stage) from the run's artefacts.
     config.analyze = ml_collections.ConfigDict()

@@ -77,6 +77,7 @@ def metrics(errors, *, radii: Sequence[float] = RADII, protocol: str = "grid") -
         "protocol": protocol,
         "n_images": int(errors.shape[0]),
         "per_landmark_mre_mm": per_landmark.round(4).tolist(),
+        "per_image_mre_mm": errors.mean(1).round(4).tolist(),
         "worst": [
             {"image": int(i), "landmark": int(j), "error_mm": float(errors[i, j])}
             for i, j in zip(*np.unravel_index(worst, errors.shape), strict=True)

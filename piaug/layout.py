@@ -8,7 +8,10 @@ A run lives in one folder::
     DIR/template.json       the template, chosen once
     DIR/augment.json        the estimate
     DIR/piaug/checkpoints/  the piaug encoders (train), DIR/piaug/metrics.jsonl
+    DIR/pseudo/ENCODER.csv  one-shot pseudo-labels of the training images (pseudo)
+    DIR/detectors/NAME/     a detector (detector): checkpoints/, metrics.jsonl, examples.json
     DIR/results.json        the evaluate stage (results.TAG.json under other eval.* settings)
+    DIR/predictions.csv     ... and every model's landmarks of every image (original pixels)
     DIR/analysis.json       the analyze stage
     DIR/figures/            every PNG
 
@@ -38,6 +41,10 @@ ANALYSIS_FILE = "analysis.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 PIAUG_DIR = "piaug"  # the piaug encoders' checkpoints/ and metrics.jsonl, inside the workdir
+PSEUDO_DIR = "pseudo"  # the pseudo stage's labels, one CSV per encoder
+DETECTORS = "detectors"  # one folder per detector: checkpoints/, metrics.jsonl, examples.json
+DETECTOR_EXAMPLES = "examples.json"  # what a detector trained on
+PREDICTIONS_FILE = "predictions.csv"  # the evaluate stage's landmarks, original pixels
 FIGURES = "figures"
 # Fields that say how to run or what to watch, not what the result is: they may change between
 # calls (a section's name covers all its fields).
@@ -164,6 +171,15 @@ def encoder_dirs(workdir: Path, baseline: str = "") -> dict[str, Path]:
 def trained_encoders(workdir: Path, baseline: str = "") -> dict[str, Path]:
     """The ``encoder_dirs`` that hold a checkpoint."""
     return {k: d for k, d in encoder_dirs(workdir, baseline).items() if has_checkpoint(d)}
+
+
+def trained_detectors(workdir: Path) -> dict[str, Path]:
+    """``{NAME: DIR/detectors/NAME/checkpoints}`` of every detector holding a checkpoint."""
+    root = Path(workdir) / DETECTORS
+    if not root.is_dir():
+        return {}
+    found = {d.name: d / CHECKPOINTS for d in sorted(root.iterdir()) if d.is_dir()}
+    return {k: d for k, d in found.items() if has_checkpoint(d)}
 
 
 def primary_first(fn, name: str, *, others: bool = False):

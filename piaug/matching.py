@@ -282,16 +282,21 @@ def match_all(
     upsample: str = "nearest",
     subpixel: bool = False,
     combine: str = "product",
-) -> np.ndarray:
-    """``match`` over all images of ``features`` in batches: ``(N, L, 2)`` (row, col)."""
+    with_scores: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """``match`` over all images of ``features`` in batches: ``(N, L, 2)`` (row, col), and
+    with ``with_scores`` each peak's value of the combined similarity map ``(N, L)``."""
     kw = {"size": tuple(size), "strides": tuple(strides), "upsample": upsample}
     kw |= {"subpixel": subpixel, "combine": combine}
     n = features[0].shape[0]
-    out = [
-        np.asarray(_match_jit([f[i : i + batch_size] for f in features], templates, **kw)[0])
+    found = [
+        _match_jit([f[i : i + batch_size] for f in features], templates, **kw)
         for i in range(0, n, batch_size)
     ]
-    return np.concatenate(out)
+    points = np.concatenate([np.asarray(p) for p, _ in found])
+    if with_scores:
+        return points, np.concatenate([np.asarray(s) for _, s in found])
+    return points
 
 
 def predict(
@@ -305,14 +310,16 @@ def predict(
     upsample: str = "nearest",
     subpixel: bool = False,
     combine: str = "product",
-) -> np.ndarray:
+    with_scores: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """One-shot landmarks of ``images`` ``(N, H, W)`` uint8 with one encoder (``apply_fn``,
     images -> maps) from one annotated template: ``template_points`` ``(L, 2)`` (row, col) in
-    ``template_image``'s grid. Returns ``(N, L, 2)`` (x, y) in the grid of ``size``."""
+    ``template_image``'s grid. Returns ``(N, L, 2)`` (x, y) in the grid of ``size``, and with
+    ``with_scores`` the peak similarity of each ``(N, L)``."""
     template_features = [f[0] for f in encode(apply_fn, template_image[None])]
     vectors = template_vectors(template_features, template_points)
     features = encode(apply_fn, images, batch_size=batch_size)
-    found = match_all(
+    found, scores = match_all(
         features,
         vectors,
         size=size,
@@ -320,5 +327,6 @@ def predict(
         upsample=upsample,
         subpixel=subpixel,
         combine=combine,
+        with_scores=True,
     )
-    return found[..., ::-1]
+    return (found[..., ::-1], scores) if with_scores else found[..., ::-1]

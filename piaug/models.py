@@ -174,6 +174,26 @@ class RFB(nn.Module):
         return nn.relu(fused + conv(x, (1, 1)))
 
 
+def unet(x, width: float, dtype, norm: str, train: bool) -> list[jnp.ndarray]:
+    """The U-Net that the encoders and the detector share, called inside a compact module
+    (its submodules ``vgg``, ``up1``..``up4`` become that module's): grayscale
+    ``(B, H, W[, 1])`` in [0, 1] -> ``[f4, u1, u2, u3, u4]``, the backbone's stride-32 output
+    and the decoder's at strides 16, 8, 4 and 2 (256, 128, 64, 128 channels times ``width``)."""
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] != 1:
+        raise ValueError(f"expected grayscale images (B, H, W[, 1]), got shape {x.shape}")
+    if x.shape[1] % 32 or x.shape[2] % 32:
+        raise ValueError(f"image height and width must be multiples of 32, got {x.shape[1:3]}")
+    x = jnp.broadcast_to(x, (*x.shape[:3], 3)).astype(dtype)
+    f0, f1, f2, f3, f4 = VGGFeatures(width, dtype, norm, name="vgg")(x, train)
+    u1 = Up(channels(256, width), dtype, name="up1")(f4, f3, train)
+    u2 = Up(channels(128, width), dtype, name="up2")(u1, f2, train)
+    u3 = Up(channels(64, width), dtype, name="up3")(u2, f1, train)
+    u4 = Up(channels(128, width), dtype, name="up4")(u3, f0, train)
+    return [f4, u1, u2, u3, u4]
+
+
 class Encoder(nn.Module):
     """The CC2D encoder: ``(B, H, W[, 1])`` in [0, 1] -> five ``(B, H/s, W/s, embedding)`` maps
     for the strides ``STRIDES`` (32 first). ``rfb`` adds the RFB blocks before the three coarsest
@@ -187,20 +207,7 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False) -> list[jnp.ndarray]:
-        if x.ndim == 3:
-            x = x[..., None]
-        if x.ndim != 4 or x.shape[-1] != 1:
-            raise ValueError(f"expected grayscale images (B, H, W[, 1]), got shape {x.shape}")
-        if x.shape[1] % 32 or x.shape[2] % 32:
-            raise ValueError(f"image height and width must be multiples of 32, got {x.shape[1:3]}")
-        x = jnp.broadcast_to(x, (*x.shape[:3], 3)).astype(self.dtype)
-        f0, f1, f2, f3, f4 = VGGFeatures(self.width, self.dtype, self.norm, name="vgg")(x, train)
-        c = lambda n: channels(n, self.width)  # noqa: E731
-        u1 = Up(c(256), self.dtype, name="up1")(f4, f3, train)
-        u2 = Up(c(128), self.dtype, name="up2")(u1, f2, train)
-        u3 = Up(c(64), self.dtype, name="up3")(u2, f1, train)
-        u4 = Up(c(128), self.dtype, name="up4")(u3, f0, train)
-        inputs = [f4, u1, u2, u3, u4]
+        inputs = unet(x, self.width, self.dtype, self.norm, train)
         if self.rfb:
             for i in range(3):
                 inputs[i] = RFB(inputs[i].shape[-1], self.dtype, name=f"rfb{i}")(inputs[i], train)

@@ -18,9 +18,16 @@ being asked (the files: ``piaug.layout``):
   ``augment.json``.
 * ``train``: the piaug encoders (weight-map anchors, the estimate's ranges per group) into
   ``piaug/checkpoints/`` and ``piaug/metrics.jsonl``.
+* ``pseudo``: one-shot pseudo-labels of every image of the training split with the encoder
+  ``detector.pseudo_from`` (of this run, or of the run ``detector.encoders``) and the template,
+  into ``pseudo/ENCODER.csv`` (the folder format's columns, original pixels).
+* ``detector``: one landmark detector per ``detector.inits`` (``piaug.detector``: CC2D's
+  second stage) on the pseudo-labels (the template with its labels in every batch) or on
+  true labels (``detector.labels``), into ``detectors/NAME/``.
 * ``evaluate``: one-shot matching with each encoder that has checkpoints, the same template
-  for all, MRE/SDR in ``results.json`` (one entry per encoder), a table, overlays. A call
-  that only evaluates may change ``eval.*``: its results go to ``results.TAG.json``.
+  for all, and each detector on the images it did not train on: MRE/SDR in ``results.json``
+  (one entry per model), every model's landmarks in ``predictions.csv``, a table, overlays.
+  A call that only evaluates may change ``eval.*``: its results go to ``results.TAG.json``.
 * ``analyze``: the paper's figures from these files (``piaug.analyze``).
 
 With several processes (``jax.distributed``), process 0 writes the workdir and builds the
@@ -42,6 +49,7 @@ from piaug import (
     analyze,
     checkpoints,
     configure,
+    detector,
     estimate,
     evaluate,
     info,
@@ -81,6 +89,10 @@ def run(config, workdir: str | Path) -> None:
             estimate_stage(config, workdir)  # every process computes, process 0 writes
         elif stage == "train":
             train_stage(config, workdir)
+        elif stage == "pseudo":
+            pseudo_stage(config, workdir)
+        elif stage == "detector":
+            detector_stage(config, workdir)
         elif stage == "evaluate":  # every process computes, process 0 writes
             evaluate_stage(config, workdir, tag=layout.eval_tag(saved, current))
         elif stage == "analyze":
@@ -389,11 +401,301 @@ def estimate_stage(config, workdir: Path) -> None:
         layout.write_json(path, result)
 
 
+def landmark_columns(num_landmarks: int) -> list[str]:
+    """The folder format's landmark columns: ``1_x, 1_y, ..., L_x, L_y``."""
+    return [f"{i}_{a}" for i in range(1, num_landmarks + 1) for a in ("x", "y")]
+
+
+def write_landmarks(path: Path, rows: list[tuple[dict, np.ndarray]]) -> None:
+    """A CSV of ``(leading columns, (L, 2) points)`` rows: the leading columns (e.g. model,
+    image), then ``1_x, 1_y, ...`` with 3 decimals. Written whole, then renamed into place."""
+    import csv
+
+    lead = list(rows[0][0]) if rows else []
+    count = len(rows[0][1]) if rows else 0
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(lead + landmark_columns(count))
+        for first, points in rows:
+            out.writerow(list(first.values()) + [f"{v:.3f}" for v in np.ravel(points)])
+    tmp.replace(path)
+
+
+def read_landmarks(path: Path, num_landmarks: int) -> dict[str, np.ndarray]:
+    """``{image id: (L, 2)}`` of a CSV that ``write_landmarks`` wrote with an ``image``
+    column; UserError naming the file when it is missing or malformed."""
+    import csv
+
+    try:
+        with Path(path).open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist: run the pseudo stage first") from None
+    columns = landmark_columns(num_landmarks)
+    try:
+        return {r["image"]: np.array([float(r[c]) for c in columns]).reshape(-1, 2) for r in rows}
+    except (KeyError, ValueError, TypeError) as e:
+        raise UserError(
+            f"{path}: not a labels file of {num_landmarks} landmarks ({e}); delete it and run "
+            "the pseudo stage again"
+        ) from None
+
+
+def _encoder_run(config, workdir: Path) -> tuple[Path, dict[str, Path]]:
+    """The run whose encoders the detectors use (``detector.encoders``, else this one) and
+    its encoders' checkpoint folders."""
+    if not config.detector.encoders:
+        return workdir, layout.encoder_dirs(workdir, config.train.baseline)
+    run = Path(config.detector.encoders)
+    saved = layout.read_json(run / layout.CONFIG_FILE) or {}
+    return run, layout.encoder_dirs(run, saved.get("train", {}).get("baseline", ""))
+
+
+def _ckpt_or_error(dirs: dict[str, Path], name: str, field: str) -> Path:
+    if not layout.has_checkpoint(dirs[name]):
+        raise UserError(
+            f"{field}: the {name} encoder has no checkpoint in {dirs[name]}: run its "
+            f"{'pretrain' if name == 'baseline' else 'train'} stage first"
+        )
+    return dirs[name]
+
+
+def _detector_template(config, workdir: Path, pool: _Images, model) -> tuple[int, dict]:
+    """The one annotated image of the one-shot detectors: the encoders' run's template."""
+    run, dirs = _encoder_run(config, workdir)
+    name = config.detector.pseudo_from
+    ckpt = _ckpt_or_error(dirs, name, "config.detector.pseudo_from")
+    return choose_template(
+        config,
+        run,
+        pool,
+        lambda: matching.encode(
+            checkpoints.image_encoder(ckpt, model), pool.images, batch_size=config.eval.batch_size
+        ),
+        ckpt,
+        save=run == workdir,
+    )
+
+
+def _detector_images(config, pool: _Images) -> list[int]:
+    """Indices in ``pool`` (the training split) of the images the detectors train on."""
+    n = int(config.detector.images) or len(pool.ids)
+    return list(range(min(n, len(pool.ids))))
+
+
+def pseudo_stage(config, workdir: Path) -> None:
+    """One-shot pseudo-labels of the detectors' training images with the encoder
+    ``detector.pseudo_from`` into ``pseudo/ENCODER.csv`` (original pixels)."""
+    name = config.detector.pseudo_from
+    path = workdir / layout.PSEUDO_DIR / f"{name}.csv"
+    if _done(path, config, "pseudo"):
+        return
+    model, size = configure.model(config), configure.image_size(config)
+    pool = _Images(config)
+    index, chosen = _detector_template(config, workdir, pool, model)
+    _, dirs = _encoder_run(config, workdir)
+    template = pool.examples[index]
+    rows_cols = np.clip(
+        np.round(template["landmarks"][:, ::-1]).astype(np.int64), 0, np.asarray(size) - 1
+    )
+    keep = _detector_images(config, pool)
+    pred = matching.predict(
+        checkpoints.image_encoder(dirs[name], model),
+        template["image"],
+        rows_cols,
+        pool.images[keep],
+        size=size,
+        batch_size=int(config.eval.batch_size),
+        upsample=config.eval.upsample,
+        subpixel=config.eval.subpixel,
+        combine=config.eval.combine,
+    )
+    original = evaluate.to_original(
+        pred, np.stack([pool.examples[i]["original_size"] for i in keep]), size
+    )
+    if jax.process_index() == 0:
+        path.parent.mkdir(exist_ok=True)
+        write_landmarks(
+            path, [({"image": pool.ids[i]}, p) for i, p in zip(keep, original, strict=True)]
+        )
+    logging.info(
+        "pseudo: %d images matched with the %s encoder from template %s into %s",
+        len(keep),
+        name,
+        chosen["id"],
+        path,
+    )
+
+
+def _detector_net(config, num_landmarks: int) -> detector.Detector:
+    m = configure.model(config)
+    return detector.Detector(num_landmarks, m.width, jax.numpy.dtype(m.dtype), m.norm)
+
+
+def detector_stage(config, workdir: Path) -> None:
+    """One detector per ``detector.inits`` into ``detectors/NAME/`` (``piaug.detector``)."""
+    cfg, size = config.detector, configure.image_size(config)
+    pool = _Images(config)
+    keep = _detector_images(config, pool)
+    num_landmarks = int(pool.examples[0]["landmarks"].shape[0])
+    net = _detector_net(config, num_landmarks)
+    template, template_id = None, None
+    if cfg.labels == "true":
+        keep = keep[: int(cfg.labeled) or len(keep)]
+        examples = [
+            {"id": pool.ids[i], "image": pool.images[i], "landmarks": pool.examples[i]["landmarks"]}
+            for i in keep
+        ]
+    else:
+        index, chosen = _detector_template(config, workdir, pool, configure.model(config))
+        template, template_id = pool.examples[index], chosen["id"]
+        labels = read_landmarks(
+            workdir / layout.PSEUDO_DIR / f"{cfg.pseudo_from}.csv", num_landmarks
+        )
+        missing = [pool.ids[i] for i in keep if pool.ids[i] not in labels]
+        if missing:
+            raise UserError(
+                f"{workdir / layout.PSEUDO_DIR / (cfg.pseudo_from + '.csv')} has no row for "
+                f"{missing[:3]} ({len(missing)} images): run the pseudo stage again with "
+                "--config.force=True"
+            )
+        examples = [
+            {
+                "id": pool.ids[i],
+                "image": pool.images[i],
+                "landmarks": prepare.resize_points(
+                    labels[pool.ids[i]], pool.examples[i]["original_size"], size
+                ),
+            }
+            for i in keep
+            if i != index  # the template comes with its true labels in every batch
+        ]
+    _, dirs = _encoder_run(config, workdir)
+    held_out = _held_out(
+        config, [e["id"] for e in examples] + ([template_id] if template_id else [])
+    )
+    settings = configure.detector_settings(config)
+    for init in configure.detector_inits(config):
+        name = configure.detector_name(config, init)
+        out = workdir / layout.DETECTORS / name
+        if config.force:
+            layout.clear_training(out, "detector")
+        train_settings = configure.detector_train_settings(config)
+        total = train_settings.num_steps(len(examples))
+        done = layout.latest_step(out / layout.CHECKPOINTS)
+        if done is not None and done >= total:
+            logging.info("detector: %s already holds step %d of %d", out, done, total)
+            continue
+        initial = _detector_init(config, init, dirs)
+        logging.info(
+            "detector: %s, %d steps of %d images (%s labels%s), init %s, %d device(s)",
+            name,
+            total,
+            train_settings.batch_size,
+            cfg.labels,
+            f" of {cfg.pseudo_from}, template {template_id} in every batch"
+            if template is not None
+            else "",
+            init,
+            jax.device_count(),
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        if jax.process_index() == 0:
+            layout.write_json(
+                out / layout.DETECTOR_EXAMPLES,
+                {
+                    "init": init,
+                    "num_landmarks": num_landmarks,
+                    "labels": cfg.labels,
+                    "pseudo_from": cfg.pseudo_from if template is not None else None,
+                    "template": template_id,
+                    "ids": [e["id"] for e in examples],
+                },
+            )
+        monitor = None
+        if int(config.eval.every) > 0 and held_out is not None and len(held_out.ids):
+            count = min(int(config.eval.probe_images), len(held_out.ids))
+            monitor = probe.DetectorProbe(
+                net,
+                settings,
+                held_out.examples[:count],
+                size,
+                batch_size=int(config.eval.batch_size),
+            )
+        detector.fit(
+            out,
+            examples,
+            net=net,
+            settings=settings,
+            train_settings=train_settings,
+            image_size=size,
+            augmentation=configure.detector_augment(config),
+            template=template,
+            initialize=initial,
+            seed=int(config.seed),
+            workers=int(config.data.workers),
+            desc=name,
+            probe=monitor,
+            probe_every=int(config.eval.every),
+        )
+        logging.info("detector: checkpoints and metrics.jsonl in %s", out)
+
+
+class _Subset:
+    """Some examples of an ``_Images``: ``ids``, ``examples``, ``images``."""
+
+    def __init__(self, pool: _Images, indices: list[int]):
+        self.indices = indices
+        self.ids = [pool.ids[i] for i in indices]
+        self.examples = [pool.examples[i] for i in indices]
+        self.images = pool.images[indices] if indices else pool.images[:0]
+
+
+def _held_out(config, trained_ids: list[str]) -> _Subset | None:
+    """The images of ``eval.split`` that a detector trained on ``trained_ids`` did not see
+    (None when none is labelled: the probe then has nothing to measure)."""
+    try:
+        targets = _Images(config, config.eval.split)
+    except UserError:
+        return None
+    seen = set(trained_ids)
+    return _Subset(targets, [i for i, k in enumerate(targets.ids) if k not in seen])
+
+
+def _detector_init(config, init: str, dirs: dict[str, Path]):
+    """The function that turns the detector's fresh variables into its initial ones."""
+    if init == "random":
+        return None
+    if init == "imagenet":
+        from piaug import pretrained
+
+        path = config.model.pretrained
+        batch_norm = config.model.norm == "batch"
+        vgg = pretrained.vgg_variables(
+            pretrained.load_state_dict(path), batch_norm=batch_norm, source=path
+        )
+
+        def from_imagenet(variables):
+            params = pretrained.place_backbone(variables["params"], vgg["params"], path)
+            stats = dict(variables["batch_stats"])
+            if batch_norm:
+                stats["vgg"] = vgg["batch_stats"]
+            return jax.tree.map(jax.numpy.asarray, {"params": params, "batch_stats": stats})
+
+        return from_imagenet
+    ckpt = _ckpt_or_error(dirs, init, "config.detector.inits")
+    encoder = checkpoints.restore_encoders(ckpt, configure.model(config))["image"]
+    return lambda variables: detector.carry_over(variables, encoder, source=str(ckpt))
+
+
 def evaluate_stage(config, workdir: Path, *, tag: str = "") -> None:
     """One-shot matching on ``config.eval.split`` with every encoder the run has (the baseline
-    and piaug's), the same template for both: MRE/SDR under both protocols into
-    ``results.json`` (one entry per encoder; ``results.TAG.json`` when ``tag`` names eval
-    settings other than the run's), a table, overlays."""
+    and piaug's; those of ``detector.encoders`` when the run has none), the same template for
+    both, and every detector of the run on the images it did not train on: MRE/SDR under both
+    protocols into ``results.json`` (one entry per model; ``results.TAG.json`` when ``tag``
+    names eval settings other than the run's), each model's landmarks in ``predictions.csv``
+    (original pixels), a table, overlays."""
     path = workdir / layout.results_file(tag)
     if tag:
         logging.info(
@@ -404,20 +706,115 @@ def evaluate_stage(config, workdir: Path, *, tag: str = "") -> None:
             layout.RESULTS_FILE,
         )
     results = layout.read_json(path) or {}
-    available = layout.trained_encoders(workdir, config.train.baseline)
-    if not available:
+    run, available = workdir, layout.trained_encoders(workdir, config.train.baseline)
+    if not available and config.detector.encoders:
+        run, dirs = _encoder_run(config, workdir)
+        available = {k: d for k, d in dirs.items() if layout.has_checkpoint(d)}
+    detectors = layout.trained_detectors(workdir)
+    if not available and not detectors:
         raise UserError(
-            f"evaluate: no encoder in {workdir} (nor config.train.baseline): run the pretrain "
-            "or train stage first"
+            f"evaluate: no encoder or detector in {workdir} (nor config.train.baseline): run "
+            "the pretrain, train or detector stage first"
         )
     todo = {k: d for k, d in available.items() if config.force or k not in results}
-    if not todo:
+    todo_detectors = {k: d for k, d in detectors.items() if config.force or k not in results}
+    if not todo and not todo_detectors:
         logging.info(
             "evaluate: %s holds %s, skipping (--config.force=True redoes it)",
             path,
             [k for k in results if k != COPY_KEY],
         )
         return
+    figures = workdir / layout.FIGURES / tag if tag else workdir / layout.FIGURES
+    predictions_path = path.with_name(
+        layout.PREDICTIONS_FILE.replace(".csv", f".{tag}.csv" if tag else ".csv")
+    )
+    predictions = _read_predictions(predictions_path)
+    shown = {}
+    if todo:
+        shown |= _evaluate_encoders(
+            config, run, results, available, todo, path, figures, predictions, tag=tag
+        )
+    if todo_detectors:
+        shown |= _evaluate_detectors(config, results, todo_detectors, path, figures, predictions)
+    if jax.process_index() == 0:
+        write_landmarks(
+            predictions_path,
+            [({"model": m, "image": i}, p) for m, rows in predictions.items() for i, p in rows],
+        )
+    logging.info("evaluate: %s\n%s", path, evaluate.table(shown))
+    if "baseline" in results and "piaug" in results:
+        b, p = results["baseline"]["mre_mm"], results["piaug"]["mre_mm"]
+        logging.info(
+            "evaluate: MRE baseline %.3f mm, piaug %.3f mm, the template copied %.3f mm (%s)",
+            b,
+            p,
+            results[COPY_KEY]["mre_mm"],
+            results["piaug"]["protocol"],
+        )
+    for name in todo_detectors:
+        ids = results[name]["ids"]
+        same = {
+            k: _subset_mre(results[k], ids)
+            for k in results
+            if k not in detectors and "per_image_mre_mm" in results[k]
+        }
+        logging.info(
+            "evaluate: %s %.3f mm on its %d images; on the same images %s",
+            name,
+            results[name]["mre_mm"],
+            len(ids),
+            ", ".join(f"{k} {v:.3f}" for k, v in same.items() if v is not None) or "-",
+        )
+
+
+def _subset_mre(entry: dict, ids: list[str]) -> float | None:
+    """An entry's MRE on the images ``ids`` (its per-image MREs averaged), None unless it
+    evaluated every one of them."""
+    per_image = dict(zip(entry["ids"], entry["per_image_mre_mm"], strict=True))
+    if not all(i in per_image for i in ids):
+        return None
+    return float(np.mean([per_image[i] for i in ids]))
+
+
+def _read_predictions(path: Path) -> dict[str, list]:
+    """``{model: [(image id, (L, 2)), ...]}`` of a ``predictions.csv`` (empty if none)."""
+    import csv
+
+    if not path.exists():
+        return {}
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    out: dict[str, list] = {}
+    for r in rows:
+        values = [float(v) for k, v in r.items() if k not in ("model", "image")]
+        out.setdefault(r["model"], []).append((r["image"], np.reshape(values, (-1, 2))))
+    return out
+
+
+def _truth(examples: list[dict], size) -> dict:
+    return {
+        "landmarks_original": np.stack([e["landmarks_original"] for e in examples]),
+        "spacing": np.array([float(e["spacing"]) for e in examples]),
+        "original_size": np.stack([e["original_size"] for e in examples]),
+        "image_size": size,
+    }
+
+
+def _record(results, predictions, name, pred, examples, ids, size, both, **extra) -> None:
+    entry = dict(both["grid"])
+    entry["full_resolution"] = both["full"]
+    entry["ids"] = ids
+    entry.update(extra)
+    results[name] = entry
+    original = evaluate.to_original(pred, np.stack([e["original_size"] for e in examples]), size)
+    predictions[name] = list(zip(ids, original, strict=True))
+
+
+def _evaluate_encoders(
+    config, run, results, available, todo, path, figures, predictions, *, tag
+) -> dict:
+    """One-shot matching with the encoders ``todo`` (of ``run``) into ``results``."""
     cfg, size = config.eval, configure.image_size(config)
     model = configure.model(config)
     pool = _Images(config)
@@ -429,11 +826,11 @@ def evaluate_stage(config, workdir: Path, *, tag: str = "") -> None:
     first = next(iter(available))  # the baseline when there is one
     index, chosen = choose_template(
         config,
-        workdir,
+        run,
         pool,
         lambda: matching.encode(encoders[first](), pool.images, batch_size=cfg.batch_size),
         available[first],
-        save=not tag,
+        save=not tag and run == path.parent,
     )
     template = pool.examples[index]
     rows_cols = np.round(template["landmarks"][:, ::-1]).astype(np.int64)
@@ -441,17 +838,13 @@ def evaluate_stage(config, workdir: Path, *, tag: str = "") -> None:
     targets = _Images(config, cfg.split) if cfg.split != config.data.split else pool
     keep = [i for i in range(len(targets.ids)) if not (targets is pool and i == index)]
     examples = [targets.examples[i] for i in keep]
-    truth = {
-        "landmarks_original": np.stack([e["landmarks_original"] for e in examples]),
-        "spacing": np.array([float(e["spacing"]) for e in examples]),
-        "original_size": np.stack([e["original_size"] for e in examples]),
-        "image_size": size,
-    }
+    ids = [targets.ids[i] for i in keep]
+    truth = _truth(examples, size)
     # What an encoder must beat: the template's landmarks copied to every image unmoved.
     copied = np.repeat(template["landmarks"][None].astype(np.float64), len(examples), axis=0)
     shown = {COPY_KEY: evaluate.evaluate(copied, **truth)}
     results[COPY_KEY] = dict(shown[COPY_KEY]["grid"], full_resolution=shown[COPY_KEY]["full"])
-    figures = workdir / layout.FIGURES / tag if tag else workdir / layout.FIGURES
+    results[COPY_KEY]["ids"] = ids
     for name, ckpt_dir in todo.items():
         pred = matching.predict(
             encoders[name](),
@@ -464,30 +857,67 @@ def evaluate_stage(config, workdir: Path, *, tag: str = "") -> None:
             subpixel=cfg.subpixel,
             combine=cfg.combine,
         )
-        both = evaluate.evaluate(pred, **truth)
-        entry = dict(both["grid"])
-        entry["full_resolution"] = both["full"]
-        entry["split"] = cfg.split
-        entry["ids"] = [targets.ids[i] for i in keep]
-        entry["template"] = chosen
-        entry["checkpoint"] = {"dir": str(ckpt_dir), "step": layout.latest_step(ckpt_dir)}
-        if tag:
-            entry["eval"] = config.eval.to_dict()
-        results[name] = entry
-        shown[name] = both
+        shown[name] = evaluate.evaluate(pred, **truth)
+        extra = {"eval": config.eval.to_dict()} if tag else {}
+        _record(
+            results,
+            predictions,
+            name,
+            pred,
+            examples,
+            ids,
+            size,
+            shown[name],
+            split=cfg.split,
+            template=chosen,
+            checkpoint={"dir": str(ckpt_dir), "step": layout.latest_step(ckpt_dir)},
+            **extra,
+        )
         if jax.process_index() == 0:
             layout.write_json(path, results)
             _overlays(figures, name, examples, pred, chosen["id"], cfg.num_overlays)
-    logging.info("evaluate: %s\n%s", path, evaluate.table(shown))
-    if "baseline" in results and "piaug" in results:
-        b, p = results["baseline"]["mre_mm"], results["piaug"]["mre_mm"]
-        logging.info(
-            "evaluate: MRE baseline %.3f mm, piaug %.3f mm, the template copied %.3f mm (%s)",
-            b,
-            p,
-            results[COPY_KEY]["mre_mm"],
-            results["piaug"]["protocol"],
+    return shown
+
+
+def _evaluate_detectors(config, results, todo, path, figures, predictions) -> dict:
+    """The detectors ``todo`` on the images of ``eval.split`` each did not train on."""
+    cfg, size = config.eval, configure.image_size(config)
+    settings = configure.detector_settings(config)
+    shown = {}
+    for name, ckpt_dir in todo.items():
+        seen = layout.read_json(ckpt_dir.parent / layout.DETECTOR_EXAMPLES) or {}
+        trained = list(seen.get("ids", [])) + ([seen["template"]] if seen.get("template") else [])
+        targets = _held_out(config, trained)
+        if targets is None or not targets.ids:
+            logging.info(
+                "evaluate: %s trained on every image of %s: not evaluated", name, cfg.split
+            )
+            continue
+        num_landmarks = int(targets.examples[0]["landmarks"].shape[0])
+        net = _detector_net(config, num_landmarks)
+        variables = detector.restore(ckpt_dir, net, size)
+        pred, confidence = detector.predict(
+            net, variables, targets.images, settings=settings, batch_size=int(cfg.batch_size)
         )
+        shown[name] = evaluate.evaluate(pred, **_truth(targets.examples, size))
+        _record(
+            results,
+            predictions,
+            name,
+            pred,
+            targets.examples,
+            targets.ids,
+            size,
+            shown[name],
+            split=cfg.split,
+            detector={k: v for k, v in seen.items() if k != "ids"} | {"trained_on": len(trained)},
+            mean_confidence=float(confidence.mean()),
+            checkpoint={"dir": str(ckpt_dir), "step": layout.latest_step(ckpt_dir)},
+        )
+        if jax.process_index() == 0:
+            layout.write_json(path, results)
+            _overlays(figures, name, targets.examples, pred, "-", cfg.num_overlays)
+    return shown
 
 
 def _overlays(figures: Path, name: str, examples, pred, template_id: str, count: int) -> None:

@@ -272,3 +272,21 @@ def training_batch(batch: dict, path: Path, *, strides=(32, 16, 8, 4, 2), count:
     fig.legend(handles=handles, loc="lower center", ncol=len(strides), fontsize=8)
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def landmarks(image, points, path: Path, *, title: str = "", max_side: float = 8.0) -> None:
+    """Landmarks ``(L, 2)`` (x, y) numbered on ``image`` at its own resolution and aspect."""
+    points = np.asarray(points)
+    h, w = np.shape(image)[:2]
+    scale = max_side / max(h, w)
+    fig, ax = plt.subplots(figsize=(w * scale, h * scale + 0.4), constrained_layout=True)
+    ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+    ax.scatter(points[:, 0], points[:, 1], s=18, c="#ff1744", edgecolors="k", lw=0.5)
+    for i, (x, y) in enumerate(points, start=1):
+        ax.annotate(
+            str(i), (x, y), xytext=(3, 3), textcoords="offset points", fontsize=7, color="#ffd54f"
+        )
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -95,3 +95,39 @@ def choose(ids: Sequence[str], template_id: str, count: int) -> list[int]:
     """Indices of the probe's targets: the first ``count`` of ``ids`` other than the
     template's (the split's order is fixed, so the probe is the same in every run)."""
     return [i for i, name in enumerate(ids) if name != template_id][: max(0, int(count))]
+
+
+@dataclasses.dataclass
+class DetectorProbe:
+    """The detector's learning monitor: its landmarks of ``targets`` (prepared examples it
+    does not train on) with the weights given at each call: ``probe_mre_mm`` and the SDRs."""
+
+    net: object  # piaug.detector.Detector
+    settings: object  # piaug.detector.DetectorSettings
+    targets: Sequence[dict]
+    size: tuple[int, int]
+    batch_size: int = 8
+
+    def __post_init__(self):
+        self.size = tuple(int(s) for s in self.size)
+        self._images = np.stack([e["image"] for e in self.targets])
+        self._truth = {
+            "landmarks_original": np.stack([e["landmarks_original"] for e in self.targets]),
+            "spacing": np.array([float(e["spacing"]) for e in self.targets]),
+            "original_size": np.stack([e["original_size"] for e in self.targets]),
+            "image_size": self.size,
+        }
+
+    def __call__(self, params, batch_stats) -> dict[str, float]:
+        from piaug import detector
+
+        start = time.perf_counter()
+        variables = jax.device_get({"params": params, "batch_stats": batch_stats})
+        pred, _ = detector.predict(
+            self.net, variables, self._images, settings=self.settings, batch_size=self.batch_size
+        )
+        grid = evaluate.evaluate(pred, **self._truth)["grid"]
+        row = {"probe_mre_mm": grid["mre_mm"]}
+        row.update({f"probe_sdr_{r}": v for r, v in grid["sdr"].items()})
+        row["probe_s"] = time.perf_counter() - start
+        return row

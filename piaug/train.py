@@ -22,7 +22,7 @@ import json
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import flax
@@ -246,21 +246,23 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), ("data",))
 
 
-def compile_step(mesh: Mesh, **step_kwargs) -> Callable:
-    """``train_step`` jitted over ``mesh``: batch sharded, state replicated and donated."""
+def compile_step(mesh: Mesh, step: Callable | None = None, **step_kwargs) -> Callable:
+    """``step`` (``train_step`` by default) with ``step_kwargs`` jitted over ``mesh``: batch
+    sharded, state replicated and donated."""
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.jit(
-        functools.partial(train_step, **step_kwargs),
+        functools.partial(train_step if step is None else step, **step_kwargs),
         in_shardings=(replicated, NamedSharding(mesh, PartitionSpec("data"))),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
 
 
-def device_batch(batch: dict, mesh: Mesh) -> dict:
-    """The fields the step reads of a host batch, as global arrays sharded over ``mesh``."""
+def device_batch(batch: dict, mesh: Mesh, keys: Sequence[str] = BATCH_KEYS) -> dict:
+    """The fields ``keys`` that a step reads of a host batch, as global arrays sharded over
+    ``mesh``."""
     sharding = NamedSharding(mesh, PartitionSpec("data"))
-    return input_pipeline.to_global({k: batch[k] for k in BATCH_KEYS}, sharding)
+    return input_pipeline.to_global({k: batch[k] for k in keys}, sharding)
 
 
 class _Preemption:
@@ -327,8 +329,9 @@ class MetricsWriter:
             self._file.close()
 
 
-def _finite(metrics: dict) -> bool:
-    return all(np.isfinite(metrics[k]) for k in ("loss", "grad_norm_image", "grad_norm_crop"))
+def _watched(metrics: dict) -> list[str]:
+    """The metrics whose non-finite value stops a run: the loss and every gradient norm."""
+    return [k for k in metrics if k == "loss" or k.startswith("grad_norm")]
 
 
 def train(
@@ -348,7 +351,7 @@ def train(
     probe_every: int = 0,
 ) -> TrainState:
     """Trains both encoders for ``settings.num_steps(len(source))`` steps into ``workdir``
-    (``checkpoints/``, ``metrics.jsonl``), resuming if a checkpoint exists.
+    (``checkpoints/``, ``metrics.jsonl``), resuming if a checkpoint exists (``fit``).
 
     Args:
       source: a prepared dataset's record source (``piaug.data.prepare``).
@@ -364,23 +367,75 @@ def train(
     Returns:
       The final state.
     """
+    per_epoch = settings.steps_per_epoch(len(source))
+    nets = model.encoders()
+    txs = {name: optimizer(settings, per_epoch) for name in ENCODERS}
+    image_size = tuple(int(s) for s in image_size)
+    init = functools.partial(
+        create_state, nets=nets, txs=txs, image_size=image_size, crop_size=transform.crop_size
+    )
+    return fit(
+        workdir,
+        init=init,
+        initialize=(lambda state: with_pretrained_backbone(state, pretrained))
+        if pretrained
+        else None,
+        step=functools.partial(train_step, nets=nets, txs=txs, **dataclasses.asdict(loss)),
+        loader=lambda start: input_pipeline.make_loader(
+            source,
+            transform,
+            global_batch_size=int(settings.batch_size),
+            seed=int(seed),
+            workers=int(workers),
+            start_batch=start,
+        ),
+        batch_keys=BATCH_KEYS,
+        settings=settings,
+        total=settings.num_steps(len(source)),
+        schedule=learning_rate(settings, per_epoch),
+        seed=seed,
+        desc=desc,
+        probe=probe,
+        probe_every=probe_every,
+        probe_model="image",
+    )
+
+
+def fit(
+    workdir: str | Path,
+    *,
+    init: Callable[[jax.Array], TrainState],
+    step: Callable[[TrainState, dict], tuple[TrainState, dict]],
+    loader: Callable[[int], Iterable[dict]],
+    batch_keys: Sequence[str],
+    settings: TrainSettings,
+    total: int,
+    schedule: optax.Schedule,
+    seed: int = 0,
+    desc: str = "train",
+    initialize: Callable[[TrainState], TrainState] | None = None,
+    probe: Callable[[dict, dict], dict] | None = None,
+    probe_every: int = 0,
+    probe_model: str = "image",
+) -> TrainState:
+    """The training loop of every model here (the encoders, ``piaug.train_detector``).
+
+    Resumes from the latest checkpoint in ``workdir/checkpoints`` (restored onto the current
+    mesh), else starts from ``init(key)`` (then ``initialize``, e.g. pretrained weights); runs
+    ``step`` (pure, compiled over a ``('data',)`` mesh by ``compile_step``) on the
+    ``batch_keys`` of ``loader(start)``'s host batches up to step ``total``; appends to
+    ``metrics.jsonl``, saves every ``settings.checkpoint_every`` steps and at the end, stops on
+    a non-finite loss or gradient norm (keeping the last good checkpoint) and saves and exits
+    on SIGTERM. ``probe`` gets ``state.params[probe_model]`` and its batch stats every
+    ``probe_every`` steps (and at step 0 and the last).
+    """
     workdir = Path(workdir)
     ckpt_dir = workdir / CHECKPOINTS
     batch_size = int(settings.batch_size)  # its split over the devices: configure.check
     mesh = make_mesh()
-    total = settings.num_steps(len(source))
-    per_epoch = settings.steps_per_epoch(len(source))
-    nets = model.encoders()
-    txs = {name: optimizer(settings, per_epoch) for name in ENCODERS}
-    schedule = learning_rate(settings, per_epoch)
-    image_size = tuple(int(s) for s in image_size)
     # Initialised on one device and then replicated: the same program whatever the mesh, so
     # the compilation cache serves every device count (and each process computes the same).
-    init = jax.jit(
-        functools.partial(
-            create_state, nets=nets, txs=txs, image_size=image_size, crop_size=transform.crop_size
-        )
-    )
+    init = jax.jit(init)
     checkpoints = Checkpoints(
         ckpt_dir, every=settings.checkpoint_every, keep=settings.keep_checkpoints
     )
@@ -388,27 +443,19 @@ def train(
     replicated = NamedSharding(mesh, PartitionSpec())
     if checkpoints.latest_step() is not None:
         state = checkpoints.restore(abstract_state(init, key, mesh))
-        logging.info("train: resumed from %s at step %d", ckpt_dir, int(state.step))
+        logging.info("%s: resumed from %s at step %d", desc, ckpt_dir, int(state.step))
     else:
         state = init(key)
-        if pretrained:
-            state = with_pretrained_backbone(state, pretrained)
+        if initialize is not None:
+            state = initialize(state)
         state = jax.device_put(state, replicated)
     start = int(state.step)
     if start >= total:
         checkpoints.close()
-        logging.info("train: %s already holds step %d of %d", ckpt_dir, start, total)
+        logging.info("%s: %s already holds step %d of %d", desc, ckpt_dir, start, total)
         return state
 
-    step_fn = compile_step(mesh, nets=nets, txs=txs, **dataclasses.asdict(loss))
-    loader = input_pipeline.make_loader(
-        source,
-        transform,
-        global_batch_size=batch_size,
-        seed=int(seed),
-        workers=int(workers),
-        start_batch=start,
-    )
+    step_fn = compile_step(mesh, step)
     writer = MetricsWriter(workdir / METRICS_FILE, start=start)
     bar = tqdm(
         total=total,
@@ -424,7 +471,7 @@ def train(
     def run_probe(step) -> float:
         """Runs the probe on the current state; its time in seconds."""
         begin = time.perf_counter()
-        row = probe(state.params["image"], state.batch_stats["image"])
+        row = probe(state.params[probe_model], state.batch_stats[probe_model])
         writer.write({"step": step, **row, "time": time.time()})
         bar.write(f"{desc}: step {step}, probe MRE {row['probe_mre_mm']:.2f} mm")
         return time.perf_counter() - begin
@@ -434,38 +481,37 @@ def train(
         if probe_every and start == 0:
             run_probe(0)
         with _Preemption() as preemption:
-            batches = iter(loader)
+            batches = iter(loader(start))
             tick = time.perf_counter()
-            for step in range(start + 1, total + 1):
-                batch = device_batch(next(batches), mesh)
+            for i in range(start + 1, total + 1):
+                batch = device_batch(next(batches), mesh, batch_keys)
                 state, metrics = step_fn(state, batch)
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                if not _finite(metrics):
+                watched = {k: metrics[k] for k in _watched(metrics)}
+                if not all(np.isfinite(v) for v in watched.values()):
                     checkpoints.close()
                     raise TrainingStopped(
-                        f"non-finite loss or gradient at step {step} (loss {metrics['loss']}, "
-                        f"gradient norms {metrics['grad_norm_image']}, "
-                        f"{metrics['grad_norm_crop']}); the last good checkpoint is step "
-                        f"{checkpoints.latest_step()} in {ckpt_dir}. Check the inputs, or lower "
-                        "config.train.lr"
+                        f"non-finite loss or gradient at step {i} ({watched}); the last good "
+                        f"checkpoint is step {checkpoints.latest_step()} in {ckpt_dir}. Check "
+                        "the inputs, or lower the learning rate"
                     )
-                checkpoints.save(step, state, force=step == total)
+                checkpoints.save(i, state, force=i == total)
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-                if step % log_every == 0 or step == total:
+                if i % log_every == 0 or i == total:
                     now = time.perf_counter()
-                    rate = (step - tick_step) * batch_size / max(now - tick, 1e-9)
-                    tick, tick_step = now, step
-                    lr = float(schedule(step - 1))
-                    row = {"step": step, **metrics, "lr": lr, "samples_per_s": rate}
+                    rate = (i - tick_step) * batch_size / max(now - tick, 1e-9)
+                    tick, tick_step = now, i
+                    lr = float(schedule(i - 1))
+                    row = {"step": i, **metrics, "lr": lr, "samples_per_s": rate}
                     writer.write(row | {"time": time.time()})
-                if probe_every and (step % probe_every == 0 or step == total):
-                    tick += run_probe(step)  # samples_per_s leaves the probe's time out
-                if preemption.agreed() and step < total:
-                    checkpoints.save(step, state, force=True)
+                if probe_every and (i % probe_every == 0 or i == total):
+                    tick += run_probe(i)  # samples_per_s leaves the probe's time out
+                if preemption.agreed() and i < total:
+                    checkpoints.save(i, state, force=True)
                     checkpoints.close()
                     raise TrainingStopped(
-                        f"SIGTERM: saved step {step} of {total} to {ckpt_dir}; run the same "
+                        f"SIGTERM: saved step {i} of {total} to {ckpt_dir}; run the same "
                         "command again to resume"
                     )
     finally:

@@ -356,6 +356,8 @@ def _parse_header(where: str, header: list[str], extra: Sequence[str]):
             if key in marks:
                 raise UserError(f"{where}: column {raw!r} appears twice; fix the header")
             marks[key] = c
+        elif re.fullmatch(r"\d+_conf", name):  # a prediction's confidence (piaug.predict)
+            continue
         elif name in extra:
             if name in extra_cols:
                 raise UserError(f"{where}: column {raw!r} appears twice; fix the header")

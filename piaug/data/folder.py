@@ -21,6 +21,8 @@ Layout::
   and ``0 <= y <= H - 1``.  Decimals are fine; every image has all K landmarks.
 * ``spacing_mm``: the pixel size in millimetres (square pixels).  Without this column pass
   ``spacing=`` (one value for all images); giving both is an error, and so is giving neither.
+* ``K_conf`` columns (a confidence per landmark, as ``piaug.predict`` writes them) are
+  ignored, so its ``landmarks.csv`` reads back as labels once checked.
 * ``split``: a free label such as ``train`` / ``test``.  ``split='train'`` then loads the rows
   labelled ``train``; ``split='all'`` (the default) loads every row, with or without the column.
 

@@ -27,7 +27,7 @@ import numpy as np
 from absl import flags
 
 from piaug import augment
-from piaug.errors import UserError
+from piaug.errors import UserError, require
 
 ANCHORS = ("uniform", "exponential", "piecewise")
 
@@ -172,6 +172,68 @@ class AnchorCrop(grain.RandomMapTransform):
             "angle": np.float32(angle),
             "scale": np.float32(scale),
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class LandmarkAugment(grain.RandomMapTransform):
+    """The detector's augmentation of one labelled image (``piaug.detector``).
+
+    An affine map about the image's centre (rotation uniform in
+    [-max_rotation, max_rotation] degrees, scale log-uniform in [1 / max_scale, max_scale], a
+    shift uniform in [-max_shift, max_shift] times each side), applied to the image (bilinear,
+    zero outside) and exactly to its landmarks, then brightness and contrast factors uniform in
+    their ranges. The defaults change nothing (the authors' TPL trains without augmentation)
+    and draw no random number. Element ``{"image": uint8 (H, W), "landmarks": (L, 2) x, y}``
+    -> ``image`` float32 in [0, 1], ``landmarks`` float32.
+    """
+
+    max_rotation: float = 0.0
+    max_scale: float = 1.0
+    max_shift: float = 0.0
+    brightness: tuple[float, float] = (1.0, 1.0)
+    contrast: tuple[float, float] = (1.0, 1.0)
+
+    def __post_init__(self):
+        require(
+            [
+                ("max_rotation", self.max_rotation, self.max_rotation >= 0, "must be >= 0"),
+                ("max_scale", self.max_scale, self.max_scale >= 1, "must be >= 1 (1: none)"),
+                ("max_shift", self.max_shift, 0 <= self.max_shift < 0.5, "must be in [0, 0.5)"),
+            ]
+        )
+        augment.factor_range(self.brightness, "brightness")
+        augment.factor_range(self.contrast, "contrast")
+
+    def random_map(self, element, rng: np.random.Generator) -> dict:
+        image = np.asarray(element["image"], np.float32) / 255.0
+        points = np.asarray(element["landmarks"], np.float64)
+        if self.max_rotation or self.max_scale != 1.0 or self.max_shift:
+            image, points = self._warp(image, points, rng)
+        if tuple(self.brightness) != (1.0, 1.0) or tuple(self.contrast) != (1.0, 1.0):
+            b, c = rng.uniform(*self.brightness), rng.uniform(*self.contrast)
+            image = np.clip(augment.color_jitter(image, b, c), 0.0, 1.0)
+        return {
+            "id": element["id"],
+            "image": image.astype(np.float32),
+            "landmarks": points.astype(np.float32),
+        }
+
+    def _warp(self, image, points, rng):
+        from scipy import ndimage
+
+        h, w = image.shape
+        angle = np.deg2rad(rng.uniform(-self.max_rotation, self.max_rotation))
+        scale = float(np.exp(rng.uniform(-1.0, 1.0) * np.log(self.max_scale)))
+        shift = rng.uniform(-self.max_shift, self.max_shift, 2) * (w, h)  # (x, y)
+        centre = np.array([(w - 1) / 2, (h - 1) / 2])
+        cos, sin = np.cos(angle) * scale, np.sin(angle) * scale
+        forward = np.array([[cos, -sin], [sin, cos]])  # (x, y) -> (x, y) about the centre
+        points = (points - centre) @ forward.T + centre + shift
+        # ndimage maps output (row, col) to input (row, col): the inverse, in that order.
+        inverse = np.linalg.inv(forward)[::-1, ::-1]
+        offset = centre[::-1] - inverse @ (centre[::-1] + shift[::-1])
+        image = ndimage.affine_transform(image, inverse, offset=offset, order=1, cval=0.0)
+        return image, points
 
 
 def per_crop(batch: dict) -> dict:

@@ -1,0 +1,212 @@
+"""Loading trained models from Python: ``piaug.load_encoder`` and ``piaug.load_detector``.
+
+Both take a run folder (the ``--workdir`` of ``piaug.main``) or one of its checkpoint folders
+and read everything else from the run's ``config.json`` (the model's size, the training grid,
+the matching and decoding settings), so no ``configs/`` file is imported::
+
+    import piaug
+
+    encoder = piaug.load_encoder("runs/ceph")  # the baseline; name="piaug" for piaug's
+    points, confidence = encoder.landmarks(images, template, template_points)
+
+    detector = piaug.load_detector("runs/ceph")  # the run's detector (name= when several)
+    points, confidence = detector.landmarks(images)
+
+``images`` are 2-D uint8 arrays of any size (grayscale); they are resized to the run's grid,
+and the landmarks come back as ``(N, L, 2)`` (x, y) in each image's own pixels, with a
+confidence per landmark: the peak of the combined similarity map for one-shot matching, the
+heatmap's peak probability for a detector. ``encoder.features(grid_images)`` gives the five
+embedding maps of images already at the grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from piaug import layout
+from piaug.errors import UserError
+
+
+def _run_of(path: Path) -> Path | None:
+    """The run folder that holds ``path`` (itself or up to three levels above it)."""
+    for candidate in [path, *list(path.parents)[:3]]:
+        if (candidate / layout.CONFIG_FILE).is_file():
+            return candidate
+    return None
+
+
+def _locate(path, kind: str, name: str | None) -> tuple[Path, dict, str, Path]:
+    """``(run, config, name, checkpoint folder)`` of the ``kind`` (encoder | detector) that
+    ``path`` and ``name`` designate; UserError saying what the run holds otherwise."""
+    path = Path(path)
+    run = _run_of(path)
+    if run is None:
+        raise UserError(
+            f"{path}: neither a piaug run folder (no {layout.CONFIG_FILE}) nor a checkpoint "
+            "folder inside one; give the --workdir of a run"
+        )
+    config = layout.read_json(run / layout.CONFIG_FILE)
+    if kind == "encoder":
+        found = layout.trained_encoders(run, config.get("train", {}).get("baseline", ""))
+    else:
+        found = layout.trained_detectors(run)
+    if path != run:  # a checkpoint folder: the model it belongs to
+        named = [k for k, d in found.items() if Path(d).resolve() == path.resolve()]
+        if not named:
+            raise UserError(f"{path}: not the checkpoint folder of any {kind} of run {run}")
+        name = named[0]
+    if name is None:
+        if kind == "encoder":
+            name = "baseline"
+        elif len(found) == 1:
+            name = next(iter(found))
+        else:
+            raise UserError(
+                f"{run} holds {len(found)} detectors ({', '.join(found) or 'none'}): "
+                "name one (name=... or --model=...)"
+            )
+    if name not in found:
+        raise UserError(
+            f"{run} has no trained {kind} {name!r}; it has {', '.join(found) or 'none'}"
+        )
+    return run, config, name, Path(found[name])
+
+
+def _grid(images: Sequence[np.ndarray], size) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The images resized to the grid ``size`` (uint8 ``(N, H, W)``) and their own shapes."""
+    from piaug.data import prepare
+
+    shapes, out = [], []
+    for i, image in enumerate(images):
+        image = np.asarray(image)
+        if image.ndim != 2 or image.dtype != np.uint8:
+            raise UserError(
+                f"image {i}: expected a 2-D uint8 array (grayscale), got {image.dtype} "
+                f"{image.shape}"
+            )
+        shapes.append(image.shape)
+        out.append(prepare.resize_image(image, size))
+    return np.stack(out), shapes
+
+
+def _to_images(points: np.ndarray, shapes, size) -> np.ndarray:
+    from piaug.data import prepare
+
+    return np.stack(
+        [prepare.resize_points(p, size, shape) for p, shape in zip(points, shapes, strict=True)]
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoder:
+    """A run's full-image encoder (``load_encoder``)."""
+
+    name: str
+    checkpoint: Path
+    image_size: tuple[int, int]
+    config: dict
+    apply: Callable  # (B, H, W) float32 in [0, 1] at image_size -> five maps
+
+    def features(self, images: np.ndarray, *, batch_size: int = 8) -> list[np.ndarray]:
+        """The five ``(N, h, w, E)`` maps of ``images`` ``(N, H, W)`` uint8 at the grid."""
+        from piaug import matching
+
+        return matching.encode(self.apply, np.asarray(images), batch_size=batch_size)
+
+    def landmarks(
+        self,
+        images: Sequence[np.ndarray],
+        template: np.ndarray,
+        template_points: np.ndarray,
+        *,
+        batch_size: int = 8,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One-shot matching: the landmarks ``template_points`` ``(L, 2)`` (x, y in the
+        ``template`` image's pixels) found in each image, ``(N, L, 2)`` in its own pixels,
+        and their confidence ``(N, L)``."""
+        from piaug import matching
+        from piaug.data import prepare
+
+        size = self.image_size
+        grid_template, (shape,) = _grid([template], size)
+        points = np.asarray(template_points, np.float64).reshape(-1, 2)
+        rows_cols = np.round(prepare.resize_points(points, shape, size)[:, ::-1]).astype(int)
+        rows_cols = np.clip(rows_cols, 0, np.asarray(size) - 1)
+        grid, shapes = _grid(images, size)
+        cfg = self.config.get("eval", {})
+        found, scores = matching.predict(
+            self.apply,
+            grid_template[0],
+            rows_cols,
+            grid,
+            size=size,
+            batch_size=batch_size,
+            upsample=cfg.get("upsample", "nearest"),
+            subpixel=bool(cfg.get("subpixel", False)),
+            combine=cfg.get("combine", "product"),
+            with_scores=True,
+        )
+        return _to_images(found, shapes, size), scores
+
+
+@dataclasses.dataclass(frozen=True)
+class Detector:
+    """A run's landmark detector (``load_detector``)."""
+
+    name: str
+    checkpoint: Path
+    image_size: tuple[int, int]
+    config: dict
+    net: object  # piaug.detector.Detector
+    variables: dict
+    settings: object  # piaug.detector.DetectorSettings
+
+    def landmarks(
+        self, images: Sequence[np.ndarray], *, batch_size: int = 8
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The landmarks of each image, ``(N, L, 2)`` (x, y in its own pixels), and their
+        confidence ``(N, L)`` (the heatmap's peak probability)."""
+        from piaug import detector
+
+        grid, shapes = _grid(images, self.image_size)
+        found, confidence = detector.predict(
+            self.net, self.variables, grid, settings=self.settings, batch_size=batch_size
+        )
+        return _to_images(found, shapes, self.image_size), confidence
+
+
+def _image_size(config: dict) -> tuple[int, int]:
+    return tuple(int(s) for s in config["data"]["image_size"])
+
+
+def load_encoder(path, name: str | None = None) -> Encoder:
+    """The full-image encoder ``name`` (``baseline`` or ``piaug``; default the baseline) of
+    the run in ``path`` (a run folder, or the checkpoint folder of one of its encoders)."""
+    from piaug import checkpoints
+
+    run, config, name, ckpt = _locate(path, "encoder", name)
+    model = checkpoints.model_settings(config)
+    return Encoder(name, ckpt, _image_size(config), config, checkpoints.image_encoder(ckpt, model))
+
+
+def load_detector(path, name: str | None = None) -> Detector:
+    """The detector ``name`` (``detector_random``, ...; default the run's only one) of the run
+    in ``path`` (a run folder, or a detector's checkpoint folder)."""
+    from piaug import checkpoints, detector
+
+    run, config, name, ckpt = _locate(path, "detector", name)
+    model = checkpoints.model_settings(config)
+    num_landmarks = detector.saved_num_landmarks(ckpt)
+    import jax.numpy as jnp
+
+    net = detector.Detector(int(num_landmarks), model.width, jnp.dtype(model.dtype), model.norm)
+    size = _image_size(config)
+    saved = config.get("detector", {})
+    names = [f.name for f in dataclasses.fields(detector.DetectorSettings)]
+    settings = detector.DetectorSettings(**{k: saved[k] for k in names if k in saved})
+    variables = detector.restore(ckpt, net, size)
+    return Detector(name, ckpt, size, config, net, variables, settings)

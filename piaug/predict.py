@@ -1,0 +1,227 @@
+r"""Landmarks of new images with a trained run: ``python -m piaug.predict``.
+
+With the run's detector (``--model`` names one when the run has several)::
+
+    python -m piaug.predict --run=runs/ceph --images=new/ --out=pred/
+
+Or by one-shot matching with the run's encoder from ONE image you annotated yourself (the
+one-shot workflow: no training on your labels)::
+
+    python -m piaug.predict --run=runs/ceph --images=new/ --out=pred/ \
+        --template=new/case007.png --template-landmarks=case007.csv [--model=piaug]
+
+``--template-landmarks`` is a CSV in the folder format (``image,1_x,1_y,...``, pixels of the
+template image; one row, or the row naming the template). Which image to annotate? ::
+
+    python -m piaug.predict --run=runs/ceph --images=new/ --choose-template
+
+runs the run's unsupervised template choice (the salient-point policy) on the folder and
+prints the image to annotate.
+
+Writes ``OUT/landmarks.csv`` (``image, 1_x, 1_y, ..., K_x, K_y`` in each image's own pixels,
+then ``1_conf, ..., K_conf``: the peak similarity of matching, or the detector's heatmap peak)
+and ``OUT/overlays/ID.png``. Images of any size are read as 8-bit grayscale; an unreadable
+image is reported by name while the others are predicted, and the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from piaug.errors import UserError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m piaug.predict", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--run", required=True, help="the --workdir of a trained piaug run")
+    parser.add_argument("--images", required=True, help="a folder of images, or one image")
+    parser.add_argument("--out", help="the output folder (landmarks.csv, overlays/)")
+    parser.add_argument(
+        "--model",
+        help="the detector (detector_...) or, with --template, the encoder (baseline, piaug)",
+    )
+    parser.add_argument("--template", help="your one annotated image (one-shot matching)")
+    parser.add_argument("--template-landmarks", help="its landmarks: a CSV in the folder format")
+    parser.add_argument(
+        "--choose-template", action="store_true", help="print the image to annotate, then stop"
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--no-overlays", action="store_true", help="write landmarks.csv only")
+    args = parser.parse_args(argv)
+    if args.choose_template:
+        return args
+    if not args.out:
+        parser.error("--out=DIR is required (or --choose-template)")
+    if bool(args.template) != bool(args.template_landmarks):
+        parser.error("--template and --template-landmarks go together")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    return args
+
+
+def image_paths(where: str | Path) -> list[Path]:
+    """The images of a folder (sorted by id, as the folder reader orders them) or one file."""
+    from piaug.data import common
+
+    where = Path(where)
+    if where.is_file():
+        return [where]
+    if not where.is_dir():
+        raise UserError(f"--images={where}: no such folder or file")
+    found = common.list_images(where)
+    if not found:
+        raise UserError(
+            f"--images={where}: no image ({', '.join(common.IMAGE_EXTENSIONS)}) in the folder"
+        )
+    return [found[i] for i in common.sort_ids(found)]
+
+
+def read_template_points(path: str | Path, template: Path) -> np.ndarray:
+    """The template's ``(L, 2)`` landmarks from a folder-format CSV: its only row, or the
+    row whose image names ``template``."""
+    from piaug.data import common
+
+    table = common.LandmarkTable(Path(path), extra=("spacing_mm", "split"))
+    rows = table.rows
+    if len(rows) > 1:
+        rows = [r for r in rows if r[1] in (template.name, template.stem)]
+    if len(rows) != 1:
+        raise UserError(
+            f"--template-landmarks={path}: {len(table.rows)} rows and none (or several) for "
+            f"{template.name}; give one row, or one whose image is {template.name}"
+        )
+    return rows[0][2]
+
+
+def _read(paths: list[Path]) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
+    """The images that decode, and a line per image that does not."""
+    from piaug.data import common
+
+    good, failed = [], []
+    for path in tqdm(paths, desc="predict: reading", unit="img", leave=False):
+        try:
+            good.append((path, common.read_image(path)))
+        except UserError as e:
+            failed.append(f"{path.name}: {e}")
+    return good, failed
+
+
+def write_csv(path: Path, names: list[str], points: np.ndarray, confidence: np.ndarray) -> None:
+    import csv
+
+    count = points.shape[1] if len(points) else 0
+    header = ["image"] + [f"{i}_{a}" for i in range(1, count + 1) for a in "xy"]
+    header += [f"{i}_conf" for i in range(1, count + 1)]
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(header)
+        for name, p, c in zip(names, points, confidence, strict=True):
+            out.writerow(
+                [name] + [f"{v:.2f}" for v in np.ravel(p)] + [f"{v:.4f}" for v in np.ravel(c)]
+            )
+    tmp.replace(path)
+
+
+def choose(args) -> None:
+    """Prints the image of ``--images`` that the run's template policy would annotate."""
+    from piaug import api, info, matching
+    from piaug.data import prepare
+
+    encoder = api.load_encoder(args.run, args.model)
+    good, failed = _read(image_paths(args.images))
+    if len(good) < 2:
+        raise UserError(f"--images={args.images}: the choice needs at least two readable images")
+    cfg, size = encoder.config, encoder.image_size
+    footprint = prepare.footprint_of(cfg["info"]["footprint"])
+    grid = np.stack([prepare.resize_image(image, size) for _, image in good])
+    border = int(round(cfg["eval"]["border"] * min(size)))
+    points = []
+    for _, image in tqdm(good, desc="predict: IIE maps", unit="img", leave=False):
+        iie = prepare.resize_bilinear(np.asarray(info.entropy_map(image[None], footprint))[0], size)
+        points.append(
+            matching.salient_points(
+                iie,
+                count=int(cfg["eval"]["salient_points"]),
+                min_distance=int(cfg["eval"]["salient_distance"]),
+                border=border,
+            )
+        )
+    index, scores = matching.choose_template(
+        encoder.features(grid, batch_size=args.batch_size),
+        points,
+        size=size,
+        batch_size=args.batch_size,
+        combine=cfg["eval"].get("combine", "product"),
+    )
+    for line in failed:
+        print(f"unreadable: {line}", file=sys.stderr)
+    print(f"annotate {good[index][0].name} (score {scores[index]:.4f} of {len(good)} images)")
+
+
+def predict(args) -> int:
+    """Writes the landmarks of ``--images``; returns the exit status (1 if any failed)."""
+    from piaug import api, plots
+
+    paths = image_paths(args.images)
+    if args.template:
+        template_path = Path(args.template)
+        from piaug.data import common
+
+        template = common.read_image(template_path)
+        template_points = read_template_points(args.template_landmarks, template_path)
+        model = api.load_encoder(args.run, args.model)
+    else:
+        model = api.load_detector(args.run, args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    good, failed = _read(paths)
+    names, points, confidence = [], [], []
+    bar = tqdm(total=len(good), desc=f"predict: {model.name}", unit="img")
+    for start in range(0, len(good), args.batch_size):
+        chunk = good[start : start + args.batch_size]
+        images = [image for _, image in chunk]
+        if args.template:
+            p, c = model.landmarks(images, template, template_points, batch_size=args.batch_size)
+        else:
+            p, c = model.landmarks(images, batch_size=args.batch_size)
+        names += [path.name for path, _ in chunk]
+        points.append(p)
+        confidence.append(c)
+        if not args.no_overlays:
+            (out / "overlays").mkdir(exist_ok=True)
+            for (path, image), q in zip(chunk, p, strict=True):
+                plots.landmarks(image, q, out / "overlays" / f"{path.stem}.png", title=path.name)
+        bar.update(len(chunk))
+    bar.close()
+    if good:
+        write_csv(out / "landmarks.csv", names, np.concatenate(points), np.concatenate(confidence))
+        print(f"predict: {len(good)} images with {model.name} -> {out / 'landmarks.csv'}")
+    for line in failed:
+        print(f"unreadable: {line}", file=sys.stderr)
+    if failed:
+        print(f"predict: {len(failed)} of {len(paths)} images could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.choose_template:
+            choose(args)
+            return 0
+        return predict(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
