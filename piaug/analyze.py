@@ -160,32 +160,41 @@ def info_statistics(
         hist += np.histogram(m, HIST_EDGES)[0]
         counts = np.bincount(g.ravel(), minlength=3)
         group_counts += counts
-        cols, rows = np.round(ex["landmarks"].astype(np.float64)).astype(int).T
-        cols, rows = cols.clip(0, m.shape[1] - 1), rows.clip(0, m.shape[0] - 1)
-        at_landmarks = m[rows, cols]
-        landmark_iie.append(at_landmarks)
+        points = ex["landmarks"].astype(np.float64)
+        at_landmarks = None
+        if np.isfinite(points).all():  # unlabelled images (NaN) have none
+            cols, rows = np.round(points).astype(int).T
+            cols, rows = cols.clip(0, m.shape[1] - 1), rows.clip(0, m.shape[0] - 1)
+            at_landmarks = m[rows, cols]
+            landmark_iie.append(at_landmarks)
         per_image.append(
             {
                 "id": ex["id"].decode() if isinstance(ex["id"], bytes) else str(ex["id"]),
                 "original_size": ex["original_size"].tolist(),
-                "spacing_mm": float(ex["spacing"]),
+                "spacing_mm": float(ex["spacing"]) if np.isfinite(ex["spacing"]) else None,
                 "mean_iie": float(m.mean()),
                 "group_fraction": _fractions(counts),
-                "landmark_iie": at_landmarks.round(4).tolist(),
+                "landmark_iie": None if at_landmarks is None else at_landmarks.round(4).tolist(),
             }
         )
-    landmark_iie = np.stack(landmark_iie)
-    landmark_groups = np.asarray(info.information_groups(landmark_iie, thresholds))
-    stats = {
-        "num_images": len(per_image),
-        "iie_histogram": {"bin_edges": HIST_EDGES.round(6).tolist(), "counts": hist.tolist()},
-        "group_fraction": _fractions(group_counts),
-        "landmark_iie": {
+    landmark_stats = None
+    if landmark_iie:
+        landmark_iie = np.stack(landmark_iie)
+        landmark_groups = np.asarray(info.information_groups(landmark_iie, thresholds))
+        landmark_stats = {
             "mean": landmark_iie.mean(0).round(4).tolist(),
             "std": landmark_iie.std(0).round(4).tolist(),
             "overall_mean": float(landmark_iie.mean()),
             "group_fraction": _fractions(np.bincount(landmark_groups.ravel(), minlength=3)),
-        },
+            "num_images": len(landmark_iie),
+        }
+    else:
+        landmark_iie = np.zeros((0, 0))
+    stats = {
+        "num_images": len(per_image),
+        "iie_histogram": {"bin_edges": HIST_EDGES.round(6).tolist(), "counts": hist.tolist()},
+        "group_fraction": _fractions(group_counts),
+        "landmark_iie": landmark_stats,  # over the labelled images; None when none is
         "per_image": per_image,
     }
     return stats, landmark_iie
@@ -198,7 +207,8 @@ def fig3_sampling(stats: dict, gammas, d: float, thresholds, path: Path, *, titl
     centers = (edges[:-1] + edges[1:]) / 2
     density = np.asarray(stats["iie_histogram"]["counts"], np.float64)
     weights = sampling_weights(centers, gammas, float(d))
-    marks = np.asarray([p["landmark_iie"] for p in stats["per_image"]])
+    marks = [p["landmark_iie"] for p in stats["per_image"] if p["landmark_iie"] is not None]
+    marks = np.asarray(marks) if marks else np.zeros((0, 0))
     plots.sampling_probability(centers, density, weights, marks, thresholds, path, title=title)
     return {
         "bin_centers": centers.round(4).tolist(),

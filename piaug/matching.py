@@ -204,6 +204,7 @@ def choose_template(
     upsample: str = "nearest",
     batch_size: int = 8,
     combine: str = "product",
+    candidates: Sequence[bool] | None = None,
 ) -> tuple[int, np.ndarray]:
     """The candidate whose salient points match most confidently into the other images.
 
@@ -211,6 +212,8 @@ def choose_template(
       features: per scale, ``(N, h, w, E)`` maps of the N training images.
       points: per image, its ``(P_i, 2)`` salient points (``salient_points``).
       batch_size: images matched at once (memory: ``batch_size * P * H * W`` floats).
+      candidates: which images may be chosen (e.g. the labelled ones; all by default); every
+        image is matched into either way.
 
     Returns:
       ``(index, scores)``: the chosen image and every candidate's score, the mean over its
@@ -228,7 +231,7 @@ def choose_template(
 
     def candidate(i: int) -> float:
         p = np.asarray(points[i]).reshape(-1, 2)
-        if len(p) == 0:
+        if len(p) == 0 or (candidates is not None and not candidates[i]):
             return -np.inf
         padded = np.concatenate([p, np.repeat(p[:1], most - len(p), axis=0)])  # one shape
         templates = template_vectors([f[i] for f in features], padded, strides=strides)

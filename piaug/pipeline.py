@@ -212,23 +212,35 @@ def _probe(config, prepared: prepare.Prepared, model) -> probe.Probe | None:
     cfg = config.eval
     if int(cfg.every) <= 0:
         return None
+    marks = np.stack([prepared.source[i]["landmarks"] for i in range(len(prepared))])
+    labelled = np.isfinite(marks).all(axis=(1, 2))
+    if not labelled.any():
+        logging.info("probe: no labelled image in %s: training is not watched", config.data.split)
+        return None
     if cfg.template:
         template_id = cfg.template
     else:
-        marks = np.stack([prepared.source[i]["landmarks"] for i in range(len(prepared))])
-        template_id = prepared.ids[probe.typical(marks)]
+        template_id = prepared.ids[np.flatnonzero(labelled)[probe.typical(marks[labelled])]]
     if template_id not in prepared.ids:
         raise UserError(
             f"config.eval.template={template_id!r} is not an image of split "
             f"{config.data.split!r} (e.g. {prepared.ids[:3]}); name one that is"
         )
     template = prepared.source[prepared.ids.index(template_id)]
+    if not np.isfinite(template["landmarks"]).all():
+        raise UserError(f"config.eval.template={template_id!r} has no landmarks: name one that has")
     pool = (
         prepared
         if cfg.split == config.data.split
         else configure.prepare_data(config, split=cfg.split)
     )
-    chosen = probe.choose(pool.ids, template_id, int(cfg.probe_images))
+    annotated = [
+        k for i, k in enumerate(pool.ids) if np.isfinite(pool.source[i]["landmarks"]).all()
+    ]
+    chosen = [
+        pool.ids.index(annotated[i])
+        for i in probe.choose(annotated, template_id, int(cfg.probe_images))
+    ]
     if not chosen:
         raise UserError(
             f"config.eval.probe_images={cfg.probe_images}: the probe needs at least one image "
@@ -291,6 +303,8 @@ class _Images:
         self.ids = self.prepared.ids
         self.examples = [self.prepared.source[i] for i in range(len(self.prepared))]
         self.images = np.stack([e["image"] for e in self.examples])
+        # The images with landmarks (a folder's unlabelled images have NaN ones).
+        self.labelled = np.array([np.isfinite(e["landmarks"]).all() for e in self.examples])
 
 
 def choose_template(config, workdir: Path, pool: _Images, features, encoder: Path, *, save=True):
@@ -315,7 +329,13 @@ def choose_template(config, workdir: Path, pool: _Images, features, encoder: Pat
                 f"{config.data.split!r} (e.g. {pool.ids[:3]}); name one that is"
                 + ("" if cfg.template else ", or delete the file to choose again")
             )
-        return pool.ids.index(chosen["id"]), chosen
+        index = pool.ids.index(chosen["id"])
+        if not pool.labelled[index]:
+            raise UserError(
+                f"{where}: template {chosen['id']!r} has no landmarks; the one-shot template "
+                "must be annotated: name a labelled image, or annotate it"
+            )
+        return index, chosen
     border = int(round(cfg.border * min(size)))
     points = [
         matching.salient_points(
@@ -326,6 +346,12 @@ def choose_template(config, workdir: Path, pool: _Images, features, encoder: Pat
     # Scored with nearest upsampling whatever eval.upsample: the score only ranks candidates,
     # and nearest takes the fast path (maps at the finest stride). 150 ceph candidates at 192
     # with 64-d embeddings: about 5 minutes beside a training, on course for over ten bilinear.
+    if not pool.labelled.any():
+        raise UserError(
+            f"no image of split {config.data.split!r} has landmarks: the one-shot template is "
+            "chosen among the labelled images (use piaug.predict --choose-template to pick the "
+            "image to annotate)"
+        )
     index, scores = matching.choose_template(
         features(),
         points,
@@ -333,6 +359,7 @@ def choose_template(config, workdir: Path, pool: _Images, features, encoder: Pat
         upsample="nearest",
         batch_size=cfg.batch_size,
         combine=cfg.combine,
+        candidates=pool.labelled,
     )
     chosen = {
         "id": pool.ids[index],
@@ -542,7 +569,13 @@ def detector_stage(config, workdir: Path) -> None:
     net = _detector_net(config, num_landmarks)
     template, template_id = None, None
     if cfg.labels == "true":
+        keep = [i for i in keep if pool.labelled[i]]
         keep = keep[: int(cfg.labeled) or len(keep)]
+        if not keep:
+            raise UserError(
+                "config.detector.labels='true': none of the first config.detector.images "
+                "images has landmarks"
+            )
         examples = [
             {"id": pool.ids[i], "image": pool.images[i], "landmarks": pool.examples[i]["landmarks"]}
             for i in keep
@@ -660,7 +693,10 @@ def _held_out(config, trained_ids: list[str]) -> _Subset | None:
     except UserError:
         return None
     seen = set(trained_ids)
-    return _Subset(targets, [i for i, k in enumerate(targets.ids) if k not in seen])
+    return _Subset(
+        targets,
+        [i for i, k in enumerate(targets.ids) if k not in seen and targets.labelled[i]],
+    )
 
 
 def _detector_init(config, init: str, dirs: dict[str, Path]):
@@ -836,7 +872,20 @@ def _evaluate_encoders(
     rows_cols = np.round(template["landmarks"][:, ::-1]).astype(np.int64)
     rows_cols = np.clip(rows_cols, 0, np.asarray(size) - 1)
     targets = _Images(config, cfg.split) if cfg.split != config.data.split else pool
-    keep = [i for i in range(len(targets.ids)) if not (targets is pool and i == index)]
+    keep = [
+        i
+        for i in range(len(targets.ids))
+        if targets.labelled[i] and not (targets is pool and i == index)
+    ]
+    if not keep:
+        raise UserError(
+            f"evaluate: no labelled image of split {cfg.split!r} besides the template to "
+            "evaluate on (config.eval.split)"
+        )
+    if not targets.labelled.all():
+        logging.info(
+            "evaluate: %d unlabelled images of %s left out", (~targets.labelled).sum(), cfg.split
+        )
     examples = [targets.examples[i] for i in keep]
     ids = [targets.ids[i] for i in keep]
     truth = _truth(examples, size)

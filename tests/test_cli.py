@@ -281,3 +281,39 @@ def test_layout_names_every_file_of_a_run(tiny_run):
     ):
         assert name in files, name
     assert set(layout.trained_encoders(tiny_run)) == {"baseline", "piaug"}
+
+
+def test_unlabelled_images_pretrain_and_are_left_out_of_evaluation(tmp_path):
+    """A folder of five images, two without landmarks: all five pretrain; the template is a
+    labelled one, and only the other labelled images are evaluated and probed."""
+    root = tmp_path / "mine"
+    (root / "images").mkdir(parents=True)
+    synthetic = data.spec("synthetic").load(
+        None, split="train", num_images=5, size=(96, 80), num_landmarks=5, seed=0
+    )
+    rows = ["image," + ",".join(f"{k}_{a}" for k in range(1, 6) for a in "xy")]
+    for i in range(5):
+        ex = synthetic[i]
+        Image.fromarray(ex["image"]).save(root / "images" / f"c{i}.png")
+        if i < 3:
+            rows.append(f"c{i}.png," + ",".join(f"{v:.2f}" for v in ex["landmarks"].ravel()))
+        elif i == 3:
+            rows.append("c3.png" + "," * 10)  # a row with empty landmarks; c4 has no row
+    (root / "landmarks.csv").write_text("\n".join(rows) + "\n")
+    config = load_config("test")
+    config.data.name, config.data.dir = "folder", str(root)
+    config.data.split = config.eval.split = "all"
+    config.data.options = defaults.dataset_options("folder")
+    config.data.options.spacing = 0.1
+    config.stages = "info,pretrain,evaluate"
+    workdir = tmp_path / "wd"
+    pipeline.run(config, workdir)
+    stats = json.loads((workdir / layout.INFO_FILE).read_text())
+    assert stats["num_images"] == 5 and stats["landmark_iie"]["num_images"] == 3
+    assert [p["landmark_iie"] is None for p in stats["per_image"]] == [False] * 3 + [True] * 2
+    template = json.loads((workdir / layout.TEMPLATE_FILE).read_text())["id"]
+    results = json.loads((workdir / layout.RESULTS_FILE).read_text())
+    assert template in {"c0", "c1", "c2"}
+    assert sorted(results["baseline"]["ids"] + [template]) == ["c0", "c1", "c2"]
+    probes = [json.loads(r) for r in (workdir / layout.METRICS_FILE).read_text().splitlines()]
+    assert any("probe_mre_mm" in r for r in probes)  # watched on the labelled images

@@ -509,7 +509,7 @@ def test_folder_global_spacing_and_errors(tmp_path) -> None:
     ("edit", "message"),
     [
         (lambda t: _set(t, 3, 1, "nan"), "line 3: landmark 1 x = 'nan' is not a finite"),
-        (lambda t: _set(t, 2, 2, ""), "line 2: landmark 1 y = '' is not a number"),
+        (lambda t: _set(t, 2, 2, ""), "line 2: 1 of the 6 landmark fields are empty"),
         (lambda t: _set(t, 5, 6, "1,2"), "line 5: 8 fields, but the header has 7"),
         (lambda t: _set(t, 4, 1, f"{W - 0.5}"), "line 4: landmark 1 at .* outside the 40 x 30"),
         (lambda t: _set(t, 4, 4, "-0.1"), "line 4: landmark 2 at .* outside"),
@@ -529,12 +529,36 @@ def test_folder_bad_csv(tmp_path, edit, message) -> None:
     assert str(path) in str(e.value)
 
 
+def test_folder_unlabelled_rows_and_images(tmp_path) -> None:
+    """Blank landmark fields (and spacing) or no row at all: an unlabelled image; a header
+    without rows: every image unlabelled."""
+    _folder(tmp_path, FOLDER_ROWS, extra=[("spacing_mm", ["0.5", "0.25", "1", "2"])])
+    text = (tmp_path / "landmarks.csv").read_text().splitlines()
+    text[2] = "case2.jpg" + "," * 7  # image, six blank landmark fields, blank spacing
+    (tmp_path / "landmarks.csv").write_text("\n".join(text) + "\n")
+    _write(tmp_path / "images" / "new.png", _image_bytes("PNG"))
+    ds = data.load("folder", tmp_path)
+    labelled = [np.isfinite(ds[i]["landmarks"]).all() for i in range(len(ds))]
+    assert dict(zip(ds.ids, labelled, strict=True)) == {
+        "case2": False,
+        "case10": True,
+        "ct_1": True,
+        "new": False,
+        "x": True,
+    }
+    assert np.isnan(ds[ds.ids.index("new")]["spacing"])
+    (tmp_path / "landmarks.csv").write_text(text[0] + "\n")
+    ds = data.load("folder", tmp_path)
+    assert len(ds) == 5 and all(np.isnan(ds[i]["landmarks"]).all() for i in range(5))
+    assert any("no image has landmarks" in r for r in ds.report)
+
+
 def test_folder_image_problems(tmp_path) -> None:
     _folder(tmp_path, FOLDER_ROWS)
     _write(tmp_path / "images" / "extra.png", _image_bytes("PNG"))
-    with pytest.raises(UserError, match="1 images have no row in .*\\(extra.png\\)") as e:
-        data.load("folder", tmp_path, spacing=1.0)
-    assert str(tmp_path / "images") in str(e.value)
+    ds = data.load("folder", tmp_path, spacing=1.0)  # an image without a row: unlabelled
+    assert "extra" in ds.ids and np.isnan(ds[ds.ids.index("extra")]["landmarks"]).all()
+    assert any("1 images of" in r and "(extra.png): unlabelled" in r for r in ds.report)
     (tmp_path / "images" / "extra.png").unlink()
     _write(tmp_path / "images" / "x.png", _image_bytes("PNG"))
     with pytest.raises(UserError, match="two images for one id 'x'"):

@@ -301,7 +301,9 @@ class LandmarkTable:
     """A parsed landmark csv with header ``image,1_x,1_y,...,K_x,K_y`` (plus ``extra`` columns).
 
     ``rows`` holds ``(line, image value, points (K, 2) float64, {extra column: value})``.
-    Columns may come in any order; ``image_path`` is accepted for ``image``.
+    Columns may come in any order; ``image_path`` is accepted for ``image``. With
+    ``allow_blank``, a row whose landmark fields are all empty is an unlabelled image (points
+    NaN); some empty and some not is an error either way.
     """
 
     def __init__(
@@ -309,6 +311,8 @@ class LandmarkTable:
         path: Path,
         rows: list[tuple[int, list[str]]] | None = None,
         extra: Sequence[str] = (),
+        *,
+        allow_blank: bool = False,
     ) -> None:
         self.path = path
         rows = read_csv(path) if rows is None else rows
@@ -329,6 +333,18 @@ class LandmarkTable:
             image = fields[image_col]
             if not image:
                 raise UserError(f"{where}: the image field is empty; fix the row")
+            marks = [fields[c] for pair in cols for c in pair]
+            if allow_blank and not any(marks):  # an unlabelled image
+                points = np.full((len(cols), 2), np.nan)
+                self.rows.append(
+                    (line, image, points, {n: fields[c] for n, c in extra_cols.items()})
+                )
+                continue
+            if allow_blank and not all(marks):
+                raise UserError(
+                    f"{where}: {marks.count('')} of the {len(marks)} landmark fields are empty; "
+                    "give all of them, or leave all empty for an unlabelled image"
+                )
             points = np.array(
                 [
                     [

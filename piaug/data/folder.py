@@ -27,10 +27,15 @@ Layout::
   labelled ``train``; ``split='all'`` (the default) loads every row, with or without the column.
 
 Images are read as 8-bit grayscale: colour is converted to its luma, gray stored as three equal
-channels stays as is; 16-bit and float images are refused (convert them to 8-bit first).  Every
-image in ``images/`` needs exactly one row, and every row an image; ``load`` stops with a list of
-any mismatch, as it does for a point outside its image, a missing or non-numeric value, NaN and
-a duplicate row.
+channels stays as is; 16-bit and float images are refused (convert them to 8-bit first).
+
+**Unlabelled images** are welcome for pretraining and prediction: an image of ``images/``
+without a row, or a row whose landmark fields are all empty, has NaN landmarks (its spacing is
+not needed), and ``load`` reports how many there are; the stages that measure errors (the
+probe, ``evaluate``, supervised detectors) use only the labelled images, and the one-shot
+template is chosen among them.  Every row needs an image; ``load`` stops with a list of any
+row without one, as it does for a point outside its image, a non-numeric value, NaN, a row with
+some landmark fields empty and others not, and a duplicate row.
 """
 
 from __future__ import annotations
@@ -81,9 +86,7 @@ def load(root: Any, split: str | None = None, **options: Any) -> ImageDataset:
 
     images = list_images(folder)
     by_name = {p.name: p for p in images.values()}
-    table = LandmarkTable(csv_path, extra=("spacing_mm", "split"))
-    if not table.rows:
-        raise UserError(f"{csv_path} has a header but no rows; add one row per image")
+    table = LandmarkTable(csv_path, extra=("spacing_mm", "split"), allow_blank=True)
     has_spacing = "spacing_mm" in table.extra_columns
     if has_spacing and spacing is not None:
         raise UserError(
@@ -111,13 +114,20 @@ def load(root: Any, split: str | None = None, **options: Any) -> ImageDataset:
             f"({preview(no_image)}); "
             "add the images or remove the rows"
         )
-    no_row = [images[i].name for i in sort_ids(images) if i not in rows]
-    if no_row:
-        raise UserError(
-            f"{folder}: {len(no_row)} images have no row in {csv_path} ({preview(no_row)}); "
-            "add rows for "
-            "them or move them out of the folder"
+    no_row = [i for i in sort_ids(images) if i not in rows]
+    report = []
+    if no_row:  # unlabelled: for pretraining and prediction
+        blank = {"spacing_mm": "", "split": ""}
+        for i in no_row:
+            rows[i] = (0, (images[i], np.full((table.num_landmarks, 2), np.nan), blank))
+        report.append(
+            f"{len(no_row)} images of {folder} have no row in {csv_path} "
+            f"({preview([images[i].name for i in no_row])}): unlabelled (they serve pretraining "
+            "and prediction, not evaluation)"
         )
+    labelled = sum(np.isfinite(r[1][1]).all() for r in rows.values())
+    if not labelled:
+        report.append(f"{csv_path}: no image has landmarks; stages that evaluate need some")
 
     ids = sort_ids(rows)
     if split != "all":
@@ -137,13 +147,15 @@ def load(root: Any, split: str | None = None, **options: Any) -> ImageDataset:
     for i in ids:
         line, (path, points, extra) = rows[i]
         where = f"{csv_path}, line {line}"
-        check_inside(points, image_size(path), where, path)
-        if has_spacing:
+        unlabelled = not np.isfinite(points).all()
+        if not unlabelled:
+            check_inside(points, image_size(path), where, path)
+        if has_spacing and (extra["spacing_mm"] or not unlabelled):
             value = parse_number(extra["spacing_mm"], where, "spacing_mm")
             if value <= 0:
                 raise UserError(f"{where}: spacing_mm = {value:g} must be > 0; fix the file")
         else:
-            value = spacing
+            value = spacing if spacing is not None else float("nan")  # unlabelled: unused
         paths.append(path)
         landmarks.append(points)
         spacings.append(value)
@@ -156,6 +168,7 @@ def load(root: Any, split: str | None = None, **options: Any) -> ImageDataset:
         num_landmarks=table.num_landmarks,
         options={"split": split, "spacing": spacing},
         source_files=[*paths, csv_path],
+        report=report,
     )
 
 

@@ -120,6 +120,8 @@ def check_example(example, index: int) -> None:
     if landmarks.ndim != 2 or landmarks.shape[1] != 2:
         raise UserError(f"{where}: landmarks must be (L, 2), got {landmarks.shape}")
     nan = ~np.isfinite(landmarks).all(axis=1)
+    if nan.all() and len(nan):
+        return  # an unlabelled image (NaN landmarks; its spacing is not needed)
     if nan.any():
         i = int(np.flatnonzero(nan)[0])
         raise UserError(
