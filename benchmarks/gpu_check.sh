@@ -3,7 +3,9 @@
 # minutes. One JSON line per measurement:
 #   1. the train step at the paper's settings (384 x 384, 64 x 64 crops, batch 8, full width)
 #      in float32 and in bfloat16 (mixed precision), with the VGG19-backbone reference;
-#   2. the entropy benchmark (IIE maps of ceph-sized images, against scikit-image's filter).
+#   2. the entropy benchmark (IIE maps of ceph-sized images, against scikit-image's filter);
+#   3. the detector's step at the authors' TPL settings (384 x 384, full width, 3 images and
+#      the template a step).
 # The paper's whole ceph schedule is 82,500 steps of batch 8 (660,000 samples): under 30
 # minutes needs at least 370 samples/s.
 #
@@ -17,12 +19,15 @@ PY=${PYTHON:-python}
 if [[ "${PIAUG_GPU_CHECK_TINY:-0}" == "1" ]]; then
   step=(--image-size 64 --crop-size 32 --batch 2 --width-mult 0.0625 --steps 2)
   entropy=(--size 64 --batch 2 --repeats 1 --skip-skimage-batch)
+  detect=(--image-size 64 --width-mult 0.0625 --batch 2 --landmarks 3 --steps 2)
 else
   step=(--image-size 384 --crop-size 64 --batch 8 --width-mult 1 --steps 20)
   entropy=(--size 384 --batch 16 --repeats 3)
+  detect=(--image-size 384 --width-mult 1 --batch 3 --template --steps 20)
 fi
 $PY -c 'import jax, json; d = jax.devices(); print(json.dumps({"benchmark": "devices", "platform": d[0].platform, "device_kind": d[0].device_kind, "count": len(d), "jax": jax.__version__}))'
 for dtype in float32 bfloat16; do
   $PY benchmarks/train_step.py "${step[@]}" --dtype "$dtype"
 done
 $PY benchmarks/entropy.py "${entropy[@]}"
+$PY benchmarks/detector_step.py "${detect[@]}"

@@ -492,7 +492,7 @@ def test_killed_and_preempted_runs_resume_to_the_same_parameters(cli_reference, 
 @pytest.mark.slow
 def test_the_gpu_check_runs_at_a_tiny_size():
     """benchmarks/gpu_check.sh, made tiny: one JSON line per measurement (devices, the train
-    step in float32 and bfloat16, the entropy benchmark)."""
+    step in float32 and bfloat16, the entropy benchmark, the detector's step)."""
     env = _env() | {"PIAUG_GPU_CHECK_TINY": "1", "PYTHON": sys.executable}
     out = subprocess.run(
         ["bash", "benchmarks/gpu_check.sh"],
@@ -505,7 +505,9 @@ def test_the_gpu_check_runs_at_a_tiny_size():
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert lines[0]["benchmark"] == "devices" and lines[0]["platform"] == "cpu"
-    steps = [line for line in lines if "samples_per_s" in line]
+    steps = [line for line in lines if line.get("benchmark") == "train_step"]
     assert [s["dtype"] for s in steps] == ["float32", "bfloat16"]
     assert all(s["samples_per_s"] > 0 for s in steps)
     assert any("ratio_skimage_over_piaug" in line for line in lines)
+    (detect,) = [line for line in lines if line.get("benchmark") == "detector_step"]
+    assert detect["samples_per_s"] > 0 and detect["step_vs_vgg19_features"] > 0

@@ -1,0 +1,119 @@
+r"""Gathers the detectors of some runs into a result file of this folder: each detector's
+settings (its run's ``config.json`` against a preset), steps, training minutes, probe curve,
+MRE on the images it did not train on, and the one-shot encoders' MRE on those same images.
+
+python docs/results/collect_detectors.py --preset=configs/ceph.py:cpu --out=detectors_ceph_cpu \
+    --reference=runs/det_s2 runs/det_sup100 runs/det_s2 ...
+
+writes ``docs/results/detectors_ceph_cpu.json`` and ``..._probe.png``. The encoders' figures on
+the same images come from the per-image MREs of the run's own ``results.json``, or of the
+``--reference`` run's (one that evaluated the encoders on a superset of those images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from collect_runs import HERE, IGNORED, overrides, preset_config, training_minutes
+
+from piaug import analyze, layout, plots
+
+# Where the encoders come from and how the run was kept: not the recipe.
+DETECTOR_IGNORED = (
+    *IGNORED,
+    "detector.encoders",
+    "detector.checkpoint_every",
+    "detector.keep_checkpoints",
+    "detector.log_every",
+)
+
+
+def same_images(entry: dict, ids: list[str]) -> float | None:
+    """An entry's MRE on ``ids`` (the mean of its per-image MREs), None unless it has all."""
+    per_image = dict(zip(entry.get("ids", []), entry.get("per_image_mre_mm", []), strict=False))
+    if not ids or not all(i in per_image for i in ids):
+        return None
+    return round(sum(per_image[i] for i in ids) / len(ids), 4)
+
+
+def collect(run: Path, preset: dict, reference: dict) -> list[dict]:
+    config = layout.read_json(run / layout.CONFIG_FILE)
+    results = layout.read_json(run / layout.RESULTS_FILE) or {}
+    changed = [
+        o
+        for o in overrides(config, preset)
+        if not any(o.startswith(f"{field}=") for field in DETECTOR_IGNORED)
+    ]
+    out = []
+    for name in layout.trained_detectors(run):
+        folder = run / layout.DETECTORS / name
+        rows = analyze.read_rows(folder / layout.METRICS_FILE, "loss")
+        probes = analyze.read_rows(folder / layout.METRICS_FILE, "probe_mre_mm")
+        entry = {
+            "run": run.name,
+            "name": name,
+            "overrides": changed,
+            "trained_on": layout.read_json(folder / layout.DETECTOR_EXAMPLES),
+            "steps": rows[-1]["step"] if rows else 0,
+            "minutes": round(training_minutes(rows, config["detector"]["batch_size"]), 2),
+            "probe": {
+                "step": [r["step"] for r in probes],
+                "mre_mm": [r["probe_mre_mm"] for r in probes],
+            },
+        }
+        if name in results:
+            r = results[name]
+            entry |= {
+                "mre_mm": r["mre_mm"],
+                "sdr": r["sdr"],
+                "full_resolution_mre_mm": r["full_resolution"]["mre_mm"],
+                "per_landmark_mre_mm": r["per_landmark_mre_mm"],
+                "n_images": r["n_images"],
+                "mean_confidence": r.get("mean_confidence"),
+            }
+            pool = {k: v for k, v in {**reference, **results}.items() if k not in entry["name"]}
+            entry["encoders_on_same_images"] = {
+                k: same_images(v, r["ids"])
+                for k, v in pool.items()
+                if not k.startswith("detector") and same_images(v, r["ids"]) is not None
+            }
+        out.append(entry)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--preset", required=True, help="e.g. configs/ceph.py:cpu")
+    parser.add_argument("--out", required=True, help="the result file's name, without .json")
+    parser.add_argument("--reference", type=Path, help="a run whose encoders' results to compare")
+    parser.add_argument("--note", default="", help="a line kept in the file")
+    args = parser.parse_args()
+    preset = preset_config(args.preset)
+    reference = {}
+    if args.reference:
+        reference = layout.read_json(args.reference / layout.RESULTS_FILE) or {}
+    detectors = [d for run in args.runs for d in collect(run, preset, reference)]
+    payload = {
+        "preset": args.preset,
+        "note": args.note,
+        "command": " ".join(["python docs/results/collect_detectors.py", *sys.argv[1:]]),
+        "detectors": detectors,
+    }
+    (HERE / f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    curves = {
+        f"{d['run']}/{d['name']}": (d["probe"]["step"], d["probe"]["mre_mm"])
+        for d in detectors
+        if d["probe"]["step"]
+    }
+    if curves:
+        plots.probe_curves(curves, HERE / f"{args.out}_probe.png", title=args.preset)
+    print(f"wrote {HERE / args.out}.json ({len(detectors)} detectors)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
