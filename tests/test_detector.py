@@ -79,11 +79,11 @@ def test_voting_outvotes_a_lone_confident_pixel():
     np.testing.assert_allclose(peak[0, 0], [3.0, 3.0], atol=1e-4)  # the peak has no offset
 
 
-def _random_variables(net, size=(64, 64), seed=1) -> dict:
+def _random_variables(net, size=(64, 64), seed=1, channels=()) -> dict:
     """``net``'s ``params`` and ``batch_stats``, random numbers of their shapes (no init to
     run or compile: only the names and shapes matter here)."""
     shapes = jax.eval_shape(
-        lambda k: net.init(k, jnp.zeros((1, *size)), train=False), jax.random.key(0)
+        lambda k: net.init(k, jnp.zeros((1, *size, *channels)), train=False), jax.random.key(0)
     )
     rng = np.random.default_rng(seed)
     v = jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32), shapes)
@@ -357,3 +357,26 @@ def test_export_a_runs_detector(detector_run, tmp_path, capsys):
     assert status == 0, capsys.readouterr().err
     with np.load(out) as f:
         assert f["head.weight"].shape[:2] == (15, 4)  # 3 x 5 landmarks, from 64 x 0.0625 channels
+
+
+def test_imagenet_weights_initialise_the_detectors_backbone(tmp_path, tiny_config):
+    """detector.inits=imagenet: a torchvision vgg19_bn file (here random numbers under its
+    names) becomes the detector's backbone with its running statistics; the decoder stays."""
+    from piaug import export
+
+    vgg = models.VGGFeatures(1.0, norm="batch")
+    backbone = _random_variables(vgg, (32, 32), seed=3, channels=(3,))
+    state = export.to_state_dict(
+        {"params": {"vgg": backbone["params"]}, "batch_stats": {"vgg": backbone["batch_stats"]}}
+    )
+    path = tmp_path / "vgg19_bn.npz"
+    export.write(path, state)
+    config = tiny_config
+    config.model.width, config.model.norm, config.model.pretrained = 1.0, "batch", str(path)
+    fresh = _random_variables(detector.Detector(5, 1.0, norm="batch"), seed=0)
+    start = pipeline._detector_init(config, "imagenet", {})(fresh)
+    jax.tree.map(np.testing.assert_array_equal, start["params"]["vgg"], backbone["params"])
+    jax.tree.map(
+        np.testing.assert_array_equal, start["batch_stats"]["vgg"], backbone["batch_stats"]
+    )
+    jax.tree.map(np.testing.assert_array_equal, start["params"]["up1"], fresh["params"]["up1"])

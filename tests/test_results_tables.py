@@ -171,3 +171,29 @@ def test_strip_augment_caps_the_upper_ends_and_the_file_loads_as_ranges(tmp_path
     assert np.allclose(np.asarray(jitter.brightness)[:, 1], [1.15, 1.1, 1.15])
     with pytest.raises(SystemExit, match="--max-contrast=0.2 is not above the low end 0.3"):
         strip_augment.main([str(tmp_path / "augment.json"), str(out), "--max-contrast=0.2"])
+
+
+def test_collect_detectors_compares_on_the_detectors_own_images(tmp_path):
+    """A detector evaluated on two images; the encoders of a reference run on three: the
+    encoders' figure is the mean of their per-image MREs on the detector's two."""
+    collect_detectors = _script("collect_detectors")
+    run = tmp_path / "det"
+    folder = run / "detectors" / "detector_random"
+    (folder / "checkpoints" / "10").mkdir(parents=True)
+    config = collect_detectors.preset_config("configs/test.py")
+    config["detector"]["steps"] = 10
+    (run / "config.json").write_text(json.dumps(config))
+    seen = {"init": "random", "labels": "true", "ids": ["a"], "template": None}
+    (folder / "examples.json").write_text(json.dumps(seen))
+    rows = [{"step": 10, "loss": 1.0, "samples_per_s": 2.0}, {"step": 10, "probe_mre_mm": 3.0}]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    entry = {"mre_mm": 2.0, "sdr": {}, "full_resolution": {"mre_mm": 2.1}, "n_images": 2}
+    entry |= {"ids": ["b", "c"], "per_image_mre_mm": [1.0, 3.0], "per_landmark_mre_mm": [2.0]}
+    (run / "results.json").write_text(json.dumps({"detector_random": entry}))
+    reference = {"baseline": {"ids": ["a", "b", "c"], "per_image_mre_mm": [9.0, 4.0, 6.0]}}
+    preset = collect_detectors.preset_config("configs/test.py")
+    (d,) = collect_detectors.collect(run, preset, reference)
+    assert d["overrides"] == ["detector.steps=10"] and d["steps"] == 10
+    assert d["minutes"] == pytest.approx(10 * 3 / 2.0 / 60, abs=0.01)  # batch 3, 2 samples/s
+    assert d["encoders_on_same_images"] == {"baseline": 5.0}  # (4 + 6) / 2, not 9
+    assert d["probe"]["mre_mm"] == [3.0]

@@ -17,9 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-from collect_runs import HERE, IGNORED, overrides, preset_config, training_minutes
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # collect_runs, beside this script
 
-from piaug import analyze, layout, plots
+from collect_runs import HERE, IGNORED, overrides, preset_config, training_minutes  # noqa: E402
+
+from piaug import analyze, layout, plots  # noqa: E402
 
 # Where the encoders come from and how the run was kept: not the recipe.
 DETECTOR_IGNORED = (
