@@ -5,7 +5,11 @@ pseudo / detector / evaluate stages on the tiny run's encoders."""
 import csv
 import json
 import math
+import os
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import jax
@@ -380,3 +384,55 @@ def test_imagenet_weights_initialise_the_detectors_backbone(tmp_path, tiny_confi
         np.testing.assert_array_equal, start["batch_stats"]["vgg"], backbone["batch_stats"]
     )
     jax.tree.map(np.testing.assert_array_equal, start["params"]["up1"], fresh["params"]["up1"])
+
+
+@pytest.mark.slow
+def test_sharded_detector_step_equals_single_device_step():
+    """The detector's step (with the template appended to a sharded batch) on meshes of 1, 2
+    and 4 devices: the same parameters, statistics and metrics."""
+    script = textwrap.dedent(
+        """
+        import functools
+        import jax, numpy as np, optax
+        from jax.sharding import NamedSharding, PartitionSpec
+        from piaug import detector, train
+
+        net = detector.Detector(3, 0.0625, norm="batch")
+        tx = optax.sgd(0.01)  # SGD: see test_train's sharded test
+        rng = np.random.default_rng(0)
+        batch = {
+            "image": rng.uniform(0, 1, (4, 64, 64)).astype(np.float32),
+            "landmarks": rng.uniform(5, 58, (4, 3, 2)).astype(np.float32),
+        }
+        template = {"image": batch["image"][0], "landmarks": batch["landmarks"][0]}
+        create = functools.partial(detector.create_state, net=net, tx=tx, image_size=(64, 64))
+        init = jax.jit(create)
+        state0 = jax.device_get(init(jax.random.key(0)))
+        results = []
+        for n in (1, 2, 4):
+            mesh = train.make_mesh(jax.devices()[:n])
+            state = jax.device_put(state0, NamedSharding(mesh, PartitionSpec()))
+            step = train.compile_step(
+                mesh, detector.train_step, net=net, tx=tx, radius=6.0,
+                heatmap_loss="balanced", template=template,
+            )
+            state, metrics = step(state, train.device_batch(batch, mesh, detector.BATCH_KEYS))
+            results.append(jax.device_get((state.params, state.batch_stats, metrics)))
+        for other in results[1:]:
+            for x, y in zip(jax.tree.leaves(results[0]), jax.tree.leaves(other), strict=True):
+                np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+        print("EQUAL", results[0][2]["loss"])
+        """
+    )
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    env["PYTHONPATH"] = str(REPO)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0 and "EQUAL" in out.stdout, out.stderr[-3000:]
