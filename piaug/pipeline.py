@@ -965,21 +965,24 @@ def _evaluate_detectors(config, results, todo, path, figures, predictions) -> di
         )
         if jax.process_index() == 0:
             layout.write_json(path, results)
-            _overlays(figures, name, targets.examples, pred, "-", cfg.num_overlays)
+            _overlays(figures, name, targets.examples, pred, None, cfg.num_overlays)
     return shown
 
 
-def _overlays(figures: Path, name: str, examples, pred, template_id: str, count: int) -> None:
+def _overlays(
+    figures: Path, name: str, examples, pred, template_id: str | None, count: int
+) -> None:
     figures.mkdir(parents=True, exist_ok=True)
     for e, p in list(zip(examples, pred, strict=True))[:count]:
         image_id = e["id"].decode()
         err = np.hypot(*(p - e["landmarks"]).T).mean()
+        template = f"template {template_id}, " if template_id else ""
         plots.overlay(
             e["image"],
             e["landmarks"],
             p,
             figures / f"overlay_{name}_{image_id}.png",
-            title=f"{name}, {image_id}: template {template_id}, mean error {err:.1f} grid px",
+            title=f"{name}, {image_id}: {template}mean error {err:.1f} grid px",
         )
 
 
