@@ -565,6 +565,7 @@ def detector_stage(config, workdir: Path) -> None:
     cfg, size = config.detector, configure.image_size(config)
     pool = _Images(config)
     keep = _detector_images(config, pool)
+    reserved = [pool.ids[i] for i in keep]  # the detector's images: none is evaluated
     num_landmarks = int(pool.examples[0]["landmarks"].shape[0])
     net = _detector_net(config, num_landmarks)
     template, template_id = None, None
@@ -605,9 +606,7 @@ def detector_stage(config, workdir: Path) -> None:
             if i != index  # the template comes with its true labels in every batch
         ]
     _, dirs = _encoder_run(config, workdir)
-    held_out = _held_out(
-        config, [e["id"] for e in examples] + ([template_id] if template_id else [])
-    )
+    held_out = _held_out(config, reserved + ([template_id] if template_id else []))
     settings = configure.detector_settings(config)
     for init in configure.detector_inits(config):
         name = configure.detector_name(config, init)
@@ -644,6 +643,7 @@ def detector_stage(config, workdir: Path) -> None:
                     "pseudo_from": cfg.pseudo_from if template is not None else None,
                     "template": template_id,
                     "ids": [e["id"] for e in examples],
+                    "reserved": reserved,  # detector.images: left out of its evaluation
                 },
             )
         monitor = None
@@ -935,7 +935,8 @@ def _evaluate_detectors(config, results, todo, path, figures, predictions) -> di
     shown = {}
     for name, ckpt_dir in todo.items():
         seen = layout.read_json(ckpt_dir.parent / layout.DETECTOR_EXAMPLES) or {}
-        trained = list(seen.get("ids", [])) + ([seen["template"]] if seen.get("template") else [])
+        reserved = seen.get("reserved", seen.get("ids", []))
+        trained = list(reserved) + ([seen["template"]] if seen.get("template") else [])
         targets = _held_out(config, trained)
         if targets is None or not targets.ids:
             logging.info(
@@ -959,7 +960,8 @@ def _evaluate_detectors(config, results, todo, path, figures, predictions) -> di
             size,
             shown[name],
             split=cfg.split,
-            detector={k: v for k, v in seen.items() if k != "ids"} | {"trained_on": len(trained)},
+            detector={k: v for k, v in seen.items() if k not in ("ids", "reserved")}
+            | {"trained_on": len(seen.get("ids", [])), "left_out": len(trained)},
             mean_confidence=float(confidence.mean()),
             checkpoint={"dir": str(ckpt_dir), "step": layout.latest_step(ckpt_dir)},
         )

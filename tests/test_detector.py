@@ -306,14 +306,16 @@ def test_the_readmes_api_snippet_runs(tiny_run, new_images, monkeypatch):
 
 
 def test_true_labels_hold_out_the_detectors_images(tiny_run, tiny_config, tmp_path):
-    """Supervised on the first 2 of the 3 training images, evaluated on the third."""
+    """Few-shot on the first of the 3 training images, of a pool of the first 2: evaluated on
+    the third alone (the pool's other image is left out too)."""
     config = tiny_config
     config.stages = "detector,evaluate"
     config.eval.split = "train"
     config.detector.labels = "true"
     config.detector.images = 2
+    config.detector.labeled = 1
     config.detector.steps = 2
-    config.detector.batch_size = 2
+    config.detector.batch_size = 1
     config.detector.decode = "peak"
     workdir = tmp_path / "sup"
     pipeline.run(config, workdir)
@@ -322,9 +324,10 @@ def test_true_labels_hold_out_the_detectors_images(tiny_run, tiny_config, tmp_pa
     seen = json.loads(
         (workdir / layout.DETECTORS / "detector_random" / layout.DETECTOR_EXAMPLES).read_text()
     )
-    assert len(seen["ids"]) == 2 and seen["template"] is None
+    assert len(seen["ids"]) == 1 and len(seen["reserved"]) == 2 and seen["template"] is None
     assert results["detector_random"]["n_images"] == 1
-    assert results["detector_random"]["ids"][0] not in seen["ids"]
+    assert results["detector_random"]["ids"][0] not in seen["reserved"]
+    assert results["detector_random"]["detector"]["trained_on"] == 1
     metrics = (workdir / layout.DETECTORS / "detector_random" / layout.METRICS_FILE).read_text()
     assert "probe_mre_mm" in metrics  # the probe watched it on the held-out image
 
