@@ -120,9 +120,9 @@ def detectors() -> str:
     it did not train on, and the one-shot encoders' MRE on the same images."""
     data = _load("detectors_ceph_cpu.json")
     lines = [
-        "| detector | trained on | heatmap term | steps | minutes | images | MRE (mm) "
+        "| run | detector | trained on | heatmap term | steps | minutes | images | MRE (mm) "
         "| SDR 2 / 2.5 / 3 / 4 mm (%) | one-shot baseline encoder, same images (mm) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d in data["detectors"]:
         heat = (
@@ -132,7 +132,8 @@ def detectors() -> str:
         )
         same = d.get("encoders_on_same_images", {}).get("baseline")
         lines.append(
-            f"| {d['name']} | {_trained_on(d)} | {heat} | {d['steps']} | {d['minutes']:.1f} "
+            f"| {d['run']} | {d['name']} | {_trained_on(d)} | {heat} | {d['steps']} "
+            f"| {d['minutes']:.1f} "
             f"| {d['n_images']} | {d['mre_mm']:.2f} | {_sdr(d)} "
             f"| {'-' if same is None else f'{same:.2f}'} |"
         )
