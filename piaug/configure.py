@@ -126,6 +126,11 @@ def check_detector(config) -> None:
             "config.detector.inits has 'imagenet' but config.model.pretrained is empty: give "
             "the path of a torchvision vgg19 state dict"
         )
+    if int(cfg.batch_size) % jax.device_count():
+        raise UserError(
+            f"config.detector.batch_size={cfg.batch_size} does not split over the "
+            f"{jax.device_count()} devices: use a multiple of the device count"
+        )
     if cfg.encoders and not (Path(cfg.encoders) / layout.CONFIG_FILE).is_file():
         raise UserError(
             f"config.detector.encoders={cfg.encoders!r} is not a piaug run folder (no "

@@ -605,6 +605,9 @@ def detector_stage(config, workdir: Path) -> None:
             for i in keep
             if i != index  # the template comes with its true labels in every batch
         ]
+    input_pipeline.check_batch(
+        int(cfg.batch_size), len(examples), jax.process_count(), field="config.detector.batch_size"
+    )
     _, dirs = _encoder_run(config, workdir)
     held_out = _held_out(config, reserved + ([template_id] if template_id else []))
     settings = configure.detector_settings(config)

@@ -142,6 +142,7 @@ def test_detector_settings_and_config_errors(tiny_config):
         ("encoders", "/nonexistent", "config.detector.encoders"),
         ("radius", 2.0, "config.detector.radius"),
         ("max_scale", 0.5, "config.detector"),
+        ("batch_size", 0, "config.detector.batch_size"),
     ]:
         config = tiny_config.copy_and_resolve_references()
         config.detector[field] = value
@@ -315,6 +316,9 @@ def test_true_labels_hold_out_the_detectors_images(tiny_run, tiny_config, tmp_pa
     config.detector.images = 2
     config.detector.labeled = 1
     config.detector.steps = 2
+    config.detector.batch_size = 2
+    with pytest.raises(UserError, match="config.detector.batch_size=2 is larger than the 1"):
+        pipeline.run(config, tmp_path / "too_large")
     config.detector.batch_size = 1
     config.detector.decode = "peak"
     workdir = tmp_path / "sup"

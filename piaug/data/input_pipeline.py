@@ -282,16 +282,22 @@ def check_crop(crop_size: int, image_size) -> None:
         )
 
 
-def check_batch(global_batch_size: int, num_examples: int, process_count: int = 1) -> None:
+def check_batch(
+    global_batch_size: int,
+    num_examples: int,
+    process_count: int = 1,
+    *,
+    field: str = "config.train.batch_size",
+) -> None:
     """UserError unless ``num_examples`` fill global batches that split over the processes."""
     if global_batch_size < 1 or global_batch_size % process_count:
         raise UserError(
-            f"config.train.batch_size={global_batch_size}: must be a positive multiple of the "
+            f"{field}={global_batch_size}: must be a positive multiple of the "
             f"{process_count} processes"
         )
     if num_examples < global_batch_size:
         raise UserError(
-            f"config.train.batch_size={global_batch_size} is larger than the {num_examples} "
+            f"{field}={global_batch_size} is larger than the {num_examples} "
             "training images: use a smaller batch size or more images"
         )
 
