@@ -20,25 +20,14 @@ import argparse
 import functools
 import json
 import resource
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
+from train_step import _time  # beside this script
 
 from piaug import detector, models, train
-
-
-def _time(fn, steps: int) -> tuple[float, float]:
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(steps):
-        out = fn()
-    jax.block_until_ready(out)
-    return compile_s, (time.perf_counter() - start) / steps
 
 
 def main():

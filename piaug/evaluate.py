@@ -92,6 +92,17 @@ def truth_in_grid(landmarks_original, original_size, image_size) -> np.ndarray:
     return np.floor(np.floor(np.asarray(landmarks_original, np.float64)) * grid / original)
 
 
+def truth(examples, image_size) -> dict:
+    """The keyword arguments of ``evaluate`` for prepared examples (their original landmarks,
+    spacing and size) in the grid ``image_size``."""
+    return {
+        "landmarks_original": np.stack([e["landmarks_original"] for e in examples]),
+        "spacing": np.array([float(e["spacing"]) for e in examples]),
+        "original_size": np.stack([e["original_size"] for e in examples]),
+        "image_size": tuple(int(s) for s in image_size),
+    }
+
+
 def evaluate(
     pred_grid,
     *,

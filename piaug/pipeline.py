@@ -831,15 +831,6 @@ def _read_predictions(path: Path) -> dict[str, list]:
     return out
 
 
-def _truth(examples: list[dict], size) -> dict:
-    return {
-        "landmarks_original": np.stack([e["landmarks_original"] for e in examples]),
-        "spacing": np.array([float(e["spacing"]) for e in examples]),
-        "original_size": np.stack([e["original_size"] for e in examples]),
-        "image_size": size,
-    }
-
-
 def _record(results, predictions, name, pred, examples, ids, size, both, **extra) -> None:
     entry = dict(both["grid"])
     entry["full_resolution"] = both["full"]
@@ -891,7 +882,7 @@ def _evaluate_encoders(
         )
     examples = [targets.examples[i] for i in keep]
     ids = [targets.ids[i] for i in keep]
-    truth = _truth(examples, size)
+    truth = evaluate.truth(examples, size)
     # What an encoder must beat: the template's landmarks copied to every image unmoved.
     copied = np.repeat(template["landmarks"][None].astype(np.float64), len(examples), axis=0)
     shown = {COPY_KEY: evaluate.evaluate(copied, **truth)}
@@ -952,7 +943,7 @@ def _evaluate_detectors(config, results, todo, path, figures, predictions) -> di
         pred, confidence = detector.predict(
             net, variables, targets.images, settings=settings, batch_size=int(cfg.batch_size)
         )
-        shown[name] = evaluate.evaluate(pred, **_truth(targets.examples, size))
+        shown[name] = evaluate.evaluate(pred, **evaluate.truth(targets.examples, size))
         _record(
             results,
             predictions,

@@ -45,12 +45,7 @@ class Probe:
         points = np.round(np.asarray(self.template["landmarks"])[:, ::-1]).astype(np.int64)
         self._points = np.clip(points, 0, np.asarray(self.size) - 1)
         self._images = np.stack([e["image"] for e in self.targets])
-        self._truth = {
-            "landmarks_original": np.stack([e["landmarks_original"] for e in self.targets]),
-            "spacing": np.array([float(e["spacing"]) for e in self.targets]),
-            "original_size": np.stack([e["original_size"] for e in self.targets]),
-            "image_size": self.size,
-        }
+        self._truth = evaluate.truth(self.targets, self.size)
         copied = np.repeat(
             np.asarray(self.template["landmarks"], np.float64)[None], len(self.targets), 0
         )
@@ -75,12 +70,16 @@ class Probe:
             upsample=self.upsample,
             combine=self.combine,
         )
-        grid = evaluate.evaluate(pred, **self._truth)["grid"]
-        row = {"probe_mre_mm": grid["mre_mm"]}
-        row.update({f"probe_sdr_{r}": v for r, v in grid["sdr"].items()})
+        row = _row(pred, self._truth)
         row["probe_copy_mre_mm"] = self.copy_mre_mm
         row["probe_s"] = time.perf_counter() - start
         return row
+
+
+def _row(pred: np.ndarray, truth: dict) -> dict[str, float]:
+    """``probe_mre_mm`` and ``probe_sdr_{r}`` of grid predictions (grid protocol)."""
+    grid = evaluate.evaluate(pred, **truth)["grid"]
+    return {"probe_mre_mm": grid["mre_mm"]} | {f"probe_sdr_{r}": v for r, v in grid["sdr"].items()}
 
 
 def typical(landmarks: np.ndarray) -> int:
@@ -111,12 +110,7 @@ class DetectorProbe:
     def __post_init__(self):
         self.size = tuple(int(s) for s in self.size)
         self._images = np.stack([e["image"] for e in self.targets])
-        self._truth = {
-            "landmarks_original": np.stack([e["landmarks_original"] for e in self.targets]),
-            "spacing": np.array([float(e["spacing"]) for e in self.targets]),
-            "original_size": np.stack([e["original_size"] for e in self.targets]),
-            "image_size": self.size,
-        }
+        self._truth = evaluate.truth(self.targets, self.size)
 
     def __call__(self, params, batch_stats) -> dict[str, float]:
         from piaug import detector
@@ -126,8 +120,6 @@ class DetectorProbe:
         pred, _ = detector.predict(
             self.net, variables, self._images, settings=self.settings, batch_size=self.batch_size
         )
-        grid = evaluate.evaluate(pred, **self._truth)["grid"]
-        row = {"probe_mre_mm": grid["mre_mm"]}
-        row.update({f"probe_sdr_{r}": v for r, v in grid["sdr"].items()})
+        row = _row(pred, self._truth)
         row["probe_s"] = time.perf_counter() - start
         return row
