@@ -126,11 +126,6 @@ def check_detector(config) -> None:
             "config.detector.inits has 'imagenet' but config.model.pretrained is empty: give "
             "the path of a torchvision vgg19 state dict"
         )
-    if int(cfg.batch_size) % jax.device_count():
-        raise UserError(
-            f"config.detector.batch_size={cfg.batch_size} does not split over the "
-            f"{jax.device_count()} devices: use a multiple of the device count"
-        )
     if cfg.encoders and not (Path(cfg.encoders) / layout.CONFIG_FILE).is_file():
         raise UserError(
             f"config.detector.encoders={cfg.encoders!r} is not a piaug run folder (no "
@@ -343,6 +338,11 @@ def check(config, stages: Sequence[str] = STAGES) -> None:
     if settings.batch_size % jax.device_count():
         raise UserError(
             f"config.train.batch_size={settings.batch_size} does not split over the "
+            f"{jax.device_count()} devices: use a multiple of the device count"
+        )
+    if "detector" in stages and int(config.detector.batch_size) % jax.device_count():
+        raise UserError(
+            f"config.detector.batch_size={config.detector.batch_size} does not split over the "
             f"{jax.device_count()} devices: use a multiple of the device count"
         )
     dataset = load_dataset(config)  # datasets are lazy: this reads the annotations

@@ -149,6 +149,10 @@ def test_a_batch_the_devices_cannot_split_is_refused(tiny_config, monkeypatch):
     tiny_config.train.batch_size = 2
     with pytest.raises(UserError, match="batch_size=2 does not split over the 4 devices"):
         configure.check(tiny_config)
+    tiny_config.train.batch_size = 4  # the detector's batch, when the detector trains
+    with pytest.raises(UserError, match="detector.batch_size=3 does not split over the 4"):
+        configure.check(tiny_config, ["detector"])
+    configure.check(tiny_config, ["info"])
 
 
 def test_the_evaluation_split_is_checked_before_anything_trains(tmp_path):
@@ -283,6 +287,7 @@ def test_layout_names_every_file_of_a_run(tiny_run):
     assert set(layout.trained_encoders(tiny_run)) == {"baseline", "piaug"}
 
 
+@pytest.mark.slow  # 35 s: its own dataset and compiled programs
 def test_unlabelled_images_pretrain_and_are_left_out_of_evaluation(tmp_path):
     """A folder of five images, two without landmarks: all five pretrain; the template is a
     labelled one, and only the other labelled images are evaluated and probed."""

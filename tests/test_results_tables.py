@@ -190,10 +190,16 @@ def test_collect_detectors_compares_on_the_detectors_own_images(tmp_path):
     entry = {"mre_mm": 2.0, "sdr": {}, "full_resolution": {"mre_mm": 2.1}, "n_images": 2}
     entry |= {"ids": ["b", "c"], "per_image_mre_mm": [1.0, 3.0], "per_landmark_mre_mm": [2.0]}
     (run / "results.json").write_text(json.dumps({"detector_random": entry}))
-    reference = {"baseline": {"ids": ["a", "b", "c"], "per_image_mre_mm": [9.0, 4.0, 6.0]}}
+    reference = {
+        "baseline": {
+            "ids": ["a", "b", "c"],
+            "per_image_mre_mm": [9.0, 4.0, 6.0],
+            "template": {"id": "t"},
+        }
+    }
     preset = collect_detectors.preset_config("configs/test.py")
     (d,) = collect_detectors.collect(run, preset, reference)
     assert d["overrides"] == ["detector.steps=10"] and d["steps"] == 10
     assert d["minutes"] == pytest.approx(10 * 3 / 2.0 / 60, abs=0.01)  # batch 3, 2 samples/s
-    assert d["encoders_on_same_images"] == {"baseline": 5.0}  # (4 + 6) / 2, not 9
+    assert d["encoders_on_same_images"] == {"baseline (template t)": 5.0}  # (4 + 6) / 2, not 9
     assert d["probe"]["mre_mm"] == [3.0]

@@ -33,6 +33,9 @@ DETECTOR_IGNORED = (
 )
 
 
+ENCODERS = ("baseline", "piaug")
+
+
 def same_images(entry: dict, ids: list[str]) -> float | None:
     """An entry's MRE on ``ids`` (the mean of its per-image MREs), None unless it has all."""
     per_image = dict(zip(entry.get("ids", []), entry.get("per_image_mre_mm", []), strict=False))
@@ -76,12 +79,15 @@ def collect(run: Path, preset: dict, reference: dict) -> list[dict]:
                 "n_images": r["n_images"],
                 "mean_confidence": r.get("mean_confidence"),
             }
-            pool = {k: v for k, v in {**reference, **results}.items() if k not in entry["name"]}
-            entry["encoders_on_same_images"] = {
-                k: same_images(v, r["ids"])
-                for k, v in pool.items()
-                if not k.startswith("detector") and same_images(v, r["ids"]) is not None
-            }
+            # Each encoder of this run's evaluation and of the reference's, named with its
+            # template (the two may have matched from different ones).
+            found = {}
+            for source in (results, reference):
+                for k, v in source.items():
+                    mre = same_images(v, r["ids"]) if k in ENCODERS else None
+                    if mre is not None:
+                        found[f"{k} (template {v['template']['id']})"] = mre
+            entry["encoders_on_same_images"] = found
         out.append(entry)
     return out
 

@@ -121,7 +121,7 @@ def detectors() -> str:
     data = _load("detectors_ceph_cpu.json")
     lines = [
         "| run | detector | trained on | heatmap term | steps | minutes | images | MRE (mm) "
-        "| SDR 2 / 2.5 / 3 / 4 mm (%) | one-shot baseline encoder, same images (mm) |",
+        "| SDR 2 / 2.5 / 3 / 4 mm (%) | one-shot baseline encoder, same images (mm; template) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d in data["detectors"]:
@@ -130,12 +130,15 @@ def detectors() -> str:
             if "detector.heatmap_loss=focal" in d["overrides"]
             else "balanced"
         )
-        same = d.get("encoders_on_same_images", {}).get("baseline")
+        same = [
+            f"{v:.2f} ({k.split('template ')[1].rstrip(')')})"
+            for k, v in sorted(d.get("encoders_on_same_images", {}).items())
+            if k.startswith("baseline")
+        ]
         lines.append(
             f"| {d['run']} | {d['name']} | {_trained_on(d)} | {heat} | {d['steps']} "
             f"| {d['minutes']:.1f} "
-            f"| {d['n_images']} | {d['mre_mm']:.2f} | {_sdr(d)} "
-            f"| {'-' if same is None else f'{same:.2f}'} |"
+            f"| {d['n_images']} | {d['mre_mm']:.2f} | {_sdr(d)} | {', '.join(same) or '-'} |"
         )
     return "\n".join(lines)
 
