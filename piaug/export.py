@@ -3,7 +3,9 @@ r"""A trained model's weights for PyTorch users: ``python -m piaug.export``.
     python -m piaug.export --run=runs/ceph --model=baseline --out=encoder.safetensors
     python -m piaug.export --run=runs/ceph --model=detector_random --out=detector.npz
 
-Writes a flat state dict (``.npz`` or ``.safetensors``) in PyTorch's layouts: convolution
+An encoder's file holds its full-image encoder (the one that one-shot matching uses; the crop
+encoder only serves pretraining). Writes a flat state dict (``.npz`` or ``.safetensors``) in
+PyTorch's layouts: convolution
 weights ``(out, in, kh, kw)``, batch norms as ``weight``, ``bias``, ``running_mean``,
 ``running_var``. The backbone takes torchvision's names (``features.0.weight``, ...,
 ``vgg19`` or ``vgg19_bn`` by ``config.model.norm``), so at ``config.model.width=1``
