@@ -6,8 +6,10 @@
 * ``train_step(state, batch, ...) -> (state, metrics)``: pure; jitted once over a ``('data',)``
   mesh with the batch sharded, the state replicated and donated (``compile_step``). The step
   has no randomness of its own: the input pipeline draws every anchor and augmentation.
-* ``train``: the loop. It resumes from the latest orbax checkpoint in ``workdir/checkpoints``
-  (restored onto the current mesh, so the device count may change), asks the input pipeline
+* ``train``: the encoders' run of ``fit``, the loop that every model here shares (the
+  detector's too, ``piaug.detector.fit``). It resumes from the latest orbax checkpoint in
+  ``workdir/checkpoints`` (restored onto the current mesh, so the device count may change),
+  asks the input pipeline
   for global batch ``step`` onwards (the batches are a function of the seed and the step, see
   ``piaug.data.input_pipeline``), appends to ``metrics.jsonl``, saves every
   ``checkpoint_every`` steps and at the end, stops on a non-finite loss or gradient (keeping
