@@ -609,7 +609,8 @@ def detector_stage(config, workdir: Path) -> None:
         int(cfg.batch_size), len(examples), jax.process_count(), field="config.detector.batch_size"
     )
     _, dirs = _encoder_run(config, workdir)
-    held_out = _held_out(config, reserved + ([template_id] if template_id else []))
+    trained = reserved + ([template_id] if template_id else [])
+    held_out = _held_out(_eval_images(config, pool), trained)
     settings = configure.detector_settings(config)
     for init in configure.detector_inits(config):
         name = configure.detector_name(config, init)
@@ -688,12 +689,21 @@ class _Subset:
         self.images = pool.images[indices] if indices else pool.images[:0]
 
 
-def _held_out(config, trained_ids: list[str]) -> _Subset | None:
-    """The images of ``eval.split`` that a detector trained on ``trained_ids`` did not see
-    (None when none is labelled: the probe then has nothing to measure)."""
+def _eval_images(config, pool: _Images | None = None) -> _Images | None:
+    """The images of ``eval.split``: ``pool`` (the training split's, when already read) if
+    the splits are the same, None when the split cannot be read."""
+    if config.eval.split == config.data.split:
+        return pool or _Images(config)
     try:
-        targets = _Images(config, config.eval.split)
+        return _Images(config, config.eval.split)
     except UserError:
+        return None
+
+
+def _held_out(targets: _Images | None, trained_ids: list[str]) -> _Subset | None:
+    """The labelled images of ``targets`` (``_eval_images``) that a detector trained on
+    ``trained_ids`` did not see (None without targets: the probe then has nothing to measure)."""
+    if targets is None:
         return None
     seen = set(trained_ids)
     return _Subset(
@@ -926,12 +936,13 @@ def _evaluate_detectors(config, results, todo, path, figures, predictions) -> di
     """The detectors ``todo`` on the images of ``eval.split`` each did not train on."""
     cfg, size = config.eval, configure.image_size(config)
     settings = configure.detector_settings(config)
+    evaluated = _eval_images(config)  # read once for every detector
     shown = {}
     for name, ckpt_dir in todo.items():
         seen = layout.read_json(ckpt_dir.parent / layout.DETECTOR_EXAMPLES) or {}
         reserved = seen.get("reserved", seen.get("ids", []))
         trained = list(reserved) + ([seen["template"]] if seen.get("template") else [])
-        targets = _held_out(config, trained)
+        targets = _held_out(evaluated, trained)
         if targets is None or not targets.ids:
             logging.info(
                 "evaluate: %s trained on every image of %s: not evaluated", name, cfg.split
