@@ -35,11 +35,11 @@ HOOKED = textwrap.dedent(
     at, hook = int(os.environ["HOOK_AT"]), os.environ["HOOK"]
     original, calls = train.device_batch, [0]
 
-    def device_batch(batch, mesh):
+    def device_batch(batch, *args):
         calls[0] += 1
         if calls[0] == at:
             os.kill(os.getpid(), getattr(signal, hook))
-        return original(batch, mesh)
+        return original(batch, *args)
 
     train.device_batch = device_batch
     app.run(main.main, flags_parser=main.parse_flags)
@@ -256,11 +256,11 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 ):
     original, calls = train.device_batch, [0]
 
-    def device_batch(batch, mesh):  # NaN crops in the 5th batch
+    def device_batch(batch, *args):  # NaN crops in the 5th batch
         calls[0] += 1
         if calls[0] == 5:
             batch = dict(batch, crop=np.full_like(batch["crop"], np.nan))
-        return original(batch, mesh)
+        return original(batch, *args)
 
     monkeypatch.setattr(train, "device_batch", device_batch)
     tiny_config.stages = "pretrain"
