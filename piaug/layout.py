@@ -106,6 +106,9 @@ def prepare_workdir(config: dict, workdir: Path, *, evaluate_only: bool = False)
     if saved is not None:
         ignore = RUN_FIELDS + (EVAL_FIELDS if evaluate_only else ())
         changed = changed_fields(saved, config, ignore=ignore)
+        known = flatten(saved)
+        added = [k for k in changed if k not in known]  # the run predates them (older piaug)
+        changed = {k: v for k, v in changed.items() if k not in added}
         if changed:
             details = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:8])
             hint = ""
@@ -115,6 +118,14 @@ def prepare_workdir(config: dict, workdir: Path, *, evaluate_only: bool = False)
                 f"workdir {workdir} holds a run of a different config ({details}). "
                 f"Use a new --workdir, or delete this one to start over{hint}."
             )
+        if added:
+            logging.info(
+                "%s predates %s: they take this call's values, now recorded in it",
+                path,
+                _field_names(added, flatten(config)),
+            )
+            saved = _with_fields(saved, flatten(config), added)
+            write_json(path, saved)
         if eval_tag(saved, config):  # the run's own evaluation settings stay in config.json
             return saved
     elif workdir.exists() and any(workdir.iterdir()):
@@ -125,6 +136,33 @@ def prepare_workdir(config: dict, workdir: Path, *, evaluate_only: bool = False)
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(path, config)  # with the run fields (stages, force) of this call
     return config
+
+
+def _field_names(fields, every) -> str:
+    """``fields`` (dotted) named for a log line: a section whose fields are all there is
+    ``section.*``."""
+    names, whole = [], set()
+    for field in fields:
+        section = field.split(".")[0]
+        if "." in field and all(k in fields for k in every if k.startswith(section + ".")):
+            if section not in whole:
+                whole.add(section)
+                names.append(f"{section}.*")
+        else:
+            names.append(field)
+    return f"the config fields {', '.join(names)}"
+
+
+def _with_fields(tree: dict, values: dict, fields) -> dict:
+    """``tree`` (nested) with ``fields`` (dotted names) set to ``values[field]``."""
+    out = json.loads(json.dumps(tree))
+    for field in fields:
+        *parents, leaf = field.split(".")
+        node = out
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = values[field]
+    return out
 
 
 def eval_tag(saved: dict, current: dict) -> str:

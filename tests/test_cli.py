@@ -87,6 +87,27 @@ def test_different_config_in_same_workdir_is_an_error(tiny_run, tiny_config):
         pipeline.run(tiny_config, tiny_run)
 
 
+def test_a_run_of_an_older_piaug_resumes_and_records_the_fields_it_lacked(
+    tiny_run, tiny_config, logs
+):
+    """A config.json written before a field existed (here the detector's): the field takes this
+    call's value and is recorded, rather than the run being refused; changed fields still are."""
+    path = tiny_run / "config.json"
+    saved = json.loads(path.read_text())
+    saved.pop("detector")
+    saved["info"].pop("num_figures")
+    path.write_text(json.dumps(saved))
+    tiny_config.stages = "info"
+    pipeline.run(tiny_config, tiny_run)
+    assert "predates the config fields detector.*, info.num_figures:" in logs.text
+    recorded = json.loads(path.read_text())
+    assert recorded["detector"]["steps"] == tiny_config.detector.steps
+    assert recorded["info"]["num_figures"] == tiny_config.info.num_figures
+    tiny_config.info.num_figures += 1
+    with pytest.raises(UserError, match="different config .*info.num_figures"):
+        pipeline.run(tiny_config, tiny_run)
+
+
 def test_command_line_errors_are_one_line(tmp_path):
     """An unknown field and a value of the wrong type: one line each, no traceback, no
     workdir (the only errors the command line itself raises; the others are the config
