@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from piaug import augment, data, detector, estimate, layout, losses, matching, models, train
+from piaug import augment, data, detector, estimate, layout, losses, matching, mixing, models, train
 from piaug.data import input_pipeline, prepare
 from piaug.errors import UserError, fields_of
 
@@ -55,6 +55,10 @@ def model(config) -> models.ModelSettings:
 
 def loss(config) -> losses.LossSettings:
     return _settings(losses.LossSettings, config.loss, "config.loss.")
+
+
+def mixing_settings(config) -> mixing.MixSettings:
+    return _settings(mixing.MixSettings, config.mixing, "config.mixing.")
 
 
 def train_settings(config) -> train.TrainSettings:
@@ -266,6 +270,7 @@ def anchor_crop(
         thresholds=thresholds(config),
         jitter=jitter,
         adaptive=bool(cfg.adaptive),
+        fixed_group=fixed_group(config),
         continuous=bool(cfg.continuous) and jitter.centers is not None,
         max_rotation=float(cfg.max_rotation),
         order=int(cfg.rotation_order),
@@ -276,6 +281,16 @@ def anchor_crop(
         anchors_per_crop=int(cfg.anchors_per_crop),
         crops_per_image=int(cfg.crops_per_image),
     )
+
+
+def fixed_group(config) -> int:
+    """The index of ``config.augment.fixed_group`` (low, medium, high)."""
+    name = config.augment.fixed_group
+    if name not in augment.GROUPS:
+        raise UserError(
+            f"config.augment.fixed_group={name!r}: use one of {', '.join(augment.GROUPS)}"
+        )
+    return augment.GROUPS.index(name)
 
 
 def baseline_anchor_crop(config) -> input_pipeline.AnchorCrop:
@@ -307,6 +322,7 @@ def check(config, stages: Sequence[str] = STAGES) -> None:
     anchor_crop(config, ranges_required=False)
     model(config)
     loss(config)
+    mixing_settings(config)
     settings = train_settings(config)
     if config.eval.upsample not in matching.UPSAMPLING:
         raise UserError(

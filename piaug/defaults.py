@@ -52,6 +52,9 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     config.augment.gamma = 0.3
     config.augment.d = 2.0  # piecewise: anchors where IIE >= d
     config.augment.adaptive = True  # the anchor's group picks the jitter ranges
+    # Without adaptive: the group whose ranges every anchor gets (the paper's "+ estimated"
+    # row of Table 3 uses medium's; its Table 2 comparators use high's)
+    config.augment.fixed_group = "medium"
     config.augment.continuous = False  # ranges interpolated in the anchor's IIE (per pixel)
     config.augment.estimated = True  # the train stage uses the estimate stage's augment.json
     config.augment.brightness = (0.85, 1.15)  # every group's, unless estimated or ranges_file
@@ -95,6 +98,20 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     # The window's cells: closed |d| <= window (2 window + 1 a side) | half_open
     # -window <= d < window (2 window a side, the authors' code: the paper configs use it).
     config.loss.window_mode = "closed"
+
+    # The paper's comparison methods (Table 2), for the train stage's encoders (the baseline's
+    # pretrain stage never uses them): none | zhu | mochi | unmix (piaug.mixing).
+    config.mixing = ml_collections.ConfigDict()
+    config.mixing.method = "none"
+    config.mixing.pos_alpha = 2.0  # zhu: positive extrapolation lam = 1 + Beta(a, a)
+    config.mixing.neg_alpha = 1.6  # zhu: negative interpolation mu ~ Beta(a, a)
+    config.mixing.hard = 32  # mochi: the N hardest window negatives
+    config.mixing.synthetic = 16  # mochi: s mixes of two hard negatives
+    config.mixing.harder = 16  # mochi: s' mixes of the query and a hard negative
+    config.mixing.harder_max = 0.5  # mochi: the query's share in those, U(0, harder_max)
+    config.mixing.warmup = 0.0  # mochi: no synthetic negatives in this fraction of the steps
+    config.mixing.alpha = 1.0  # unmix: lam ~ Beta(alpha, alpha)
+    config.mixing.mixup_prob = 0.5  # unmix: Mixup with this probability, else CutMix
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 8  # global: split across hosts and devices

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from piaug import mixing
 from piaug.errors import require
 from piaug.models import STRIDES
 
@@ -62,11 +63,32 @@ def cell(points: jnp.ndarray, stride: int, shape: Sequence[int]) -> jnp.ndarray:
 def cosine(a: jnp.ndarray, b: jnp.ndarray, *, eps: float = 1e-3) -> jnp.ndarray:
     """Cosine along the last axis (each vector's norm floored at ``eps``, 1e-3 as in CC2D; the
     floor is applied before the square root, so a zero vector has a finite gradient)."""
+    return jnp.sum(mixing.unit(a, eps) * mixing.unit(b, eps), axis=-1)
 
-    def unit(x):
-        return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
-    return jnp.sum(unit(a) * unit(b), axis=-1)
+def _candidates(
+    image_features: jnp.ndarray, target: jnp.ndarray, window: int | None, window_mode: str
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """The cells a query is compared with: ``(candidates (B, N, E), valid (B, N), positive
+    (B,))``, the whole map (``window`` None) or the window around ``target`` (``(B, 2)``)."""
+    bsz, h, w, e = image_features.shape
+    if window is None:
+        positive = target[:, 0] * w + target[:, 1]
+        return image_features.reshape(bsz, h * w, e), jnp.ones((bsz, h * w), bool), positive
+    if window_mode not in WINDOW_MODES:
+        raise ValueError(f"window_mode must be one of {WINDOW_MODES}, got {window_mode!r}")
+    # Only the window's cells are compared: cut (2 window + 1)^2 cells around the target from
+    # the map padded by the window (the padding is outside the map, marked not valid).
+    size = 2 * window + 1
+    pad = ((window, window), (window, window))
+    padded = jnp.pad(image_features, ((0, 0), *pad, (0, 0)))
+    cut = jax.vmap(lambda f, t: jax.lax.dynamic_slice(f, (t[0], t[1], 0), (size, size, e)))
+    on_map = jnp.pad(jnp.ones((h, w), bool), pad)
+    inside = jax.vmap(lambda t: jax.lax.dynamic_slice(on_map, (t[0], t[1]), (size, size)))(target)
+    if window_mode == "half_open":  # target - window <= cell < target + window
+        inside = inside.at[:, -1, :].set(False).at[:, :, -1].set(False)
+    positive = jnp.full((bsz,), window * size + window, jnp.int32)
+    return cut(padded, target).reshape(bsz, size * size, e), inside.reshape(bsz, -1), positive
 
 
 def pixel_info_nce(
@@ -80,6 +102,9 @@ def pixel_info_nce(
     temperature: float = 1.0,
     clamp: bool = True,
     window_mode: str = "closed",
+    mix: mixing.MixSettings | None = None,
+    key: jax.Array | None = None,
+    active=True,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """InfoNCE of one scale, per example.
 
@@ -94,10 +119,15 @@ def pixel_info_nce(
       window_mode: ``closed`` (``|d| <= window``) or ``half_open`` (``-window <= d < window``,
         the authors').
       temperature: logits are similarities / temperature.
-      clamp: clamp the cosines to [0, 1] (CC2D) before the softmax.
+      clamp: clamp the similarities to [0, 1] (CC2D) before the softmax.
+      mix, key, active: a feature-level comparison method (``mixing``: ``zhu`` transforms the
+        similarities, ``mochi`` adds negatives where ``active``, a boolean scalar: after its
+        warm-up) with its random key; ``none`` and ``unmix`` (which mixes crops, not
+        features) change nothing here.
 
     Returns:
-      ``(loss, psi)``, each ``(B,)``: the cross-entropy and the (clamped) positive cosine.
+      ``(loss, psi)``, each ``(B,)``: the cross-entropy and the (clamped) positive cosine of
+      the untransformed vectors.
     """
     if image_features.ndim != 4 or crop_features.ndim != 4:
         raise ValueError(
@@ -112,36 +142,37 @@ def pixel_info_nce(
     target = cell(anchors, stride, image_features.shape[1:])
     source = cell(crop_anchors, stride, crop_features.shape[1:])
     query = crop_features[b, source[:, 0], source[:, 1]]  # (B, E)
-    if window is None:
-        sim = cosine(image_features, query[:, None, None, :])  # (B, h, w)
-        at = (b, target[:, 0], target[:, 1])
-        inside = None
-    else:
-        if window_mode not in WINDOW_MODES:
-            raise ValueError(f"window_mode must be one of {WINDOW_MODES}, got {window_mode!r}")
-        # Only the window's cells are compared: cut (2 window + 1)^2 cells around the target
-        # from the map padded by the window (the padding is outside the map, masked below).
-        size = 2 * window + 1
-        h, w, e = image_features.shape[1:]
-        pad = ((window, window), (window, window))
-        padded = jnp.pad(image_features, ((0, 0), *pad, (0, 0)))
-        cut = jax.vmap(lambda f, t: jax.lax.dynamic_slice(f, (t[0], t[1], 0), (size, size, e)))
-        sim = cosine(cut(padded, target), query[:, None, None, :])  # (B, size, size)
-        on_map = jnp.pad(jnp.ones((h, w), bool), pad)
-        inside = jax.vmap(lambda t: jax.lax.dynamic_slice(on_map, (t[0], t[1]), (size, size)))(
-            target
+    candidates, valid, positive = _candidates(image_features, target, window, window_mode)
+    method = "none" if mix is None else mix.method
+    extra = extra_ok = None
+    if method == "zhu":
+        draws = mixing.zhu_draws(
+            key, candidates.shape[1], pos_alpha=mix.pos_alpha, neg_alpha=mix.neg_alpha
         )
-        if window_mode == "half_open":  # target - window <= cell < target + window
-            inside = inside.at[:, -1, :].set(False).at[:, :, -1].set(False)
-        at = (b, window, window)
+        sim = mixing.zhu_similarities(query, candidates, valid, positive, draws)
+    else:
+        sim = cosine(candidates, query[:, None, :])  # (B, N)
+        if method == "mochi":
+            draws = mixing.mochi_draws(
+                key,
+                *candidates.shape[:2],
+                hard=mix.hard,
+                synthetic=mix.synthetic,
+                harder=mix.harder,
+                harder_max=mix.harder_max,
+            )
+            extra, extra_ok = mixing.mochi_negatives(query, candidates, valid, positive, draws)
+            extra_ok = extra_ok & active
+    psi = cosine(candidates[b, positive], query)
     if clamp:
-        sim = jnp.clip(sim, 0.0, 1.0)
+        sim, psi = jnp.clip(sim, 0.0, 1.0), jnp.clip(psi, 0.0, 1.0)
     logits = sim / temperature
-    positive = logits[at]
-    if inside is not None:
-        logits = jnp.where(inside, logits, -jnp.inf)
-    normaliser = jax.nn.logsumexp(logits.reshape(logits.shape[0], -1), axis=-1)
-    return normaliser - positive, sim[at]
+    positive_logit = logits[b, positive]
+    logits = jnp.where(valid, logits, -jnp.inf)
+    if extra is not None:
+        extra = jnp.clip(extra, 0.0, 1.0) if clamp else extra
+        logits = jnp.concatenate([logits, jnp.where(extra_ok, extra / temperature, -jnp.inf)], 1)
+    return jax.nn.logsumexp(logits, axis=-1) - positive_logit, psi
 
 
 def multiscale_info_nce(
@@ -155,6 +186,10 @@ def multiscale_info_nce(
     temperature: float = 1.0,
     clamp: bool = True,
     window_mode: str = "closed",
+    mix: mixing.MixSettings | None = None,
+    key: jax.Array | None = None,
+    active=True,
+    weights: jnp.ndarray | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """The CC2D loss over all scales, per example and scale.
 
@@ -162,7 +197,9 @@ def multiscale_info_nce(
     the coarsest scale uses the whole map, the others a +-``window`` window.
 
     ``anchors`` and ``crop_anchors`` are ``(B, 2)``, or ``(B, K, 2)`` for K anchors per example
-    (the loss and PSI are then means over the K).
+    (the loss and PSI are then means over the K, weighted by ``weights`` ``(B, K)`` if given;
+    an example whose weights are all 0 gives 0). ``mix``, ``key``, ``active``: a feature-level
+    comparison method (``pixel_info_nce``), its key split over the scales and the anchors.
 
     Returns:
       ``(loss, psi)``, each ``(B, S)`` for the S scales. The training loss is
@@ -174,18 +211,28 @@ def multiscale_info_nce(
         temperature=temperature,
         clamp=clamp,
         window_mode=window_mode,
+        mix=mix,
+        active=active,
     )
+    if mix is not None and mix.method in ("zhu", "mochi") and key is None:
+        raise ValueError(f"mix.method={mix.method!r} needs a random key")
     if anchors.ndim == 3:
         if crop_anchors.shape != anchors.shape:
             raise ValueError(
                 f"anchors {anchors.shape} and crop_anchors {crop_anchors.shape} must match"
             )
+        count = anchors.shape[1]
+        keys = None if key is None else jax.random.split(key, count)
 
-        def one(a, c):
-            return multiscale_info_nce(image_features, crop_features, a, c, **kwargs)
+        def one(a, c, k):
+            return multiscale_info_nce(image_features, crop_features, a, c, key=k, **kwargs)
 
-        loss, psi = jax.vmap(one, in_axes=1, out_axes=2)(anchors, crop_anchors)  # (B, S, K)
-        return loss.mean(-1), psi.mean(-1)
+        loss, psi = jax.vmap(one, in_axes=(1, 1, 0), out_axes=2)(anchors, crop_anchors, keys)
+        if weights is None:  # (B, S, K)
+            return loss.mean(-1), psi.mean(-1)
+        w = weights[:, None, :].astype(loss.dtype)
+        total = jnp.maximum(w.sum(-1), 1e-12)
+        return (loss * w).sum(-1) / total, (psi * w).sum(-1) / total
     if not len(image_features) == len(crop_features) == len(strides):
         raise ValueError(
             f"need one feature map per stride {tuple(strides)}, got {len(image_features)} and "
@@ -203,7 +250,14 @@ def multiscale_info_nce(
             temperature=temperature,
             clamp=clamp,
             window_mode=window_mode,
+            mix=mix,
+            key=None if key is None else jax.random.fold_in(key, i),
+            active=active,
         )
         losses.append(loss)
         psis.append(psi)
-    return jnp.stack(losses, axis=1), jnp.stack(psis, axis=1)
+    loss, psi = jnp.stack(losses, axis=1), jnp.stack(psis, axis=1)
+    if weights is not None:
+        w = weights[:, None].astype(loss.dtype)
+        loss, psi = loss * w, psi * w
+    return loss, psi

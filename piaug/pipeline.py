@@ -55,6 +55,7 @@ from piaug import (
     info,
     layout,
     matching,
+    mixing,
     plots,
     probe,
     train,
@@ -160,8 +161,14 @@ def info_stage(config, workdir: Path, prepared: prepare.Prepared | None = None) 
     logging.info("info: wrote %s and %s", stats_path, figures)
 
 
-def _train(config, out: Path, transform: input_pipeline.AnchorCrop, stage: str) -> None:
-    """Trains both encoders with ``transform`` into ``out`` (``piaug.train``)."""
+def _train(
+    config,
+    out: Path,
+    transform: input_pipeline.AnchorCrop,
+    stage: str,
+    mix: mixing.MixSettings | None = None,
+) -> None:
+    """Trains both encoders with ``transform`` (and ``mix``) into ``out`` (``piaug.train``)."""
     if config.force:
         layout.clear_training(out, stage)
     prepared = configure.prepare_data(config)
@@ -194,6 +201,7 @@ def _train(config, out: Path, transform: input_pipeline.AnchorCrop, stage: str) 
         settings=settings,
         loss=configure.loss(config),
         image_size=size,
+        mix=mix,
         seed=int(config.seed),
         workers=int(config.data.workers),
         pretrained=config.model.pretrained,
@@ -289,10 +297,13 @@ def train_stage(config, workdir: Path) -> None:
         if transform.continuous
         else " (adaptive)"
         if transform.adaptive
-        else " (medium's for every anchor)"
+        else f" ({info.GROUP_NAMES[transform.fixed_group]}'s for every anchor)"
     )
+    mix = configure.mixing_settings(config)
+    if mix.method != "none":
+        how += f", comparison method {mix.method} (config.mixing)"
     logging.info("train: %s anchors, ranges per group %s%s", transform.anchors, ranges, how)
-    _train(config, workdir / layout.PIAUG_DIR, transform, "train")
+    _train(config, workdir / layout.PIAUG_DIR, transform, "train", mix=mix)
 
 
 class _Images:

@@ -37,7 +37,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from piaug import losses, models
+from piaug import losses, mixing, models
 from piaug.checkpoints import Checkpoints
 from piaug.data import input_pipeline
 from piaug.errors import UserError, require
@@ -46,6 +46,7 @@ from piaug.layout import CHECKPOINTS, METRICS_FILE
 ENCODERS = models.ENCODERS
 SCHEDULES = ("step", "cosine")  # the learning rate's: StepLR (the paper's) or a cosine to 0
 BATCH_KEYS = ("image", "crop", "anchor", "crop_anchor")  # what the step reads of a batch
+UNMIX_KEYS = ("angle", "scale")  # ... and with mixing.method unmix (each crop's rotation)
 
 
 class TrainingStopped(UserError):
@@ -176,6 +177,9 @@ def train_step(
     temperature: float = 1.0,
     clamp: bool = True,
     window_mode: str = "closed",
+    mix: mixing.MixSettings | None = None,
+    seed: int = 0,
+    mix_start: int = 0,
 ) -> tuple[TrainState, dict]:
     """One step of both encoders on a batch.
 
@@ -185,8 +189,16 @@ def train_step(
     image encoder runs once per image and each crop is paired with its image's maps. Metrics:
     ``loss`` (the sum over scales of the means over crops), ``loss_s{stride}`` and
     ``psi_s{stride}`` per scale, the gradient norm of each encoder.
+
+    ``mix`` (``piaug.mixing``): a comparison method, with the step's randomness drawn from
+    ``mixing.step_key(seed, state.step)`` (MoCHi's negatives from step ``mix_start`` on).
+    ``unmix`` also reads ``angle`` and ``scale``
+    (``UNMIX_KEYS``), runs the crop encoder on the unmixed and the mixed crops, and its
+    ``loss`` adds the mixed crops' weighted terms to the unmixed crops' loss (PSI: the unmixed).
     """
     net_image, net_crop = nets
+    mix = mixing.MixSettings() if mix is None else mix
+    key = mixing.step_key(seed, state.step) if mix.method != "none" else None
     image = batch["image"].astype(jnp.float32) / 255.0
     crops, anchors, crop_anchors = batch["crop"], batch["anchor"], batch["crop_anchor"]
     per_image = 1
@@ -195,6 +207,18 @@ def train_step(
         crops = crops.reshape(-1, *crops.shape[2:])
         anchors = anchors.reshape(-1, *anchors.shape[2:])
         crop_anchors = crop_anchors.reshape(-1, *crop_anchors.shape[2:])
+    count = crops.shape[0]
+    if mix.method == "unmix":
+        draws = mixing.unmix_draws(key, crops.shape[-1], alpha=mix.alpha, mixup_prob=mix.mixup_prob)
+        mixed, lam = mixing.unmix_crops(crops, draws)
+        partner, partner_ok = mixing.partner_points(
+            crop_anchors,
+            anchors,
+            batch["angle"].reshape(-1),
+            batch["scale"].reshape(-1),
+            image.shape[1:3],
+        )
+        crops = jnp.concatenate([crops, mixed])
 
     def loss_fn(params):
         feats, new_image = net_image.apply(
@@ -211,16 +235,32 @@ def train_step(
         )
         if per_image > 1:  # each image's maps once per crop of it (the gradient sums back)
             feats = [jnp.repeat(f, per_image, axis=0) for f in feats]
-        per_example, psi = losses.multiscale_info_nce(
-            feats,
-            crop_feats,
-            anchors,
-            crop_anchors,
+        nce = functools.partial(
+            losses.multiscale_info_nce,
             window=window,
             temperature=temperature,
             clamp=clamp,
             window_mode=window_mode,
         )
+        if mix.method == "unmix":
+            own = [g[:count] for g in crop_feats]
+            mixed_feats = [g[count:] for g in crop_feats]
+            per_example, psi = nce(feats, own, anchors, crop_anchors)
+            self_term, _ = nce(feats, mixed_feats, anchors, crop_anchors)
+            partner_term, _ = nce(
+                [f[::-1] for f in feats], mixed_feats, partner, crop_anchors, weights=partner_ok
+            )
+            per_example = per_example + lam * self_term + (1.0 - lam) * partner_term
+        else:
+            per_example, psi = nce(
+                feats,
+                crop_feats,
+                anchors,
+                crop_anchors,
+                mix=mix,
+                key=key,
+                active=state.step >= mix_start,
+            )
         per_scale = per_example.mean(0)
         stats = {"image": new_image["batch_stats"], "crop": new_crop["batch_stats"]}
         return per_scale.sum(), (per_scale, psi.mean(0), stats)
@@ -345,6 +385,7 @@ def train(
     settings: TrainSettings,
     loss: losses.LossSettings,
     image_size: tuple[int, int],
+    mix: mixing.MixSettings | None = None,
     seed: int = 0,
     workers: int = 0,
     pretrained: str = "",
@@ -359,6 +400,7 @@ def train(
       source: a prepared dataset's record source (``piaug.data.prepare``).
       transform: the per-example anchor, crop and augmentation.
       model, settings, loss: the encoders, the optimisation, the loss.
+      mix: a comparison method of the paper's Table 2 (``piaug.mixing``; None: none).
       image_size: the training size (height, width) of ``source``'s images.
       seed: the initialisation's and the input pipeline's.
       workers: input pipeline worker processes (0: in this process).
@@ -370,6 +412,7 @@ def train(
       The final state.
     """
     per_epoch = settings.steps_per_epoch(len(source))
+    total = settings.num_steps(len(source))
     nets = model.encoders()
     txs = {name: optimizer(settings, per_epoch) for name in ENCODERS}
     image_size = tuple(int(s) for s in image_size)
@@ -382,7 +425,15 @@ def train(
         initialize=(lambda state: with_pretrained_backbone(state, pretrained))
         if pretrained
         else None,
-        step=functools.partial(train_step, nets=nets, txs=txs, **dataclasses.asdict(loss)),
+        step=functools.partial(
+            train_step,
+            nets=nets,
+            txs=txs,
+            mix=mix,
+            seed=int(seed),
+            mix_start=0 if mix is None else mixing.start_step(mix, total),
+            **dataclasses.asdict(loss),
+        ),
         loader=lambda start: input_pipeline.make_loader(
             source,
             transform,
@@ -391,9 +442,9 @@ def train(
             workers=int(workers),
             start_batch=start,
         ),
-        batch_keys=BATCH_KEYS,
+        batch_keys=BATCH_KEYS + (UNMIX_KEYS if mix is not None and mix.method == "unmix" else ()),
         settings=settings,
-        total=settings.num_steps(len(source)),
+        total=total,
         schedule=learning_rate(settings, per_epoch),
         seed=seed,
         desc=desc,

@@ -95,7 +95,9 @@ def test_unknown_preset_of_a_sweep_is_refused(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_sweep_runs_and_gathers_its_table(tmp_path):
-    """Table 3's weight-map row on the tiny config: the shared baseline, then the preset."""
+    """Table 2 on the tiny config: the shared baseline, then MoCHi and Un-mix with the high
+    group's estimated ranges, each training its encoders with its method (Zhu et al.'s step is
+    the slow tier's in test_mixing), the template the shared baseline's."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env["XLA_FLAGS"] = TEST_XLA_FLAGS  # the session's: its compiled programs serve the sweep
     out = subprocess.run(
@@ -103,26 +105,34 @@ def test_a_sweep_runs_and_gathers_its_table(tmp_path):
             sys.executable,
             str(REPO / "launch/sweep.py"),
             f"--config={REPO / 'configs/test.py'}",
-            "--sweep=table3",
-            "--presets=baseline,weightmap",
+            "--sweep=table2",
+            "--presets=mochi_high,unmix_high",
             f"--root={tmp_path}",
+            "--",
+            "--config.mixing.hard=8",
+            "--config.mixing.synthetic=4",
+            "--config.mixing.harder=4",
         ],
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert not (tmp_path / "weightmap" / "checkpoints").exists()  # the shared baseline
-    assert not (tmp_path / "weightmap" / "augment.json").exists()  # default jitter: no estimate
-    results = json.loads((tmp_path / "weightmap" / "results.json").read_text())
-    assert (
-        results["piaug"]["template"]
-        == json.loads((tmp_path / "baseline" / "results.json").read_text())["baseline"]["template"]
-    )
-    table = (tmp_path / "table3.md").read_text()
-    assert "| baseline | baseline |" in table and "| weightmap | piaug |" in table
-    rows = (tmp_path / "table3.csv").read_text().splitlines()
+    shared = json.loads((tmp_path / "shared_baseline" / "results.json").read_text())
+    for method in ("mochi", "unmix"):
+        run = tmp_path / f"{method}_high"
+        assert f"comparison method {method} (config.mixing)" in out.stderr
+        config = json.loads((run / "config.json").read_text())
+        assert config["mixing"]["method"] == method and config["augment"]["fixed_group"] == "high"
+        assert not (run / "checkpoints").exists()  # the shared baseline
+        assert (run / "augment.json").exists()  # the estimate gave the ranges
+        results = json.loads((run / "results.json").read_text())
+        assert results["piaug"]["template"] == shared["baseline"]["template"]
+    assert "(high's for every anchor)" in out.stderr
+    table = (tmp_path / "table2.md").read_text()
+    assert "| mochi_high | piaug |" in table and "| unmix_high | piaug |" in table
+    rows = (tmp_path / "table2.csv").read_text().splitlines()
     assert rows[0].startswith("run,encoder,mre_mm,sdr_2.0") and len(rows) == 3
     assert f"{results['piaug']['mre_mm']:.3f}".rstrip("0") in rows[2]
 

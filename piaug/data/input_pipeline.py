@@ -84,7 +84,8 @@ class AnchorCrop(grain.RandomMapTransform):
       gamma, d: the weight map's parameter.
       thresholds: IIE bounds of the low / medium / high groups (bits).
       jitter: brightness and contrast ranges per group.
-      adaptive: the anchor's group picks the ranges; False gives every anchor medium's ranges.
+      adaptive: the anchor's group picks the ranges; False gives every anchor the ranges of
+        group ``fixed_group`` (0 low, 1 medium, 2 high).
       continuous: the ranges are interpolated in the anchor's IIE between the groups' centers
         (``GroupJitter.draw_at``; the per-pixel variant) instead of taken from its group.
       max_rotation: angles are uniform in [-max_rotation, max_rotation] degrees.
@@ -114,6 +115,7 @@ class AnchorCrop(grain.RandomMapTransform):
     thresholds: tuple[float, float] = (2.0, 4.5)
     jitter: augment.GroupJitter = dataclasses.field(default_factory=augment.GroupJitter.uniform)
     adaptive: bool = True
+    fixed_group: int = 1
     continuous: bool = False
     max_rotation: float = 20.0
     order: int = 3
@@ -152,7 +154,7 @@ class AnchorCrop(grain.RandomMapTransform):
         if self.continuous:
             brightness, contrast, contrast_first = self.jitter.draw_at(rng, float(value))
         else:
-            group_ranges = group if self.adaptive else 1
+            group_ranges = group if self.adaptive else self.fixed_group
             brightness, contrast, contrast_first = self.jitter.draw(rng, group_ranges)
         crop = augment.color_jitter(crop, brightness, contrast, contrast_first=contrast_first)
         if self.blur > 0 or self.noise > 0:
