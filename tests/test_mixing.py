@@ -327,11 +327,18 @@ import functools, sys
 import jax, numpy as np, optax
 from jax.sharding import NamedSharding, PartitionSpec
 sys.path.insert(0, ".")
-from configs import test as test_config
-from piaug import configure, mixing, train
+import flax.linen as nn
+from piaug import mixing, models, train
 
-config = test_config.get_config()
-nets = configure.model(config).encoders()
+
+class Tiny(nn.Module):  # a stand-in encoder: the draws under sharding are what is tested
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(4, (3, 3))(x[..., None])))
+        return [nn.Conv(8, (1, 1))(nn.avg_pool(x, (s, s), (s, s))) for s in models.STRIDES]
+
+
+nets = (Tiny(), Tiny())
 txs = {n: optax.sgd(0.01) for n in train.ENCODERS}
 rng = np.random.default_rng(0)
 batch = {
