@@ -173,17 +173,20 @@ class _Tiny(nn.Module):
         return [nn.Conv(8, (1, 1))(nn.avg_pool(x, (s, s), (s, s))) for s in models.STRIDES]
 
 
-def _step_setup():
+def _step_setup(per_crop: int = 1):
+    """Stand-in encoders, SGD, a batch of 4 with ``per_crop`` anchors per crop, a state
+    (also the device-count test's, in its subprocess)."""
     nets = (_Tiny(), _Tiny())
     txs = {n: optax.sgd(0.1) for n in train.ENCODERS}
     rng = np.random.default_rng(0)
+    anchors = (4, per_crop, 2) if per_crop > 1 else (4, 2)
     batch = {
         "image": rng.integers(0, 256, (4, 64, 64), dtype=np.uint8),
         "crop": rng.uniform(0, 1, (4, 32, 32)).astype(np.float32),
-        "anchor": rng.integers(0, 64, (4, 2)).astype(np.int32),
-        "crop_anchor": rng.integers(0, 32, (4, 2)).astype(np.int32),
+        "anchor": rng.integers(0, 64, anchors).astype(np.int32),
+        "crop_anchor": rng.integers(0, 32, anchors).astype(np.int32),
         "angle": rng.uniform(-20, 20, 4).astype(np.float32),
-        "scale": np.ones(4, np.float32),
+        "scale": rng.uniform(0.9, 1.1, 4).astype(np.float32),
     }
     state = train.create_state(
         jax.random.key(0), nets=nets, txs=txs, image_size=(64, 64), crop_size=32
@@ -323,35 +326,16 @@ def test_a_fixed_group_gives_every_anchor_its_ranges():
 @pytest.mark.slow
 def test_the_comparison_methods_do_not_depend_on_the_device_count():
     script = """
-import functools, sys
-import jax, numpy as np, optax
+import sys
+import jax, numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 sys.path.insert(0, ".")
-import flax.linen as nn
-from piaug import mixing, models, train
+sys.path.insert(0, "tests")
+from test_mixing import _step_setup
+from piaug import mixing, train
 
-
-class Tiny(nn.Module):  # a stand-in encoder: the draws under sharding are what is tested
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(4, (3, 3))(x[..., None])))
-        return [nn.Conv(8, (1, 1))(nn.avg_pool(x, (s, s), (s, s))) for s in models.STRIDES]
-
-
-nets = (Tiny(), Tiny())
-txs = {n: optax.sgd(0.01) for n in train.ENCODERS}
-rng = np.random.default_rng(0)
-batch = {
-    "image": rng.integers(0, 256, (4, 64, 64), dtype=np.uint8),
-    "crop": rng.uniform(0, 1, (4, 32, 32)).astype(np.float32),
-    "anchor": rng.integers(0, 64, (4, 3, 2)).astype(np.int32),
-    "crop_anchor": rng.integers(0, 32, (4, 3, 2)).astype(np.int32),
-    "angle": rng.uniform(-20, 20, 4).astype(np.float32),
-    "scale": rng.uniform(0.9, 1.1, 4).astype(np.float32),
-}
-init = jax.jit(functools.partial(
-    train.create_state, nets=nets, txs=txs, image_size=(64, 64), crop_size=32))
-state0 = jax.device_get(init(jax.random.key(0)))
+nets, txs, batch, state0 = _step_setup(per_crop=3)
+state0 = jax.device_get(state0)
 keys = train.BATCH_KEYS + train.UNMIX_KEYS
 for method in ("zhu", "mochi", "unmix"):
     mix = mixing.MixSettings(method=method, hard=8, synthetic=4, harder=4)

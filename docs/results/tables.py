@@ -143,8 +143,34 @@ def detectors() -> str:
     return "\n".join(lines)
 
 
+def _seed(d: dict) -> int:
+    """A detector's seed: its run's ``seed=`` override, else the preset's (0)."""
+    found = [o.split("=", 1)[1] for o in d["overrides"] if o.startswith("seed=")]
+    return int(found[0]) if found else 0
+
+
+def few_shot() -> str:
+    """The few-shot detectors of ``detectors_ceph_cpu.json`` (10 true labels) by
+    initialisation: each seed's MRE and the mean +- standard deviation (n - 1)."""
+    data = _load("detectors_ceph_cpu.json")
+    few = [d for d in data["detectors"] if _trained_on(d) == "10 true labels"]
+    seeds_ = sorted({_seed(d) for d in few})
+    head = "| initialised from | " + " | ".join(f"seed {s}" for s in seeds_) + " | mean +- std |"
+    lines = [head, "|---" * (len(seeds_) + 2) + "|"]
+    for init in ("random", "baseline", "piaug", "imagenet"):
+        by_seed = {_seed(d): d["mre_mm"] for d in few if d["name"] == f"detector_{init}"}
+        if not by_seed:
+            continue
+        values = list(by_seed.values())
+        spread = f" +- {statistics.stdev(values):.2f}" if len(values) > 1 else " (one seed)"
+        cells = " | ".join(f"{by_seed[s]:.2f}" if s in by_seed else "-" for s in seeds_)
+        lines.append(f"| {init} | {cells} | {statistics.mean(values):.2f}{spread} |")
+    return "\n".join(lines)
+
+
 TABLES = {
     "detectors": detectors,
+    "few_shot": few_shot,
     "demo": demo,
     "from_scratch": from_scratch,
     "seeds": seeds,
