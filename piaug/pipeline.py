@@ -78,9 +78,11 @@ def run(config, workdir: str | Path) -> None:
         lambda: layout.prepare_workdir(current, workdir, evaluate_only=only_eval), "workdir"
     )
     saved = layout.read_json(workdir / layout.CONFIG_FILE)
+    where = configure.describe_devices()
     for stage in STAGES:
         if stage not in stages:
             continue
+        logging.info("%s: on %s, %d process(es)", stage, where, jax.process_count())
         if stage == "info":
             prepared = configure.prepare_data(config)  # every process takes part (0 builds)
             layout.primary_first(lambda p=prepared: info_stage(config, workdir, p), "info")
@@ -182,15 +184,16 @@ def _train(
         )
         return
     logging.info(
-        "%s: %d steps of batch %d on %d images (%s), %d device(s), %d process(es)",
+        "%s: %d steps of batch %d on %d images (%s), %s, %d process(es)",
         stage,
         total,
         settings.batch_size,
         len(prepared),
         config.data.name,
-        jax.device_count(),
+        configure.describe_devices(),
         jax.process_count(),
     )
+    _warn_if_slow_on_cpu(stage, configure.cpu_hours(config, total - (done or 0)), total)
     out.mkdir(parents=True, exist_ok=True)
     model = configure.model(config)
     train.train(
@@ -210,6 +213,22 @@ def _train(
         probe_every=int(config.eval.every),
     )
     logging.info("%s: checkpoints and metrics.jsonl in %s", stage, out)
+
+
+def _warn_if_slow_on_cpu(stage: str, hours: float | None, total: int) -> None:
+    """A warning when training on the CPU would take more than 2 hours (``hours``: the
+    estimate of ``configure.cpu_hours``, None off the CPU)."""
+    if hours is None or hours <= 2:
+        return
+    logging.warning(
+        "%s: this config is meant for an accelerator: its %d steps would take about %s on a "
+        "2-core laptop CPU (scaled from the README's measured step). Install JAX for your GPU "
+        "or TPU (README: Install on a GPU or TPU), or use a CPU preset such as "
+        "configs/ceph.py:cpu; Ctrl-C stops, and the same command resumes.",
+        stage,
+        total,
+        f"{hours / 24:.0f} days" if hours >= 48 else f"{hours:.0f} hours",
+    )
 
 
 def _probe(config, prepared: prepare.Prepared, model) -> probe.Probe | None:
@@ -636,7 +655,7 @@ def detector_stage(config, workdir: Path) -> None:
             continue
         initial = _detector_init(config, init, dirs)
         logging.info(
-            "detector: %s, %d steps of %d images (%s labels%s), init %s, %d device(s)",
+            "detector: %s, %d steps of %d images (%s labels%s), init %s, %s",
             name,
             total,
             train_settings.batch_size,
@@ -645,7 +664,7 @@ def detector_stage(config, workdir: Path) -> None:
             if template is not None
             else "",
             init,
-            jax.device_count(),
+            configure.describe_devices(),
         )
         out.mkdir(parents=True, exist_ok=True)
         if jax.process_index() == 0:

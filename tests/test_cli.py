@@ -108,6 +108,32 @@ def test_a_run_of_an_older_piaug_resumes_and_records_the_fields_it_lacked(
         pipeline.run(tiny_config, tiny_run)
 
 
+def test_the_log_names_the_devices_and_warns_of_a_long_cpu_training(tiny_run, logs):
+    from types import SimpleNamespace
+
+    log = (tiny_run.parent / "run.log").read_text()
+    for stage in ("info", "pretrain", "estimate", "train", "evaluate"):
+        assert f"{stage}: on cpu, 1 process(es)" in log
+    assert "meant for an accelerator" not in log  # the tiny config trains in seconds
+    gpus = [SimpleNamespace(platform="gpu", device_kind="NVIDIA H100 80GB HBM3")] * 2
+    assert configure.describe_devices(gpus) == "2 x NVIDIA H100 80GB HBM3 (gpu)"
+    tpus = [SimpleNamespace(platform="tpu", device_kind="TPU v4")] * 8
+    assert configure.describe_devices(tpus) == "8 x TPU v4 (tpu)"
+    cpus = [SimpleNamespace(platform="cpu", device_kind="cpu")] * 4
+    assert configure.describe_devices(cpus) == "4 x cpu"
+    paper = load_config("ceph")
+    hours = configure.cpu_hours(paper, 82_500, platform="cpu")
+    assert 1000 < hours < 1300  # 48.9 s a step, the README's measured case (a)
+    assert configure.cpu_hours(paper, 82_500, platform="gpu") is None
+    assert configure.cpu_hours(load_config("ceph", "cpu"), 1300, platform="cpu") < 2
+    pipeline._warn_if_slow_on_cpu("pretrain", hours, 82_500)
+    assert (
+        "pretrain: this config is meant for an accelerator: its 82500 steps would take about"
+        in logs.text
+    )
+    assert " days on a 2-core laptop CPU" in logs.text
+
+
 def test_command_line_errors_are_one_line(tmp_path):
     """An unknown field and a value of the wrong type: one line each, no traceback, no
     workdir (the only errors the command line itself raises; the others are the config
