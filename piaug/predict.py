@@ -100,14 +100,22 @@ def read_template_points(path: str | Path, template: Path) -> np.ndarray:
     return rows[0][2]
 
 
-def _read(paths: list[Path]) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
-    """The images that decode, and a line per image that does not."""
+def _window(config: dict):
+    """Images of more than 8 bits and DICOM files: the run's own window (its data.options)."""
+    from piaug.data import common
+
+    return common.Window.of(config.get("data", {}).get("options", {}))
+
+
+def _read(paths: list[Path], window) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
+    """The images that decode (those of more than 8 bits and DICOM files through ``window``),
+    and a line per image that does not."""
     from piaug.data import common
 
     good, failed = [], []
     for path in tqdm(paths, desc="predict: reading", unit="img", leave=False):
         try:
-            good.append((path, common.read_image(path)))
+            good.append((path, common.read_image(path, window)))
         except UserError as e:
             failed.append(f"{path.name}: {e}")
     return good, failed
@@ -136,7 +144,7 @@ def choose(args) -> None:
     from piaug.data import prepare
 
     encoder = api.load_encoder(args.run, args.model)
-    good, failed = _read(image_paths(args.images))
+    good, failed = _read(image_paths(args.images), _window(encoder.config))
     if len(good) < 2:
         raise UserError(f"--images={args.images}: the choice needs at least two readable images")
     cfg, size = encoder.config, encoder.image_size
@@ -169,20 +177,18 @@ def choose(args) -> None:
 def predict(args) -> int:
     """Writes the landmarks of ``--images``; returns the exit status (1 if any failed)."""
     from piaug import api, plots
+    from piaug.data import common
 
     paths = image_paths(args.images)
+    model = (api.load_encoder if args.template else api.load_detector)(args.run, args.model)
+    window = _window(model.config)
     if args.template:
         template_path = Path(args.template)
-        from piaug.data import common
-
-        template = common.read_image(template_path)
+        template = common.read_image(template_path, window)
         template_points = read_template_points(args.template_landmarks, template_path)
-        model = api.load_encoder(args.run, args.model)
-    else:
-        model = api.load_detector(args.run, args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    good, failed = _read(paths)
+    good, failed = _read(paths, window)
     names, points, confidence = [], [], []
     bar = tqdm(total=len(good), desc=f"predict: {model.name}", unit="img")
     for start in range(0, len(good), args.batch_size):

@@ -28,6 +28,7 @@ TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 os.environ.setdefault("XLA_FLAGS", TEST_XLA_FLAGS)
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,3 +133,32 @@ def logs(caplog):
     """The log lines (absl's included) of the test, as one string."""
     caplog.set_level(logging.INFO)
     return caplog
+
+
+def write_dicom(path: Path, values, **header) -> Path:
+    """A DICOM file of 16-bit ``values`` (``(H, W)``, or ``(F, H, W)`` with NumberOfFrames)
+    and the ``header`` attributes given."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+    )
+    ds.Rows, ds.Columns = values.shape[-2:]
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 16, 15
+    ds.PixelRepresentation = 0
+    ds.PhotometricInterpretation = header.pop("PhotometricInterpretation", "MONOCHROME2")
+    for key, value in header.items():
+        setattr(ds, key, value)
+    ds.PixelData = np.ascontiguousarray(values, np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_config
+from conftest import load_config, write_dicom
+from PIL import Image
 
 from piaug import configure, detector, layout, models, pipeline, train
 from piaug.data.input_pipeline import LandmarkAugment
@@ -267,10 +269,16 @@ def test_predict_one_shot_from_a_template_the_user_annotated(
 ):
     root, truth = new_images
     out = tmp_path / "out"
+    # case0 as a PNG and as a 16-bit DICOM whose own window (0 to 255) gives the same pixels
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(root / "images" / "case0.png", images / "case0.png")
+    pixels = np.asarray(Image.open(images / "case0.png").convert("L"), np.uint16)
+    write_dicom(images / "case0_dicom.dcm", pixels, WindowCenter=127.5, WindowWidth=255)
     status, stdout, stderr = _predict(
         capsys,
         f"--run={tiny_run}",
-        f"--images={root / 'images' / 'case0.png'}",
+        f"--images={images}",
         f"--out={out}",
         f"--template={root / 'images' / 'case0.png'}",
         f"--template-landmarks={root / 'case0.csv'}",
@@ -278,10 +286,14 @@ def test_predict_one_shot_from_a_template_the_user_annotated(
     )
     assert status == 0, stderr
     with (out / "landmarks.csv").open() as f:
-        (row,) = list(csv.DictReader(f))
-    found = np.array([float(row[c]) for c in pipeline.landmark_columns(5)]).reshape(5, 2)
+        rows = list(csv.DictReader(f))
+    assert [r["image"] for r in rows] == ["case0.png", "case0_dicom.dcm"]
+    found = [
+        np.array([float(r[c]) for c in pipeline.landmark_columns(5)]).reshape(5, 2) for r in rows
+    ]
     # the template matched into itself: its own points, to the grid's resolution (64 of 80-96)
-    np.testing.assert_array_less(np.abs(found - truth["case0"]), 2.0)
+    np.testing.assert_array_less(np.abs(found[0] - truth["case0"]), 2.0)
+    np.testing.assert_array_equal(found[1], found[0])
     assert not (out / "overlays").exists()
 
 

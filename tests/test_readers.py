@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_dicom
 from PIL import Image
 
 from piaug import data
@@ -473,7 +474,13 @@ def test_folder_spacing_column_and_split_column(tmp_path) -> None:
     ds = data.load("folder", tmp_path)
     assert ds.ids == ["case2", "case10", "ct_1", "x"] and ds.num_landmarks == 3
     assert [ds.annotation(i)["spacing"] for i in range(4)] == [0.25, 0.5, 1.0, 2.0]
-    assert ds.options == {"split": "all", "spacing": None} and ds.report == []
+    assert ds.options == {
+        "split": "all",
+        "spacing": None,
+        "window": "auto",
+        "percentiles": (0.5, 99.5),
+    }
+    assert ds.report == []
     assert ds.source_files[-1] == tmp_path / "landmarks.csv" and len(ds.source_files) == 5
     np.testing.assert_array_equal(ds.annotation(0)["landmarks"], FOLDER_ROWS[1][1])
     assert [ds[i]["image"].shape for i in range(4)] == [(H, W)] * 4
@@ -488,12 +495,14 @@ def test_folder_spacing_column_and_split_column(tmp_path) -> None:
 
 def test_folder_global_spacing_and_errors(tmp_path) -> None:
     _folder(tmp_path, FOLDER_ROWS)
-    with pytest.raises(UserError, match="no spacing_mm column; add one .* spacing="):
+    with pytest.raises(
+        UserError, match="no spacing_mm column and case2.jpg no spacing .* spacing="
+    ):
         data.load("folder", tmp_path)
     ds = data.load("folder", tmp_path, spacing=0.2)
     assert {ds.annotation(i)["spacing"] for i in range(4)} == {0.2}
-    assert ds.options == {"split": "all", "spacing": 0.2}
-    assert json.loads(json.dumps(ds.options)) == ds.options
+    assert ds.options["spacing"] == 0.2
+    assert json.loads(json.dumps(ds.options)) == {**ds.options, "percentiles": [0.5, 99.5]}
     with pytest.raises(UserError, match="split='train' needs a 'split' column"):
         data.load("folder", tmp_path, split="train", spacing=0.2)
     with pytest.raises(UserError, match="spacing=-1"):
@@ -578,16 +587,107 @@ def test_folder_image_problems(tmp_path) -> None:
     (tmp_path / "images" / "case2.jpg").write_bytes(b"not an image")
     with pytest.raises(UserError, match="cannot read image .*case2.jpg"):
         data.load("folder", tmp_path, spacing=1.0)
-    deep = Image.fromarray(np.full((H, W), 1000, np.uint16))
-    deep.save(tmp_path / "images" / "case2.jpg", format="PNG")
-    with pytest.raises(UserError, match="case2.jpg has more than 8 bits per pixel"):
-        data.load("folder", tmp_path, spacing=1.0)
     rgb = np.repeat(np.arange(H * W, dtype=np.uint8).reshape(H, W, 1), 3, axis=2)
     Image.fromarray(rgb).save(tmp_path / "images" / "case2.jpg", format="PNG")
     Image.fromarray(np.full((H, W), 7, np.uint8)).save(tmp_path / "images" / "case10.png")
     ds = data.load("folder", tmp_path, spacing=1.0)
     np.testing.assert_array_equal(ds[0]["image"], rgb[..., 0])  # gray as RGB stays exact
     assert (ds[1]["image"] == 7).all()
+
+
+def _ramp16() -> np.ndarray:
+    """A 16-bit image: a ramp 1000..1000 + 10 (H W - 1), two outliers of 0 and 65535."""
+    values = 1000 + 10 * np.arange(H * W, dtype=np.uint16).reshape(H, W)
+    values[0, 0], values[-1, -1] = 0, 65535
+    return values
+
+
+def _percentile_8bit(values: np.ndarray, lo=0.5, hi=99.5) -> np.ndarray:
+    a, b = np.percentile(values.astype(np.float64), (lo, hi))
+    return np.rint(np.clip((values - a) * 255 / (b - a), 0, 255)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_deep_images_are_windowed_to_8_bits(tmp_path, fmt) -> None:
+    values = _ramp16()
+    path = tmp_path / f"x.{fmt.lower()}"
+    Image.fromarray(values).save(path, format=fmt)
+    assert Image.open(path).mode.startswith("I")  # 16-bit as Pillow opens it
+    assert common.image_size(path) == (W, H)
+    image = common.read_image(path)  # auto: no DICOM window, so the percentiles
+    np.testing.assert_array_equal(image, _percentile_8bit(values))
+    assert image[0, 0] == 0 and image[-1, -1] == 255  # the outliers clip
+    wide = common.read_image(path, common.Window("percentile", (5, 95)))
+    np.testing.assert_array_equal(wide, _percentile_8bit(values, 5, 95))
+    full = common.read_image(path, common.Window("range"))
+    np.testing.assert_array_equal(full, np.rint(values / 65535 * 255).astype(np.uint8))
+    floats = tmp_path / "f.tif"
+    Image.fromarray(values.astype(np.float32) / 7).save(floats)
+    np.testing.assert_array_equal(common.read_image(floats), _percentile_8bit(values / 7))
+    with pytest.raises(UserError, match="window='log'"):
+        common.Window("log")
+    with pytest.raises(UserError, match=r"percentiles=\(50, 10\)"):
+        common.Window("auto", (50, 10))
+
+
+def test_dicom_images_their_window_spacing_and_errors(tmp_path) -> None:
+    values = _ramp16()
+    plain = write_dicom(tmp_path / "plain.dcm", values)
+    np.testing.assert_array_equal(common.read_image(plain), _percentile_8bit(values))
+    assert common.image_size(plain) == (W, H) and common.dicom_spacing(plain) is None
+    # Its own window (the first of two) and rescale: stored s -> 2 s - 1000, window 3000 +- 500.
+    windowed = write_dicom(
+        tmp_path / "w.dcm",
+        values,
+        WindowCenter=[3000, 0],
+        WindowWidth=[1000, 1],
+        RescaleSlope=2,
+        RescaleIntercept=-1000,
+        PixelSpacing=[0.1, 0.1],
+    )
+    expected = np.rint(np.clip((2.0 * values - 1000 - 2500) * 255 / 1000, 0, 255))
+    np.testing.assert_array_equal(common.read_image(windowed), expected.astype(np.uint8))
+    rescaled = 2.0 * values - 1000
+    np.testing.assert_array_equal(
+        common.read_image(windowed, common.Window("percentile")), _percentile_8bit(rescaled)
+    )
+    inverted = write_dicom(tmp_path / "m1.dcm", values, PhotometricInterpretation="MONOCHROME1")
+    np.testing.assert_array_equal(common.read_image(inverted), 255 - _percentile_8bit(values))
+    assert common.dicom_spacing(windowed) == pytest.approx(0.1)
+    odd = write_dicom(tmp_path / "odd.dcm", values, ImagerPixelSpacing=[0.1, 0.2])
+    with pytest.raises(UserError, match="odd.dcm: ImagerPixelSpacing 0.1 x 0.2 mm is not square"):
+        common.dicom_spacing(odd)
+    frames = write_dicom(tmp_path / "frames.dcm", np.stack([values, values]), NumberOfFrames=2)
+    with pytest.raises(UserError, match="frames.dcm has 2 frames"):
+        common.image_size(frames)
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"not a dicom file at all")
+    with pytest.raises(UserError, match="cannot read DICOM file .*broken.dcm"):
+        common.read_image(broken)
+    truncated = tmp_path / "cut.dcm"
+    truncated.write_bytes(windowed.read_bytes()[:-500])
+    with pytest.raises(UserError, match="cut.dcm"):
+        common.read_image(truncated)
+
+
+def test_folder_of_dicom_and_16_bit_images(tmp_path) -> None:
+    """DICOM rows without a spacing take their header's; the reader's window options apply."""
+    values = _ramp16()
+    write_dicom(tmp_path / "images" / "a.dcm", values, PixelSpacing=[0.15, 0.15])
+    write_dicom(tmp_path / "images" / "b.dcm", values)
+    Image.fromarray(values).save(tmp_path / "images" / "c.png")
+    rows = [(n, _points(n, 2)) for n in ("a.dcm", "b.dcm", "c.png")]
+    _write(
+        tmp_path / "landmarks.csv", _csv_text("image", rows, [("spacing_mm", ["", "0.3", "0.2"])])
+    )
+    ds = data.load("folder", tmp_path, window="range")
+    assert [ds[i]["spacing"] for i in range(3)] == [pytest.approx(0.15), 0.3, 0.2]
+    full = np.rint(values / 65535 * 255).astype(np.uint8)
+    for i in range(3):
+        np.testing.assert_array_equal(ds[i]["image"], full)
+    _write(tmp_path / "landmarks.csv", _csv_text("image", rows, [("spacing_mm", ["", "", "0.2"])]))
+    with pytest.raises(UserError, match="line 3: spacing_mm is empty"):
+        data.load("folder", tmp_path)
 
 
 def test_folder_missing_root(tmp_path) -> None:

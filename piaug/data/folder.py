@@ -3,7 +3,7 @@
 Layout::
 
     ROOT/
-      images/          one image per example: .png .jpg .jpeg .bmp .tif .tiff
+      images/          one image per example: .png .jpg .jpeg .bmp .tif .tiff .dcm
       landmarks.csv    one row per image
 
 ``landmarks.csv`` has the header ``image,1_x,1_y,2_x,2_y,...,K_x,K_y``, optionally with a
@@ -20,14 +20,19 @@ Layout::
   y = row, measured from the centre of the top-left pixel, so inside means ``0 <= x <= W - 1``
   and ``0 <= y <= H - 1``.  Decimals are fine; every image has all K landmarks.
 * ``spacing_mm``: the pixel size in millimetres (square pixels).  Without this column pass
-  ``spacing=`` (one value for all images); giving both is an error, and so is giving neither.
+  ``spacing=`` (one value for all images); giving both is an error.  A DICOM image whose row
+  gives no spacing takes its header's (PixelSpacing, else ImagerPixelSpacing); any other
+  labelled image without one is an error.
 * ``K_conf`` columns (a confidence per landmark, as ``piaug.predict`` writes them) are
   ignored, so its ``landmarks.csv`` reads back as labels once checked.
 * ``split``: a free label such as ``train`` / ``test``.  ``split='train'`` then loads the rows
   labelled ``train``; ``split='all'`` (the default) loads every row, with or without the column.
 
 Images are read as 8-bit grayscale: colour is converted to its luma, gray stored as three equal
-channels stays as is; 16-bit and float images are refused (convert them to 8-bit first).
+channels stays as is.  16-bit, 32-bit and float images and DICOM files are mapped to 8 bits by
+the options ``window`` (``auto``: a DICOM file's own window, else the ``percentiles`` of the
+image's values; ``percentile``; ``range``: its minimum to maximum) and ``percentiles``
+(``(0.5, 99.5)``): see ``piaug.data.common.Window``.
 
 **Unlabelled images** are welcome for pretraining and prediction: an image of ``images/``
 without a row, or a row whose landmark fields are all empty, has NaN landmarks (its spacing is
@@ -51,10 +56,13 @@ from piaug.data.common import (
     DatasetSpec,
     ImageDataset,
     LandmarkTable,
+    Window,
     check_inside,
     check_options,
+    dicom_spacing,
     image_size,
     index_unique,
+    is_dicom,
     list_images,
     parse_number,
     preview,
@@ -64,9 +72,13 @@ from piaug.data.common import (
 from piaug.errors import UserError
 
 NAME = "folder"
-DEFAULTS: dict[str, Any] = {"spacing": None}  # mm/pixel unless a spacing_mm column
+DEFAULTS: dict[str, Any] = {
+    "spacing": None,  # mm/pixel unless a spacing_mm column (or a DICOM header)
+    "window": "auto",  # images of more than 8 bits: auto | percentile | range
+    "percentiles": (0.5, 99.5),
+}
 FORMAT = """\
-A folder dataset is ROOT/images/ (.png .jpg .jpeg .bmp .tif .tiff) plus ROOT/landmarks.csv with
+A folder dataset is ROOT/images/ (.png .jpg .jpeg .bmp .tif .tiff .dcm) plus ROOT/landmarks.csv with
 the header image,1_x,1_y,...,K_x,K_y and optional spacing_mm and split columns, one row per
 image (x = column, y = row, pixels); see piaug/data/folder.py."""
 
@@ -79,6 +91,7 @@ def load(root: Any, split: str | None = None, **options: Any) -> ImageDataset:
     if not isinstance(split, str) or not split:
         raise UserError(f"folder split must be 'all' or a value of the split column, got {split!r}")
     spacing = _check_spacing(opts["spacing"])
+    window = Window.of(opts)
     folder, csv_path = root / "images", root / "landmarks.csv"
     for path, what in ((folder, "folder"), (csv_path, "file")):
         if not (path.is_dir() if what == "folder" else path.is_file()):
@@ -92,11 +105,6 @@ def load(root: Any, split: str | None = None, **options: Any) -> ImageDataset:
         raise UserError(
             f"both a spacing_mm column in {csv_path} and the option spacing={spacing} were "
             "given; keep one of them"
-        )
-    if not has_spacing and spacing is None:
-        raise UserError(
-            f"{csv_path} has no spacing_mm column; add one (mm per pixel for each image) or "
-            "pass the option spacing=MM_PER_PIXEL for all images"
         )
 
     items, no_image = [], []
@@ -150,12 +158,24 @@ def load(root: Any, split: str | None = None, **options: Any) -> ImageDataset:
         unlabelled = not np.isfinite(points).all()
         if not unlabelled:
             check_inside(points, image_size(path), where, path)
-        if has_spacing and (extra["spacing_mm"] or not unlabelled):
+        if has_spacing and extra["spacing_mm"]:
             value = parse_number(extra["spacing_mm"], where, "spacing_mm")
             if value <= 0:
                 raise UserError(f"{where}: spacing_mm = {value:g} must be > 0; fix the file")
+        elif spacing is not None:
+            value = spacing
+        elif is_dicom(path) and (found := dicom_spacing(path)) is not None:
+            value = found
+        elif unlabelled:
+            value = float("nan")  # unused: no error is measured on it
+        elif has_spacing:
+            raise UserError(f"{where}: spacing_mm is empty; give the pixel size in mm")
         else:
-            value = spacing if spacing is not None else float("nan")  # unlabelled: unused
+            raise UserError(
+                f"{csv_path} has no spacing_mm column and {path.name} no spacing of its own "
+                "(only DICOM headers carry one); add the column (mm per pixel for each image) "
+                "or pass the option spacing=MM_PER_PIXEL for all images"
+            )
         paths.append(path)
         landmarks.append(points)
         spacings.append(value)
@@ -166,9 +186,15 @@ def load(root: Any, split: str | None = None, **options: Any) -> ImageDataset:
         np.array(landmarks, dtype=np.float32),
         spacings,
         num_landmarks=table.num_landmarks,
-        options={"split": split, "spacing": spacing},
+        options={
+            "split": split,
+            "spacing": spacing,
+            "window": window.mode,
+            "percentiles": window.percentiles,
+        },
         source_files=[*paths, csv_path],
         report=report,
+        window=window,
     )
 
 
