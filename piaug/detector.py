@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -37,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from piaug import models, train
+from piaug import models, tb, train
 from piaug.data import input_pipeline
 from piaug.errors import UserError, require
 
@@ -299,12 +300,14 @@ def fit(
     desc: str = "detector",
     probe: Callable[[dict, dict], dict] | None = None,
     probe_every: int = 0,
+    tensorboard: Path | None = None,
 ) -> train.TrainState:
     """Trains ``net`` on ``examples`` (``id``, ``image`` uint8 ``(H, W)``, ``landmarks``
     ``(L, 2)`` x, y in that grid) into ``workdir`` (``checkpoints/``, ``metrics.jsonl``) with
     ``piaug.train.fit`` (resume, checkpoints, the NaN stop, data parallel). ``initialize``
     turns the fresh (random) ``{"params", "batch_stats"}`` into those to start from (e.g.
-    ``carry_over`` of an encoder's); None keeps them."""
+    ``carry_over`` of an encoder's); None keeps them. ``tensorboard``: a folder for
+    TensorBoard's copy of the rows and images (``piaug.tb``)."""
     examples = [
         {
             "id": str(e["id"]),
@@ -364,6 +367,8 @@ def fit(
         probe=probe,
         probe_every=probe_every,
         probe_model=NAME,
+        tensorboard=tensorboard,
+        panel=tb.landmark_panel,
     )
 
 

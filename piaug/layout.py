@@ -14,6 +14,7 @@ A run lives in one folder::
     DIR/predictions.csv     ... and every model's landmarks of every image (original pixels)
     DIR/analysis.json       the analyze stage
     DIR/figures/            every PNG
+    DIR/tb/STAGE/           TensorBoard's copy of the metrics, and a few images (piaug.tb)
 
 This module only names and reads these; the stages that write them are in ``piaug.pipeline``.
 With several processes (``jax.distributed``), process 0 writes and the others wait for it
@@ -33,6 +34,7 @@ from jax.experimental import multihost_utils
 from piaug.errors import UserError
 
 CONFIG_FILE = "config.json"
+TENSORBOARD = "tb"
 INFO_FILE = "info_stats.json"
 TEMPLATE_FILE = "template.json"
 ESTIMATE_FILE = "augment.json"

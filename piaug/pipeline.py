@@ -58,6 +58,7 @@ from piaug import (
     mixing,
     plots,
     probe,
+    tb,
     train,
 )
 from piaug.data import input_pipeline, prepare
@@ -137,18 +138,25 @@ def info_stage(config, workdir: Path, prepared: prepare.Prepared | None = None) 
         "report": prepared.metadata.get("report", []),
         "per_image": computed["per_image"],
     }
+    board = tb.Writer(workdir / layout.TENSORBOARD / "info")
     for i in range(min(int(config.info.num_figures), len(prepared))):
         ex = prepared.source[i]
         name = ex["id"].decode()
+        groups = np.asarray(info.information_groups(ex["iie"], thresholds))
         plots.info_panel(
             ex["image"],
             ex["iie"],
-            np.asarray(info.information_groups(ex["iie"], thresholds)),
+            groups,
             ex["landmarks"],
             thresholds,
             figures / f"info_{name}.png",
             title=f"{name}  IIE {config.info.footprint}",
         )
+        panel = tb.side_by_side(
+            tb.rgb(ex["image"]), tb.colour_map(ex["iie"]), tb.colour_map(groups, 0, 2)
+        )
+        board.image(f"info/image_iie_groups/{name}", panel, 0)
+    board.close()
     plots.iie_histogram(
         analyze.HIST_EDGES,
         np.asarray(stats["iie_histogram"]["counts"]),
@@ -169,8 +177,10 @@ def _train(
     transform: input_pipeline.AnchorCrop,
     stage: str,
     mix: mixing.MixSettings | None = None,
+    tb_dir: Path | None = None,
 ) -> None:
-    """Trains both encoders with ``transform`` (and ``mix``) into ``out`` (``piaug.train``)."""
+    """Trains both encoders with ``transform`` (and ``mix``) into ``out`` (``piaug.train``),
+    TensorBoard's copy into ``tb_dir``."""
     if config.force:
         layout.clear_training(out, stage)
     prepared = configure.prepare_data(config)
@@ -211,6 +221,7 @@ def _train(
         desc=stage,
         probe=_probe(config, prepared, model),
         probe_every=int(config.eval.every),
+        tensorboard=tb_dir,
     )
     logging.info("%s: checkpoints and metrics.jsonl in %s", stage, out)
 
@@ -299,7 +310,13 @@ def pretrain_stage(config, workdir: Path) -> None:
             "pretrain: using the baseline in %s (config.train.baseline)", config.train.baseline
         )
         return
-    _train(config, workdir, configure.baseline_anchor_crop(config), "pretrain")
+    _train(
+        config,
+        workdir,
+        configure.baseline_anchor_crop(config),
+        "pretrain",
+        tb_dir=workdir / layout.TENSORBOARD / "pretrain",
+    )
 
 
 def train_stage(config, workdir: Path) -> None:
@@ -322,7 +339,14 @@ def train_stage(config, workdir: Path) -> None:
     if mix.method != "none":
         how += f", comparison method {mix.method} (config.mixing)"
     logging.info("train: %s anchors, ranges per group %s%s", transform.anchors, ranges, how)
-    _train(config, workdir / layout.PIAUG_DIR, transform, "train", mix=mix)
+    _train(
+        config,
+        workdir / layout.PIAUG_DIR,
+        transform,
+        "train",
+        mix=mix,
+        tb_dir=workdir / layout.TENSORBOARD / "train",
+    )
 
 
 class _Images:
@@ -705,6 +729,7 @@ def detector_stage(config, workdir: Path) -> None:
             desc=name,
             probe=monitor,
             probe_every=int(config.eval.every),
+            tensorboard=workdir / layout.TENSORBOARD / name,
         )
         logging.info("detector: checkpoints and metrics.jsonl in %s", out)
 

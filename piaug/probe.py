@@ -70,10 +70,22 @@ class Probe:
             upsample=self.upsample,
             combine=self.combine,
         )
+        self._first = pred[0]
         row = _row(pred, self._truth)
         row["probe_copy_mre_mm"] = self.copy_mre_mm
         row["probe_s"] = time.perf_counter() - start
         return row
+
+    def panel(self) -> np.ndarray:
+        """The first target with its true landmarks and the last call's matches
+        (``piaug.tb.matches_panel``)."""
+        return _panel(self.targets[0], self._first)
+
+
+def _panel(target: dict, predicted: np.ndarray) -> np.ndarray:
+    from piaug import tb
+
+    return tb.matches_panel(target["image"], predicted, target["landmarks"])
 
 
 def _row(pred: np.ndarray, truth: dict) -> dict[str, float]:
@@ -120,6 +132,11 @@ class DetectorProbe:
         pred, _ = detector.predict(
             self.net, variables, self._images, settings=self.settings, batch_size=self.batch_size
         )
+        self._first = pred[0]
         row = _row(pred, self._truth)
         row["probe_s"] = time.perf_counter() - start
         return row
+
+    def panel(self) -> np.ndarray:
+        """The first target with its true landmarks and the last call's (``Probe.panel``)."""
+        return _panel(self.targets[0], self._first)

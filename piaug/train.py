@@ -37,7 +37,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from piaug import losses, mixing, models
+from piaug import losses, mixing, models, tb
 from piaug.checkpoints import Checkpoints
 from piaug.data import input_pipeline
 from piaug.errors import UserError, require
@@ -392,6 +392,7 @@ def train(
     desc: str = "train",
     probe: Callable[[dict, dict], dict] | None = None,
     probe_every: int = 0,
+    tensorboard: Path | None = None,
 ) -> TrainState:
     """Trains both encoders for ``settings.num_steps(len(source))`` steps into ``workdir``
     (``checkpoints/``, ``metrics.jsonl``), resuming if a checkpoint exists (``fit``).
@@ -408,6 +409,7 @@ def train(
       probe: called with the full-image encoder's params and batch stats every
         ``probe_every`` steps (and at step 0 and the last): its metrics (``piaug.probe``) go
         into ``metrics.jsonl`` as rows of their own.
+      tensorboard: a folder for TensorBoard's copy of the rows and images (``piaug.tb``).
     Returns:
       The final state.
     """
@@ -451,6 +453,8 @@ def train(
         probe=probe,
         probe_every=probe_every,
         probe_model="image",
+        tensorboard=tensorboard,
+        panel=tb.anchor_panel,
     )
 
 
@@ -470,6 +474,8 @@ def fit(
     probe: Callable[[dict, dict], dict] | None = None,
     probe_every: int = 0,
     probe_model: str = "image",
+    tensorboard: Path | None = None,
+    panel: Callable[[dict], np.ndarray] | None = None,
 ) -> TrainState:
     """The training loop of every model here (the encoders, ``piaug.train_detector``).
 
@@ -480,7 +486,9 @@ def fit(
     ``metrics.jsonl``, saves every ``settings.checkpoint_every`` steps and at the end, stops on
     a non-finite loss or gradient norm (keeping the last good checkpoint) and saves and exits
     on SIGTERM. ``probe`` gets ``state.params[probe_model]`` and its batch stats every
-    ``probe_every`` steps (and at step 0 and the last).
+    ``probe_every`` steps (and at step 0 and the last). With ``tensorboard`` (a folder) the
+    rows go to TensorBoard too (``piaug.tb``), with ``panel(host batch)`` of the first batch
+    and the probe's ``panel()`` (if it has one) each time it runs.
     """
     workdir = Path(workdir)
     ckpt_dir = workdir / CHECKPOINTS
@@ -510,6 +518,7 @@ def fit(
 
     step_fn = compile_step(mesh, step)
     writer = MetricsWriter(workdir / METRICS_FILE, start=start)
+    board = tb.Writer(tensorboard, start=start) if tensorboard is not None else None
     bar = tqdm(
         total=total,
         initial=start,
@@ -526,6 +535,10 @@ def fit(
         begin = time.perf_counter()
         row = probe(state.params[probe_model], state.batch_stats[probe_model])
         writer.write({"step": step, **row, "time": time.time()})
+        if board is not None:
+            board.scalars(row, step)
+            if hasattr(probe, "panel"):
+                board.image("probe/matches", probe.panel(), step)
         bar.write(f"{desc}: step {step}, probe MRE {row['probe_mre_mm']:.2f} mm")
         return time.perf_counter() - begin
 
@@ -537,7 +550,10 @@ def fit(
             batches = iter(loader(start))
             tick = time.perf_counter()
             for i in range(start + 1, total + 1):
-                batch = device_batch(next(batches), mesh, batch_keys)
+                host = next(batches)
+                if board is not None and panel is not None and i == start + 1:
+                    board.image("batch/first", panel(host), i)
+                batch = device_batch(host, mesh, batch_keys)
                 state, metrics = step_fn(state, batch)
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 watched = {k: metrics[k] for k in _watched(metrics)}
@@ -558,6 +574,8 @@ def fit(
                     lr = float(schedule(i - 1))
                     row = {"step": i, **metrics, "lr": lr, "samples_per_s": rate}
                     writer.write(row | {"time": time.time()})
+                    if board is not None:
+                        board.scalars(row, i)
                 if probe_every and (i % probe_every == 0 or i == total):
                     tick += run_probe(i)  # samples_per_s leaves the probe's time out
                 if preemption.agreed() and i < total:
@@ -570,6 +588,8 @@ def fit(
     finally:
         bar.close()
         writer.close()
+        if board is not None:
+            board.close()
     checkpoints.close()
     return state
 

@@ -20,7 +20,7 @@ import pytest
 from conftest import load_config, write_dicom
 from PIL import Image
 
-from piaug import configure, detector, layout, models, pipeline, train
+from piaug import configure, detector, layout, models, pipeline, tb, train
 from piaug.data.input_pipeline import LandmarkAugment
 from piaug.errors import UserError
 
@@ -188,6 +188,16 @@ def test_pseudo_labels_train_detectors_that_evaluate_on_unseen_images(tiny_run, 
         entry = results[name]
         assert entry["split"] == "test" and entry["checkpoint"]["step"] == 3
         assert len(entry["per_image_mre_mm"]) == len(entry["ids"]) == entry["n_images"]
+        events = tb.read(detector_run / layout.TENSORBOARD / name)  # TensorBoard's copy
+        lines = (folder / layout.METRICS_FILE).read_text().splitlines()
+        logged = [r for r in map(json.loads, lines) if "loss" in r]
+        assert [(s, pytest.approx(v)) for s, v in events["loss/loss"]] == [
+            (r["step"], r["loss"]) for r in logged
+        ]
+        assert events["batch/first"] == [(1, (64, 64))]  # the image with its landmarks
+        assert [s for s, _ in events["probe/matches"]] == [
+            s for s, _ in events["probe/probe_mre_mm"]
+        ]
     # the encoders of the other run are evaluated here too, on the same images
     assert results["baseline"]["ids"] == results[DETECTORS[0]]["ids"]
     with (detector_run / layout.PREDICTIONS_FILE).open() as f:

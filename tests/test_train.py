@@ -139,6 +139,29 @@ def test_pretrain_writes_checkpoints_and_metrics(tiny_run, tiny_config, logs):
     assert "already holds step 6 of 6" in logs.text
 
 
+def test_tensorboard_holds_the_metrics_and_the_images(tiny_run):
+    """DIR/tb/STAGE: the same scalars as metrics.jsonl, the info stage's panels, each training
+    stage's first batch and the probe's matches, read back from the event files."""
+    from piaug import tb
+
+    assert sorted(p.name for p in (tiny_run / "tb").iterdir()) == ["info", "pretrain", "train"]
+    for stage, sub in (("pretrain", ""), ("train", "piaug")):
+        events = tb.read(tiny_run / "tb" / stage)
+        rows = _rows(tiny_run / sub if sub else tiny_run)
+        assert [s for s, _ in events["loss/loss"]] == [r["step"] for r in rows]
+        np.testing.assert_allclose(
+            [v for _, v in events["loss/loss"]], [r["loss"] for r in rows], rtol=1e-6
+        )
+        for tag in ("loss/loss_s2", "psi/psi_s32", "grad_norm/grad_norm_crop", "train/lr"):
+            assert len(events[tag]) == len(rows), tag
+        assert [s for s, _ in events["probe/probe_mre_mm"]] == [0, 3, 6]
+        ((step, (height, width)),) = events["batch/first"]
+        assert step == 1 and height == 64 and width == 64 + 4 + 32  # the image, then the crop
+        assert [s for s, _ in events["probe/matches"]] == [0, 3, 6]
+    info = tb.read(tiny_run / "tb" / "info")
+    assert len(info) == 2 and all(v[0][1] == (64, 3 * 64 + 8) for v in info.values())
+
+
 def test_evaluate_writes_results_for_both_protocols(tiny_run, tiny_config, logs):
     results = json.loads((tiny_run / "results.json").read_text())
     assert set(results) == {"baseline", "piaug", "template_copy"}
