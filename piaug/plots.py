@@ -4,21 +4,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
+from piaug.data import input_pipeline
 
-from piaug.data import input_pipeline  # noqa: E402
+
+def _subplots(*args, **kwargs):
+    """``(figure, axes)`` of a figure outside pyplot: no backend is chosen or changed (a
+    notebook's stays inline), and nothing is kept once it is saved."""
+    fig = Figure(figsize=kwargs.pop("figsize", None), layout="constrained")
+    kwargs.pop("constrained_layout", None)
+    return fig, fig.subplots(*args, **kwargs)
+
 
 GROUP_COLORS = ("#3b4cc0", "#8fbc8f", "#d9534f")  # low, medium, high
 
 
 def info_panel(image, iie, groups, landmarks, thresholds, path: Path, *, title: str = "") -> None:
     """Image | IIE map | information groups, landmarks marked on all three."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.6), constrained_layout=True)
+    fig, axes = _subplots(1, 3, figsize=(13, 4.6), constrained_layout=True)
     landmarks = np.asarray(landmarks)
     axes[0].imshow(image, cmap="gray", vmin=0, vmax=255)
     axes[0].set_title("image")
@@ -33,12 +42,11 @@ def info_panel(image, iie, groups, landmarks, thresholds, path: Path, *, title: 
         ax.set_axis_off()
     fig.suptitle(title)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def iie_histogram(edges, counts, thresholds, landmark_iie, path: Path, *, title: str = "") -> None:
     """Distribution of IIE over all pixels (and at landmarks), group thresholds marked."""
-    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    fig, ax = _subplots(figsize=(7, 4), constrained_layout=True)
     widths = np.diff(edges)
     density = np.asarray(counts) / max(1, np.sum(counts)) / widths
     ax.bar(edges[:-1], density, widths, align="edge", color="0.6", label="all pixels")
@@ -59,13 +67,12 @@ def iie_histogram(edges, counts, thresholds, landmark_iie, path: Path, *, title:
     ax.set_title(title)
     ax.legend()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def overlay(image, true, pred, path: Path, *, title: str = "") -> None:
     """Predicted (red crosses) against true (cyan dots) landmarks, joined by lines; (x, y)."""
     true, pred = np.asarray(true), np.asarray(pred)
-    fig, ax = plt.subplots(figsize=(6, 6), constrained_layout=True)
+    fig, ax = _subplots(figsize=(6, 6), constrained_layout=True)
     ax.imshow(image, cmap="gray", vmin=0, vmax=255)
     for (x0, y0), (x1, y1) in zip(true, pred, strict=True):
         ax.plot([x0, x1], [y0, y1], color="#ffd54f", lw=0.8)
@@ -75,7 +82,6 @@ def overlay(image, true, pred, path: Path, *, title: str = "") -> None:
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
@@ -85,7 +91,6 @@ def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def _shade_groups(ax, thresholds, top: float = 8.0) -> None:
@@ -114,7 +119,7 @@ def loss_vs_iie(centers, curves: dict, thresholds, path: Path, *, title: str = "
     """Fig. 2: mean per-pixel loss and PSI against the anchor's IIE, one line per encoder.
 
     ``curves``: encoder name -> ``(loss, psi, count)`` per IIE bin (NaN where empty)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    fig, axes = _subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     for name, (loss, psi, _) in curves.items():
         axes[0].plot(centers, loss, marker=".", label=name)
         axes[1].plot(centers, psi, marker=".", label=name)
@@ -127,7 +132,6 @@ def loss_vs_iie(centers, curves: dict, thresholds, path: Path, *, title: str = "
         ax.legend()
     fig.suptitle(title)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def sampling_probability(
@@ -135,7 +139,7 @@ def sampling_probability(
 ) -> None:
     """Fig. 3: the probability that an anchor falls at each IIE, per weight map; landmark IIE
     marked. ``density``: the pixels' IIE density per bin; ``weights``: label -> weight per bin."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), constrained_layout=True)
+    fig, ax = _subplots(figsize=(7.5, 4.2), constrained_layout=True)
     width = float(np.mean(np.diff(centers)))
     for label, w in weights.items():
         p = np.asarray(density) * np.asarray(w)
@@ -148,7 +152,7 @@ def sampling_probability(
 
 def mi_density(values: dict, targets: dict, path: Path, *, title: str = "") -> None:
     """Fig. 6: the density of template-to-image MI per information group, targets marked."""
-    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    fig, ax = _subplots(figsize=(7, 4), constrained_layout=True)
     colors = dict(zip(("low", "medium", "high"), GROUP_COLORS, strict=True))
     top = max([float(np.max(v)) for v in values.values() if len(v)] + [1e-6])
     bins = np.linspace(0.0, top * 1.05, 40)
@@ -168,7 +172,7 @@ def mi_density(values: dict, targets: dict, path: Path, *, title: str = "") -> N
 
 def footprint_maps(image, maps: dict, path: Path, *, title: str = "") -> None:
     """Fig. 7: the image and its IIE map under each footprint."""
-    fig, axes = plt.subplots(
+    fig, axes = _subplots(
         1, 1 + len(maps), figsize=(3.6 * (1 + len(maps)), 4.2), constrained_layout=True
     )
     axes[0].imshow(image, cmap="gray", vmin=0, vmax=255)
@@ -181,12 +185,11 @@ def footprint_maps(image, maps: dict, path: Path, *, title: str = "") -> None:
         ax.set_axis_off()
     fig.suptitle(title)
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def loss_curves(curves: dict, path: Path, *, title: str = "") -> None:
     """Training loss against step, one line per run (raw, and a moving average)."""
-    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    fig, ax = _subplots(figsize=(7, 4), constrained_layout=True)
     for name, (steps, loss) in curves.items():
         steps, loss = np.asarray(steps), np.asarray(loss, np.float64)
         line = ax.plot(steps, loss, alpha=0.25)[0]
@@ -201,7 +204,7 @@ def probe_curves(
 ) -> None:
     """The probe's one-shot MRE (mm) against the training step, one line per run;
     ``reference`` adds horizontal lines (e.g. ``{"template copied": 10.0}``)."""
-    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    fig, ax = _subplots(figsize=(7, 4), constrained_layout=True)
     for name, (steps, mre) in curves.items():
         ax.plot(steps, mre, marker="o", markersize=3, label=name)
     for name, value in (reference or {}).items():
@@ -222,8 +225,8 @@ def training_batch(batch: dict, path: Path, *, strides=(32, 16, 8, 4, 2), count:
     batch = input_pipeline.per_crop(batch)
     n = min(int(count), len(batch["anchor"]))
     crop_size = batch["crop"].shape[1]
-    colors = plt.cm.viridis(np.linspace(0, 0.9, len(strides)))
-    fig, axes = plt.subplots(n, 3, figsize=(10, 3.4 * n), constrained_layout=True, squeeze=False)
+    colors = colormaps["viridis"](np.linspace(0, 0.9, len(strides)))
+    fig, axes = _subplots(n, 3, figsize=(10, 3.4 * n), constrained_layout=True, squeeze=False)
     for i in range(n):
         image, crop = np.asarray(batch["image"][i]), np.asarray(batch["crop"][i])
         anchors = np.asarray(batch["anchor"][i]).reshape(-1, 2)
@@ -231,7 +234,7 @@ def training_batch(batch: dict, path: Path, *, strides=(32, 16, 8, 4, 2), count:
         (r, c), (cr, cc) = anchors[0], crop_anchors[0]
         axes[i, 0].imshow(image, cmap="gray", vmin=0, vmax=255)
         axes[i, 0].add_patch(
-            plt.Rectangle((c - cc, r - cr), crop_size, crop_size, fill=False, color="orange")
+            Rectangle((c - cc, r - cr), crop_size, crop_size, fill=False, color="orange")
         )
         axes[i, 0].scatter([c], [r], s=20, c="red")
         axes[i, 0].set_title(f"image, anchor ({r}, {c})", fontsize=9)
@@ -256,7 +259,7 @@ def training_batch(batch: dict, path: Path, *, strides=(32, 16, 8, 4, 2), count:
         for ax, (y, x) in ((axes[i, 1], (r, c)), (axes[i, 2], (cr, cc))):
             for s, color in zip(strides, colors, strict=True):
                 ax.add_patch(
-                    plt.Rectangle(
+                    Rectangle(
                         ((x // s) * s - 0.5, (y // s) * s - 0.5), s, s, fill=False, color=color
                     )
                 )
@@ -266,12 +269,11 @@ def training_batch(batch: dict, path: Path, *, strides=(32, 16, 8, 4, 2), count:
         for ax in axes[i]:
             ax.set_axis_off()
     handles = [
-        plt.Line2D([], [], color=col, label=f"cell at stride {s}")
+        Line2D([], [], color=col, label=f"cell at stride {s}")
         for s, col in zip(strides, colors, strict=True)
     ]
     fig.legend(handles=handles, loc="lower center", ncol=len(strides), fontsize=8)
     fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def landmarks(image, points, path: Path, *, title: str = "", max_side: float = 8.0) -> None:
@@ -279,7 +281,7 @@ def landmarks(image, points, path: Path, *, title: str = "", max_side: float = 8
     points = np.asarray(points)
     h, w = np.shape(image)[:2]
     scale = max_side / max(h, w)
-    fig, ax = plt.subplots(figsize=(w * scale, h * scale + 0.4), constrained_layout=True)
+    fig, ax = _subplots(figsize=(w * scale, h * scale + 0.4), constrained_layout=True)
     ax.imshow(image, cmap="gray", vmin=0, vmax=255)
     ax.scatter(points[:, 0], points[:, 1], s=18, c="#ff1744", edgecolors="k", lw=0.5)
     for i, (x, y) in enumerate(points, start=1):
@@ -289,4 +291,3 @@ def landmarks(image, points, path: Path, *, title: str = "", max_side: float = 8
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     fig.savefig(path, dpi=100)
-    plt.close(fig)
