@@ -33,10 +33,12 @@ flags.DEFINE_integer("process_id", None, "This process's index in a distributed 
 
 
 class _QuietLibraries(std_logging.Filter):
-    """Drops the INFO chatter of orbax and TFDS (their warnings and errors still show)."""
+    """Drops the INFO chatter of orbax, TFDS, grain and JAX's backend search (e.g. "Unable to
+    initialize backend 'tpu'" on every machine without one; each stage's log names the devices
+    in use instead); their warnings and errors still show."""
 
     def filter(self, record):
-        noisy = ("/orbax/", "/tensorflow_datasets/", "/grain/")
+        noisy = ("/orbax/", "/tensorflow_datasets/", "/grain/", "/jax/_src/xla_bridge.py")
         return record.levelno > std_logging.INFO or not any(n in record.pathname for n in noisy)
 
 
@@ -71,8 +73,15 @@ def parse_flags(argv):
         return FLAGS(argv)
     except (AttributeError, KeyError) as e:
         bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        # KeyError's str() is its repr ('\'trian\'\nDid you mean ...'): its text, on one line
+        text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        name, _, hint = text.partition("\n")
+        name = name.strip().strip(chr(39) + chr(34))
+        bad = [a for a in bad if name in a.split(".")] or bad  # the override that names it
+        text = f"no field '{name}'"
+        text += f"; {hint[0].lower()}{hint[1:]}" if hint else ""
         raise SystemExit(
-            f"error: unknown config field in {' '.join(bad)} ({e}); "
+            f"error: unknown config field in {' '.join(bad)} ({text}); "
             "see the config file for the fields it defines"
         ) from None
     except (flags.IllegalFlagValueError, TypeError, ValueError) as e:
@@ -91,8 +100,7 @@ def main(argv):
 
     try:
         pipeline.run(FLAGS.config, FLAGS.workdir)
-    except UserError as e:  # bad input: a clear message, no traceback
-        logging.error("%s", e)
+    except UserError as e:  # bad input: a clear message, once, no traceback
         raise SystemExit(f"error: {e}") from None
 
 

@@ -139,13 +139,24 @@ def test_command_line_errors_are_one_line(tmp_path):
     workdir (the only errors the command line itself raises; the others are the config
     edge's, tested in-process below)."""
     for override, message in [
-        ("--config.data.bogus=1", "unknown config field in --config.data.bogus"),
+        ("--config.data.bogus=1", "unknown config field in --config.data.bogus (no field 'bogus')"),
+        (
+            "--config.trian.steps=3",
+            """(no field 'trian'; did you mean "train" instead of "trian"?)""",
+        ),
         ("--config.train.steps=five", "--config.train.steps=five: invalid literal for int()"),
     ]:
         result = run_cli(tmp_path / "wd", override)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "wd").exists()
+
+
+def test_a_pipeline_error_is_printed_once_without_backend_chatter(tmp_path):
+    result = run_cli(tmp_path / "wd", "--config.data.dir=/nonexistent", config="configs/ceph.py")
+    assert result.returncode != 0 and result.stderr.count("does not exist") == 1, result.stderr
+    assert result.stderr.count("Get it from") == 1  # the download instructions, once
+    assert "Unable to initialize backend" not in result.stderr
 
 
 BAD_VALUES = [
