@@ -1,5 +1,6 @@
 """Prepared (TFDS array_record) datasets: content, resizing, fingerprint and rebuilds."""
 
+import logging
 import os
 
 import numpy as np
@@ -65,9 +66,13 @@ def test_resized_points_follow_the_image():
     )
 
 
-def test_built_once_and_rebuilt_when_settings_change(prepared, tmp_path):
+def test_built_once_and_rebuilt_when_settings_change(prepared, tmp_path, capsys, caplog):
     dataset = _synthetic()
+    caplog.set_level(logging.INFO)
     first = prepare.prepare(dataset, image_size=(64, 48), footprint="disk(2)", cache_dir=tmp_path)
+    # TFDS's notes on a first preparation are not the user's business: nothing is downloaded
+    assert "Downloading and preparing" not in capsys.readouterr().out
+    assert "Variant folder" not in caplog.text and "preparing SyntheticDataset" in caplog.text
     files = sorted(first.path.glob("*.array_record*"))
     stamps = [f.stat().st_mtime_ns for f in files]
     again = prepare.prepare(dataset, image_size=(64, 48), footprint="disk(2)", cache_dir=tmp_path)

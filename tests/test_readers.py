@@ -690,6 +690,15 @@ def test_folder_of_dicom_and_16_bit_images(tmp_path) -> None:
         data.load("folder", tmp_path)
 
 
+def test_a_datasets_report_is_logged_once(tmp_path, caplog) -> None:
+    _folder(tmp_path, FOLDER_ROWS)
+    _write(tmp_path / "images" / "extra.png", _image_bytes("PNG"))
+    caplog.set_level(logging.WARNING)
+    for _ in range(3):  # the stages open a dataset several times
+        ds = data.load("folder", tmp_path, spacing=1.0)
+    assert ds.report and caplog.text.count("(extra.png): unlabelled") == 1
+
+
 def test_folder_missing_root(tmp_path) -> None:
     with pytest.raises(UserError, match="(?s)does not exist.*ROOT/images/"):
         data.load("folder", tmp_path / "nowhere")

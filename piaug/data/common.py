@@ -44,6 +44,7 @@ DICOM_EXTENSIONS = (".dcm",)
 _DEEP_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;32", "I;32S", "F;32")
 _IMAGE_COLUMNS = ("image", "image_path")
 WINDOWS = ("auto", "percentile", "range")
+_REPORTED: set[tuple[str, str]] = set()  # the report lines logged so far
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,8 +164,10 @@ class ImageDataset(Sequence):
         self.options = dict(options)
         self.source_files = [Path(p) for p in source_files]
         self.report = list(report)
-        for line in self.report:
-            logging.warning("%s dataset: %s", name, line)
+        for line in self.report:  # once a process: the stages open a dataset more than once
+            if (name, line) not in _REPORTED:
+                _REPORTED.add((name, line))
+                logging.warning("%s dataset: %s", name, line)
 
     def __len__(self) -> int:
         return len(self.ids)

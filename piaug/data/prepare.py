@@ -19,10 +19,13 @@ start from ``landmarks_original``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
+import io
 import json
+import logging as std_logging
 import os
 from pathlib import Path
 
@@ -281,6 +284,29 @@ class Prepared:
         return self.metadata["ids"]
 
 
+class _NotForUsers(std_logging.Filter):
+    """TFDS's notes about a dataset that does not exist yet (every first preparation)."""
+
+    def filter(self, record):
+        return not str(record.msg).startswith("Variant folder")
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+    """TFDS's words that are not the user's business here: its "Variant folder ... has no
+    dataset_info.json" warning before a first preparation and its printed "Downloading and
+    preparing dataset Unknown size ..." lines (nothing is downloaded; piaug logs what it
+    prepares, with its own progress bar). Its errors still raise."""
+    quiet = _NotForUsers()
+    logger = std_logging.getLogger("absl")
+    logger.addFilter(quiet)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 def prepare(
     dataset,
     *,
@@ -303,21 +329,25 @@ def prepare(
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     settings = {"image_size": list(image_size), "footprint": footprint, "split": split}
     key = fingerprint(dataset, settings)
-    builder = builder_class(dataset.name)(
-        dataset=dataset,
-        image_size=image_size,
-        footprint=footprint,
-        data_dir=cache_dir / dataset.name / key,
-        file_format="array_record",
-    )
-    if builder.is_prepared():
+    with _quiet_tfds():
+        builder = builder_class(dataset.name)(
+            dataset=dataset,
+            image_size=image_size,
+            footprint=footprint,
+            data_dir=cache_dir / dataset.name / key,
+            file_format="array_record",
+        )
+    with _quiet_tfds():
+        prepared = builder.is_prepared()
+    if prepared:
         logging.info("prepared dataset found at %s", builder.data_dir)
     else:
         logging.info("preparing %s into %s", dataset, builder.data_dir)
         tfds.display_progress_bar(False)  # our own bar counts images, with rate and ETA
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-        )
+        with _quiet_tfds():
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+            )
     built = tfds.builder_from_directory(builder.data_dir)
     if TFDS_SPLIT not in built.info.splits:
         raise UserError(
