@@ -140,6 +140,24 @@ def prepare_workdir(config: dict, workdir: Path, *, evaluate_only: bool = False)
     return config
 
 
+def holds_no_file(folder: Path, *, but: tuple[str, ...] = ()) -> bool:
+    """Whether ``folder`` holds no file (at any depth) other than those named ``but`` at its
+    top: only empty folders."""
+    return all(
+        p.is_dir() or (p.parent == folder and p.name in but) for p in Path(folder).rglob("*")
+    )
+
+
+def remove_if_nothing_made(workdir: Path) -> bool:
+    """Removes a new run's ``workdir`` when it holds nothing but ``config.json`` and empty
+    folders (its first stage failed); True if it did. Never removes any other file."""
+    workdir = Path(workdir)
+    if not workdir.is_dir() or not holds_no_file(workdir, but=(CONFIG_FILE,)):
+        return False
+    shutil.rmtree(workdir)
+    return True
+
+
 def _field_names(fields, every) -> str:
     """``fields`` (dotted) named for a log line: a section whose fields are all there is
     ``section.*``."""

@@ -75,9 +75,19 @@ def run(config, workdir: str | Path) -> None:
     workdir = Path(workdir)
     current = configure.as_dict(config)
     only_eval = configure.evaluate_only(stages)
+    fresh = not (workdir / layout.CONFIG_FILE).exists()
     layout.primary_first(
         lambda: layout.prepare_workdir(current, workdir, evaluate_only=only_eval), "workdir"
     )
+    try:
+        _run_stages(config, workdir, stages, current)
+    except UserError:
+        if fresh and jax.process_index() == 0 and layout.remove_if_nothing_made(workdir):
+            logging.info("removed %s: the run stopped before it made anything", workdir)
+        raise
+
+
+def _run_stages(config, workdir: Path, stages, current: dict) -> None:
     saved = layout.read_json(workdir / layout.CONFIG_FILE)
     where = configure.describe_devices()
     for stage in STAGES:

@@ -134,6 +134,35 @@ def test_the_log_names_the_devices_and_warns_of_a_long_cpu_training(tiny_run, lo
     assert " days on a 2-core laptop CPU" in logs.text
 
 
+def test_a_failed_first_stage_leaves_no_workdir(tmp_path, logs):
+    """A truncated image stops the info stage of a new run: no config.json, no empty folder
+    is left (the next call starts clean); an existing run's files are never removed."""
+    root = tmp_path / "mine"
+    (root / "images").mkdir(parents=True)
+    for i in range(3):
+        pixels = np.random.default_rng(i).integers(0, 255, (60, 50), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"c{i}.png")
+    bad = root / "images" / "c1.png"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    (root / "landmarks.csv").write_text("image,1_x,1_y\nc0.png,3,4\nc1.png,5,6\nc2.png,7,8\n")
+    config = load_config("folder")
+    config.data.dir, config.data.options.spacing = str(root), 0.1
+    config.data.image_size, config.data.crop_size = (32, 32), 16
+    config.info.footprint, config.stages = "disk(2)", "info"
+    config.data.cache_dir = str(tmp_path / "cache")
+    with pytest.raises(UserError, match="cannot decode image .*c1.png"):
+        pipeline.run(config, tmp_path / "run")
+    assert (
+        not (tmp_path / "run").exists() and "the run stopped before it made anything" in logs.text
+    )
+    assert not list((tmp_path / "cache").rglob("*"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(configure.as_dict(config)))
+    with pytest.raises(UserError):  # a run that existed before the call keeps its files
+        pipeline.run(config, tmp_path / "run")
+    assert (tmp_path / "run" / "config.json").exists()
+
+
 def test_command_line_errors_are_one_line(tmp_path):
     """An unknown field and a value of the wrong type: one line each, no traceback, no
     workdir (the only errors the command line itself raises; the others are the config

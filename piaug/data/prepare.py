@@ -27,6 +27,7 @@ import io
 import json
 import logging as std_logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from absl import logging
 from PIL import Image
 from tqdm import tqdm
 
-from piaug import data, info
+from piaug import data, info, layout
 from piaug.data.common import check_inside
 from piaug.errors import UserError
 
@@ -284,6 +285,18 @@ class Prepared:
         return self.metadata["ids"]
 
 
+def _remove_empty(folder: Path, stop: Path) -> None:
+    """Removes ``folder`` if it holds only empty folders, then each empty parent up to (not
+    including) ``stop``; a file anywhere keeps it."""
+    folder = Path(folder)
+    if folder.is_dir() and layout.holds_no_file(folder):
+        shutil.rmtree(folder)
+    parent = folder.parent
+    while parent != Path(stop) and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+
+
 class _NotForUsers(std_logging.Filter):
     """TFDS's notes about a dataset that does not exist yet (every first preparation)."""
 
@@ -344,10 +357,14 @@ def prepare(
     else:
         logging.info("preparing %s into %s", dataset, builder.data_dir)
         tfds.display_progress_bar(False)  # our own bar counts images, with rate and ETA
-        with _quiet_tfds():
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-            )
+        try:
+            with _quiet_tfds():
+                builder.download_and_prepare(
+                    download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+                )
+        except BaseException:
+            _remove_empty(cache_dir / dataset.name / key, cache_dir)  # no empty folders left
+            raise
     built = tfds.builder_from_directory(builder.data_dir)
     if TFDS_SPLIT not in built.info.splits:
         raise UserError(
