@@ -834,9 +834,16 @@ def evaluate_stage(config, workdir: Path, *, tag: str = "") -> None:
     todo_detectors = {k: d for k, d in detectors.items() if config.force or k not in results}
     if not todo and not todo_detectors:
         logging.info(
-            "evaluate: %s holds %s, skipping (--config.force=True redoes it)",
+            "evaluate: %s holds %s, skipping (--config.force=True redoes it)\n%s",
             path,
             [k for k in results if k != COPY_KEY],
+            evaluate.table(
+                {
+                    name: {"grid": r, "full": r["full_resolution"]}
+                    for name, r in results.items()
+                    if "full_resolution" in r
+                }
+            ),
         )
         return
     figures = workdir / layout.FIGURES / tag if tag else workdir / layout.FIGURES

@@ -543,6 +543,7 @@ def fit(
         return time.perf_counter() - begin
 
     tick, tick_step = time.perf_counter(), start
+    finished = start
     try:
         if probe_every and start == 0:
             run_probe(0)
@@ -555,6 +556,7 @@ def fit(
                     board.image("batch/first", panel(host), i)
                 batch = device_batch(host, mesh, batch_keys)
                 state, metrics = step_fn(state, batch)
+                finished = i
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 watched = {k: metrics[k] for k in _watched(metrics)}
                 if not all(np.isfinite(v) for v in watched.values()):
@@ -585,6 +587,13 @@ def fit(
                         f"SIGTERM: saved step {i} of {total} to {ckpt_dir}; run the same "
                         "command again to resume"
                     )
+    except KeyboardInterrupt:
+        checkpoints.close()  # the saves under way finish first
+        raise TrainingStopped(
+            f"{desc}: interrupted (Ctrl-C) after step {finished} of {total}; the last "
+            f"checkpoint is step {checkpoints.latest_step()} in {ckpt_dir}: run the same "
+            "command again to resume from it"
+        ) from None
     finally:
         bar.close()
         writer.close()

@@ -7,6 +7,7 @@ benchmarks/gpu_check.sh runs at a tiny size."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -183,6 +184,7 @@ def test_evaluate_writes_results_for_both_protocols(tiny_run, tiny_config, logs)
     tiny_config.stages = "evaluate"
     pipeline.run(tiny_config, tiny_run)
     assert "holds ['baseline', 'piaug'], skipping" in logs.text
+    assert re.search(rf"baseline +grid +{baseline['mre_mm']:.3f}", logs.text)  # its table, again
 
 
 def test_evaluation_settings_may_change_on_a_finished_run(tiny_run, tiny_config, logs):
@@ -295,6 +297,20 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [3]
     assert [r["step"] for r in _rows(tmp_path)] == [1, 2, 3, 4]
+
+    def interrupted(batch, *args):  # Ctrl-C at the second step after resuming
+        calls[0] += 1
+        if calls[0] == 7:
+            raise KeyboardInterrupt
+        return original(batch, *args)
+
+    monkeypatch.setattr(train, "device_batch", interrupted)
+    with pytest.raises(train.TrainingStopped) as error:
+        pipeline.run(tiny_config, tmp_path)  # resumes from step 3
+    assert "pretrain: interrupted (Ctrl-C) after step 4 of 6; the last checkpoint is step 3" in str(
+        error.value
+    )
+    assert "run the same command again to resume from it" in str(error.value)
 
 
 def test_train_without_an_estimate_says_what_to_do(tiny_config, tmp_path):
