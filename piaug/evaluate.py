@@ -60,9 +60,10 @@ def radial_errors(pred, true, mm_per_pixel) -> np.ndarray:
     return np.sqrt((((pred - true) * scale) ** 2).sum(-1))
 
 
-def metrics(errors, *, radii: Sequence[float] = RADII, protocol: str = "grid") -> dict:
+def metrics(errors, *, radii: Sequence[float] = RADII, protocol: str = "grid", ids=None) -> dict:
     """MRE (mean over landmarks of the mean over images), SDR per radius (% strictly below),
-    per-landmark MRE, the worst cases, as in DESIGN.md 3's ``results.json``."""
+    per-landmark MRE, the worst cases (their image by its id when ``ids`` are given, else by
+    its index), as in DESIGN.md 3's ``results.json``."""
     errors = np.asarray(errors, np.float64)
     if errors.ndim != 2 or errors.size == 0:
         raise ValueError(f"need (N, L) errors, got {errors.shape}")
@@ -79,7 +80,11 @@ def metrics(errors, *, radii: Sequence[float] = RADII, protocol: str = "grid") -
         "per_landmark_mre_mm": per_landmark.round(4).tolist(),
         "per_image_mre_mm": errors.mean(1).round(4).tolist(),
         "worst": [
-            {"image": int(i), "landmark": int(j), "error_mm": float(errors[i, j])}
+            {
+                "image": int(i) if ids is None else str(ids[i]),
+                "landmark": int(j),
+                "error_mm": float(errors[i, j]),
+            }
             for i, j in zip(*np.unravel_index(worst, errors.shape), strict=True)
         ],
     }
@@ -100,6 +105,7 @@ def truth(examples, image_size) -> dict:
         "spacing": np.array([float(e["spacing"]) for e in examples]),
         "original_size": np.stack([e["original_size"] for e in examples]),
         "image_size": tuple(int(s) for s in image_size),
+        "ids": [e["id"].decode() if isinstance(e["id"], bytes) else str(e["id"]) for e in examples],
     }
 
 
@@ -111,11 +117,13 @@ def evaluate(
     original_size,
     image_size,
     radii: Sequence[float] = RADII,
+    ids=None,
 ) -> dict[str, dict]:
     """Both protocols for predictions ``(N, L, 2)`` (x, y) in the training grid.
 
     ``landmarks_original``: the truth in original pixels; ``spacing`` ``(N,)`` mm per original
-    pixel; ``original_size`` ``(N, 2)`` (height, width).
+    pixel; ``original_size`` ``(N, 2)`` (height, width); ``ids``: the images' ids (``worst``
+    names them).
     Returns ``{"grid": metrics, "full": metrics}``.
     """
     pred_grid = np.asarray(pred_grid, np.float64)
@@ -127,8 +135,10 @@ def evaluate(
         np.asarray(spacing, np.float64),
     )
     return {
-        "grid": metrics(grid, radii=radii, protocol=f"grid {image_size[0]}x{image_size[1]}"),
-        "full": metrics(full, radii=radii, protocol="full resolution"),
+        "grid": metrics(
+            grid, radii=radii, protocol=f"grid {image_size[0]}x{image_size[1]}", ids=ids
+        ),
+        "full": metrics(full, radii=radii, protocol="full resolution", ids=ids),
     }
 
 

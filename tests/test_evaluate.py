@@ -37,6 +37,11 @@ def test_metrics_mre_sdr_strictly_below_and_worst():
         "4.0": pytest.approx(500 / 6),
     }
     assert m["n_images"] == 2 and m["worst"][0] == {"image": 0, "landmark": 2, "error_mm": 5.0}
+    named = evaluate.metrics(errors, ids=["case7", "case9"])["worst"]
+    assert named[:2] == [
+        {"image": "case7", "landmark": 2, "error_mm": 5.0},
+        {"image": "case9", "landmark": 0, "error_mm": 3.0},
+    ]
     with pytest.raises(ValueError, match="NaN"):
         evaluate.metrics(np.array([[np.nan]]))
 

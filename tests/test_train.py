@@ -179,6 +179,7 @@ def test_evaluate_writes_results_for_both_protocols(tiny_run, tiny_config, logs)
     assert baseline["template"]["chosen_by"] == "salient-point policy"
     assert baseline["template"]["id"].startswith("synthetic-0-")  # from the training split
     assert baseline["ids"] == [f"synthetic-1-{i:04d}" for i in range(3)]  # the test split
+    assert all(w["image"] in baseline["ids"] for w in baseline["worst"])  # named by their ids
     assert len(list((tiny_run / "figures").glob("overlay_baseline_*.png"))) == 2
     assert len(list((tiny_run / "figures").glob("overlay_piaug_*.png"))) == 2
     tiny_config.stages = "evaluate"
