@@ -387,6 +387,12 @@ def choose_template(config, workdir: Path, pool: _Images, features, encoder: Pat
             where = "config.eval.template"
         else:
             chosen, where = layout.read_json(path), str(path)
+            logging.info(
+                "template: %s, chosen earlier and kept in %s (--config.force keeps it too, so "
+                "that every stage and encoder shares it): delete the file to choose again",
+                chosen["id"],
+                path,
+            )
         if chosen["id"] not in pool.ids:
             raise UserError(
                 f"{where}: template {chosen['id']!r} is not an image of split "

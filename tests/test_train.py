@@ -203,6 +203,9 @@ def test_evaluation_settings_may_change_on_a_finished_run(tiny_run, tiny_config,
     assert results["piaug"]["eval"]["upsample"] == "bilinear"
     before = json.loads(kept["results.json"])
     assert results["piaug"]["template"] == before["piaug"]["template"]  # the run's template
+    assert (
+        "chosen earlier and kept in" in logs.text and "delete the file to choose again" in logs.text
+    )
     assert results["template_copy"] == before["template_copy"]
     assert {n: (tiny_run / n).read_bytes() for n in kept} == kept
     assert len(list((tiny_run / "figures" / tagged.stem[8:]).glob("overlay_*.png"))) == 4
