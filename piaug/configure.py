@@ -361,6 +361,11 @@ def check(config, stages: Sequence[str] = STAGES) -> None:
         raise UserError(
             f"config.eval.upsample={config.eval.upsample!r}: use one of {matching.UPSAMPLING}"
         )
+    if int(config.eval.template_candidates) < 0:
+        raise UserError(
+            f"config.eval.template_candidates={config.eval.template_candidates}: give 0 (score "
+            "every labelled image) or how many to score"
+        )
     if config.eval.combine not in matching.COMBINE:
         raise UserError(
             f"config.eval.combine={config.eval.combine!r}: use one of {matching.COMBINE}"

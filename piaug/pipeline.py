@@ -422,6 +422,7 @@ def choose_template(config, workdir: Path, pool: _Images, features, encoder: Pat
             "chosen among the labelled images (use piaug.predict --choose-template to pick the "
             "image to annotate)"
         )
+    candidates = spread(pool.labelled, int(cfg.template_candidates))
     index, scores = matching.choose_template(
         features(),
         points,
@@ -429,7 +430,7 @@ def choose_template(config, workdir: Path, pool: _Images, features, encoder: Pat
         upsample="nearest",
         batch_size=cfg.batch_size,
         combine=cfg.combine,
-        candidates=pool.labelled,
+        candidates=candidates,
     )
     chosen = {
         "id": pool.ids[index],
@@ -440,9 +441,27 @@ def choose_template(config, workdir: Path, pool: _Images, features, encoder: Pat
     if save and jax.process_index() == 0:
         layout.write_json(path, chosen)
     logging.info(
-        "template: %s (score %.4f, of %d candidates)", chosen["id"], scores[index], len(scores)
+        "template: %s (score %.4f, of %d candidates scored%s)",
+        chosen["id"],
+        scores[index],
+        int(candidates.sum()),
+        f" of {int(pool.labelled.sum())} labelled: eval.template_candidates=0 scores all"
+        if candidates.sum() < pool.labelled.sum()
+        else "",
     )
     return index, chosen
+
+
+def spread(allowed: np.ndarray, count: int) -> np.ndarray:
+    """A mask of ``count`` of the ``allowed`` entries, evenly spaced in order (all of them
+    when ``count`` is 0 or not fewer)."""
+    allowed = np.asarray(allowed, bool)
+    where = np.flatnonzero(allowed)
+    if count <= 0 or count >= len(where):
+        return allowed.copy()
+    mask = np.zeros_like(allowed)
+    mask[where[np.unique(np.round(np.linspace(0, len(where) - 1, count)).astype(int))]] = True
+    return mask
 
 
 def estimate_stage(config, workdir: Path) -> None:

@@ -121,3 +121,13 @@ def test_the_typical_image_is_chosen_as_template():
     assert chosen == 1 and scores.shape == (4,) and scores[1] == scores.max()
     with pytest.raises(ValueError, match="no candidate"):
         matching.choose_template(feats, [np.zeros((0, 2), int)] * 4, size=SIZE, strides=STRIDES)
+
+
+def test_template_candidates_are_spread_over_the_labelled_images():
+    from piaug import pipeline
+
+    labelled = np.array([True, False, True, True, True, False, True, True])
+    # the labelled are 0, 2, 3, 4, 6, 7: the first, the middle (rounded) and the last
+    assert np.flatnonzero(pipeline.spread(labelled, 3)).tolist() == [0, 3, 7]
+    assert (pipeline.spread(labelled, 0) == labelled).all()
+    assert (pipeline.spread(labelled, 99) == labelled).all()
