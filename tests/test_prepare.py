@@ -1,7 +1,9 @@
 """Prepared (TFDS array_record) datasets: content, resizing, fingerprint and rebuilds."""
 
+import json
 import logging
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -79,6 +81,7 @@ def test_built_once_and_rebuilt_when_settings_change(prepared, tmp_path, capsys,
     assert again.path == first.path and [f.stat().st_mtime_ns for f in files] == stamps
     other = prepare.prepare(dataset, image_size=(64, 48), footprint="disk(3)", cache_dir=tmp_path)
     assert other.path != first.path
+    assert "footprint 'disk(2)' -> 'disk(3)'" in caplog.text  # why a new copy is built
     resized = prepare.prepare(dataset, image_size=(32, 32), footprint="disk(2)", cache_dir=tmp_path)
     assert resized.path not in (first.path, other.path)
     assert first.path.exists()  # earlier copies are kept, never overwritten
@@ -131,8 +134,16 @@ def test_fingerprint_follows_the_source_files(tmp_path):
     np.save(image, np.zeros((40, 41), np.uint8))  # an image rewritten (size changes)
     assert prepare.fingerprint(dataset, {"s": 1}) != key2
     before = prepare.fingerprint(dataset, {"s": 1})
-    os.utime(image, ns=(1, 1))  # a newer or older file counts as changed
-    assert prepare.fingerprint(dataset, {"s": 1}) != before
+    os.utime(image, ns=(1, 1))  # touched, same content: the same copy serves
+    assert prepare.fingerprint(dataset, {"s": 1}, tmp_path / "cache") == before
+    moved = tmp_path / "elsewhere"  # copied to another folder: the same copy serves
+    moved.mkdir()
+    shutil.copy(image, moved / image.name)
+    shutil.copy(annotation, moved / annotation.name)
+    copied = _FileDataset(moved / image.name, moved / annotation.name)
+    assert prepare.fingerprint(copied, {"s": 1}, tmp_path / "cache") == before
+    digests = json.loads((tmp_path / "cache" / prepare.DIGESTS_FILE).read_text())
+    assert len(digests) == 4  # each file's content read once, remembered by path and time
 
 
 def test_any_reader_split_name_works(tmp_path):
@@ -161,7 +172,8 @@ def test_a_truncated_image_stops_the_build_naming_the_file(tmp_path):
     dataset = data.load("folder", root, spacing=0.1)
     with pytest.raises(UserError, match="cannot decode image .*c1.png.*truncated"):
         prepare.prepare(dataset, image_size=(32, 32), footprint="disk(2)", cache_dir=tmp_path / "c")
-    assert not list((tmp_path / "c").rglob("*"))  # no half-built copy, no empty folder left
+    left = [p.name for p in (tmp_path / "c").rglob("*")]
+    assert left == [prepare.DIGESTS_FILE]  # no half-built copy, no empty folder
     bad.unlink()  # fixed by removing the image and its row: the next call builds
     (root / "landmarks.csv").write_text("image,1_x,1_y\nc0.png,3,4\nc2.png,7,8\n")
     fixed = data.load("folder", root, spacing=0.1)

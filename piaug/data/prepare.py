@@ -87,23 +87,49 @@ def resize_points(points: np.ndarray, from_shape, to_shape) -> np.ndarray:
 
 
 def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-_ANNOTATION_SUFFIXES = {".csv", ".txt", ".json"}
+DIGESTS_FILE = "digests.json"  # in the cache folder: file digests by path, size and time
+FINGERPRINT_FILE = "fingerprint.json"  # beside each prepared copy: what it was built from
 
 
-def fingerprint(dataset, settings: dict) -> str:
-    """A short hash of what a prepared copy of ``dataset`` (a ``piaug.data.load`` reader)
-    depends on."""
-    files = []
-    for path in sorted(Path(p) for p in dataset.source_files):
+def _digests(paths: list[Path], cache_dir: Path | None) -> list[str]:
+    """The SHA-256 of each file, remembered in ``cache_dir/digests.json`` by path, size and
+    modification time, so that each file's content is read once while it stays the same."""
+    index = Path(cache_dir) / DIGESTS_FILE if cache_dir else None
+    known = {}
+    if index is not None and index.exists():
+        try:
+            known = json.loads(index.read_text())
+        except (json.JSONDecodeError, OSError):
+            known = {}  # a damaged index is rebuilt
+    out, added = [], False
+    for path in paths:
         st = path.stat()
-        if path.suffix.lower() in _ANNOTATION_SUFFIXES:
-            files.append([str(path), _file_digest(path)])
-        else:
-            files.append([str(path), st.st_size, st.st_mtime_ns])
-    payload = {
+        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if key not in known:
+            known[key], added = _file_digest(path), True
+        out.append(known[key])
+    if added and index is not None:
+        index.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index.with_name(f"{index.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        tmp.replace(index)
+    return out
+
+
+def fingerprint_payload(dataset, settings: dict, cache_dir: Path | None = None) -> dict:
+    """What a prepared copy of ``dataset`` depends on: the reader's name, options and ids,
+    ``settings``, and every source file by name and content (so a copied or touched dataset
+    reuses its prepared copy; a changed file builds a new one)."""
+    paths = sorted(Path(p) for p in dataset.source_files)
+    files = sorted([p.name, d] for p, d in zip(paths, _digests(paths, cache_dir), strict=True))
+    return {
         "format": FORMAT_VERSION,
         "dataset": dataset.name,
         "options": dataset.options,
@@ -111,8 +137,48 @@ def fingerprint(dataset, settings: dict) -> str:
         "settings": settings,
         "files": files,
     }
+
+
+def fingerprint(dataset, settings: dict, cache_dir: Path | None = None) -> str:
+    """A short hash of ``fingerprint_payload``."""
+    payload = fingerprint_payload(dataset, settings, cache_dir)
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def why_new(payload: dict, folder: Path) -> str:
+    """How ``payload`` differs from the newest other prepared copy's under ``folder`` (the
+    dataset's cache folder), for the log; '' when there is none to compare with."""
+    others = sorted(
+        folder.glob(f"*/{FINGERPRINT_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    for path in others:
+        try:
+            old = json.loads(path.read_text())
+        except (json.JSONDecodeError, OSError):
+            continue
+        old, new = (
+            json.loads(json.dumps(old, default=str)),
+            json.loads(json.dumps(payload, default=str)),
+        )
+        reasons = [
+            f"{key} {old.get(key)!r} -> {new.get(key)!r}"
+            for key in ("format", "options")
+            if old.get(key) != new.get(key)
+        ]
+        reasons += [
+            f"{key} {old['settings'].get(key)!r} -> {value!r}"
+            for key, value in new["settings"].items()
+            if old.get("settings", {}).get(key) != value
+        ]
+        if old.get("ids") != new["ids"]:
+            reasons.append(f"{len(set(new['ids']) ^ set(old.get('ids', [])))} ids differ")
+        before, after = dict(map(tuple, old.get("files", []))), dict(map(tuple, new["files"]))
+        changed = sorted(n for n in set(before) | set(after) if before.get(n) != after.get(n))
+        if changed:
+            reasons.append(f"{len(changed)} source files differ ({', '.join(changed[:3])}...)")
+        return f"unlike {path.parent.name}: " + "; ".join(reasons) if reasons else ""
+    return ""
 
 
 def check_example(example, index: int) -> None:
@@ -341,7 +407,8 @@ def prepare(
     footprint_of(footprint)  # a bad spec fails before anything is written
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     settings = {"image_size": list(image_size), "footprint": footprint, "split": split}
-    key = fingerprint(dataset, settings)
+    payload = fingerprint_payload(dataset, settings, cache_dir)
+    key = fingerprint(dataset, settings, cache_dir)
     with _quiet_tfds():
         builder = builder_class(dataset.name)(
             dataset=dataset,
@@ -355,7 +422,10 @@ def prepare(
     if prepared:
         logging.info("prepared dataset found at %s", builder.data_dir)
     else:
-        logging.info("preparing %s into %s", dataset, builder.data_dir)
+        reason = why_new(payload, cache_dir / dataset.name)
+        logging.info(
+            "preparing %s into %s%s", dataset, builder.data_dir, f" ({reason})" if reason else ""
+        )
         tfds.display_progress_bar(False)  # our own bar counts images, with rate and ETA
         try:
             with _quiet_tfds():
@@ -365,6 +435,8 @@ def prepare(
         except BaseException:
             _remove_empty(cache_dir / dataset.name / key, cache_dir)  # no empty folders left
             raise
+        plain = json.loads(json.dumps(payload, default=str))
+        layout.write_json(cache_dir / dataset.name / key / FINGERPRINT_FILE, plain)
     built = tfds.builder_from_directory(builder.data_dir)
     if TFDS_SPLIT not in built.info.splits:
         raise UserError(
