@@ -120,6 +120,36 @@ def test_a_copy_from_an_older_layout_is_refused_naming_its_folder(prepared, monk
         )
 
 
+def test_a_copy_being_built_elsewhere_is_waited_for(tmp_path, caplog):
+    """Two jobs preparing the same copy at once: the second waits for the first's lock, then
+    finds the copy built and reuses it."""
+    import fcntl
+    import threading
+
+    caplog.set_level(logging.INFO)
+    dataset = _synthetic()
+    first = prepare.prepare(dataset, image_size=(32, 32), footprint="disk(2)", cache_dir=tmp_path)
+    key = first.path.parent.parent.name  # cache/NAME/KEY/builder/version
+    lock = tmp_path / dataset.name / f"{key}.lock"
+    shutil.rmtree(tmp_path / dataset.name / key)  # as if the other job had not finished
+    held = open(lock, "a")  # noqa: SIM115
+    fcntl.flock(held, fcntl.LOCK_EX)  # the other job holds the lock ...
+
+    def other_job_finishes():
+        prepare.prepare(dataset, image_size=(32, 32), footprint="disk(2)", cache_dir=tmp_path / "x")
+        shutil.copytree(tmp_path / "x" / dataset.name / key, tmp_path / dataset.name / key)
+        fcntl.flock(held, fcntl.LOCK_UN)  # ... and releases it once its copy is in place
+
+    timer = threading.Timer(1.0, other_job_finishes)
+    timer.start()
+    again = prepare.prepare(dataset, image_size=(32, 32), footprint="disk(2)", cache_dir=tmp_path)
+    timer.join()
+    held.close()
+    assert "waiting for another process that is preparing" in caplog.text
+    assert "(built meanwhile)" in caplog.text and again.path == first.path
+    assert len(again) == len(first) and not lock.exists()
+
+
 def test_fingerprint_follows_the_source_files(tmp_path):
     image, annotation = tmp_path / "a.npy", tmp_path / "a.csv"
     np.save(image, np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8))

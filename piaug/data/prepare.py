@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import io
@@ -351,6 +352,41 @@ class Prepared:
         return self.metadata["ids"]
 
 
+def _build(builder, dataset, payload: dict, cache_dir: Path, key: str) -> None:
+    """Writes the prepared copy (TFDS builds it in a temporary folder, then renames it into
+    place) and its ``fingerprint.json``."""
+    reason = why_new(payload, cache_dir / dataset.name)
+    logging.info(
+        "preparing %s into %s%s", dataset, builder.data_dir, f" ({reason})" if reason else ""
+    )
+    tfds.display_progress_bar(False)  # our own bar counts images, with rate and ETA
+    with _quiet_tfds():
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+        )
+    plain = json.loads(json.dumps(payload, default=str))
+    layout.write_json(cache_dir / dataset.name / key / FINGERPRINT_FILE, plain)
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path, what: Path):
+    """An exclusive lock on ``path`` (``flock``): two jobs that prepare the same copy at once
+    (two sweeps, two hosts of separate runs on one file system) build it once; the second
+    waits, then finds it built. The lock file is removed when the build is done."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logging.info("waiting for another process that is preparing %s", what)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _remove_empty(folder: Path, stop: Path) -> None:
     """Removes ``folder`` if it holds only empty folders, then each empty parent up to (not
     including) ``stop``; a file anywhere keeps it."""
@@ -422,21 +458,18 @@ def prepare(
     if prepared:
         logging.info("prepared dataset found at %s", builder.data_dir)
     else:
-        reason = why_new(payload, cache_dir / dataset.name)
-        logging.info(
-            "preparing %s into %s%s", dataset, builder.data_dir, f" ({reason})" if reason else ""
-        )
-        tfds.display_progress_bar(False)  # our own bar counts images, with rate and ETA
+        lock = cache_dir / dataset.name / f"{key}.lock"
         try:
-            with _quiet_tfds():
-                builder.download_and_prepare(
-                    download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-                )
+            with _build_lock(lock, builder.data_dir):
+                with _quiet_tfds():
+                    prepared = builder.is_prepared()  # another process may have built it
+                if prepared:
+                    logging.info("prepared dataset found at %s (built meanwhile)", builder.data_dir)
+                else:
+                    _build(builder, dataset, payload, cache_dir, key)
         except BaseException:
             _remove_empty(cache_dir / dataset.name / key, cache_dir)  # no empty folders left
             raise
-        plain = json.loads(json.dumps(payload, default=str))
-        layout.write_json(cache_dir / dataset.name / key / FINGERPRINT_FILE, plain)
     built = tfds.builder_from_directory(builder.data_dir)
     if TFDS_SPLIT not in built.info.splits:
         raise UserError(
