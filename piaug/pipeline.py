@@ -161,6 +161,7 @@ def info_stage(config, workdir: Path, prepared: prepare.Prepared | None = None) 
             thresholds,
             figures / f"info_{name}.png",
             title=f"{name}  IIE {config.info.footprint}",
+            original_size=ex["original_size"],
         )
         panel = tb.side_by_side(
             tb.rgb(ex["image"]), tb.colour_map(ex["iie"]), tb.colour_map(groups, 0, 2)
@@ -1025,7 +1026,7 @@ def _evaluate_encoders(
         )
         if jax.process_index() == 0:
             layout.write_json(path, results)
-            _overlays(figures, name, examples, pred, chosen["id"], cfg.num_overlays)
+            _overlays(figures, name, examples, pred, chosen["id"], cfg.num_overlays, config=config)
     return shown
 
 
@@ -1069,24 +1070,37 @@ def _evaluate_detectors(config, results, todo, path, figures, predictions) -> di
         )
         if jax.process_index() == 0:
             layout.write_json(path, results)
-            _overlays(figures, name, targets.examples, pred, None, cfg.num_overlays)
+            _overlays(figures, name, targets.examples, pred, None, cfg.num_overlays, config=config)
     return shown
 
 
 def _overlays(
-    figures: Path, name: str, examples, pred, template_id: str | None, count: int
+    figures: Path, name: str, examples, pred, template_id: str | None, count: int, *, config
 ) -> None:
+    """The first ``count`` images with their true and predicted landmarks, at the original
+    resolution (read again from the dataset), the error in mm at full resolution."""
     figures.mkdir(parents=True, exist_ok=True)
-    for e, p in list(zip(examples, pred, strict=True))[:count]:
+    chosen = list(zip(examples, pred, strict=True))[:count]
+    if not chosen:
+        return
+    dataset = configure.load_dataset(config, config.eval.split)
+    where = {k: i for i, k in enumerate(dataset.ids)}
+    size = configure.image_size(config)
+    for e, p in chosen:
         image_id = e["id"].decode()
-        err = np.hypot(*(p - e["landmarks"]).T).mean()
+        found = evaluate.to_original(p[None], np.asarray(e["original_size"])[None], size)[0]
+        true = np.asarray(e["landmarks_original"])
+        err = float(np.hypot(*(found - true).T).mean() * float(e["spacing"]))
         template = f"template {template_id}, " if template_id else ""
+        image = dataset[where[image_id]]["image"] if image_id in where else None
+        if image is None:  # not in the reader's split (should not happen): the grid copy
+            image, true, found = e["image"], e["landmarks"], p
         plots.overlay(
-            e["image"],
-            e["landmarks"],
-            p,
+            image,
+            true,
+            found,
             figures / f"overlay_{name}_{image_id}.png",
-            title=f"{name}, {image_id}: {template}mean error {err:.1f} grid px",
+            title=f"{name}, {image_id}: {template}mean error {err:.2f} mm (full resolution)",
         )
 
 

@@ -25,23 +25,51 @@ def _subplots(*args, **kwargs):
 GROUP_COLORS = ("#3b4cc0", "#8fbc8f", "#d9534f")  # low, medium, high
 
 
-def info_panel(image, iie, groups, landmarks, thresholds, path: Path, *, title: str = "") -> None:
-    """Image | IIE map | information groups, landmarks marked on all three."""
-    fig, axes = _subplots(1, 3, figsize=(13, 4.6), constrained_layout=True)
+def _aspect(image, original_size) -> float:
+    """The ``imshow`` aspect that draws ``image`` (a resized copy) in the proportions of its
+    ``original_size`` (height, width): a square training grid of a 1935 x 2400 radiograph is
+    drawn 2400 tall for 1935 wide, not squashed."""
+    if original_size is None:
+        return 1.0
+    h, w = np.shape(image)[:2]
+    oh, ow = (float(v) for v in original_size)
+    return (oh / ow) / (h / w)
+
+
+def group_legend(ax, thresholds) -> None:
+    """A legend of the three groups' colours and their IIE ranges."""
+    low, high = thresholds
+    names = (f"low (< {low:g} bits)", f"medium ({low:g}-{high:g})", f"high (>= {high:g})")
+    handles = [Rectangle((0, 0), 1, 1, color=c) for c in GROUP_COLORS]
+    ax.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=3, fontsize=8)
+
+
+def info_panel(
+    image, iie, groups, landmarks, thresholds, path: Path, *, title: str = "", original_size=None
+) -> Figure:
+    """Image | IIE map | information groups, landmarks marked on all three, in the proportions
+    of ``original_size`` (height, width) when the arrays are a resized copy."""
+    aspect = _aspect(image, original_size)
+    h, w = np.shape(image)[:2]
+    panel_h = 4.2 * min(1.6, max(0.6, aspect * h / w))
+    fig, axes = _subplots(1, 3, figsize=(13, panel_h + 0.9), constrained_layout=True)
     landmarks = np.asarray(landmarks)
-    axes[0].imshow(image, cmap="gray", vmin=0, vmax=255)
+    axes[0].imshow(image, cmap="gray", vmin=0, vmax=255, aspect=aspect)
     axes[0].set_title("image")
-    shown = axes[1].imshow(iie, cmap="magma", vmin=0, vmax=max(8.0, float(np.max(iie))))
+    shown = axes[1].imshow(
+        iie, cmap="magma", vmin=0, vmax=max(8.0, float(np.max(iie))), aspect=aspect
+    )
     axes[1].set_title("IIE (bits)")
     fig.colorbar(shown, ax=axes[1], shrink=0.8)
-    axes[2].imshow(groups, cmap=ListedColormap(GROUP_COLORS), vmin=-0.5, vmax=2.5)
-    low, high = thresholds
-    axes[2].set_title(f"groups: low < {low:g} <= medium < {high:g} <= high")
+    axes[2].imshow(groups, cmap=ListedColormap(GROUP_COLORS), vmin=-0.5, vmax=2.5, aspect=aspect)
+    axes[2].set_title("information groups")
+    group_legend(axes[2], thresholds)
     for ax in axes:
         ax.scatter(landmarks[:, 0], landmarks[:, 1], s=14, c="#00e5ff", edgecolors="k", lw=0.5)
         ax.set_axis_off()
     fig.suptitle(title)
     fig.savefig(path, dpi=90)
+    return fig
 
 
 def iie_histogram(edges, counts, thresholds, landmark_iie, path: Path, *, title: str = "") -> None:
@@ -69,28 +97,41 @@ def iie_histogram(edges, counts, thresholds, landmark_iie, path: Path, *, title:
     fig.savefig(path, dpi=90)
 
 
-def overlay(image, true, pred, path: Path, *, title: str = "") -> None:
-    """Predicted (red crosses) against true (cyan dots) landmarks, joined by lines; (x, y)."""
+def overlay(image, true, pred, path: Path, *, title: str = "", max_side: float = 7.0) -> Figure:
+    """Predicted (red crosses) against true (cyan dots) landmarks, joined by lines and
+    numbered; (x, y) in ``image``'s pixels, drawn in its own proportions."""
     true, pred = np.asarray(true), np.asarray(pred)
-    fig, ax = _subplots(figsize=(6, 6), constrained_layout=True)
+    h, w = np.shape(image)[:2]
+    scale = max_side / max(h, w)
+    fig, ax = _subplots(figsize=(w * scale, h * scale + 0.5), constrained_layout=True)
     ax.imshow(image, cmap="gray", vmin=0, vmax=255)
     for (x0, y0), (x1, y1) in zip(true, pred, strict=True):
         ax.plot([x0, x1], [y0, y1], color="#ffd54f", lw=0.8)
     ax.scatter(true[:, 0], true[:, 1], s=16, c="#00e5ff", edgecolors="k", lw=0.5, label="true")
     ax.scatter(pred[:, 0], pred[:, 1], s=22, c="#ff1744", marker="x", lw=1.2, label="predicted")
+    for i, (x, y) in enumerate(true, start=1):
+        ax.annotate(
+            str(i), (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7, color="#00e5ff"
+        )
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     fig.savefig(path, dpi=110)
+    return fig
 
 
-def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
-    """Labels, title and legend of a one-panel figure; writes it and frees it."""
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str, *, outside=False) -> Figure:
+    """Labels, title and legend of a one-panel figure (``outside``: to the right of the plot,
+    clear of what is drawn in it); writes it and returns it."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    if outside:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=8)
     fig.savefig(path, dpi=90)
+    return fig
 
 
 def _shade_groups(ax, thresholds, top: float = 8.0) -> None:
@@ -136,18 +177,20 @@ def loss_vs_iie(centers, curves: dict, thresholds, path: Path, *, title: str = "
 
 def sampling_probability(
     centers, density, weights: dict, landmark_iie, thresholds, path: Path, *, title: str = ""
-) -> None:
+) -> Figure:
     """Fig. 3: the probability that an anchor falls at each IIE, per weight map; landmark IIE
     marked. ``density``: the pixels' IIE density per bin; ``weights``: label -> weight per bin."""
-    fig, ax = _subplots(figsize=(7.5, 4.2), constrained_layout=True)
+    fig, ax = _subplots(figsize=(9, 4.2), constrained_layout=True)
     width = float(np.mean(np.diff(centers)))
-    for label, w in weights.items():
+    styles = ("-", "--", "-.", ":")
+    for k, (label, w) in enumerate(weights.items()):
         p = np.asarray(density) * np.asarray(w)
-        ax.plot(centers, p / max(p.sum() * width, 1e-12), label=label)
+        ax.plot(centers, p / max(p.sum() * width, 1e-12), styles[k % len(styles)], label=label)
     marks = np.ravel(landmark_iie)
     ax.plot(marks, np.zeros_like(marks), "|", color="k", ms=14, alpha=0.5, label="landmarks")
     _shade_groups(ax, thresholds)
-    _finish(fig, ax, path, "IIE (bits)", "sampling probability density", title)
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.12)  # room for the groups' names above the curves
+    return _finish(fig, ax, path, "IIE (bits)", "sampling probability density", title, outside=True)
 
 
 def mi_density(values: dict, targets: dict, path: Path, *, title: str = "") -> None:
@@ -187,16 +230,17 @@ def footprint_maps(image, maps: dict, path: Path, *, title: str = "") -> None:
     fig.savefig(path, dpi=90)
 
 
-def loss_curves(curves: dict, path: Path, *, title: str = "") -> None:
-    """Training loss against step, one line per run (raw, and a moving average)."""
+def loss_curves(curves: dict, path: Path, *, title: str = "") -> Figure:
+    """Training loss against step, one line per run: every logged step (faint) and a moving
+    average over a twentieth of them."""
     fig, ax = _subplots(figsize=(7, 4), constrained_layout=True)
     for name, (steps, loss) in curves.items():
         steps, loss = np.asarray(steps), np.asarray(loss, np.float64)
         line = ax.plot(steps, loss, alpha=0.25)[0]
         k = max(1, len(loss) // 20)
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-        ax.plot(steps[k - 1 :], smooth, color=line.get_color(), label=name)
-    _finish(fig, ax, path, "step", "loss (sum over scales)", title)
+        ax.plot(steps[k - 1 :], smooth, color=line.get_color(), label=f"{name} (mean of {k})")
+    return _finish(fig, ax, path, "step", "loss (sum over scales)", title)
 
 
 def probe_curves(

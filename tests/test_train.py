@@ -181,6 +181,11 @@ def test_evaluate_writes_results_for_both_protocols(tiny_run, tiny_config, logs)
     assert baseline["ids"] == [f"synthetic-1-{i:04d}" for i in range(3)]  # the test split
     assert all(w["image"] in baseline["ids"] for w in baseline["worst"])  # named by their ids
     assert len(list((tiny_run / "figures").glob("overlay_baseline_*.png"))) == 2
+    from PIL import Image
+
+    # drawn at the original 96 x 80 (height x width), not the 64 x 64 grid: taller than wide
+    w, h = Image.open(next((tiny_run / "figures").glob("overlay_baseline_*.png"))).size
+    assert w / h == pytest.approx((80 * 7 / 96) / (96 * 7 / 96 + 0.5), abs=0.02)
     assert len(list((tiny_run / "figures").glob("overlay_piaug_*.png"))) == 2
     tiny_config.stages = "evaluate"
     pipeline.run(tiny_config, tiny_run)
