@@ -599,8 +599,21 @@ def fit(
         writer.close()
         if board is not None:
             board.close()
+        _close(locals().get("batches"))
     checkpoints.close()
     return state
+
+
+def _close(batches) -> None:
+    """Stops a grain iterator's worker processes when training ends, rather than when the
+    interpreter exits (a notebook runs several trainings in one process). The batches they had
+    prefetched into shared memory are still reported as "leaked shared_memory objects" at exit
+    by multiprocessing's resource tracker, which then frees them: grain drops them without
+    unlinking."""
+    inner = getattr(batches, "_iterator", batches)  # grain's DataLoaderIterator wraps one
+    close = getattr(inner, "close", None)
+    if callable(close):
+        close()
 
 
 def abstract_state(init: Callable, key: jax.Array, mesh: Mesh) -> TrainState:
