@@ -162,3 +162,18 @@ def write_dicom(path: Path, values, **header) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def truncated_folder(root: Path) -> Path:
+    """A folder dataset at ``root`` of three 60 x 50 images, ``c1.png`` cut in half, and a
+    landmarks.csv with one landmark each; returns ``root``."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    for i in range(3):
+        pixels = np.random.default_rng(i).integers(0, 255, (60, 50), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"c{i}.png")
+    bad = root / "images" / "c1.png"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    (root / "landmarks.csv").write_text("image,1_x,1_y\nc0.png,3,4\nc1.png,5,6\nc2.png,7,8\n")
+    return root

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import load_config
+from conftest import load_config, truncated_folder
 from PIL import Image
 
 from piaug import ablations, configure, data, defaults, layout, pipeline
@@ -137,14 +137,7 @@ def test_the_log_names_the_devices_and_warns_of_a_long_cpu_training(tiny_run, lo
 def test_a_failed_first_stage_leaves_no_workdir(tmp_path, logs):
     """A truncated image stops the info stage of a new run: no config.json, no empty folder
     is left (the next call starts clean); an existing run's files are never removed."""
-    root = tmp_path / "mine"
-    (root / "images").mkdir(parents=True)
-    for i in range(3):
-        pixels = np.random.default_rng(i).integers(0, 255, (60, 50), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / "images" / f"c{i}.png")
-    bad = root / "images" / "c1.png"
-    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
-    (root / "landmarks.csv").write_text("image,1_x,1_y\nc0.png,3,4\nc1.png,5,6\nc2.png,7,8\n")
+    root = truncated_folder(tmp_path / "mine")
     config = load_config("folder")
     config.data.dir, config.data.options.spacing = str(root), 0.1
     config.data.image_size, config.data.crop_size = (32, 32), 16

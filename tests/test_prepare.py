@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
+from conftest import truncated_folder
 from skimage import transform
 
 from piaug import data, info
@@ -191,14 +191,8 @@ def test_any_reader_split_name_works(tmp_path):
 
 
 def test_a_truncated_image_stops_the_build_naming_the_file(tmp_path):
-    root = tmp_path / "mine"
-    (root / "images").mkdir(parents=True)
-    for i in range(3):
-        pixels = np.random.default_rng(i).integers(0, 255, (60, 50), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / "images" / f"c{i}.png")
+    root = truncated_folder(tmp_path / "mine")
     bad = root / "images" / "c1.png"
-    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
-    (root / "landmarks.csv").write_text("image,1_x,1_y\nc0.png,3,4\nc1.png,5,6\nc2.png,7,8\n")
     dataset = data.load("folder", root, spacing=0.1)
     with pytest.raises(UserError, match="cannot decode image .*c1.png.*truncated"):
         prepare.prepare(dataset, image_size=(32, 32), footprint="disk(2)", cache_dir=tmp_path / "c")
