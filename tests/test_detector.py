@@ -328,6 +328,7 @@ def test_the_readmes_api_snippet_runs(tiny_run, new_images, monkeypatch):
     assert scope["points"].shape == (2, 5, 2) and scope["confidence"].shape == (2, 5)
 
 
+@pytest.mark.slow  # compiles a step: the fast tier stays under 3 minutes
 def test_true_labels_hold_out_the_detectors_images(tiny_run, tiny_config, tmp_path):
     """Few-shot on the first of the 3 training images, of a pool of the first 2: evaluated on
     the third alone (the pool's other image is left out too)."""
@@ -467,6 +468,7 @@ def test_sharded_detector_step_equals_single_device_step():
     assert out.returncode == 0 and "EQUAL" in out.stdout, out.stderr[-3000:]
 
 
+@pytest.mark.slow  # compiles a step: the fast tier stays under 3 minutes
 def test_a_resumed_detector_equals_one_trained_straight(tmp_path):
     """4 steps at once, or 2 then 2 more from the checkpoint: the same weights (the batches
     are a function of the seed and the step; the template is appended to each)."""

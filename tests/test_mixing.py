@@ -194,6 +194,7 @@ def _step_setup(per_crop: int = 1):
     return nets, txs, batch, state
 
 
+@pytest.mark.slow  # compiles a step: the fast tier stays under 3 minutes
 def test_unmix_loss_weights_the_two_sources_by_lam():
     nets, txs, batch, state = _step_setup()
     mix, seed = mixing.MixSettings(method="unmix"), 5
@@ -230,6 +231,7 @@ def test_unmix_loss_weights_the_two_sources_by_lam():
     assert float(metrics["loss"]) > float(clean.mean(0).sum())
 
 
+@pytest.mark.slow  # compiles a step: the fast tier stays under 3 minutes
 def test_the_losss_draws_are_a_function_of_seed_and_step():
     rng = np.random.default_rng(4)
     feats = [
