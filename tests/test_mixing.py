@@ -46,6 +46,7 @@ def _mochi_case():
     return q, cands, jnp.array([[True, True, True, False]]), jnp.array([0])
 
 
+@pytest.mark.slow  # compiles: the fast tier stays under 3 minutes
 def test_mochi_mixes_the_hardest_negatives_detached():
     q, cands, valid, positive = _mochi_case()
     draws = {
@@ -72,6 +73,7 @@ def test_mochi_mixes_the_hardest_negatives_detached():
     assert float(d["b"].max()) <= 0.5
 
 
+@pytest.mark.slow  # compiles: the fast tier stays under 3 minutes
 def test_mochi_adds_denominator_terms_once_active():
     rng = np.random.default_rng(0)
     feats = jnp.asarray(rng.normal(size=(2, 8, 8, 4)), jnp.float32)

@@ -220,6 +220,7 @@ def test_evaluation_settings_may_change_on_a_finished_run(tiny_run, tiny_config,
         pipeline.run(tiny_config, tiny_run)
 
 
+@pytest.mark.slow  # compiles: the fast tier stays under 3 minutes
 def test_a_runs_encoders_are_restored_from_its_folder_alone(tiny_run):
     """No config, no configs/ import: the run's config.json says how to build the encoders."""
     encoders = checkpoints.run_encoders(tiny_run)
