@@ -245,7 +245,7 @@ def _warn_if_slow_on_cpu(stage: str, hours: float | None, total: int) -> None:
     logging.warning(
         "%s: this config is meant for an accelerator: its %d steps would take about %s on a "
         "2-core laptop CPU (scaled from the README's measured step). Install JAX for your GPU "
-        "or TPU (README: Install on a GPU or TPU), or use a CPU preset such as "
+        "or TPU (the README's Install section), or use a CPU preset such as "
         "configs/ceph.py:cpu; Ctrl-C stops, and the same command resumes.",
         stage,
         total,
