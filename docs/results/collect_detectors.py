@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # collect_runs, beside this script
 
+import numpy as np  # noqa: E402
 from collect_runs import HERE, IGNORED, overrides, preset_config, training_minutes  # noqa: E402
 
 from piaug import analyze, layout, plots  # noqa: E402
@@ -64,6 +65,24 @@ def collect(run: Path, preset: dict, reference: dict) -> list[dict]:
             "trained_on": layout.read_json(folder / layout.DETECTOR_EXAMPLES),
             "steps": rows[-1]["step"] if rows else 0,
             "minutes": round(training_minutes(rows, config["detector"]["batch_size"]), 2),
+            # as run: the median step (its input pipeline beside it) and the mean probe
+            "seconds_per_step": round(
+                float(
+                    np.median(
+                        [
+                            config["detector"]["batch_size"] / r["samples_per_s"]
+                            for r in rows
+                            if r.get("samples_per_s")
+                        ]
+                    )
+                ),
+                3,
+            )
+            if rows
+            else None,
+            "probe_seconds": round(float(np.mean([r["probe_s"] for r in probes])), 2)
+            if probes
+            else None,
             "probe": {
                 "step": [r["step"] for r in probes],
                 "mre_mm": [r["probe_mre_mm"] for r in probes],
