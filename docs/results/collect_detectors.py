@@ -80,8 +80,8 @@ def collect(run: Path, preset: dict, reference: dict) -> list[dict]:
             )
             if rows
             else None,
-            "probe_seconds": round(float(np.mean([r["probe_s"] for r in probes])), 2)
-            if probes
+            "probe_seconds": round(float(np.mean(timed)), 2)
+            if (timed := [r["probe_s"] for r in probes if "probe_s" in r])
             else None,
             "probe": {
                 "step": [r["step"] for r in probes],
