@@ -74,8 +74,8 @@ from piaug.errors import UserError
 NAME = "folder"
 DEFAULTS: dict[str, Any] = {
     "spacing": None,  # mm/pixel unless a spacing_mm column (or a DICOM header)
-    "window": "auto",  # images of more than 8 bits: auto | percentile | range
-    "percentiles": (0.5, 99.5),
+    "window": Window().mode,  # images of more than 8 bits: auto | percentile | range
+    "percentiles": Window().percentiles,
 }
 FORMAT = """\
 A folder dataset is ROOT/images/ (.png .jpg .jpeg .bmp .tif .tiff .dcm) plus ROOT/landmarks.csv with
