@@ -264,6 +264,32 @@ def test_entropy_tile_and_threads_do_not_change_the_result():
         np.testing.assert_array_equal(out, base, err_msg=str(kwargs))
 
 
+def test_entropy_kernel_holds_no_constant_the_size_of_footprint_times_rows(monkeypatch):
+    """The first window's gather keeps its indices at (footprint pixels, axes): indices
+    broadcast to every row made XLA fold a constant of footprint x rows elements (79 MB, over
+    a second of compiling, for disk(128) at 192 x 192)."""
+    compiled = []
+
+    def spy(kernel, *specs, **static):
+        args = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in specs]
+        out = kernel.lower(*args, **static).compile()
+        compiled.append(out.as_text())
+        return out
+
+    monkeypatch.setattr(info, "_compiled", spy)
+    image = _random_uint8((32, 32), seed=3)
+    footprint = info.disk(12)
+    out = info.entropy_map(image, footprint, threads=1)
+    np.testing.assert_allclose(out, sk_entropy(image, skm.disk(12)), atol=SKIMAGE_TOL)
+    n_fp = int(footprint.sum())
+    sizes = [
+        math.prod(int(d) for d in dims.split(",") if d)
+        for text in compiled
+        for dims in re.findall(r"s32\[([\d,]*)\][^ ]* constant\(", text)
+    ]
+    assert compiled and max(sizes, default=0) <= 4 * n_fp, sorted(sizes)[-3:]
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1)])
 def test_entropy_degenerate_shapes(shape):
     image = _random_uint8(shape, seed=5)
