@@ -599,6 +599,7 @@ def fit(
         writer.close()
         if board is not None:
             board.close()
+        host = None  # the last host batch: its shared memory freed before _close waits for it
         _close(locals().get("batches"))
     checkpoints.close()
     return state
@@ -606,14 +607,22 @@ def fit(
 
 def _close(batches) -> None:
     """Stops a grain iterator's worker processes when training ends, rather than when the
-    interpreter exits (a notebook runs several trainings in one process). The batches they had
-    prefetched into shared memory are still reported as "leaked shared_memory objects" at exit
-    by multiprocessing's resource tracker, which then frees them: grain drops them without
-    unlinking."""
+    interpreter exits (a notebook runs several trainings in one process), and frees the batches
+    they had prefetched into shared memory: left to the exit, multiprocessing's resource
+    tracker reports them as "leaked shared_memory objects" (tests/test_input_pipeline.py)."""
     inner = getattr(batches, "_iterator", batches)  # grain's DataLoaderIterator wraps one
     close = getattr(inner, "close", None)
     if callable(close):
         close()
+    # grain unlinks the batches the main process dropped on a thread of its own (one thread,
+    # first in, first out): a task queued behind them returns once they are all unlinked.
+    try:
+        from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+    except ImportError:  # another grain: nothing to wait for here
+        return
+    pool = getattr(SharedMemoryArray, "_del_thread_pool", None)
+    if pool is not None:
+        pool.apply(int)
 
 
 def abstract_state(init: Callable, key: jax.Array, mesh: Mesh) -> TrainState:
