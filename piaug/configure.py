@@ -202,6 +202,7 @@ def prepare_data(config, dataset=None, split: str | None = None) -> prepare.Prep
             footprint=config.info.footprint,
             cache_dir=config.data.cache_dir or None,
             split=split,
+            full_resolution_cache=bool(config.data.cache_original_iie),
         ),
         "prepare",
         others=True,

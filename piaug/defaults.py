@@ -39,6 +39,10 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     config.data.image_size = (384, 384)  # training size (height, width)
     config.data.crop_size = 64  # side of the crop view
     config.data.cache_dir = ""  # prepared datasets; default $PIAUG_CACHE or ~/.cache/piaug
+    # Also keep the IIE maps at the original resolution in the cache (float32: 18.6 MB for a
+    # 2400 x 1935 radiograph, 2.8 GB for ISBI's 150), so that another data.image_size reads
+    # them instead of computing them again (1.5 minutes for those 150 on 2 cores).
+    config.data.cache_original_iie = False
     config.data.workers = 2  # input pipeline worker processes (0: in the main process)
 
     config.info = ml_collections.ConfigDict()

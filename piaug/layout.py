@@ -50,7 +50,7 @@ PREDICTIONS_FILE = "predictions.csv"  # the evaluate stage's landmarks, original
 FIGURES = "figures"
 # Fields that say how to run or what to watch, not what the result is: they may change between
 # calls (a section's name covers all its fields).
-RUN_FIELDS = ("stages", "force", "eval.every", "eval.probe_images")
+RUN_FIELDS = ("stages", "force", "eval.every", "eval.probe_images", "data.cache_original_iie")
 # Fields that only change evaluation: they may change on a call that only evaluates.
 EVAL_FIELDS = ("eval",)
 

@@ -87,6 +87,54 @@ def test_built_once_and_rebuilt_when_settings_change(prepared, tmp_path, capsys,
     assert first.path.exists()  # earlier copies are kept, never overwritten
 
 
+def test_original_resolution_maps_are_kept_and_reused_at_another_size(
+    tmp_path, monkeypatch, caplog
+):
+    """With ``full_resolution_cache`` a build at another size reads the stored maps (no entropy
+    computed) and gives the prepared copy a build without them gives; without it nothing is
+    kept. A damaged stored map is computed again."""
+    caplog.set_level(logging.INFO)
+    dataset = _synthetic(num_images=5)
+    cached, plain = tmp_path / "cached", tmp_path / "plain"
+    prepare.prepare(
+        dataset,
+        image_size=(64, 48),
+        footprint="disk(2)",
+        cache_dir=cached,
+        full_resolution_cache=True,
+    )
+    store = prepare.full_iie_folder(dataset, "disk(2)", "train", cached)
+    maps = sorted(store.glob("*.npy"))
+    assert [m.name for m in maps] == [f"{i:06d}.npy" for i in range(5)]
+    np.testing.assert_array_equal(
+        np.load(maps[3]), info.entropy_map(dataset[3]["image"], info.disk(2))
+    )
+    reference = prepare.prepare(dataset, image_size=(32, 40), footprint="disk(2)", cache_dir=plain)
+    assert not (plain / dataset.name / prepare.FULL_IIE_DIR).exists()
+    np.save(maps[1], np.zeros((3, 3), np.float32))  # the wrong shape: computed again
+
+    computed = []
+    entropy_map = info.entropy_map
+    monkeypatch.setattr(
+        info,
+        "entropy_map",
+        lambda images, fp: computed.append(len(images)) or entropy_map(images, fp),
+    )
+    resized = prepare.prepare(
+        dataset,
+        image_size=(32, 40),
+        footprint="disk(2)",
+        cache_dir=cached,
+        full_resolution_cache=True,
+    )
+    assert computed == [1]  # only the damaged map
+    assert "4 of 5 read from" in caplog.text
+    for i in range(5):
+        for key in ("iie", "image", "landmarks"):
+            np.testing.assert_array_equal(resized.source[i][key], reference.source[i][key])
+    assert np.load(maps[1]).shape == dataset[1]["image"].shape
+
+
 class _FileDataset:
     """A one-image dataset read from files, to see the fingerprint follow its sources."""
 

@@ -46,6 +46,7 @@ FORMAT_VERSION = 1  # bump when the stored features or their computation change
 # fingerprint and in ``Prepared.split``.
 TFDS_SPLIT = "examples"
 _BATCH = 4  # images of one shape whose IIE maps are computed together
+FULL_IIE_DIR = "iie_original_size"  # in cache_dir/<dataset>/: full_iie_folder
 
 
 def default_cache_dir() -> Path:
@@ -203,26 +204,76 @@ def check_example(example, index: int) -> None:
         raise UserError(f"{where}: spacing {example['spacing']!r} mm must be a positive number")
 
 
-def iie_examples(dataset, footprint: np.ndarray, *, progress: str | None = None):
-    """Yields ``(index, example, iie)`` with the IIE map at original resolution."""
+def full_iie_folder(dataset, footprint: str, split: str, cache_dir) -> Path:
+    """Where ``prepare(..., full_resolution_cache=True)`` keeps the IIE maps of ``dataset`` at
+    its original resolution (``info.cache_full_resolution``): one ``.npy`` per image, reused by
+    every training size, keyed by the same content fingerprint as the prepared copies, without
+    the size."""
+    settings = {"footprint": footprint, "split": split, "maps": "original resolution"}
+    key = fingerprint(dataset, settings, Path(cache_dir))
+    return Path(cache_dir) / dataset.name / FULL_IIE_DIR / key
+
+
+def _load_map(path: Path, shape) -> np.ndarray | None:
+    """The stored map at ``path`` if it is there, readable and of ``shape``; else None."""
+    try:
+        iie = np.load(path)
+    except (OSError, ValueError):
+        return None
+    return iie if iie.shape == tuple(shape) and iie.dtype == np.float32 else None
+
+
+def iie_examples(
+    dataset, footprint: np.ndarray, *, progress: str | None = None, store: Path | None = None
+):
+    """Yields ``(index, example, iie)`` with the IIE map at original resolution, in order.
+
+    ``store``: a folder of maps computed before (``INDEX.npy``): those found are read, the
+    others computed and written there (so an interrupted build keeps what it computed)."""
     bar = tqdm(total=len(dataset), desc=progress, unit="img", disable=progress is None)
-    batch = []
+    batch, read = [], 0
+    if store is not None:
+        store.mkdir(parents=True, exist_ok=True)
 
     def flush():
         iie = np.asarray(info.entropy_map(np.stack([ex["image"] for _, ex in batch]), footprint))
-        yield from ((i, ex, m) for (i, ex), m in zip(batch, iie, strict=True))
+        for (i, ex), m in zip(batch, iie, strict=True):
+            if store is not None:
+                tmp = store / f"{i:06d}.{os.getpid()}.tmp.npy"
+                np.save(tmp, m)
+                tmp.replace(store / f"{i:06d}.npy")
+            yield i, ex, m
         bar.update(len(batch))
         batch.clear()
 
     for i in range(len(dataset)):
         example = dataset[i]
         check_example(example, i)
-        if batch and (len(batch) == _BATCH or batch[0][1]["image"].shape != example["image"].shape):
+        shape = example["image"].shape
+        stored = None if store is None else _load_map(store / f"{i:06d}.npy", shape)
+        if batch and (
+            stored is not None
+            or len(batch) == _BATCH
+            or batch[0][1]["image"].shape != example["image"].shape
+        ):
             yield from flush()
-        batch.append((i, example))
+        if stored is not None:
+            bar.update(1)
+            read += 1
+            yield i, example, stored
+        else:
+            batch.append((i, example))
     if batch:
         yield from flush()
     bar.close()
+    if store is not None:
+        logging.info(
+            "IIE maps at the original resolution: %d of %d read from %s, the others computed "
+            "and kept there",
+            read,
+            len(dataset),
+            store,
+        )
 
 
 class _Builder(tfds.core.GeneratorBasedBuilder):
@@ -231,8 +282,8 @@ class _Builder(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Image, IIE map, landmarks, spacing and id per example."}
 
-    def __init__(self, *, dataset, image_size, footprint: str, **kwargs):
-        self._dataset = dataset
+    def __init__(self, *, dataset, image_size, footprint: str, full_iie=None, **kwargs):
+        self._dataset, self._full_iie = dataset, full_iie
         self._image_size, self._footprint = tuple(int(s) for s in image_size), footprint
         self._iie_max: list[float] = []
         self._ids: list[str] = []
@@ -269,7 +320,10 @@ class _Builder(tfds.core.GeneratorBasedBuilder):
         footprint = footprint_of(self._footprint)
         name = self._dataset.name
         for i, ex, iie in iie_examples(
-            self._dataset, footprint, progress=f"prepare {name}: IIE {self._footprint}"
+            self._dataset,
+            footprint,
+            progress=f"prepare {name}: IIE {self._footprint}",
+            store=self._full_iie,
         ):
             shape = ex["image"].shape
             self._iie_max.append(float(iie.max()))
@@ -429,6 +483,7 @@ def prepare(
     footprint: str = "disk(10)",
     cache_dir: str | os.PathLike | None = None,
     split: str = "train",
+    full_resolution_cache: bool = False,
 ) -> Prepared:
     """Builds (once) and opens the prepared copy of ``dataset`` at ``image_size`` (H, W).
 
@@ -438,6 +493,10 @@ def prepare(
       footprint: the IIE footprint spec, e.g. ``'disk(10)'``.
       cache_dir: where prepared datasets live; ``default_cache_dir()`` when None.
       split: the name of the stored split (the reader's split).
+      full_resolution_cache: also keep the IIE maps at the original resolution
+        (``full_iie_folder``; float32, 18.6 MB for a 2400 x 1935 radiograph), so that a build
+        at another size reads them instead of computing them again. The prepared copy is the
+        same either way.
     """
     image_size = check_image_size(image_size)
     footprint_of(footprint)  # a bad spec fails before anything is written
@@ -452,6 +511,11 @@ def prepare(
             footprint=footprint,
             data_dir=cache_dir / dataset.name / key,
             file_format="array_record",
+            full_iie=(
+                full_iie_folder(dataset, footprint, split, cache_dir)
+                if full_resolution_cache
+                else None
+            ),
         )
     with _quiet_tfds():
         prepared = builder.is_prepared()
