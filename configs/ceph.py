@@ -26,7 +26,10 @@ Presets (``--config=configs/ceph.py:NAME[,NAME...]``, applied in order):
   estimate's MI patches 32 pixels (the paper's 64 at 384). docs/from_scratch.md records how
   it was found and what it reaches. The detector (CC2D's second stage) at the same size and
   width: 2000 steps of 4 images with lr 1e-3 (warm-up, cosine), rotated, scaled, shifted
-  and jittered, the heatmap term balanced between the disks and the rest.
+  and jittered, the heatmap term balanced between the disks and the rest. CC2D-S2
+  (``detector.labels=pseudo``, the template added to every batch) within 30 minutes:
+  ``--config.detector.batch_size=3 --config.detector.steps=1900`` (3 images and the template
+  a step, as the authors' batch: 25 minutes as run).
 * the ablations of ``piaug.ablations`` (e.g. ``gamma_0.1``, ``d_3.7``, ``estimated``,
   ``alpha_1.5``, ``footprint_32``, ``continuous``); ``launch/sweep.py`` runs whole sweeps.
 """

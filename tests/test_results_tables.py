@@ -100,6 +100,10 @@ def test_probe_curves_name_their_template_when_the_run_set_one(tmp_path):
     assert (a["probe"]["template"], b["probe"]["template"]) == (None, "089")
     assert [collect_runs.curve_name(e) for e in (a, b)] == ["a", "b (probe template 089)"]
     assert b["overrides"] == ["eval.template=089"] and b["probe"]["mre_mm"] == [7.5]
+    # RUN:ENCODER collects another encoder of a run; its curve names it
+    assert collect_runs.run_and_encoder("runs/enc:piaug", "baseline") == (Path("runs/enc"), "piaug")
+    assert collect_runs.run_and_encoder("runs/a:b", "baseline") == (Path("runs/a:b"), "baseline")
+    assert collect_runs.curve_name(b | {"encoder": "piaug"}) == "b (piaug) (probe template 089)"
 
 
 def test_landmark_errors_summary_finds_a_match_on_another_landmark():

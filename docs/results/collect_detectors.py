@@ -64,6 +64,7 @@ def collect(run: Path, preset: dict, reference: dict) -> list[dict]:
             "overrides": changed,
             "trained_on": layout.read_json(folder / layout.DETECTOR_EXAMPLES),
             "steps": rows[-1]["step"] if rows else 0,
+            "batch_size": config["detector"]["batch_size"],  # the template comes on top
             "minutes": round(training_minutes(rows, config["detector"]["batch_size"]), 2),
             # as run: the median step (its input pipeline beside it) and the mean probe
             "seconds_per_step": round(

@@ -4,6 +4,9 @@ r"""Gathers training runs into a result file of this folder: each run's settings
 python docs/results/collect_runs.py --preset=configs/ceph.py:cpu --out=from_scratch \
     runs/fs/s1_none_t01 runs/fs/s2_bn_t01 ...
 
+A run given as ``RUN:ENCODER`` (``runs/enc:piaug``) is collected with that encoder instead of
+``--encoder``'s, so one file can hold both encoders of a run.
+
 writes ``docs/results/from_scratch.json`` and ``docs/results/from_scratch_probe.png`` (the probe
 curves of every run). The minutes are the training steps' own (from ``samples_per_s``; the
 probe's time and compiling are left out); ``mre_mm`` is the run's ``results.json`` baseline
@@ -95,6 +98,7 @@ def collect(run: Path, preset: dict, encoder: str) -> dict:
     probes = analyze.read_rows(sub / layout.METRICS_FILE, "probe_mre_mm")
     entry = {
         "name": run.name,
+        "encoder": encoder,
         "overrides": overrides(config, preset),
         "steps": train_rows[-1]["step"] if train_rows else 0,
         "minutes": round(training_minutes(train_rows, config["train"]["batch_size"]), 2),
@@ -121,21 +125,37 @@ def collect(run: Path, preset: dict, encoder: str) -> dict:
     return entry
 
 
-def curve_name(entry: dict) -> str:
+def curve_name(entry: dict, encoder: str = "baseline") -> str:
+    """The curve's label: the run, its encoder unless it is ``encoder`` (the file's), and the
+    probe's template."""
+    name = entry["name"]
+    if entry.get("encoder", encoder) != encoder:
+        name += f" ({entry['encoder']})"
     template = entry["probe"].get("template")
-    return f"{entry['name']} (probe template {template})" if template else entry["name"]
+    return f"{name} (probe template {template})" if template else name
+
+
+def run_and_encoder(spec: str, default: str) -> tuple[Path, str]:
+    """``RUN:ENCODER`` or ``RUN`` (with ``default``) as a path and an encoder name."""
+    path, _, encoder = spec.rpartition(":")
+    if path and encoder in ("baseline", "piaug"):
+        return Path(path), encoder
+    return Path(spec), default
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("runs", nargs="+", help="RUN or RUN:ENCODER (baseline | piaug)")
     parser.add_argument("--preset", required=True, help="e.g. configs/ceph.py:cpu")
     parser.add_argument("--out", required=True, help="the result file's name, without .json")
     parser.add_argument("--encoder", default="baseline", help="baseline | piaug")
     parser.add_argument("--note", default="", help="a line kept in the file")
     args = parser.parse_args()
     preset = preset_config(args.preset)
-    runs = [collect(r, preset, args.encoder) for r in args.runs]
+    runs = []
+    for spec in args.runs:
+        run, encoder = run_and_encoder(spec, args.encoder)
+        runs.append(collect(run, preset, encoder))
     payload = {
         "preset": args.preset,
         "encoder": args.encoder,
@@ -145,7 +165,7 @@ def main() -> int:
     }
     (HERE / f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")
     curves = {
-        curve_name(r): (r["probe"]["step"], r["probe"]["mre_mm"])
+        curve_name(r, args.encoder): (r["probe"]["step"], r["probe"]["mre_mm"])
         for r in runs
         if r["probe"]["step"]
     }
