@@ -264,6 +264,7 @@ def test_entropy_tile_and_threads_do_not_change_the_result():
         np.testing.assert_array_equal(out, base, err_msg=str(kwargs))
 
 
+@pytest.mark.slow  # compiles the kernel for disk(12): the fast tier stays under 3 minutes
 def test_entropy_kernel_holds_no_constant_the_size_of_footprint_times_rows(monkeypatch):
     """The first window's gather keeps its indices at (footprint pixels, axes): indices
     broadcast to every row made XLA fold a constant of footprint x rows elements (79 MB, over
