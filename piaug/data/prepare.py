@@ -206,7 +206,7 @@ def check_example(example, index: int) -> None:
 
 def full_iie_folder(dataset, footprint: str, split: str, cache_dir) -> Path:
     """Where ``prepare(..., full_resolution_cache=True)`` keeps the IIE maps of ``dataset`` at
-    its original resolution (``info.cache_full_resolution``): one ``.npy`` per image, reused by
+    its original resolution (``data.cache_original_iie``): one ``.npy`` per image, reused by
     every training size, keyed by the same content fingerprint as the prepared copies, without
     the size."""
     settings = {"footprint": footprint, "split": split, "maps": "original resolution"}
@@ -252,9 +252,7 @@ def iie_examples(
         shape = example["image"].shape
         stored = None if store is None else _load_map(store / f"{i:06d}.npy", shape)
         if batch and (
-            stored is not None
-            or len(batch) == _BATCH
-            or batch[0][1]["image"].shape != example["image"].shape
+            stored is not None or len(batch) == _BATCH or batch[0][1]["image"].shape != shape
         ):
             yield from flush()
         if stored is not None:
