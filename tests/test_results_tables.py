@@ -207,3 +207,27 @@ def test_collect_detectors_compares_on_the_detectors_own_images(tmp_path):
     assert d["minutes"] == pytest.approx(10 * 3 / 2.0 / 60, abs=0.01)  # batch 3, 2 samples/s
     assert d["encoders_on_same_images"] == {"baseline (template t)": 5.0}  # (4 + 6) / 2, not 9
     assert d["probe"]["mre_mm"] == [3.0]
+
+
+def test_collect_runs_append_keeps_the_files_runs_and_replaces_a_rerun():
+    """``--append``: runs whose folders are gone stay in the file, a run collected again
+    replaces its entry, the commands accumulate; another preset is refused."""
+    collect_runs = _collect_runs()
+    old = {
+        "preset": "configs/ceph.py:cpu",
+        "encoder": "baseline",
+        "command": "first",
+        "runs": [{"name": "b", "mre_mm": 1.0}, {"name": "a", "mre_mm": 2.0}],
+    }
+    new = {
+        "preset": "configs/ceph.py:cpu",
+        "encoder": "baseline",
+        "command": "second",
+        "runs": [{"name": "c", "encoder": "baseline"}, {"name": "b", "encoder": "baseline"}],
+    }
+    merged = collect_runs.append(old, new)
+    assert [r["name"] for r in merged["runs"]] == ["a", "b", "c"]
+    assert "mre_mm" not in merged["runs"][1]  # b is the new entry
+    assert merged["commands"] == ["first", "second"] and merged["command"] == "second"
+    with pytest.raises(SystemExit, match="configs/hand.py"):
+        collect_runs.append(old, {**new, "preset": "configs/hand.py"})

@@ -143,6 +143,28 @@ def run_and_encoder(spec: str, default: str) -> tuple[Path, str]:
     return Path(spec), default
 
 
+def append(old: dict, new: dict) -> dict:
+    """``old``'s file with ``new``'s runs added (a run of the same name and encoder replaced),
+    sorted by name, and ``new``'s command after ``old``'s. The preset must be the same."""
+    if old["preset"] != new["preset"]:
+        raise SystemExit(
+            f"--append: the file's runs are against {old['preset']}, not {new['preset']}"
+        )
+
+    def key(run):
+        return run["name"], run.get("encoder", old["encoder"])
+
+    fresh = {key(r) for r in new["runs"]}
+    runs = [r for r in old["runs"] if key(r) not in fresh] + new["runs"]
+    commands = old.get("commands") or [old["command"]]
+    return {
+        **old,
+        "command": new["command"],
+        "commands": [*commands, new["command"]],
+        "runs": sorted(runs, key=lambda r: r["name"]),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="RUN or RUN:ENCODER (baseline | piaug)")
@@ -150,20 +172,31 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="the result file's name, without .json")
     parser.add_argument("--encoder", default="baseline", help="baseline | piaug")
     parser.add_argument("--note", default="", help="a line kept in the file")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add the runs to the file's (replacing those of the same name and encoder; the "
+        "others' folders need not exist any more), sorted by name",
+    )
     args = parser.parse_args()
     preset = preset_config(args.preset)
     runs = []
     for spec in args.runs:
         run, encoder = run_and_encoder(spec, args.encoder)
         runs.append(collect(run, preset, encoder))
+    command = " ".join(["python docs/results/collect_runs.py", *sys.argv[1:]])
     payload = {
         "preset": args.preset,
         "encoder": args.encoder,
         "note": args.note,
-        "command": " ".join(["python docs/results/collect_runs.py", *sys.argv[1:]]),
+        "command": command,
         "runs": runs,
     }
-    (HERE / f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    out = HERE / f"{args.out}.json"
+    if args.append and out.exists():
+        payload = append(json.loads(out.read_text()), payload)
+        runs = payload["runs"]
+    out.write_text(json.dumps(payload, indent=1) + "\n")
     curves = {
         curve_name(r, args.encoder): (r["probe"]["step"], r["probe"]["mre_mm"])
         for r in runs
