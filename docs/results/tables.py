@@ -214,6 +214,7 @@ def table2() -> str:
 
 
 TABLES = {
+    "table2": table2,
     "detectors": detectors,
     "few_shot": few_shot,
     "demo": demo,
