@@ -281,7 +281,7 @@ def train_step(
         batch_stats={NAME: stats},
         opt_state={NAME: opt_state},
     )
-    return new_state, {**parts, "grad_norm": train.global_norm(grads)}
+    return new_state, {**parts, "grad_norm": optax.tree_utils.tree_norm(grads)}
 
 
 def fit(

@@ -115,12 +115,6 @@ class TrainSettings:
         return math.ceil(self.epochs * self.steps_per_epoch(num_examples))
 
 
-def global_norm(tree) -> jax.Array:
-    """The L2 norm of all of ``tree``'s leaves together (``optax.global_norm``, which optax
-    deprecates for a name older optax releases lack)."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
-
-
 def learning_rate(cfg, per_epoch: float) -> optax.Schedule:
     """``cfg.lr`` times ``cfg.lr_decay`` every ``cfg.lr_decay_epochs`` epochs (StepLR), after
     a linear warm-up from 0 over ``cfg.warmup_steps`` steps (none by default, as the paper).
@@ -278,7 +272,7 @@ def train_step(
             grads[name], state.opt_state[name], state.params[name]
         )
         params[name] = optax.apply_updates(state.params[name], updates)
-        metrics[f"grad_norm_{name}"] = global_norm(grads[name])
+        metrics[f"grad_norm_{name}"] = optax.tree_utils.tree_norm(grads[name])
     for i, stride in enumerate(models.STRIDES):
         metrics[f"loss_s{stride}"] = per_scale[i]
         metrics[f"psi_s{stride}"] = psi[i]

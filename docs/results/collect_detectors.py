@@ -58,32 +58,20 @@ def collect(run: Path, preset: dict, reference: dict) -> list[dict]:
         folder = run / layout.DETECTORS / name
         rows = analyze.read_rows(folder / layout.METRICS_FILE, "loss")
         probes = analyze.read_rows(folder / layout.METRICS_FILE, "probe_mre_mm")
+        batch = config["detector"]["batch_size"]  # the template comes on top
+        # as run: the median step (its input pipeline beside it) and the mean probe
+        step_s = [batch / r["samples_per_s"] for r in rows if r.get("samples_per_s")]
+        probe_s = [r["probe_s"] for r in probes if "probe_s" in r]
         entry = {
             "run": run.name,
             "name": name,
             "overrides": changed,
             "trained_on": layout.read_json(folder / layout.DETECTOR_EXAMPLES),
             "steps": rows[-1]["step"] if rows else 0,
-            "batch_size": config["detector"]["batch_size"],  # the template comes on top
-            "minutes": round(training_minutes(rows, config["detector"]["batch_size"]), 2),
-            # as run: the median step (its input pipeline beside it) and the mean probe
-            "seconds_per_step": round(
-                float(
-                    np.median(
-                        [
-                            config["detector"]["batch_size"] / r["samples_per_s"]
-                            for r in rows
-                            if r.get("samples_per_s")
-                        ]
-                    )
-                ),
-                3,
-            )
-            if rows
-            else None,
-            "probe_seconds": round(float(np.mean(timed)), 2)
-            if (timed := [r["probe_s"] for r in probes if "probe_s" in r])
-            else None,
+            "batch_size": batch,
+            "minutes": round(training_minutes(rows, batch), 2),
+            "seconds_per_step": round(float(np.median(step_s)), 3) if step_s else None,
+            "probe_seconds": round(float(np.mean(probe_s)), 2) if probe_s else None,
             "probe": {
                 "step": [r["step"] for r in probes],
                 "mre_mm": [r["probe_mre_mm"] for r in probes],

@@ -143,7 +143,10 @@ def fingerprint_payload(dataset, settings: dict, cache_dir: Path | None = None) 
 
 def fingerprint(dataset, settings: dict, cache_dir: Path | None = None) -> str:
     """A short hash of ``fingerprint_payload``."""
-    payload = fingerprint_payload(dataset, settings, cache_dir)
+    return _hash(fingerprint_payload(dataset, settings, cache_dir))
+
+
+def _hash(payload: dict) -> str:
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -209,9 +212,14 @@ def full_iie_folder(dataset, footprint: str, split: str, cache_dir) -> Path:
     its original resolution (``data.cache_original_iie``): one ``.npy`` per image, reused by
     every training size, keyed by the same content fingerprint as the prepared copies, without
     the size."""
-    settings = {"footprint": footprint, "split": split, "maps": "original resolution"}
-    key = fingerprint(dataset, settings, Path(cache_dir))
-    return Path(cache_dir) / dataset.name / FULL_IIE_DIR / key
+    payload = fingerprint_payload(dataset, {"footprint": footprint, "split": split}, cache_dir)
+    return Path(cache_dir) / dataset.name / FULL_IIE_DIR / _full_iie_key(payload)
+
+
+def _full_iie_key(payload: dict) -> str:
+    """The key of the original-resolution maps: a prepared copy's payload without the size."""
+    settings = {k: v for k, v in payload["settings"].items() if k != "image_size"}
+    return _hash({**payload, "settings": {**settings, "maps": "original resolution"}})
 
 
 def _load_map(path: Path, shape) -> np.ndarray | None:
@@ -501,7 +509,7 @@ def prepare(
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     settings = {"image_size": list(image_size), "footprint": footprint, "split": split}
     payload = fingerprint_payload(dataset, settings, cache_dir)
-    key = fingerprint(dataset, settings, cache_dir)
+    key = _hash(payload)
     with _quiet_tfds():
         builder = builder_class(dataset.name)(
             dataset=dataset,
@@ -510,7 +518,7 @@ def prepare(
             data_dir=cache_dir / dataset.name / key,
             file_format="array_record",
             full_iie=(
-                full_iie_folder(dataset, footprint, split, cache_dir)
+                cache_dir / dataset.name / FULL_IIE_DIR / _full_iie_key(payload)
                 if full_resolution_cache
                 else None
             ),
