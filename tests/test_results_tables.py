@@ -106,6 +106,81 @@ def test_probe_curves_name_their_template_when_the_run_set_one(tmp_path):
     assert collect_runs.curve_name(b | {"encoder": "piaug"}) == "b (piaug) (probe template 089)"
 
 
+def test_append_re_expresses_older_runs_when_the_preset_changed():
+    """``collect_runs.append``: the preset went from 16 anchors and 1300 steps to 64 and 700;
+    a run that kept the old preset's steps now overrides them, one that set 64 anchors no
+    longer needs to, and a run that set 1 anchor keeps it. A file without the preset's fields
+    cannot be appended to."""
+    collect_runs = _collect_runs()
+    was = {"a": "a=16", "s": "s=1300", "lr": "lr=0.001"}
+    now = {"a": "a=64", "s": "s=700", "lr": "lr=0.001"}
+    assert collect_runs.rebase([], was, now) == ["a=16", "s=1300"]
+    assert collect_runs.rebase(["a=64", "t=089"], was, now) == ["s=1300", "t=089"]
+    assert collect_runs.rebase(["a=1", "s=700"], was, now) == ["a=1"]
+    assert collect_runs.rebase(["lr=0.002"], was, was) == ["lr=0.002"]
+    run = {"name": "old", "overrides": ["a=64"], "encoder": "baseline"}
+    old = {"preset": "p", "encoder": "baseline", "command": "c0", "runs": [run]}
+    new = {"preset": "p", "preset_values": now, "command": "c1", "runs": []}
+    with pytest.raises(SystemExit, match="preset_values"):
+        collect_runs.append(old, new)
+    merged = collect_runs.append({**old, "preset_values": was}, new)
+    assert merged["runs"][0]["overrides"] == ["s=1300"] and merged["preset_values"] == now
+    assert merged["commands"] == ["c0", "c1"]
+
+
+def test_collect_seeds_reads_a_seeds_other_results_file_and_refuses_mixed_templates(tmp_path):
+    """``collect_seeds.gather``: seed 0's baseline is another run (``--baseline-runs``) and its
+    rows are read from the evaluation with another template (``--results``); seed 1 from the
+    runs' own ``results.json``. Rows of one seed with different templates are refused, and
+    a name that matches two files of a run."""
+    collect_seeds = _script("collect_seeds")
+
+    def entry(mre, template):
+        out = {"mre_mm": mre, "std_mm": 1.0, "sdr": {}, "protocol": "grid", "n_images": 3}
+        out |= {"per_landmark_mre_mm": [mre], "full_resolution": {"mre_mm": mre}}
+        return out | ({"template": {"id": template}} if template else {})
+
+    def write(folder, name, **rows):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(json.dumps({k: entry(*v) for k, v in rows.items()}))
+
+    copy = (11.7, None)
+    write(tmp_path / "enc", "results.json", template_copy=copy, baseline=(5.9, "089"))
+    write(tmp_path / "enc", "results.t.c-32.json", template_copy=copy, baseline=(5.4, "075"))
+    write(tmp_path / "seed_0" / "adaptive", "results.t.json", piaug=(5.6, "075"))
+    write(tmp_path / "seed_0" / "adaptive", "results.json", piaug=(6.0, "075"))
+    write(
+        tmp_path / "seed_1" / "shared_baseline",
+        "results.json",
+        template_copy=copy,
+        baseline=(6.1, "012"),
+    )
+    write(tmp_path / "seed_1" / "weightmap", "results.json", piaug=(6.2, "012"))
+    seeds = collect_seeds.gather(
+        tmp_path, ["0", "1"], {"0": str(tmp_path / "enc")}, {"0": "results.t*.json"}
+    )
+    assert {k: v["mre_mm"] for k, v in seeds["0"].items()} == {
+        "template_copy": 11.7,
+        "baseline": 5.4,
+        "piaug": 5.6,
+    }
+    assert seeds["0"]["piaug"]["template"] == "075" and seeds["1"]["weightmap"]["mre_mm"] == 6.2
+    with pytest.raises(SystemExit, match="different templates"):
+        collect_seeds.gather(tmp_path, ["0"], {"0": str(tmp_path / "enc")}, {})
+    with pytest.raises(SystemExit, match="names 2 files"):
+        collect_seeds.gather(tmp_path, ["0"], {"0": str(tmp_path / "enc")}, {"0": "*.json"})
+
+
+def test_template_spread_ranks_the_chosen_template_among_all():
+    """``template_spread.spread``: four templates' MREs; the chosen one is the second best."""
+    template_spread = _script("template_spread")
+    out = template_spread.spread(np.array([5.0, 3.0, 7.0, 4.0]), ["a", "b", "c", "d"], "d")
+    assert out["chosen_rank"] == 2 and out["chosen_mre_mm"] == 4.0
+    assert out["best"] == {"id": "b", "mre_mm": 3.0} and out["worst"] == {"id": "c", "mre_mm": 7.0}
+    assert out["quantiles_mm"]["0.5"] == 4.5 and out["mean_mm"] == 4.75
+    assert out["mre_mm"] == {"a": 5.0, "b": 3.0, "c": 7.0, "d": 4.0}
+
+
 def test_landmark_errors_summary_finds_a_match_on_another_landmark():
     """``landmark_errors.summary`` on two images of two landmarks 10 mm apart: landmark 1 is
     found exactly; landmark 2's match lands on landmark 1's true point in one image (nearest
@@ -216,12 +291,17 @@ def test_collect_runs_append_keeps_the_files_runs_and_replaces_a_rerun():
     old = {
         "preset": "configs/ceph.py:cpu",
         "encoder": "baseline",
+        "preset_values": {},
         "command": "first",
-        "runs": [{"name": "b", "mre_mm": 1.0}, {"name": "a", "mre_mm": 2.0}],
+        "runs": [
+            {"name": "b", "mre_mm": 1.0, "overrides": []},
+            {"name": "a", "mre_mm": 2.0, "overrides": []},
+        ],
     }
     new = {
         "preset": "configs/ceph.py:cpu",
         "encoder": "baseline",
+        "preset_values": {},
         "command": "second",
         "runs": [{"name": "c", "encoder": "baseline"}, {"name": "b", "encoder": "baseline"}],
     }

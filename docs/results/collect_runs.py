@@ -10,7 +10,9 @@ A run given as ``RUN:ENCODER`` (``runs/enc:piaug``) is collected with that encod
 writes ``docs/results/from_scratch.json`` and ``docs/results/from_scratch_probe.png`` (the probe
 curves of every run). The minutes are the training steps' own (from ``samples_per_s``; the
 probe's time and compiling are left out); ``mre_mm`` is the run's ``results.json`` baseline
-entry (or the encoder named by ``--encoder``), when the run has one.
+entry (or the encoder named by ``--encoder``), when the run has one; ``--results`` reads
+another results file of each run (``results.template-075*.json``: the evaluation with another
+template, ``--config.stages=evaluate --config.eval.template=075``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,37 @@ def preset_config(spec: str) -> dict:
     return configure.as_dict(module.get_config(arg or None))
 
 
+def _setting(key: str, value) -> str:
+    return f"{key}={value!r}".replace("'", "")
+
+
+def preset_values(preset: dict) -> dict[str, str]:
+    """The preset's fields as the file records them (``KEY=VALUE``), so that a later
+    ``--append`` against a changed preset can re-express the file's older runs."""
+    flat = layout.flatten(resolved(preset))
+    return {
+        k: _setting(k, v)
+        for k, v in sorted(flat.items())
+        if k not in IGNORED and k.split(".")[0] not in IGNORED
+    }
+
+
+def rebase(settings: list[str], was: dict[str, str], now: dict[str, str]) -> list[str]:
+    """A run's overrides of the preset ``was`` as overrides of ``now`` (both as
+    ``preset_values`` gives them): a field the two presets set differently keeps the run's
+    value, which is the old preset's when the run did not override it."""
+    by_key = {s.partition("=")[0]: s for s in settings}
+    for key in sorted(set(was) & set(now)):
+        if was[key] == now[key]:
+            continue
+        value = by_key.get(key, was[key])
+        if value == now[key]:
+            by_key.pop(key, None)
+        else:
+            by_key[key] = value
+    return [by_key[k] for k in sorted(by_key)]
+
+
 def overrides(config: dict, preset: dict) -> list[str]:
     """The run's fields that differ from the preset's. A field the run's ``config.json`` lacks
     (the run is older than the field) counts as its default: each option was added with the
@@ -62,7 +95,7 @@ def overrides(config: dict, preset: dict) -> list[str]:
     flat = {**layout.flatten(base), **layout.flatten(config)}
     config = unflatten(flat)
     changed = layout.changed_fields(resolved(preset), resolved(config), ignore=IGNORED)
-    return [f"{k}={v!r}".replace("'", "") for k, (_, v) in changed.items()]
+    return [_setting(k, v) for k, (_, v) in changed.items()]
 
 
 def resolved(config: dict) -> dict:
@@ -91,7 +124,16 @@ def training_minutes(rows: list[dict], batch_size: int) -> float:
     return seconds / 60
 
 
-def collect(run: Path, preset: dict, encoder: str) -> dict:
+def one_file(folder: Path, pattern: str) -> Path | None:
+    """The file of ``folder`` that ``pattern`` (a name or a glob) names; None when none does,
+    and an error when it names several."""
+    found = sorted(Path(folder).glob(pattern)) if Path(folder).is_dir() else []
+    if len(found) > 1:
+        raise SystemExit(f"{folder}: {pattern} names {len(found)} files: {[p.name for p in found]}")
+    return found[0] if found else None
+
+
+def collect(run: Path, preset: dict, encoder: str, results_file: str = "") -> dict:
     config = layout.read_json(run / layout.CONFIG_FILE)
     sub = run if encoder == "baseline" else run / layout.PIAUG_DIR
     train_rows = analyze.read_rows(sub / layout.METRICS_FILE, "loss")
@@ -114,7 +156,8 @@ def collect(run: Path, preset: dict, encoder: str) -> dict:
         "mre_mm": None,
         "copy_mre_mm": None,
     }
-    results = layout.read_json(run / layout.RESULTS_FILE) or {}
+    path = one_file(run, results_file or layout.RESULTS_FILE)
+    results = (layout.read_json(path) if path else None) or {}
     if encoder in results:
         entry["mre_mm"] = results[encoder]["mre_mm"]
         entry["sdr"] = results[encoder]["sdr"]
@@ -145,20 +188,30 @@ def run_and_encoder(spec: str, default: str) -> tuple[Path, str]:
 
 def append(old: dict, new: dict) -> dict:
     """``old``'s file with ``new``'s runs added (a run of the same name and encoder replaced),
-    sorted by name, and ``new``'s command after ``old``'s. The preset must be the same."""
+    sorted by name, and ``new``'s command after ``old``'s. The preset must be the same; when
+    its fields changed since the file was written (``preset_values``), the file's runs are
+    re-expressed against the new ones (``rebase``)."""
     if old["preset"] != new["preset"]:
         raise SystemExit(
             f"--append: the file's runs are against {old['preset']}, not {new['preset']}"
         )
+    was, now = old.get("preset_values"), new["preset_values"]
+    if was is None:
+        raise SystemExit(
+            "--append: the file does not record its preset's fields (preset_values): write it "
+            "again from its runs without --append"
+        )
+    old_runs = [{**r, "overrides": rebase(r["overrides"], was, now)} for r in old["runs"]]
 
     def key(run):
         return run["name"], run.get("encoder", old["encoder"])
 
     fresh = {key(r) for r in new["runs"]}
-    runs = [r for r in old["runs"] if key(r) not in fresh] + new["runs"]
+    runs = [r for r in old_runs if key(r) not in fresh] + new["runs"]
     commands = old.get("commands") or [old["command"]]
     return {
         **old,
+        "preset_values": now,
         "command": new["command"],
         "commands": [*commands, new["command"]],
         "runs": sorted(runs, key=lambda r: r["name"]),
@@ -173,6 +226,13 @@ def main() -> int:
     parser.add_argument("--encoder", default="baseline", help="baseline | piaug")
     parser.add_argument("--note", default="", help="a line kept in the file")
     parser.add_argument(
+        "--results",
+        default="",
+        help="the results file of every run, a name or a glob naming one file in each "
+        "(results.template-075*.json: an evaluation with another template); results.json "
+        "by default",
+    )
+    parser.add_argument(
         "--append",
         action="store_true",
         help="add the runs to the file's (replacing those of the same name and encoder; the "
@@ -183,12 +243,13 @@ def main() -> int:
     runs = []
     for spec in args.runs:
         run, encoder = run_and_encoder(spec, args.encoder)
-        runs.append(collect(run, preset, encoder))
+        runs.append(collect(run, preset, encoder, args.results))
     command = " ".join(["python docs/results/collect_runs.py", *sys.argv[1:]])
     payload = {
         "preset": args.preset,
         "encoder": args.encoder,
         "note": args.note,
+        "preset_values": preset_values(preset),
         "command": command,
         "runs": runs,
     }

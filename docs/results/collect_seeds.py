@@ -11,7 +11,11 @@ checkpoints probed with the same template.
 For each seed ``s``: ``ROOT/seed_s/{weightmap,adaptive}/results.json`` (the sweep's runs, and
 ``adaptive_capped`` where it exists: piaug with its estimate's upper ends capped) and
 the baseline's ``results.json`` (``ROOT/seed_s/shared_baseline``, or the run given for that seed
-by ``--baseline-runs``); the template is the one every row of that seed shares.
+by ``--baseline-runs``); the template is the one every row of that seed shares. ``--results``
+names another results file for a seed's runs, a name or a glob that names one file in each
+run (``0:results.template-075*.json``: an evaluation with another template, ``python -m
+piaug.main ... --config.stages=evaluate --config.eval.template=075`` on each run). A name
+that matches several files of a run is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # collect_runs, beside this script
+
+from collect_runs import one_file  # noqa: E402
 
 # the sweep's runs of a seed and their rows; adaptive_capped: piaug with ranges_file set to
 # strip_augment.py's capped copy of the seed's estimate (a diagnostic, not part of table3)
@@ -39,34 +46,49 @@ def _entry(results: dict, key: str) -> dict:
     return entry
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, required=True)
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--baseline-runs", default="", help="SEED:RUN_DIR,... reused baselines")
-    parser.add_argument("--note", default="")
-    parser.add_argument("--curve", action="append", default=[], help="NAME=FILE, repeatable")
-    args = parser.parse_args()
-    reused = dict(item.split(":", 1) for item in args.baseline_runs.split(",") if item)
-    seeds = {}
-    for seed in [s.strip() for s in args.seeds.split(",") if s.strip()]:
-        folder = args.root / f"seed_{seed}"
+def gather(root: Path, seeds: list[str], reused: dict, files: dict) -> dict:
+    """``{seed: {row: entry}}`` from ``ROOT/seed_s``'s runs; ``reused`` maps a seed to its
+    baseline run's folder, ``files`` to the results file its runs are read from."""
+    out = {}
+    for seed in seeds:
+        folder = root / f"seed_{seed}"
         base_dir = Path(reused.get(seed, folder / "shared_baseline"))
         rows = {}
-        base = base_dir / "results.json"
-        if base.exists():
+        name = files.get(seed, "results.json")
+        base = one_file(base_dir, name)
+        if base:
             results = json.loads(base.read_text())
             rows["template_copy"] = _entry(results, "template_copy")
             rows["baseline"] = _entry(results, "baseline")
-        for name, row in ROWS:
-            path = folder / name / "results.json"
-            if path.exists():
+        for run, row in ROWS:
+            path = one_file(folder / run, name)
+            if path:
                 rows[row] = _entry(json.loads(path.read_text()), "piaug")
         templates = {r["template"] for r in rows.values() if "template" in r}
         if len(templates) > 1:
             raise SystemExit(f"seed {seed}: rows with different templates {templates}")
         if rows:
-            seeds[seed] = rows
+            out[seed] = rows
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--baseline-runs", default="", help="SEED:RUN_DIR,... reused baselines")
+    parser.add_argument(
+        "--results",
+        default="",
+        help="SEED:NAME,... another results file (or glob) for a seed's runs",
+    )
+    parser.add_argument("--note", default="")
+    parser.add_argument("--curve", action="append", default=[], help="NAME=FILE, repeatable")
+    args = parser.parse_args()
+    reused = dict(item.split(":", 1) for item in args.baseline_runs.split(",") if item)
+    files = dict(item.split(":", 1) for item in args.results.split(",") if item)
+    wanted = [s.strip() for s in args.seeds.split(",") if s.strip()]
+    seeds = gather(args.root, wanted, reused, files)
     payload = {
         "command": " ".join(["python docs/results/collect_seeds.py", *sys.argv[1:]]),
         "note": args.note,

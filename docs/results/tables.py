@@ -88,10 +88,10 @@ def from_scratch() -> str:
     return "\n".join(lines)
 
 
-def seeds() -> str:
-    """Baseline, weight map and piaug over seeds (``ceph_cpu_seeds.json``): per-seed rows and
-    the mean +- standard deviation (over seeds; n - 1 in the denominator)."""
-    data = _load("ceph_cpu_seeds.json")
+def seeds(name: str = "ceph_cpu_seeds.json") -> str:
+    """Baseline, weight map and piaug over seeds (``ceph_cpu_seeds.json``, or ``name``):
+    per-seed rows and the mean +- standard deviation (over seeds; n - 1 in the denominator)."""
+    data = _load(name)
     rows = [k for k in ROW_NAMES if k in data["rows"]]
     seeds_ = sorted(data["seeds"], key=int)
     head = "| | " + " | ".join(f"seed {s}" for s in seeds_) + " | mean +- std |"
@@ -213,6 +213,30 @@ def table2() -> str:
     return "\n".join(lines)
 
 
+def template_spread() -> str:
+    """Each seed's baseline matched from every training image as the template
+    (``ceph_cpu_template_spread.json``): the policy's choice against the others."""
+    data = _load("ceph_cpu_template_spread.json")
+    lines = [
+        "| baseline encoder | the policy's template: MRE (mm), rank of 150 "
+        "| MRE over the 150 templates: best / 10 % / median / 90 % / worst (mm) "
+        "| templates giving <= 5.0 mm |",
+        "|---|---|---|---|",
+    ]
+    for run, d in data.items():
+        if run == "command":
+            continue
+        q = d["quantiles_mm"]
+        share = sum(v <= 5.0 for v in d["mre_mm"].values())
+        spread = " / ".join(f"{v:.2f}" for v in (d["best"]["mre_mm"], q["0.1"], q["0.5"], q["0.9"]))
+        lines.append(
+            f"| `{run.partition('=')[0]}` | {d['chosen']}: {d['chosen_mre_mm']:.2f}, "
+            f"{d['chosen_rank']} | {spread} / {d['worst']['mre_mm']:.2f} "
+            f"| {share} of {d['templates']} |"
+        )
+    return "\n".join(lines)
+
+
 TABLES = {
     "table2": table2,
     "detectors": detectors,
@@ -220,12 +244,15 @@ TABLES = {
     "demo": demo,
     "from_scratch": from_scratch,
     "seeds": seeds,
+    "template_spread": template_spread,
     "ceph_cpu": ceph_cpu,
     # the earlier presets: L3 (one anchor per crop), P1 (16 anchors per 64 x 64 crop), C1
-    # (128 x 128 crops, 8 images of one crop a step)
+    # (128 x 128 crops, 8 images of one crop a step), C5 (16 anchors per crop, 1300 steps)
     "ceph_cpu_L3": functools.partial(ceph_cpu, "ceph_cpu_L3_seeds.json"),
     "ceph_cpu_P1": functools.partial(ceph_cpu, "ceph_cpu_P1_seeds.json"),
     "ceph_cpu_C1": functools.partial(ceph_cpu, "ceph_cpu_C1_seeds.json"),
+    "ceph_cpu_C5": functools.partial(ceph_cpu, "ceph_cpu_C5_seeds.json"),
+    "seeds_C5": functools.partial(seeds, "ceph_cpu_C5_seeds.json"),
 }
 _BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- /table:\2 -->)", re.S)
 
