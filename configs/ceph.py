@@ -17,19 +17,20 @@ see piaug/data/ceph.py. Ground truth is the mean of the doctors present
 
 Presets (``--config=configs/ceph.py:NAME[,NAME...]``, applied in order):
 
-* ``cpu``: a recipe for training from scratch on a 2-core CPU (no ImageNet weights), about 18
-  minutes of steps per encoder (1.53 s a step alone): 192 x 192, encoders at a quarter of
-  VGG19's width with batch norm in the backbone, 700 steps of 4 images with two 128 x 128
-  crops each and 64 anchors per crop (lr 1e-3 after a 50-step warm-up, then a cosine to 0),
-  CC2D's later loss (temperature 0.1, no clamp, 64-d embedding) matched by the sum of the
-  scales' cosines with bilinear upsampling, crops on a 32-pixel grid, scaled (up to 1.25x),
-  blurred and noised; the estimate's MI patches 32 pixels (the paper's 64 at 384).
-  docs/from_scratch.md records how it was found and what it reaches. The detector (CC2D's
-  second stage) at the same size and width: 2000 steps of 4 images with lr 1e-3 (warm-up,
-  cosine), rotated, scaled, shifted and jittered, the heatmap term balanced between the disks
-  and the rest. CC2D-S2 (``detector.labels=pseudo``, the template added to every batch) within
-  30 minutes: ``--config.detector.batch_size=3 --config.detector.steps=1900`` (3 images and
-  the template a step, as the authors' batch: 25 minutes as run).
+* ``cpu``: a recipe for training from scratch on a 2-core CPU (no ImageNet weights), about 12
+  minutes of steps per encoder alone (1.05 s a step; 16 as run with the input pipeline):
+  192 x 192, encoders at a quarter of VGG19's width with batch norm in the backbone, 700 steps of 4
+  images with two 128 x 128 crops each and 64 anchors per crop (lr 1e-3 after a 50-step
+  warm-up, then a cosine to 0), CC2D's later loss (temperature 0.1, no clamp, 64-d embedding)
+  matched by the sum of the scales' cosines with bilinear upsampling, crops on a 32-pixel
+  grid, scaled (up to 1.25x), blurred and noised; the estimate's MI patches 32 pixels (the
+  paper's 64 at 384). docs/from_scratch.md records how it was found and what it reaches. The
+  detector (CC2D's second stage) at the same size and width: 2000 steps of 4 images with lr
+  1e-3 (warm-up, cosine), rotated, scaled, shifted and jittered, the heatmap term balanced
+  between the disks and the rest. CC2D-S2 (``detector.labels=pseudo``, the template added to
+  every batch) within 30 minutes: ``--config.detector.batch_size=3
+  --config.detector.steps=1900`` (3 images and the template a step, as the authors' batch: 25
+  minutes as run).
 * the ablations of ``piaug.ablations`` (e.g. ``gamma_0.1``, ``d_3.7``, ``estimated``,
   ``alpha_1.5``, ``footprint_32``, ``continuous``); ``launch/sweep.py`` runs whole sweeps.
 """

@@ -87,13 +87,18 @@ def rebase(settings: list[str], was: dict[str, str], now: dict[str, str]) -> lis
     return [by_key[k] for k in sorted(by_key)]
 
 
+def with_defaults(config: dict) -> dict:
+    """A run's saved ``config.json`` with the fields it predates at their defaults (each
+    option was added with the code's earlier behaviour as its default)."""
+    base = configure.as_dict(defaults.base_config(config["data"]["name"]))
+    return unflatten({**layout.flatten(base), **layout.flatten(config)})
+
+
 def overrides(config: dict, preset: dict) -> list[str]:
     """The run's fields that differ from the preset's. A field the run's ``config.json`` lacks
     (the run is older than the field) counts as its default: each option was added with the
     paper's behaviour, the code's before it existed, as its default."""
-    base = configure.as_dict(defaults.base_config(config["data"]["name"]))
-    flat = {**layout.flatten(base), **layout.flatten(config)}
-    config = unflatten(flat)
+    config = with_defaults(config)
     changed = layout.changed_fields(resolved(preset), resolved(config), ignore=IGNORED)
     return [_setting(k, v) for k, (_, v) in changed.items()]
 

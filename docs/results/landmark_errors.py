@@ -23,7 +23,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE))  # collect_runs, beside this script
 
+from collect_runs import with_defaults  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
 from piaug import checkpoints, configure, evaluate, layout, matching, pipeline  # noqa: E402
@@ -33,7 +35,7 @@ def setting(run: Path, encoder: str) -> dict:
     """What ``evaluate`` matched for ``encoder`` of ``run``: its config, encoder (images ->
     maps), template image and landmarks (row, col in the grid), the images evaluated, their
     true points in the grid and the grid's spacing (mm per pixel, x and y)."""
-    config = ConfigDict(layout.read_json(run / layout.CONFIG_FILE))
+    config = ConfigDict(with_defaults(layout.read_json(run / layout.CONFIG_FILE)))
     entry = layout.read_json(run / layout.RESULTS_FILE)[encoder]
     if entry["split"] != config.data.split:
         raise SystemExit(f"{run}: evaluated on {entry['split']}, not the training split")
@@ -42,8 +44,7 @@ def setting(run: Path, encoder: str) -> dict:
     keep = [pool.ids.index(i) for i in entry["ids"]]
     size = configure.image_size(config)
     template = pool.examples[index]
-    examples = [pool.examples[i] for i in keep]
-    original = np.stack([e["original_size"] for e in examples])
+    spacing, truth = grid_truth([pool.examples[i] for i in keep], size)
     ckpt = layout.trained_encoders(run, config.train.baseline)[encoder]
     return {
         "config": config,
@@ -56,11 +57,18 @@ def setting(run: Path, encoder: str) -> dict:
             np.round(template["landmarks"][:, ::-1]).astype(np.int64), 0, np.asarray(size) - 1
         ),
         "images": pool.images[keep],
-        "spacing": evaluate.grid_spacing([float(e["spacing"]) for e in examples], original, size),
-        "truth": evaluate.truth_in_grid(
-            np.stack([e["landmarks_original"] for e in examples]), original, size
-        ),
+        "spacing": spacing,
+        "truth": truth,
     }
+
+
+def grid_truth(examples: list[dict], size) -> tuple[np.ndarray, np.ndarray]:
+    """The grid's spacing (mm per pixel, x and y) of each example and its true points in the
+    grid of ``size``, as ``evaluate`` scores them."""
+    original = np.stack([e["original_size"] for e in examples])
+    spacing = evaluate.grid_spacing([float(e["spacing"]) for e in examples], original, size)
+    landmarks = np.stack([e["landmarks_original"] for e in examples])
+    return spacing, evaluate.truth_in_grid(landmarks, original, size)
 
 
 def check_mre(run: Path, offset: np.ndarray, mre_mm: float) -> None:

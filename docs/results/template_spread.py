@@ -16,17 +16,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 
-from collect_runs import one_file  # noqa: E402
-from landmark_errors import cli  # noqa: E402
+from collect_runs import one_file, with_defaults  # noqa: E402
+from landmark_errors import cli, grid_truth  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
-from piaug import checkpoints, configure, defaults, evaluate, layout, matching, pipeline  # noqa: E402
+from piaug import checkpoints, configure, layout, matching, pipeline  # noqa: E402
 
 
 def spread(mre: np.ndarray, ids: list[str], chosen: str) -> dict:
@@ -58,21 +59,18 @@ def chosen_entry(run: Path, encoder: str, results: str = "") -> dict:
 
 def templates(run: Path, encoder: str, results: str = "") -> dict:
     """Every template's MRE into the other images of ``run``'s split, for ``encoder``."""
-    saved = layout.read_json(run / layout.CONFIG_FILE)
-    # A field the run predates takes its default (each was added with the earlier behaviour).
-    config = defaults.base_config(saved["data"]["name"])
-    config.update(ConfigDict(saved))
+    config = ConfigDict(with_defaults(layout.read_json(run / layout.CONFIG_FILE)))
     entry = chosen_entry(run, encoder, results)
     pool = pipeline._Images(config)
     size = configure.image_size(config)
-    original = np.stack([e["original_size"] for e in pool.examples])
-    spacing = evaluate.grid_spacing([float(e["spacing"]) for e in pool.examples], original, size)
-    truth = evaluate.truth_in_grid(
-        np.stack([e["landmarks_original"] for e in pool.examples]), original, size
-    )
+    spacing, truth = grid_truth(pool.examples, size)
     ckpt = layout.trained_encoders(run, config.train.baseline)[encoder]
     apply = checkpoints.image_encoder(ckpt, configure.model(config))
-    features = matching.encode(apply, pool.images, batch_size=config.eval.batch_size)
+    # on the device once: every template matches into all of them
+    features = [
+        jnp.asarray(f)
+        for f in matching.encode(apply, pool.images, batch_size=config.eval.batch_size)
+    ]
     kw = {"size": size, "batch_size": config.eval.batch_size, "upsample": config.eval.upsample}
     kw |= {"subpixel": config.eval.subpixel, "combine": config.eval.combine}
     mre = np.zeros(len(pool.ids))
