@@ -35,6 +35,26 @@ def test_template_vectors_read_the_cells_of_the_points():
         np.testing.assert_array_equal(v[1], f[0, 31 // s, 47 // s])
 
 
+@pytest.mark.parametrize("combine", matching.COMBINE)
+def test_similarity_is_each_cells_cosine_with_each_template(combine):
+    """The contraction of unit vectors equals the cosine of every cell with every template
+    (with its norm floor), scale by scale, upsampled and combined."""
+    from piaug import losses
+
+    feats = _features(7, n=3)
+    feats[0] = feats[0].at[0, 0, 0].set(0.0)  # a zero vector: the floor, not a NaN
+    templates = [jnp.asarray(np.random.default_rng(8).normal(size=(4, 6)), jnp.float32)] * 3
+    got = matching.similarity(feats, templates, size=SIZE, strides=STRIDES, combine=combine)
+    want = None
+    for f, t, s in zip(feats, templates, STRIDES, strict=True):
+        cos = np.asarray(losses.cosine(f[:, None], t[None, :, None, None, :]))
+        cos = np.clip(cos, 0, 1) if combine == "product" else cos
+        cos = cos.repeat(s, axis=-2).repeat(s, axis=-1)
+        want = cos if want is None else (want * cos if combine == "product" else want + cos)
+    assert got.shape == (3, 4, *SIZE) and np.isfinite(np.asarray(got)).all()
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+
+
 def test_a_point_matched_into_its_own_image_is_found():
     feats = _features(1)
     points = jnp.asarray([[5, 9], [20, 33], [30, 1]])
