@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from loss_window import _time  # beside this script
 
 from piaug import losses, matching, models
 
@@ -40,15 +40,6 @@ def broadcast_match(query_features, templates, *, size, combine="sum"):
     flat = total.reshape(*lead, h * w)
     arg = jnp.argmax(flat, axis=-1)
     return jnp.stack([arg // w, arg % w], axis=-1), jnp.max(flat, axis=-1)
-
-
-def _time(fn, args, repeats):
-    jax.block_until_ready(fn(*args))  # compile
-    start = time.perf_counter()
-    for _ in range(repeats):
-        out = fn(*args)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / repeats, out
 
 
 def main(argv=None):

@@ -311,3 +311,94 @@ def test_collect_runs_append_keeps_the_files_runs_and_replaces_a_rerun():
     assert merged["commands"] == ["first", "second"] and merged["command"] == "second"
     with pytest.raises(SystemExit, match="configs/hand.py"):
         collect_runs.append(old, {**new, "preset": "configs/hand.py"})
+
+
+def test_template_spread_reuses_an_earlier_files_mres_and_checks_the_chosen(tmp_path):
+    """``template_spread.reused``: a run's entry of an earlier file (found by its folder and
+    encoder, whatever results file it named) summarised against the template of the run's
+    results file now; an MRE that disagrees with the results file is refused. ``agreement``
+    adds the rank correlation of every two entries."""
+    template_spread = _script("template_spread")
+    run = tmp_path / "runs" / "a"
+    run.mkdir(parents=True)
+    mre = {"t1": 5.0, "t2": 3.0, "t3": 7.0}
+    earlier = {
+        "command": "c",
+        f"{run}=results.old*.json": template_spread.spread(
+            np.array([5.0, 3.0, 7.0]), list(mre), "t1"
+        ),
+        f"{run}:piaug": template_spread.spread(np.array([4.0, 2.0, 9.0]), list(mre), "t1"),
+    }
+    (tmp_path / "old.json").write_text(json.dumps(earlier))
+    (run / "results.new.json").write_text(
+        json.dumps({"baseline": {"template": {"id": "t2"}, "mre_mm": 3.0}})
+    )
+    out = template_spread.reused(str(tmp_path / "old.json"), run, "baseline", "results.new.json")
+    assert out["chosen"] == "t2" and out["chosen_rank"] == 1 and out["mre_mm"] == mre
+    (run / "results.json").write_text(
+        json.dumps({"piaug": {"template": {"id": "t2"}, "mre_mm": 2.5}})
+    )
+    with pytest.raises(SystemExit, match="differs"):
+        template_spread.reused(str(tmp_path / "old.json"), run, "piaug", "")
+    template_spread.agreement(tmp_path / "old.json")
+    pairs = json.loads((tmp_path / "old.json").read_text())["spearman_between_entries"]
+    assert pairs == {f"{run}=results.old*.json | {run}:piaug": pytest.approx(1.0)}
+
+
+def test_over_templates_compares_rows_template_by_template(tables, monkeypatch):
+    """``tables.over_templates``: each row's mean over templates per seed, and piaug's
+    difference from the baseline on the same templates with how many templates it wins."""
+
+    def entry(*values):
+        return {"mre_mm": dict(zip(("t1", "t2", "t3", "t4"), values, strict=True))}
+
+    data = {
+        "command": "c",
+        "runs/enc=results.x*.json": entry(5.0, 6.0, 7.0, 8.0),
+        "runs/enc:piaug=results.x*.json": entry(4.0, 5.0, 8.0, 7.0),
+        "runs/cpu5/seed_0/weightmap:piaug": entry(5.0, 6.0, 7.0, 8.0),
+        "runs/cpu5/seed_1/shared_baseline": entry(6.0, 6.0, 6.0, 6.0),
+        "runs/cpu5/seed_1/adaptive:piaug": entry(5.0, 5.0, 5.0, 5.0),
+        "runs/cpu5/seed_1/weightmap:piaug": entry(7.0, 7.0, 7.0, 7.0),
+        "spearman_between_entries": {"a | b": 0.5},
+    }
+    monkeypatch.setattr(tables, "_load", lambda name: data)
+    lines = tables.over_templates().splitlines()
+    assert lines[0].startswith("| mean over the 150 templates (mm) | seed 0 | seed 1 |")
+    assert lines[2].endswith("| 6.50 | 6.00 | 6.25 +- 0.35 |")  # the baseline
+    assert "| 6.00 | 5.00 | 5.50 +- 0.71 |" in lines[4]  # piaug
+    assert lines[6].endswith("| -0.50 (3 of 4 better) | -1.00 (4 of 4 better) | -0.75 +- 0.35 |")
+    assert "+0.00 (0 of 4 better) | +1.00 (0 of 4 better)" in lines[5]  # the weight map
+    assert tables.template_spread  # its baseline rows: the enc and shared_baseline entries
+
+
+def test_template_policies_score_round_trips_and_judge_against_the_spread():
+    """``template_policies``: three candidates of four points; candidate 0's points come back
+    where they began, 1's one pixel off, 2's ten (none consistent: no affine fit, last); each
+    policy's choice is looked up in the spread, with its rank and the correlation of its
+    scores with the MREs."""
+    policies_ = _script("template_policies")
+    n, p = 3, 4
+    points = np.array([[[10, 10], [20, 30], [40, 15], [25, 45]]] * n)
+    forward = np.repeat(points[:, None], n, axis=1) + 1  # every match one pixel down-right
+    back = np.repeat(points[:, None], n, axis=1).copy()
+    back[1] += [1, 0]
+    back[2] += [10, 0]
+    m = {
+        "ids": np.array(["a", "b", "c"]),
+        "points": points,
+        "valid": np.ones((n, p), bool),
+        "forward": forward,
+        "back": back,
+        "score": np.array([0.9, 0.5, 0.7])[:, None, None] * np.ones((n, n, p)),
+    }
+    scores = policies_.policies(m)
+    np.testing.assert_allclose(scores["cycle_within_2"], [1, 1, 0])
+    np.testing.assert_allclose(scores["cycle_error"], [0, -1, -10])
+    np.testing.assert_allclose(scores["confidence"], [0.9, 0.5, 0.7])
+    np.testing.assert_allclose(scores["affine_residual"], [0, 0, -np.inf], atol=1e-9)
+    spread = {"mre_mm": {"a": 4.0, "b": 5.0, "c": 6.0}}
+    judged = policies_.judge(scores, ["a", "b", "c"], spread)
+    assert judged["cycle_error"]["all"] == {"id": "a", "mre_mm": 4.0, "rank": 1}
+    assert judged["cycle_error"]["spearman_with_mre"] == pytest.approx(1.0)
+    assert judged["confidence"]["spearman_with_mre"] == pytest.approx(0.5)

@@ -1,5 +1,6 @@
 r"""Gathers a seeds comparison (baseline, weight map alone, piaug; one table3 sweep per seed)
-into ``docs/results/ceph_cpu_seeds.json``, which the README's seeds table is made from.
+into ``docs/results/ceph_cpu_seeds.json`` (or ``--out``), which the README's seeds table is made
+from.
 
 python docs/results/collect_seeds.py --root=runs/seeds --baseline-runs=0:runs/fs/L3 \
     [--seeds=0,1,2]
@@ -83,6 +84,7 @@ def main() -> int:
         help="SEED:NAME,... another results file (or glob) for a seed's runs",
     )
     parser.add_argument("--note", default="")
+    parser.add_argument("--out", default="ceph_cpu_seeds", help="the file's name, without .json")
     parser.add_argument("--curve", action="append", default=[], help="NAME=FILE, repeatable")
     args = parser.parse_args()
     reused = dict(item.split(":", 1) for item in args.baseline_runs.split(",") if item)
@@ -95,7 +97,8 @@ def main() -> int:
         "rows": sorted({k for rows in seeds.values() for k in rows}),
         "seeds": seeds,
     }
-    (HERE / "ceph_cpu_seeds.json").write_text(json.dumps(payload, indent=1) + "\n")
+    out = HERE / f"{args.out}.json"
+    out.write_text(json.dumps(payload, indent=1) + "\n")
     if args.curve:
         sys.path.insert(0, str(HERE.parents[1]))
         from piaug import analyze, plots
@@ -116,7 +119,7 @@ def main() -> int:
             title="the probe, one template",
             reference=reference,
         )
-    print(f"wrote {HERE / 'ceph_cpu_seeds.json'}: seeds {sorted(seeds)}")
+    print(f"wrote {out}: seeds {sorted(seeds)}")
     return 0
 
 

@@ -140,17 +140,22 @@ def summary(e: dict[str, np.ndarray]) -> list[dict]:
     return rows
 
 
-def cli(doc: str, script: str, analyse) -> int:
+def cli(doc: str, script: str, analyse, options: dict[str, str] | None = None) -> int:
     """The command line of this script and of its siblings: ``--out=NAME RUN[:ENCODER] ...``,
-    ``analyse(run, encoder)`` for each, written with the command to ``NAME.json`` here."""
+    ``analyse(run, encoder)`` for each, written with the command to ``NAME.json`` here.
+    ``options``: a script's own ``--NAME`` options (name -> help), passed to ``analyse`` as
+    keywords."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="RUN[:ENCODER]")
     parser.add_argument("--out", required=True, help="the result file's name, without .json")
+    for name, text in (options or {}).items():
+        parser.add_argument(f"--{name}", default="", help=text)
     args = parser.parse_args()
+    extra = {name: getattr(args, name) for name in options or {}}
     payload = {"command": " ".join([f"python docs/results/{script}", *sys.argv[1:]])}
     for spec in args.runs:
         run, _, encoder = spec.partition(":")
-        payload[spec] = analyse(Path(run), encoder or "baseline")
+        payload[spec] = analyse(Path(run), encoder or "baseline", **extra)
     (HERE / f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")
     print(f"wrote {HERE / args.out}.json")
     return 0

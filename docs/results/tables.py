@@ -213,10 +213,14 @@ def table2() -> str:
     return "\n".join(lines)
 
 
-def template_spread() -> str:
+def template_spread(name: str = "ceph_cpu_template_spread_today.json") -> str:
     """Each seed's baseline matched from every training image as the template
-    (``ceph_cpu_template_spread.json``): the policy's choice against the others."""
-    data = _load("ceph_cpu_template_spread.json")
+    (``template_spread.py``'s file ``name``): the policy's choice against the others."""
+    data = {
+        k: v
+        for k, v in _load(name).items()
+        if isinstance(v, dict) and "mre_mm" in v and _seed_row(k)[1] == "baseline"
+    }
     lines = [
         "| baseline encoder | the policy's template: MRE (mm), rank of 150 "
         "| MRE over the 150 templates: best / 10 % / median / 90 % / worst (mm) "
@@ -224,8 +228,6 @@ def template_spread() -> str:
         "|---|---|---|---|",
     ]
     for run, d in data.items():
-        if run == "command":
-            continue
         q = d["quantiles_mm"]
         share = sum(v <= 5.0 for v in d["mre_mm"].values())
         spread = " / ".join(f"{v:.2f}" for v in (d["best"]["mre_mm"], q["0.1"], q["0.5"], q["0.9"]))
@@ -237,6 +239,82 @@ def template_spread() -> str:
     return "\n".join(lines)
 
 
+def _seed_row(spec: str) -> tuple[str, str]:
+    """The seed and row of a ``template_spread.py`` entry of the seeds' runs: ``runs/enc`` is
+    seed 0 (its baseline and piaug), ``runs/cpu5/seed_S/{shared_baseline,weightmap,adaptive}``
+    the others' (the sweep's encoder is ``piaug``)."""
+    run, _, encoder = spec.partition("=")[0].partition(":")
+    parts = Path(run).parts
+    if parts[-1] == "enc":
+        return "0", "piaug" if encoder == "piaug" else "baseline"
+    folder = {"shared_baseline": "baseline", "weightmap": "weightmap", "adaptive": "piaug"}
+    return parts[-2].removeprefix("seed_"), folder[parts[-1]]
+
+
+def over_templates(name: str = "ceph_cpu_template_spread_today.json") -> str:
+    """Every encoder of the seeds matched from each of the 150 training images as the template
+    (``template_spread.py``): its mean MRE over the templates, and piaug's difference from the
+    baseline template by template (the same template, the same images)."""
+    data = _load(name)
+    mre: dict[str, dict[str, dict]] = {}
+    for spec, entry in data.items():
+        if isinstance(entry, dict) and "mre_mm" in entry:  # an encoder's, not the agreement
+            seed, row = _seed_row(spec)
+            mre.setdefault(row, {})[seed] = entry["mre_mm"]
+    seeds_ = sorted(mre["baseline"], key=int)
+    lines = [
+        "| mean over the 150 templates (mm) | "
+        + " | ".join(f"seed {s}" for s in seeds_)
+        + " | mean +- std |",
+        "|---" * (len(seeds_) + 2) + "|",
+    ]
+    for row in ("baseline", "weightmap", "piaug"):
+        values = [statistics.mean(mre[row][s].values()) for s in seeds_]
+        cells = " | ".join(f"{v:.2f}" for v in values)
+        lines.append(
+            f"| {ROW_NAMES[row]} | {cells} | "
+            f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f} |"
+        )
+    for row in ("weightmap", "piaug"):
+        cells, means = [], []
+        for s in seeds_:
+            diff = [mre[row][s][t] - v for t, v in mre["baseline"][s].items()]
+            better = sum(d < 0 for d in diff)
+            means.append(statistics.mean(diff))
+            cells.append(f"{means[-1]:+.2f} ({better} of {len(diff)} better)")
+        lines.append(
+            f"| {ROW_NAMES[row].split(' (')[0]} - baseline, template by template | "
+            + " | ".join(cells)
+            + f" | {statistics.mean(means):+.2f} +- {statistics.stdev(means):.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def template_policies() -> str:
+    """Label-free template policies on each seed's baseline (``ceph_cpu_template_policies.json``):
+    the template each chooses (among the preset's 32 evenly spaced candidates, and all 150), its
+    MRE and rank, and the rank correlation of its scores with the templates' MREs."""
+    data = _load("ceph_cpu_template_policies.json")
+    runs = [k for k in data if k != "command"]
+    lines = [
+        "| policy | "
+        + " | ".join(f"seed {_seed_row(r)[0]}: 32 / all 150 candidates" for r in runs)
+        + " | Spearman with the MRE |",
+        "|---" * (len(runs) + 2) + "|",
+    ]
+
+    def pick(c: dict) -> str:
+        return f"{c['id']} {c['mre_mm']:.2f} ({c['rank']})"
+
+    for policy in data[runs[0]]:
+        cells = " | ".join(
+            f"{pick(data[r][policy]['spaced_32'])} / {pick(data[r][policy]['all'])}" for r in runs
+        )
+        rho = [data[r][policy]["spearman_with_mre"] for r in runs]
+        lines.append(f"| `{policy}` | {cells} | {min(rho):.2f}-{max(rho):.2f} |")
+    return "\n".join(lines)
+
+
 TABLES = {
     "table2": table2,
     "detectors": detectors,
@@ -245,6 +323,8 @@ TABLES = {
     "from_scratch": from_scratch,
     "seeds": seeds,
     "template_spread": template_spread,
+    "over_templates": over_templates,
+    "template_policies": template_policies,
     "ceph_cpu": ceph_cpu,
     # the earlier presets: L3 (one anchor per crop), P1 (16 anchors per 64 x 64 crop), C1
     # (128 x 128 crops, 8 images of one crop a step), C5 (16 anchors per crop, 1300 steps)
@@ -253,6 +333,8 @@ TABLES = {
     "ceph_cpu_C1": functools.partial(ceph_cpu, "ceph_cpu_C1_seeds.json"),
     "ceph_cpu_C5": functools.partial(ceph_cpu, "ceph_cpu_C5_seeds.json"),
     "seeds_C5": functools.partial(seeds, "ceph_cpu_C5_seeds.json"),
+    # the preset's seeds from the templates their logs recorded (075, 054, 145)
+    "seeds_075_054_145": functools.partial(seeds, "ceph_cpu_seeds_075_054_145.json"),
 }
 _BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- /table:\2 -->)", re.S)
 

@@ -9,15 +9,22 @@ python docs/results/template_spread.py --out=NAME RUN[:ENCODER][=RESULTS] ...
 template it evaluated from, whose MRE is checked against it; ``=RESULTS`` names another
 results file of the run, a name or a glob, e.g. the evaluation from the policy's template
 when the run was given another) and its data where its ``config.json`` says.
+
+``--reuse=FILE[,FILE]`` matches nothing: it summarises each run's per-template MREs from the
+earlier outputs of this script again against the template of its results file, e.g. after
+the run was evaluated from another template.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+from scipy import stats
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
@@ -91,16 +98,67 @@ def templates(run: Path, encoder: str, results: str = "") -> dict:
     return spread(mre, list(pool.ids), chosen)
 
 
+def reused(path: str, run: Path, encoder: str, results: str) -> dict:
+    """``run``'s ``encoder`` summarised again from the per-template MREs that ``path`` (earlier
+    files of this script, comma-separated) hold for it, against the template of ``results``: the
+    matching does not depend on which template is the chosen one."""
+    found = [
+        entry
+        for one in path.split(",")
+        for spec, entry in json.loads(Path(one).read_text()).items()
+        if "mre_mm" in entry
+        and Path(spec.partition("=")[0].partition(":")[0]) == run
+        and (spec.partition("=")[0].partition(":")[2] or "baseline") == encoder
+    ]
+    if len(found) != 1:
+        raise SystemExit(f"{path}: {len(found)} entries for {run}:{encoder}, not one")
+    entry = found[0]
+    ids, mre = list(entry["mre_mm"]), np.array(list(entry["mre_mm"].values()))
+    chosen = chosen_entry(run, encoder, results)
+    if not np.isclose(mre[ids.index(chosen["template"]["id"])], chosen["mre_mm"], atol=1e-3):
+        raise SystemExit(
+            f"{run}: {path}'s MRE from {chosen['template']['id']} differs from its results file's"
+        )
+    return spread(mre, ids, chosen["template"]["id"])
+
+
 def main() -> int:
-    def analyse(run: Path, encoder: str) -> dict:
+    def analyse(run: Path, encoder: str, reuse: str = "") -> dict:
         # RUN[:ENCODER]=RESULTS: the chosen template from another results file of RUN
         if "=" in encoder:
             encoder, _, results = encoder.partition("=")
         else:
             run, _, results = str(run).partition("=")
+        if reuse:
+            return reused(reuse, Path(run), encoder or "baseline", results)
         return templates(Path(run), encoder or "baseline", results)
 
-    return cli(__doc__, "template_spread.py", analyse)
+    reuse = "an earlier file of this script: its per-template MREs summarised again (no matching)"
+    status = cli(__doc__, "template_spread.py", analyse, {"reuse": reuse})
+    agreement(HERE / f"{_out_name()}.json")
+    return status
+
+
+def _out_name() -> str:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--out")
+    return parser.parse_known_args()[0].out
+
+
+def agreement(path: Path) -> None:
+    """Adds to ``path`` the Spearman correlation of the per-template MREs of every two of its
+    entries (``"A | B"``): whether a template good for one encoder is good for another."""
+    data = json.loads(path.read_text())
+    runs = [k for k in data if k != "command" and "mre_mm" in data[k]]
+    out = {}
+    for i, a in enumerate(runs):
+        for b in runs[i + 1 :]:
+            ids = list(data[a]["mre_mm"])
+            x = [data[a]["mre_mm"][t] for t in ids]
+            y = [data[b]["mre_mm"][t] for t in ids]
+            out[f"{a} | {b}"] = float(stats.spearmanr(x, y).correlation)
+    data["spearman_between_entries"] = out
+    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 if __name__ == "__main__":

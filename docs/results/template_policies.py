@@ -1,0 +1,167 @@
+r"""Unsupervised template policies against every template's true MRE: does any score rank the
+templates by how well their landmarks transfer?
+
+python docs/results/template_policies.py --out=NAME --spread=SPREAD RUN[=KEY] ...
+
+For each run's baseline encoder (grid protocol, its images), every training image is a
+candidate: its salient points (``eval.salient_points`` IIE maxima, as the policy's) are matched
+into every other image (forward) and each match back into the candidate (the round trip).
+Each policy scores the candidates from those matches alone:
+
+- ``confidence``: the mean peak of the combined similarity map (the paper's policy, piaug's
+  ``matching.choose_template``);
+- ``cycle_within_R``: the share of round trips that land within R pixels of where they began;
+  ``cycle_error``: the mean round-trip distance (lower is better);
+- ``affine_residual``: the mean distance of the round-trip-consistent (4 px) forward matches
+  from the affine map that fits them best (lower: the candidate's shape is nearer the others').
+
+Labels choose nothing: each policy's choice, among all candidates and among the 32 evenly
+spaced ones that ``eval.template_candidates`` scores, is looked up in ``SPREAD`` (the file
+``template_spread.py`` wrote; ``KEY``: the run's entry there, the run itself by default):
+its MRE, its rank of the templates, and the Spearman correlation between the policy's score and
+the templates' MRE (positive: the policy prefers the better templates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+sys.path.insert(0, str(HERE))
+
+from collect_runs import with_defaults  # noqa: E402
+from ml_collections import ConfigDict  # noqa: E402
+
+from piaug import checkpoints, configure, layout, matching, pipeline  # noqa: E402
+
+RADII = (2, 4, 8)  # round-trip radii, pixels of the training grid
+CHUNK = 16  # candidates' matches sent back at once
+
+
+def round_trips(run: Path) -> dict[str, np.ndarray]:
+    """Every candidate's salient points matched forward and back with ``run``'s baseline:
+    ``points`` ``(N, P, 2)``, ``valid`` ``(N, P)``, ``forward`` and ``back`` ``(N, N, P, 2)``
+    (candidate, image, point), ``score`` ``(N, N, P)`` (the forward peaks), ``ids``."""
+    config = ConfigDict(with_defaults(layout.read_json(run / layout.CONFIG_FILE)))
+    pool = pipeline._Images(config)
+    size, cfg = tuple(configure.image_size(config)), config.eval
+    ckpt = layout.trained_encoders(run, config.train.baseline)["baseline"]
+    apply = checkpoints.image_encoder(ckpt, configure.model(config))
+    features = [jnp.asarray(f) for f in matching.encode(apply, pool.images, batch_size=8)]
+    border = int(round(cfg.border * min(size)))
+    found = [
+        matching.salient_points(
+            e["iie"], count=cfg.salient_points, min_distance=cfg.salient_distance, border=border
+        )
+        for e in pool.examples
+    ]
+    n, most = len(found), max(len(p) for p in found)
+    points = np.stack([np.concatenate([p, np.repeat(p[:1], most - len(p), 0)]) for p in found])
+    valid = np.arange(most)[None] < np.array([len(p) for p in found])[:, None]
+    # the policy's own setting: nearest upsampling, the run's way of combining the scales
+    kw = {"size": size, "upsample": "nearest", "combine": cfg.combine, "batch_size": 8}
+    forward = np.zeros((n, n, most, 2), np.int32)
+    back = np.zeros_like(forward)
+    score = np.zeros((n, n, most), np.float32)
+    for t in range(n):
+        vectors = matching.template_vectors([f[t] for f in features], points[t])
+        forward[t], score[t] = matching.match_all(features, vectors, with_scores=True, **kw)
+        query = [f[t : t + 1] for f in features]
+        for start in range(0, n, CHUNK):
+            images = list(range(start, min(start + CHUNK, n)))
+            images += [images[-1]] * (CHUNK - len(images))  # one shape: one compilation
+            each = [
+                matching.template_vectors([f[j] for f in features], forward[t, j]) for j in images
+            ]
+            vectors = [jnp.concatenate([v[k] for v in each]) for k in range(len(features))]
+            found_back = matching.match_all(query, vectors, **kw)[0].reshape(CHUNK, most, 2)
+            count = min(CHUNK, n - start)
+            back[t, start : start + count] = found_back[:count]
+    return {
+        "ids": np.asarray(pool.ids),
+        "points": points,
+        "valid": valid,
+        "forward": forward,
+        "back": back,
+        "score": score,
+    }
+
+
+def policies(m: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each policy's score of every candidate (higher: preferred)."""
+    n = len(m["ids"])
+    use = m["valid"][:, None, :] & ~np.eye(n, dtype=bool)[:, :, None]  # not its own image
+
+    def mean(x, where=use):
+        return (x * where).sum((1, 2)) / np.maximum(where.sum((1, 2)), 1)
+
+    trip = np.linalg.norm(m["back"] - m["points"][:, None], axis=-1)
+    out = {"confidence": mean(m["score"])}
+    for r in RADII:
+        out[f"cycle_within_{r}"] = mean(trip <= r)
+    out["cycle_error"] = -mean(trip)
+    residual = np.full((n, n), np.nan)
+    consistent = use & (trip <= 4)
+    for t in range(n):
+        for j in range(n):
+            keep = consistent[t, j]
+            if keep.sum() < 4:
+                continue
+            p = np.c_[m["points"][t][keep], np.ones(keep.sum())]
+            q = m["forward"][t, j][keep].astype(np.float64)
+            fit, *_ = np.linalg.lstsq(p, q, rcond=None)
+            residual[t, j] = np.linalg.norm(p @ fit - q, axis=1).mean()
+    fitted = np.isfinite(residual).sum(axis=1)  # a candidate with no fit comes last
+    mean_residual = np.nansum(residual, axis=1) / np.maximum(fitted, 1)
+    out["affine_residual"] = np.where(fitted > 0, -mean_residual, -np.inf)
+    return out
+
+
+def judge(scores: dict[str, np.ndarray], ids: list[str], spread: dict) -> dict:
+    """Each policy's choice (all candidates, and the 32 evenly spaced) against the spread."""
+    mre = np.array([spread["mre_mm"][i] for i in ids])
+    rank = np.empty(len(ids), int)
+    rank[np.argsort(mre)] = np.arange(1, len(ids) + 1)
+    spaced = pipeline.spread(np.ones(len(ids), bool), 32)
+    out = {}
+    for name, s in scores.items():
+        entry = {"spearman_with_mre": float(-stats.spearmanr(s, mre).correlation)}
+        for label, allowed in (("all", np.ones(len(ids), bool)), ("spaced_32", spaced)):
+            t = int(np.flatnonzero(allowed)[np.argmax(s[allowed])])
+            entry[label] = {"id": ids[t], "mre_mm": float(mre[t]), "rank": int(rank[t])}
+        out[name] = entry
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="RUN[=KEY]")
+    parser.add_argument("--out", required=True, help="the result file's name, without .json")
+    parser.add_argument("--spread", required=True, help="template_spread.py's file, without .json")
+    args = parser.parse_args()
+    spread = json.loads((HERE / f"{args.spread}.json").read_text())
+    payload = {"command": " ".join(["python docs/results/template_policies.py", *sys.argv[1:]])}
+    for spec in args.runs:
+        run, _, key = spec.partition("=")
+        key = key or run
+        if key not in spread:
+            raise SystemExit(f"{key!r} is not an entry of {args.spread}.json: {list(spread)}")
+        m = round_trips(Path(run))
+        ids = [str(i) for i in m["ids"]]
+        payload[key] = judge(policies(m), ids, spread[key])
+        print(run, json.dumps(payload[key]["confidence"]), flush=True)
+    (HERE / f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {HERE / args.out}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
