@@ -407,13 +407,7 @@ def choose_template(config, workdir: Path, pool: _Images, features, encoder: Pat
                 "must be annotated: name a labelled image, or annotate it"
             )
         return index, chosen
-    border = int(round(cfg.border * min(size)))
-    points = [
-        matching.salient_points(
-            e["iie"], count=cfg.salient_points, min_distance=cfg.salient_distance, border=border
-        )
-        for e in pool.examples
-    ]
+    points = salient_points(config, pool.examples)
     # Scored with nearest upsampling whatever eval.upsample: the score only ranks candidates,
     # and nearest takes the fast path (maps at the finest stride). 150 ceph candidates at 192
     # with 64-d embeddings: about 5 minutes beside a training, on course for over ten bilinear.
@@ -451,6 +445,19 @@ def choose_template(config, workdir: Path, pool: _Images, features, encoder: Pat
         else "",
     )
     return index, chosen
+
+
+def salient_points(config, examples) -> list[np.ndarray]:
+    """Each example's candidate points for the template policy: the ``eval.salient_points``
+    strongest maxima of its IIE map, ``eval.salient_distance`` apart, inside the border."""
+    cfg, size = config.eval, configure.image_size(config)
+    border = int(round(cfg.border * min(size)))
+    return [
+        matching.salient_points(
+            e["iie"], count=cfg.salient_points, min_distance=cfg.salient_distance, border=border
+        )
+        for e in examples
+    ]
 
 
 def spread(allowed: np.ndarray, count: int) -> np.ndarray:

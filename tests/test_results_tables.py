@@ -338,11 +338,14 @@ def test_template_spread_reuses_an_earlier_files_mres_and_checks_the_chosen(tmp_
     (run / "results.json").write_text(
         json.dumps({"piaug": {"template": {"id": "t2"}, "mre_mm": 2.5}})
     )
-    with pytest.raises(SystemExit, match="differs"):
+    with pytest.raises(SystemExit, match="!= the results file's 2.5"):
         template_spread.reused(str(tmp_path / "old.json"), run, "piaug", "")
-    template_spread.agreement(tmp_path / "old.json")
-    pairs = json.loads((tmp_path / "old.json").read_text())["spearman_between_entries"]
-    assert pairs == {f"{run}=results.old*.json | {run}:piaug": pytest.approx(1.0)}
+    with pytest.raises(SystemExit, match="0 entries"):
+        template_spread.reused(str(tmp_path / "old.json"), tmp_path / "other", "baseline", "")
+    template_spread.agreement(earlier)
+    assert earlier["spearman_between_entries"] == {
+        f"{run}=results.old*.json | {run}:piaug": pytest.approx(1.0)
+    }
 
 
 def test_over_templates_compares_rows_template_by_template(tables, monkeypatch):
@@ -369,7 +372,6 @@ def test_over_templates_compares_rows_template_by_template(tables, monkeypatch):
     assert "| 6.00 | 5.00 | 5.50 +- 0.71 |" in lines[4]  # piaug
     assert lines[6].endswith("| -0.50 (3 of 4 better) | -1.00 (4 of 4 better) | -0.75 +- 0.35 |")
     assert "+0.00 (0 of 4 better) | +1.00 (0 of 4 better)" in lines[5]  # the weight map
-    assert tables.template_spread  # its baseline rows: the enc and shared_baseline entries
 
 
 def test_template_policies_score_round_trips_and_judge_against_the_spread():

@@ -140,11 +140,11 @@ def summary(e: dict[str, np.ndarray]) -> list[dict]:
     return rows
 
 
-def cli(doc: str, script: str, analyse, options: dict[str, str] | None = None) -> int:
+def cli(doc: str, script: str, analyse, options: dict[str, str] | None = None, finish=None) -> int:
     """The command line of this script and of its siblings: ``--out=NAME RUN[:ENCODER] ...``,
     ``analyse(run, encoder)`` for each, written with the command to ``NAME.json`` here.
     ``options``: a script's own ``--NAME`` options (name -> help), passed to ``analyse`` as
-    keywords."""
+    keywords; ``finish(payload)``, if given, adds to the payload before it is written."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="RUN[:ENCODER]")
     parser.add_argument("--out", required=True, help="the result file's name, without .json")
@@ -156,6 +156,8 @@ def cli(doc: str, script: str, analyse, options: dict[str, str] | None = None) -
     for spec in args.runs:
         run, _, encoder = spec.partition(":")
         payload[spec] = analyse(Path(run), encoder or "baseline", **extra)
+    if finish is not None:
+        finish(payload)
     (HERE / f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")
     print(f"wrote {HERE / args.out}.json")
     return 0

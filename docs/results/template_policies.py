@@ -29,6 +29,7 @@ import json
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import stats
@@ -37,10 +38,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 
-from collect_runs import with_defaults  # noqa: E402
-from ml_collections import ConfigDict  # noqa: E402
+from template_spread import encoded  # noqa: E402
 
-from piaug import checkpoints, configure, layout, matching, pipeline  # noqa: E402
+from piaug import configure, matching, pipeline  # noqa: E402
 
 RADII = (2, 4, 8)  # round-trip radii, pixels of the training grid
 CHUNK = 16  # candidates' matches sent back at once
@@ -50,41 +50,19 @@ def round_trips(run: Path) -> dict[str, np.ndarray]:
     """Every candidate's salient points matched forward and back with ``run``'s baseline:
     ``points`` ``(N, P, 2)``, ``valid`` ``(N, P)``, ``forward`` and ``back`` ``(N, N, P, 2)``
     (candidate, image, point), ``score`` ``(N, N, P)`` (the forward peaks), ``ids``."""
-    config = ConfigDict(with_defaults(layout.read_json(run / layout.CONFIG_FILE)))
-    pool = pipeline._Images(config)
-    size, cfg = tuple(configure.image_size(config)), config.eval
-    ckpt = layout.trained_encoders(run, config.train.baseline)["baseline"]
-    apply = checkpoints.image_encoder(ckpt, configure.model(config))
-    features = [jnp.asarray(f) for f in matching.encode(apply, pool.images, batch_size=8)]
-    border = int(round(cfg.border * min(size)))
-    found = [
-        matching.salient_points(
-            e["iie"], count=cfg.salient_points, min_distance=cfg.salient_distance, border=border
-        )
-        for e in pool.examples
-    ]
+    config, pool, features = encoded(run, "baseline")
+    found = pipeline.salient_points(config, pool.examples)
     n, most = len(found), max(len(p) for p in found)
     points = np.stack([np.concatenate([p, np.repeat(p[:1], most - len(p), 0)]) for p in found])
     valid = np.arange(most)[None] < np.array([len(p) for p in found])[:, None]
     # the policy's own setting: nearest upsampling, the run's way of combining the scales
-    kw = {"size": size, "upsample": "nearest", "combine": cfg.combine, "batch_size": 8}
+    kw = {"size": configure.image_size(config), "upsample": "nearest"}
+    kw |= {"combine": config.eval.combine, "batch_size": config.eval.batch_size}
     forward = np.zeros((n, n, most, 2), np.int32)
     back = np.zeros_like(forward)
     score = np.zeros((n, n, most), np.float32)
     for t in range(n):
-        vectors = matching.template_vectors([f[t] for f in features], points[t])
-        forward[t], score[t] = matching.match_all(features, vectors, with_scores=True, **kw)
-        query = [f[t : t + 1] for f in features]
-        for start in range(0, n, CHUNK):
-            images = list(range(start, min(start + CHUNK, n)))
-            images += [images[-1]] * (CHUNK - len(images))  # one shape: one compilation
-            each = [
-                matching.template_vectors([f[j] for f in features], forward[t, j]) for j in images
-            ]
-            vectors = [jnp.concatenate([v[k] for v in each]) for k in range(len(features))]
-            found_back = matching.match_all(query, vectors, **kw)[0].reshape(CHUNK, most, 2)
-            count = min(CHUNK, n - start)
-            back[t, start : start + count] = found_back[:count]
+        forward[t], score[t], back[t] = round_trip(features, t, points[t], kw)
     return {
         "ids": np.asarray(pool.ids),
         "points": points,
@@ -93,6 +71,29 @@ def round_trips(run: Path) -> dict[str, np.ndarray]:
         "back": back,
         "score": score,
     }
+
+
+_vectors_of_each = jax.jit(jax.vmap(matching.template_vectors))  # (N, h, w, E), (N, P, 2)
+
+
+def round_trip(features: list, t: int, points: np.ndarray, kw: dict) -> tuple[np.ndarray, ...]:
+    """Candidate ``t``'s ``points`` ``(P, 2)`` matched into every image (``(N, P, 2)`` and their
+    peaks ``(N, P)``), and each match matched back into the candidate (``(N, P, 2)``)."""
+    n, most = features[0].shape[0], len(points)
+    vectors = matching.template_vectors([f[t] for f in features], points)
+    forward, score = matching.match_all(features, vectors, with_scores=True, **kw)
+    # every image's vectors at its matches at once, sent back CHUNK images at a time (the last
+    # chunk repeats its last image: one shape, one compilation)
+    each = _vectors_of_each(features, jnp.asarray(forward))
+    query = [f[t : t + 1] for f in features]
+    back = np.zeros_like(forward)
+    for start in range(0, n, CHUNK):
+        images = np.minimum(np.arange(start, start + CHUNK), n - 1)
+        vectors = [v[images].reshape(CHUNK * most, -1) for v in each]
+        found = matching.match_all(query, vectors, **kw)[0].reshape(CHUNK, most, 2)
+        count = min(CHUNK, n - start)
+        back[start : start + count] = found[:count]
+    return forward, score, back
 
 
 def policies(m: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

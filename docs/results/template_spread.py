@@ -17,7 +17,7 @@ the run was evaluated from another template.
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 
-from collect_runs import one_file, with_defaults  # noqa: E402
+from collect_runs import one_file, run_and_encoder, with_defaults  # noqa: E402
 from landmark_errors import cli, grid_truth  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
@@ -64,20 +64,35 @@ def chosen_entry(run: Path, encoder: str, results: str = "") -> dict:
     return layout.read_json(path)[encoder]
 
 
-def templates(run: Path, encoder: str, results: str = "") -> dict:
-    """Every template's MRE into the other images of ``run``'s split, for ``encoder``."""
+def encoded(run: Path, encoder: str) -> tuple[ConfigDict, pipeline._Images, list]:
+    """``run``'s config (with the fields it predates at their defaults), its split's images and
+    ``encoder``'s five feature maps of them, on the device once (every template reads them)."""
     config = ConfigDict(with_defaults(layout.read_json(run / layout.CONFIG_FILE)))
-    entry = chosen_entry(run, encoder, results)
     pool = pipeline._Images(config)
-    size = configure.image_size(config)
-    spacing, truth = grid_truth(pool.examples, size)
     ckpt = layout.trained_encoders(run, config.train.baseline)[encoder]
     apply = checkpoints.image_encoder(ckpt, configure.model(config))
-    # on the device once: every template matches into all of them
-    features = [
-        jnp.asarray(f)
-        for f in matching.encode(apply, pool.images, batch_size=config.eval.batch_size)
-    ]
+    maps = matching.encode(apply, pool.images, batch_size=config.eval.batch_size)
+    return config, pool, [jnp.asarray(f) for f in maps]
+
+
+def checked(run: Path, mre: np.ndarray, ids: list[str], entry: dict) -> dict:
+    """``spread`` against the template of ``entry`` (the run's results file), whose MRE there
+    must be the one found here."""
+    chosen = entry["template"]["id"]
+    if not np.isclose(mre[ids.index(chosen)], entry["mre_mm"], atol=1e-3):
+        raise SystemExit(
+            f"{run}: MRE from {chosen} {mre[ids.index(chosen)]:.4f} != the results file's "
+            f"{entry['mre_mm']}"
+        )
+    return spread(mre, ids, chosen)
+
+
+def templates(run: Path, encoder: str, results: str = "") -> dict:
+    """Every template's MRE into the other images of ``run``'s split, for ``encoder``."""
+    entry = chosen_entry(run, encoder, results)
+    config, pool, features = encoded(run, encoder)
+    size = configure.image_size(config)
+    spacing, truth = grid_truth(pool.examples, size)
     kw = {"size": size, "batch_size": config.eval.batch_size, "upsample": config.eval.upsample}
     kw |= {"subpixel": config.eval.subpixel, "combine": config.eval.combine}
     mre = np.zeros(len(pool.ids))
@@ -89,37 +104,33 @@ def templates(run: Path, encoder: str, results: str = "") -> dict:
         found = matching.match_all(features, vectors, **kw)
         offset = (found[..., ::-1] - truth) * spacing[:, None, :]
         mre[t] = np.delete(np.linalg.norm(offset, axis=-1), t, axis=0).mean()
-    chosen = entry["template"]["id"]
-    if not np.isclose(mre[pool.ids.index(chosen)], entry["mre_mm"], atol=1e-3):
-        raise SystemExit(
-            f"{run}: MRE from {chosen} {mre[pool.ids.index(chosen)]:.4f} != "
-            f"results.json's {entry['mre_mm']}"
-        )
-    return spread(mre, list(pool.ids), chosen)
+    return checked(run, mre, list(pool.ids), entry)
+
+
+@functools.cache
+def _entries(path: str) -> dict[tuple[Path, str], dict]:
+    """An earlier file of this script, its entries by run folder and encoder."""
+    out = {}
+    for spec, entry in json.loads(Path(path).read_text()).items():
+        if isinstance(entry, dict) and "mre_mm" in entry:
+            key = run_and_encoder(spec.partition("=")[0], "baseline")
+            if key in out:
+                raise SystemExit(f"{path}: two entries for {key[0]}:{key[1]}")
+            out[key] = entry
+    return out
 
 
 def reused(path: str, run: Path, encoder: str, results: str) -> dict:
     """``run``'s ``encoder`` summarised again from the per-template MREs that ``path`` (earlier
     files of this script, comma-separated) hold for it, against the template of ``results``: the
     matching does not depend on which template is the chosen one."""
-    found = [
-        entry
-        for one in path.split(",")
-        for spec, entry in json.loads(Path(one).read_text()).items()
-        if "mre_mm" in entry
-        and Path(spec.partition("=")[0].partition(":")[0]) == run
-        and (spec.partition("=")[0].partition(":")[2] or "baseline") == encoder
-    ]
+    key = (run, encoder)
+    found = [_entries(one)[key] for one in path.split(",") if key in _entries(one)]
     if len(found) != 1:
         raise SystemExit(f"{path}: {len(found)} entries for {run}:{encoder}, not one")
-    entry = found[0]
-    ids, mre = list(entry["mre_mm"]), np.array(list(entry["mre_mm"].values()))
-    chosen = chosen_entry(run, encoder, results)
-    if not np.isclose(mre[ids.index(chosen["template"]["id"])], chosen["mre_mm"], atol=1e-3):
-        raise SystemExit(
-            f"{run}: {path}'s MRE from {chosen['template']['id']} differs from its results file's"
-        )
-    return spread(mre, ids, chosen["template"]["id"])
+    ids = list(found[0]["mre_mm"])
+    mre = np.array(list(found[0]["mre_mm"].values()))
+    return checked(run, mre, ids, chosen_entry(run, encoder, results))
 
 
 def main() -> int:
@@ -134,31 +145,21 @@ def main() -> int:
         return templates(Path(run), encoder or "baseline", results)
 
     reuse = "an earlier file of this script: its per-template MREs summarised again (no matching)"
-    status = cli(__doc__, "template_spread.py", analyse, {"reuse": reuse})
-    agreement(HERE / f"{_out_name()}.json")
-    return status
+    return cli(__doc__, "template_spread.py", analyse, {"reuse": reuse}, finish=agreement)
 
 
-def _out_name() -> str:
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--out")
-    return parser.parse_known_args()[0].out
-
-
-def agreement(path: Path) -> None:
-    """Adds to ``path`` the Spearman correlation of the per-template MREs of every two of its
+def agreement(payload: dict) -> None:
+    """Adds to ``payload`` the Spearman correlation of the per-template MREs of every two of its
     entries (``"A | B"``): whether a template good for one encoder is good for another."""
-    data = json.loads(path.read_text())
-    runs = [k for k in data if k != "command" and "mre_mm" in data[k]]
+    runs = [k for k, v in payload.items() if isinstance(v, dict) and "mre_mm" in v]
     out = {}
     for i, a in enumerate(runs):
         for b in runs[i + 1 :]:
-            ids = list(data[a]["mre_mm"])
-            x = [data[a]["mre_mm"][t] for t in ids]
-            y = [data[b]["mre_mm"][t] for t in ids]
+            ids = list(payload[a]["mre_mm"])
+            x = [payload[a]["mre_mm"][t] for t in ids]
+            y = [payload[b]["mre_mm"][t] for t in ids]
             out[f"{a} | {b}"] = float(stats.spearmanr(x, y).correlation)
-    data["spearman_between_entries"] = out
-    path.write_text(json.dumps(data, indent=1) + "\n")
+    payload["spearman_between_entries"] = out
 
 
 if __name__ == "__main__":
