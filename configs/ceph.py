@@ -18,11 +18,13 @@ see piaug/data/ceph.py. Ground truth is the mean of the doctors present
 Presets (``--config=configs/ceph.py:NAME[,NAME...]``, applied in order):
 
 * ``cpu``: a recipe for training from scratch on a 2-core CPU (no ImageNet weights), about 12
-  minutes of steps per encoder alone (1.05 s a step; 16 as run with the input pipeline):
+  minutes of steps per encoder alone (1.05 s a step; 11.2 minutes an encoder as the whole
+  preset ran, every stage from info to analyze in 24.5):
   192 x 192, encoders at a quarter of VGG19's width with batch norm in the backbone, 700 steps of 4
   images with two 128 x 128 crops each and 64 anchors per crop (lr 1e-3 after a 50-step
   warm-up, then a cosine to 0), CC2D's later loss (temperature 0.1, no clamp, 64-d embedding)
-  matched by the sum of the scales' cosines with bilinear upsampling, crops on a 32-pixel
+  matched by the sum of the scales' cosines with bilinear upsampling, from the template's
+  vectors interpolated at its landmarks (``eval.template_sampling``), crops on a 32-pixel
   grid, scaled (up to 1.25x), blurred and noised; the estimate's MI patches 32 pixels (the
   paper's 64 at 384). docs/from_scratch.md records how it was found and what it reaches. The
   detector (CC2D's second stage) at the same size and width: 2000 steps of 4 images with lr
@@ -61,6 +63,7 @@ def cpu(config):
     config.estimate.patch_size = 32  # the paper's 64-pixel patches at 384, scaled to 192
     config.eval.combine = "sum"
     config.eval.upsample = "bilinear"
+    config.eval.template_sampling = "bilinear"
     config.eval.every = 100
     # The detector (stages pseudo, detector) at the same size and width: 2000 steps of 4
     # images (lr 1e-3 after 50 warm-up steps, cosine to 0), rotated (up to 10 degrees),

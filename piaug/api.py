@@ -148,6 +148,7 @@ class Encoder:
             upsample=cfg.get("upsample", "nearest"),
             subpixel=bool(cfg.get("subpixel", False)),
             combine=cfg.get("combine", "product"),
+            sampling=cfg.get("template_sampling", "cell"),
             with_scores=True,
         )
         return _to_images(found, shapes, size), scores

@@ -362,6 +362,11 @@ def check(config, stages: Sequence[str] = STAGES) -> None:
         raise UserError(
             f"config.eval.upsample={config.eval.upsample!r}: use one of {matching.UPSAMPLING}"
         )
+    if config.eval.template_sampling not in matching.SAMPLING:
+        raise UserError(
+            f"config.eval.template_sampling={config.eval.template_sampling!r}: use one of "
+            f"{matching.SAMPLING}"
+        )
     if int(config.eval.template_candidates) < 0:
         raise UserError(
             f"config.eval.template_candidates={config.eval.template_candidates}: give 0 (score "

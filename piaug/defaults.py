@@ -158,6 +158,10 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     config.eval.template_candidates = 32
     config.eval.upsample = "nearest"  # nearest | bilinear: similarity maps to the grid
     config.eval.subpixel = False  # parabolic refinement of each peak
+    # The template's vector at each landmark: cell (the cell that holds it, the authors') |
+    # bilinear (each map interpolated at the landmark; the template choice and the estimate's
+    # key points keep the cell's).
+    config.eval.template_sampling = "cell"
     # How the scales' cosine maps combine: product (of cosines clamped to [0, 1], CC2D's) |
     # sum (unclamped; for encoders trained with loss.clamp=False).
     config.eval.combine = "product"

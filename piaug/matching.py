@@ -1,6 +1,7 @@
 """One-shot landmark matching with the full-image encoder (DESIGN.md 1, the paper's Eq. 4).
 
-For each landmark of a template image, its feature vector at every scale; for a query image, at
+For each landmark of a template image, its feature vector at every scale (its cell's, or the
+map interpolated at the landmark: ``template_vectors``); for a query image, at
 each scale the cosine map between that vector and the query's features, upsampled to the input
 size (nearest: each cell repeated ``stride`` times, or bilinear) and combined over scales: the
 ``product`` of the cosines clamped to [0, 1] (CC2D's), or their ``sum`` (unclamped: the log of
@@ -35,18 +36,42 @@ from piaug.models import STRIDES
 
 UPSAMPLING = ("nearest", "bilinear")
 COMBINE = ("product", "sum")  # of the scales' similarity maps
+SAMPLING = ("cell", "bilinear")  # of the template's vectors at its landmarks
 
 
 def template_vectors(
-    features: Sequence[jnp.ndarray], points: jnp.ndarray, *, strides: Sequence[int] = STRIDES
+    features: Sequence[jnp.ndarray],
+    points: jnp.ndarray,
+    *,
+    strides: Sequence[int] = STRIDES,
+    sampling: str = "cell",
 ) -> list[jnp.ndarray]:
-    """The ``(L, E)`` feature vectors at ``points`` (``(L, 2)`` int, row and col) of one image,
-    one array per scale; ``features`` are its ``(h, w, E)`` maps (coarsest first)."""
+    """The ``(L, E)`` feature vectors at ``points`` (``(L, 2)``, row and col) of one image,
+    one array per scale; ``features`` are its ``(h, w, E)`` maps (coarsest first).
+
+    ``sampling``: 'cell' reads the cell that holds each point (the authors'); 'bilinear'
+    interpolates the map at the point, its cells' centres at ``(i + 0.5) * stride - 0.5``
+    pixels as bilinear upsampling places them. A cell's vector describes its centre, up to
+    ``stride / 2`` pixels from the point (16 at stride 32), and each scale's map then peaks
+    that far from the point's match; the interpolated vector does not carry that offset.
+    """
+    if sampling not in SAMPLING:
+        raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
     points = jnp.asarray(points)
     out = []
     for f, s in zip(features, strides, strict=True):
-        c = cell(points, s, f.shape)
-        out.append(f[c[:, 0], c[:, 1]])
+        if sampling == "cell":
+            c = cell(points, s, f.shape)
+            out.append(f[c[:, 0], c[:, 1]])
+            continue
+        limit = jnp.asarray(f.shape[:2], jnp.float32) - 1
+        u = jnp.clip((points.astype(jnp.float32) + 0.5) / s - 0.5, 0.0, limit)
+        lo = jnp.floor(u).astype(jnp.int32)
+        hi = jnp.minimum(lo + 1, limit.astype(jnp.int32))
+        a = (u - lo)[..., None]  # (L, 2, 1): the weight of the higher row, column
+        top = (1 - a[:, 1]) * f[lo[:, 0], lo[:, 1]] + a[:, 1] * f[lo[:, 0], hi[:, 1]]
+        bottom = (1 - a[:, 1]) * f[hi[:, 0], lo[:, 1]] + a[:, 1] * f[hi[:, 0], hi[:, 1]]
+        out.append((1 - a[:, 0]) * top + a[:, 0] * bottom)
     return out
 
 
@@ -318,14 +343,16 @@ def predict(
     upsample: str = "nearest",
     subpixel: bool = False,
     combine: str = "product",
+    sampling: str = "cell",
     with_scores: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """One-shot landmarks of ``images`` ``(N, H, W)`` uint8 with one encoder (``apply_fn``,
     images -> maps) from one annotated template: ``template_points`` ``(L, 2)`` (row, col) in
     ``template_image``'s grid. Returns ``(N, L, 2)`` (x, y) in the grid of ``size``, and with
-    ``with_scores`` the peak similarity of each ``(N, L)``."""
+    ``with_scores`` the peak similarity of each ``(N, L)``; ``sampling`` as
+    ``template_vectors``."""
     template_features = [f[0] for f in encode(apply_fn, template_image[None])]
-    vectors = template_vectors(template_features, template_points)
+    vectors = template_vectors(template_features, template_points, sampling=sampling)
     features = encode(apply_fn, images, batch_size=batch_size)
     found, scores = match_all(
         features,

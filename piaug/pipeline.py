@@ -310,6 +310,7 @@ def _probe(config, prepared: prepare.Prepared, model) -> probe.Probe | None:
         upsample=cfg.upsample,
         batch_size=int(cfg.batch_size),
         combine=cfg.combine,
+        sampling=cfg.template_sampling,
     )
 
 
@@ -634,6 +635,7 @@ def pseudo_stage(config, workdir: Path) -> None:
         upsample=config.eval.upsample,
         subpixel=config.eval.subpixel,
         combine=config.eval.combine,
+        sampling=config.eval.template_sampling,
     )
     original = evaluate.to_original(
         pred, np.stack([pool.examples[i]["original_size"] for i in keep]), size
@@ -1014,6 +1016,7 @@ def _evaluate_encoders(
             upsample=cfg.upsample,
             subpixel=cfg.subpixel,
             combine=cfg.combine,
+            sampling=cfg.template_sampling,
         )
         shown[name] = evaluate.evaluate(pred, **truth)
         extra = {"eval": config.eval.to_dict()} if tag else {}

@@ -39,6 +39,7 @@ class Probe:
     upsample: str = "nearest"
     batch_size: int = 8
     combine: str = "product"
+    sampling: str = "cell"  # of the template's vectors (matching.template_vectors)
 
     def __post_init__(self):
         self.size = tuple(int(s) for s in self.size)
@@ -69,6 +70,7 @@ class Probe:
             batch_size=self.batch_size,
             upsample=self.upsample,
             combine=self.combine,
+            sampling=self.sampling,
         )
         self._first = pred[0]
         row = _row(pred, self._truth)

@@ -199,6 +199,7 @@ BAD_VALUES = [
     ({"train.lr_decay": 1.5}, "config.train.lr_decay=1.5: must be in (0, 1]"),
     ({"train.batch_size": 4}, "config.train.batch_size=4 is larger than the 3 training images"),
     ({"eval.upsample": "cubic"}, "config.eval.upsample='cubic'"),
+    ({"eval.template_sampling": "nearest"}, "config.eval.template_sampling='nearest'"),
     (
         {"augment.continuous": True, "augment.estimated": False},
         "config.augment.continuous=True interpolates estimated ranges",

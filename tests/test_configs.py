@@ -14,6 +14,7 @@ def test_ceph_is_the_authors_schedule_window_and_matching():
     assert round(settings.lr_decay_epochs * settings.steps_per_epoch(150)) == 10_312
     assert configure.loss(config).window_mode == "half_open"
     assert config.eval.upsample == "bilinear" and config.eval.combine == "product"
+    assert config.eval.template_sampling == "cell"  # the authors' tester reads the cell
     assert config.data.image_size == (384, 384) and config.data.crop_size == 64
     model = configure.model(config)
     assert (model.norm, model.width, model.embedding) == ("none", 1.0, 16)
@@ -36,7 +37,7 @@ def test_new_options_default_to_the_papers_behaviour(name):
     assert config.augment.blur == 0.0 and config.augment.noise == 0.0
     assert config.eval.combine == "product" and config.loss.window_mode == "closed"
     assert config.train.epoch_passes == 1.0 and config.augment.anchors_per_crop == 1
-    assert config.train.schedule == "step"
+    assert config.train.schedule == "step" and config.eval.template_sampling == "cell"
     transform = configure.baseline_anchor_crop(config)
     assert transform.anchors_per_crop == 1
     assert (transform.crop_grid, transform.max_scale, transform.blur, transform.noise) == (
@@ -45,3 +46,8 @@ def test_new_options_default_to_the_papers_behaviour(name):
         0.0,
         0.0,
     )
+
+
+def test_the_cpu_preset_interpolates_the_templates_vectors():
+    config = load_config("ceph", "cpu")
+    assert config.eval.template_sampling == "bilinear" and config.eval.upsample == "bilinear"

@@ -35,6 +35,56 @@ def test_template_vectors_read_the_cells_of_the_points():
         np.testing.assert_array_equal(v[1], f[0, 31 // s, 47 // s])
 
 
+def test_bilinear_template_vectors_are_the_maps_upsampled_bilinearly_at_the_points():
+    """'bilinear' reads each map as jax.image.resize upsamples it to the grid, at every pixel
+    (borders included), and at a cell's centre reads that cell."""
+    feats = _features(3, n=1)
+    rows, cols = np.meshgrid(np.arange(SIZE[0]), np.arange(SIZE[1]), indexing="ij")
+    points = jnp.asarray(np.stack([rows.ravel(), cols.ravel()], -1))
+    vectors = matching.template_vectors(
+        [f[0] for f in feats], points, strides=STRIDES, sampling="bilinear"
+    )
+    for f, v, s in zip(feats, vectors, STRIDES, strict=True):
+        up = jax.image.resize(f[0], (*SIZE, f.shape[-1]), method="bilinear")
+        np.testing.assert_allclose(v, np.asarray(up).reshape(-1, f.shape[-1]), atol=1e-5)
+        centres = jnp.asarray([[0, 0], [2, 3]]) * s + (s - 1) / 2
+        at = matching.template_vectors([f[0]], centres, strides=[s], sampling="bilinear")[0]
+        np.testing.assert_allclose(at, np.asarray(f[0])[[0, 2], [0, 3]], atol=1e-6)
+    with pytest.raises(ValueError, match="sampling"):
+        matching.template_vectors([f[0] for f in feats], points, sampling="nearest")
+
+
+def test_predict_matches_with_the_sampling_it_is_given():
+    """``predict(sampling=)`` is template_vectors with that sampling, then match_all."""
+    from piaug.models import STRIDES as FIVE
+
+    size = (64, 96)
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, size=(3, *size), dtype=np.uint8)
+    weights = jnp.asarray(rng.normal(size=(len(FIVE), 6)), jnp.float32)
+
+    def apply(x):  # a stand-in encoder: each scale a pooled image, lifted to 6 channels
+        out = []
+        for i, s in enumerate(FIVE):
+            pooled = jax.image.resize(x, (x.shape[0], size[0] // s, size[1] // s), "linear")
+            out.append(jnp.sin(3 * pooled[..., None] * weights[i]))
+        return out
+
+    points = np.asarray([[5, 9], [40, 33], [13, 82]])
+    kw = {"size": size, "batch_size": 2, "upsample": "bilinear", "combine": "sum"}
+    got = {}
+    for sampling in matching.SAMPLING:
+        got[sampling] = matching.predict(
+            apply, images[0], points, images[1:], **kw, sampling=sampling
+        )
+        template = [f[0] for f in apply(images[:1].astype(np.float32) / 255.0)]
+        vectors = matching.template_vectors(template, points, sampling=sampling)
+        features = [np.asarray(f) for f in apply(images[1:].astype(np.float32) / 255.0)]
+        want = matching.match_all(features, vectors, **kw)
+        np.testing.assert_array_equal(got[sampling], want[..., ::-1])
+    assert not np.array_equal(got["cell"], got["bilinear"])
+
+
 @pytest.mark.parametrize("combine", matching.COMBINE)
 def test_similarity_is_each_cells_cosine_with_each_template(combine):
     """The contraction of unit vectors equals the cosine of every cell with every template

@@ -164,6 +164,9 @@ def collect(run: Path, preset: dict, encoder: str, results_file: str = "") -> di
     path = one_file(run, results_file or layout.RESULTS_FILE)
     results = (layout.read_json(path) if path else None) or {}
     if encoder in results:
+        if "eval" in results[encoder]:  # evaluated again under other settings: those count
+            evaluated = {**config, "eval": {**config["eval"], **results[encoder]["eval"]}}
+            entry["overrides"] = overrides(evaluated, preset)
         entry["mre_mm"] = results[encoder]["mre_mm"]
         entry["sdr"] = results[encoder]["sdr"]
         entry["per_landmark_mre_mm"] = results[encoder].get("per_landmark_mre_mm")

@@ -5,7 +5,8 @@ from.
 python docs/results/collect_seeds.py --root=runs/seeds --baseline-runs=0:runs/fs/L3 \
     [--seeds=0,1,2]
 
-``--curve NAME=FILE`` (repeatable) draws ``ceph_cpu_seeds_probe.png``: the probe MRE of each
+``--curve NAME=FILE`` (repeatable) draws ``ceph_cpu_seeds_probe.png`` (``OUT_probe.png``
+with ``--out``): the probe MRE of each
 named ``metrics.jsonl`` (or JSON list of probe rows), e.g. piaug's run and the baseline's
 checkpoints probed with the same template.
 
@@ -115,7 +116,7 @@ def main() -> int:
         reference = {"template copied": copies.pop()} if len(copies) == 1 else None
         plots.probe_curves(
             curves,
-            HERE / "ceph_cpu_seeds_probe.png",
+            HERE / f"{args.out}_probe.png",
             title="the probe, one template",
             reference=reference,
         )

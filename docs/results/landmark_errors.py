@@ -93,6 +93,7 @@ def errors(run: Path, encoder: str) -> dict[str, np.ndarray]:
         upsample=config.eval.upsample,
         subpixel=config.eval.subpixel,
         combine=config.eval.combine,
+        sampling=config.eval.template_sampling,
     )
     truth, spacing = s["truth"], s["spacing"]
     copied = np.repeat(s["template_landmarks"][None].astype(np.float64), len(truth), axis=0)

@@ -42,7 +42,9 @@ def scales(run: Path, encoder: str) -> dict[str, dict]:
     config = s["config"]
     features = matching.encode(s["encoder"], s["images"], batch_size=config.eval.batch_size)
     template = [f[0] for f in matching.encode(s["encoder"], s["template_image"][None])]
-    vectors = matching.template_vectors(template, s["template_rows_cols"])
+    vectors = matching.template_vectors(
+        template, s["template_rows_cols"], sampling=config.eval.template_sampling
+    )
     kw = {"size": s["size"], "batch_size": config.eval.batch_size, "upsample": config.eval.upsample}
     kw |= {"subpixel": config.eval.subpixel}
     subsets = {"all": list(range(len(STRIDES)))}

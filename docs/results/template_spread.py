@@ -8,7 +8,8 @@ python docs/results/template_spread.py --out=NAME RUN[:ENCODER][=RESULTS] ...
 ``ENCODER`` is ``baseline`` (default) or ``piaug``; each run needs its ``results.json`` (the
 template it evaluated from, whose MRE is checked against it; ``=RESULTS`` names another
 results file of the run, a name or a glob, e.g. the evaluation from the policy's template
-when the run was given another) and its data where its ``config.json`` says.
+when the run was given another; every template is matched with that file's evaluation
+settings) and its data where its ``config.json`` says.
 
 ``--reuse=FILE[,FILE]`` matches nothing: it summarises each run's per-template MREs from the
 earlier outputs of this script again against the template of its results file, e.g. after
@@ -91,16 +92,20 @@ def templates(run: Path, encoder: str, results: str = "") -> dict:
     """Every template's MRE into the other images of ``run``'s split, for ``encoder``."""
     entry = chosen_entry(run, encoder, results)
     config, pool, features = encoded(run, encoder)
+    # an evaluation under other settings than the run's records them: match as it did
+    cfg = ConfigDict({**config.eval.to_dict(), **entry.get("eval", {})})
     size = configure.image_size(config)
     spacing, truth = grid_truth(pool.examples, size)
-    kw = {"size": size, "batch_size": config.eval.batch_size, "upsample": config.eval.upsample}
-    kw |= {"subpixel": config.eval.subpixel, "combine": config.eval.combine}
+    kw = {"size": size, "batch_size": cfg.batch_size, "upsample": cfg.upsample}
+    kw |= {"subpixel": cfg.subpixel, "combine": cfg.combine}
     mre = np.zeros(len(pool.ids))
     for t, example in enumerate(pool.examples):
         rows_cols = np.clip(
             np.round(example["landmarks"][:, ::-1]).astype(np.int64), 0, np.asarray(size) - 1
         )
-        vectors = matching.template_vectors([f[t] for f in features], rows_cols)
+        vectors = matching.template_vectors(
+            [f[t] for f in features], rows_cols, sampling=cfg.template_sampling
+        )
         found = matching.match_all(features, vectors, **kw)
         offset = (found[..., ::-1] - truth) * spacing[:, None, :]
         mre[t] = np.delete(np.linalg.norm(offset, axis=-1), t, axis=0).mean()
