@@ -213,7 +213,11 @@ def table2() -> str:
     return "\n".join(lines)
 
 
-def template_spread(name: str = "ceph_cpu_template_spread_today.json") -> str:
+SPREAD = "ceph_cpu_template_spread_bilinear.json"  # the preset's matching, today's templates
+SPREAD_CELL = "ceph_cpu_template_spread_today.json"  # from the cell's vectors, as before
+
+
+def template_spread(name: str = SPREAD) -> str:
     """Each seed's baseline matched from every training image as the template
     (``template_spread.py``'s file ``name``): the policy's choice against the others."""
     data = {
@@ -251,7 +255,7 @@ def _seed_row(spec: str) -> tuple[str, str]:
     return parts[-2].removeprefix("seed_"), folder[parts[-1]]
 
 
-def over_templates(name: str = "ceph_cpu_template_spread_today.json") -> str:
+def over_templates(name: str = SPREAD) -> str:
     """Every encoder of the seeds matched from each of the 150 training images as the template
     (``template_spread.py``): its mean MRE over the templates, and piaug's difference from the
     baseline template by template (the same template, the same images)."""
@@ -335,6 +339,10 @@ TABLES = {
     "seeds_C5": functools.partial(seeds, "ceph_cpu_C5_seeds.json"),
     # the preset's seeds from the templates their logs recorded (075, 054, 145)
     "seeds_075_054_145": functools.partial(seeds, "ceph_cpu_seeds_075_054_145.json"),
+    # the preset's seeds and templates matched from the cell's vectors (eval.template_sampling)
+    "seeds_cell": functools.partial(seeds, "ceph_cpu_seeds_cell.json"),
+    "template_spread_cell": functools.partial(template_spread, SPREAD_CELL),
+    "over_templates_cell": functools.partial(over_templates, SPREAD_CELL),
 }
 _BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- /table:\2 -->)", re.S)
 
