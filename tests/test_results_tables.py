@@ -104,6 +104,14 @@ def test_probe_curves_name_their_template_when_the_run_set_one(tmp_path):
     assert collect_runs.run_and_encoder("runs/enc:piaug", "baseline") == (Path("runs/enc"), "piaug")
     assert collect_runs.run_and_encoder("runs/a:b", "baseline") == (Path("runs/a:b"), "baseline")
     assert collect_runs.curve_name(b | {"encoder": "piaug"}) == "b (piaug) (probe template 089)"
+    # an evaluation under other settings (results.TAG.json) reports the settings it ran with
+    entry = {"mre_mm": 4.0, "sdr": {}, "n_images": 1, "template": {"id": "075"}}
+    entry["eval"] = {**preset["eval"], "template": "075", "template_sampling": "cell"}
+    tagged = {"baseline": entry, "template_copy": {"mre_mm": 9.0}}
+    (tmp_path / "b" / "results.template-075.json").write_text(json.dumps(tagged))
+    c = collect_runs.collect(tmp_path / "b", preset, "baseline", "results.template-075.json")
+    assert c["overrides"] == ["eval.template=075", "eval.template_sampling=cell"]
+    assert c["mre_mm"] == 4.0 and c["template"] == "075"
 
 
 def test_append_re_expresses_older_runs_when_the_preset_changed():
@@ -276,11 +284,24 @@ def test_collect_detectors_compares_on_the_detectors_own_images(tmp_path):
             "template": {"id": "t"},
         }
     }
+    interpolated = {  # an evaluation with other settings, as its entry records them
+        "baseline": {
+            "ids": ["b", "c"],
+            "per_image_mre_mm": [2.0, 3.0],
+            "template": {"id": "u"},
+            "eval": {"template_sampling": "bilinear"},
+        }
+    }
+    (run / "results.template-u.json").write_text(json.dumps(interpolated))
+    references = [reference, collect_detectors.reference_results(f"{run}=results.template-*")]
     preset = collect_detectors.preset_config("configs/test.py")
-    (d,) = collect_detectors.collect(run, preset, reference)
+    (d,) = collect_detectors.collect(run, preset, references)
     assert d["overrides"] == ["detector.steps=10"] and d["steps"] == 10
     assert d["minutes"] == pytest.approx(10 * 3 / 2.0 / 60, abs=0.01)  # batch 3, 2 samples/s
-    assert d["encoders_on_same_images"] == {"baseline (template t)": 5.0}  # (4 + 6) / 2, not 9
+    assert d["encoders_on_same_images"] == {
+        "baseline (template t)": 5.0,  # (4 + 6) / 2, not 9
+        "baseline (template u, interpolated)": 2.5,
+    }
     assert d["probe"]["mre_mm"] == [3.0]
 
 

@@ -7,7 +7,9 @@ python docs/results/collect_detectors.py --preset=configs/ceph.py:cpu --out=dete
 
 writes ``docs/results/detectors_ceph_cpu.json`` and ``..._probe.png``. The encoders' figures on
 the same images come from the per-image MREs of the run's own ``results.json``, or of the
-``--reference`` run's (one that evaluated the encoders on a superset of those images).
+``--reference`` runs' (repeatable; runs that evaluated the encoders on a superset of those
+images; ``RUN=RESULTS`` reads another results file of RUN, a name or a glob, e.g. an
+evaluation with the template's vectors interpolated, whose figures are marked so).
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # collect_runs, beside this script
 
 import numpy as np  # noqa: E402
-from collect_runs import HERE, IGNORED, overrides, preset_config, training_minutes  # noqa: E402
+from collect_runs import (  # noqa: E402
+    HERE,
+    IGNORED,
+    one_file,
+    overrides,
+    preset_config,
+    training_minutes,
+)
 
 from piaug import analyze, layout, plots  # noqa: E402
 
@@ -45,7 +54,23 @@ def same_images(entry: dict, ids: list[str]) -> float | None:
     return round(sum(per_image[i] for i in ids) / len(ids), 4)
 
 
-def collect(run: Path, preset: dict, reference: dict) -> list[dict]:
+def reference_results(spec: str) -> dict:
+    """The results file of ``RUN`` (its ``results.json``) or ``RUN=RESULTS``."""
+    run, _, name = spec.partition("=")
+    path = one_file(Path(run), name or layout.RESULTS_FILE)
+    if path is None:
+        raise SystemExit(f"--reference={spec}: no such results file")
+    return layout.read_json(path)
+
+
+def _label(name: str, entry: dict) -> str:
+    """``baseline (template 054)``, with ``, interpolated`` when the template's vectors were."""
+    sampling = entry.get("eval", {}).get("template_sampling", "cell")
+    interpolated = ", interpolated" if sampling == "bilinear" else ""
+    return f"{name} (template {entry['template']['id']}{interpolated})"
+
+
+def collect(run: Path, preset: dict, references: list[dict]) -> list[dict]:
     config = layout.read_json(run / layout.CONFIG_FILE)
     results = layout.read_json(run / layout.RESULTS_FILE) or {}
     changed = [
@@ -90,11 +115,11 @@ def collect(run: Path, preset: dict, reference: dict) -> list[dict]:
             # Each encoder of this run's evaluation and of the reference's, named with its
             # template (the two may have matched from different ones).
             found = {}
-            for source in (results, reference):
+            for source in (results, *references):
                 for k, v in source.items():
                     mre = same_images(v, r["ids"]) if k in ENCODERS else None
                     if mre is not None:
-                        found[f"{k} (template {v['template']['id']})"] = mre
+                        found[_label(k, v)] = mre
             entry["encoders_on_same_images"] = found
         out.append(entry)
     return out
@@ -105,14 +130,17 @@ def main() -> int:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--preset", required=True, help="e.g. configs/ceph.py:cpu")
     parser.add_argument("--out", required=True, help="the result file's name, without .json")
-    parser.add_argument("--reference", type=Path, help="a run whose encoders' results to compare")
+    parser.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        help="RUN[=RESULTS], repeatable: runs whose encoders' results to compare",
+    )
     parser.add_argument("--note", default="", help="a line kept in the file")
     args = parser.parse_args()
     preset = preset_config(args.preset)
-    reference = {}
-    if args.reference:
-        reference = layout.read_json(args.reference / layout.RESULTS_FILE) or {}
-    detectors = [d for run in args.runs for d in collect(run, preset, reference)]
+    references = [reference_results(spec) for spec in args.reference]
+    detectors = [d for run in args.runs for d in collect(run, preset, references)]
     payload = {
         "preset": args.preset,
         "note": args.note,

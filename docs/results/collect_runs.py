@@ -143,10 +143,14 @@ def collect(run: Path, preset: dict, encoder: str, results_file: str = "") -> di
     sub = run if encoder == "baseline" else run / layout.PIAUG_DIR
     train_rows = analyze.read_rows(sub / layout.METRICS_FILE, "loss")
     probes = analyze.read_rows(sub / layout.METRICS_FILE, "probe_mre_mm")
+    path = one_file(run, results_file or layout.RESULTS_FILE)
+    results = (layout.read_json(path) if path else None) or {}
+    # an evaluation under other settings than the run's records them: those count
+    evaluated = results.get(encoder, {}).get("eval", {})
     entry = {
         "name": run.name,
         "encoder": encoder,
-        "overrides": overrides(config, preset),
+        "overrides": overrides({**config, "eval": {**config["eval"], **evaluated}}, preset),
         "steps": train_rows[-1]["step"] if train_rows else 0,
         "minutes": round(training_minutes(train_rows, config["train"]["batch_size"]), 2),
         "loss_first_last": [train_rows[0]["loss"], train_rows[-1]["loss"]] if train_rows else [],
@@ -161,12 +165,7 @@ def collect(run: Path, preset: dict, encoder: str, results_file: str = "") -> di
         "mre_mm": None,
         "copy_mre_mm": None,
     }
-    path = one_file(run, results_file or layout.RESULTS_FILE)
-    results = (layout.read_json(path) if path else None) or {}
     if encoder in results:
-        if "eval" in results[encoder]:  # evaluated again under other settings: those count
-            evaluated = {**config, "eval": {**config["eval"], **results[encoder]["eval"]}}
-            entry["overrides"] = overrides(evaluated, preset)
         entry["mre_mm"] = results[encoder]["mre_mm"]
         entry["sdr"] = results[encoder]["sdr"]
         entry["per_landmark_mre_mm"] = results[encoder].get("per_landmark_mre_mm")
