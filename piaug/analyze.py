@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from piaug import estimate, info, losses, models, plots
-from piaug.data import input_pipeline
+from piaug.data import transforms
 
 _BINS = np.linspace(0.0, 8.0, 33)  # IIE bins (bits) of Fig. 2
 HIST_EDGES = np.linspace(0.0, 8.0, 81)  # IIE histogram bins of info_stats.json; 8 bits at most
@@ -118,8 +118,8 @@ def sampling_weights(centers, gammas, d: float) -> dict[str, np.ndarray]:
     out = {}
     for g in gammas:
         label = "uniform (gamma 0)" if g == 0 else f"IIE^{g:g}"
-        out[label] = input_pipeline.weights(np.asarray(centers), "exponential", gamma=float(g))
-    out[f"1[IIE >= {d:g}]"] = input_pipeline.weights(np.asarray(centers), "piecewise", d=d)
+        out[label] = transforms.weights(np.asarray(centers), "exponential", gamma=float(g))
+    out[f"1[IIE >= {d:g}]"] = transforms.weights(np.asarray(centers), "piecewise", d=d)
     return out
 
 

@@ -1,14 +1,12 @@
-"""Per-pixel information measures of the paper (DESIGN.md section 1).
+"""Per-pixel information measures of the paper (docs/design.md section 1).
 
 * ``entropy_map``: image information entropy (IIE, Eq. 2), the Shannon entropy in bits of the
   256-bin gray-value histogram under a footprint centred on each pixel, with
   ``skimage.filters.rank.entropy``'s border convention (only pixels inside the image count).
-* ``mutual_information``: mutual information (Eq. 3) of the joint gray-value histogram of two
-  co-located patches, in nats, as ``sklearn.metrics.mutual_info_score(a.ravel(), b.ravel())``.
-* ``count_vector_mutual_information``: the estimator of the authors' release (sklearn's MI between
-  the two 256-bin count vectors, treated as label arrays), for reproduction only.
+* ``mutual_information`` (Eq. 3) and ``count_vector_mutual_information`` (the authors'
+  release's estimator): ``piaug.mutual_info``'s, importable from here too.
 * Weight maps (the sampling ratio rho) and information groups; the anchors are drawn from the
-  weight map in the input pipeline (``piaug.data.input_pipeline.sample_anchor``).
+  weight map in the input pipeline (``piaug.data.transforms.sample_anchor``).
 
 How ``entropy_map`` is computed. A footprint is a union of runs along its last axis, so moving the
 window one pixel along the image's last axis removes one pixel at the left end of every run and
@@ -23,9 +21,7 @@ threads. Pixels outside the image are a sentinel bin 256 whose count is subtract
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
-import os
 import re
 from collections.abc import Sequence
 
@@ -33,7 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NUM_BINS = 256
+from piaug.kernels import NUM_BINS, check_uint8, in_threads, is_traced, num_threads, positive_int
+from piaug.kernels import compiled as _compiled  # a name of this module: tests spy on it
+from piaug.mutual_info import count_vector_mutual_information, mutual_information  # noqa: F401
+
 _SENTINEL = NUM_BINS  # gray value given to pixels outside the image
 _INT32_MAX = 2**31 - 1
 
@@ -43,27 +42,27 @@ _INT32_MAX = 2**31 - 1
 
 def disk(radius: int) -> np.ndarray:
     """Boolean disk of the given radius, ``(2r+1, 2r+1)``, as ``skimage.morphology.disk``."""
-    radius = _positive_int(radius, "radius", minimum=0)
+    radius = positive_int(radius, "radius", minimum=0)
     y, x = np.mgrid[-radius : radius + 1, -radius : radius + 1]
     return x * x + y * y <= radius * radius
 
 
 def ball(radius: int) -> np.ndarray:
     """Boolean ball of the given radius, ``(2r+1,) * 3``, as ``skimage.morphology.ball``."""
-    radius = _positive_int(radius, "radius", minimum=0)
+    radius = positive_int(radius, "radius", minimum=0)
     z, y, x = np.mgrid[-radius : radius + 1, -radius : radius + 1, -radius : radius + 1]
     return x * x + y * y + z * z <= radius * radius
 
 
 def square(size: int) -> np.ndarray:
     """Boolean ``size x size`` square, as ``skimage.morphology.square`` (centre ``size // 2``)."""
-    size = _positive_int(size, "size", minimum=1)
+    size = positive_int(size, "size", minimum=1)
     return np.ones((size, size), bool)
 
 
 def cube(size: int) -> np.ndarray:
     """Boolean ``size``-sided cube, as ``skimage.morphology.cube``."""
-    size = _positive_int(size, "size", minimum=1)
+    size = positive_int(size, "size", minimum=1)
     return np.ones((size, size, size), bool)
 
 
@@ -76,37 +75,12 @@ def parse_footprint(spec: str) -> np.ndarray:
     return make(int(match.group(2)))
 
 
-def _positive_int(value, name: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 # ---------------------------------------------------------------------------------------------
 # Image information entropy.
 
 
-def _is_traced(x) -> bool:
-    """True for abstract values inside ``jit``/``vmap``, whose contents cannot be inspected."""
-    return isinstance(x, jax.core.Tracer)
-
-
-def _check_uint8(image, name: str) -> None:
-    dtype = np.dtype(image.dtype)
-    if dtype == np.uint8:
-        return
-    what = f"{name} has dtype {dtype}"
-    if dtype.kind == "f" and not _is_traced(image):
-        if not np.all(np.isfinite(np.asarray(image))):
-            raise ValueError(f"{what} and contains NaN or inf: clean it, then convert to uint8")
-    raise ValueError(
-        f"{what}; gray-value measures need uint8 (256 gray values). Convert first, e.g. "
-        "skimage.util.img_as_ubyte(x) for floats in [0, 1] or np.clip(x, 0, 255).astype(np.uint8)."
-    )
-
-
 def _as_footprint(footprint) -> np.ndarray:
-    if _is_traced(footprint):
+    if is_traced(footprint):
         raise ValueError("footprint must be a concrete (numpy) boolean array, not a traced value")
     fp = np.asarray(footprint)
     if fp.ndim not in (2, 3):
@@ -248,7 +222,7 @@ def entropy_map(
     fp = _as_footprint(footprint)
     if not hasattr(image, "dtype"):
         image = np.asarray(image)
-    _check_uint8(image, "image")
+    check_uint8(image, "image")
     if image.ndim < fp.ndim:
         raise ValueError(
             f"image of shape {image.shape} has fewer axes than the {fp.ndim}-D footprint"
@@ -258,7 +232,7 @@ def entropy_map(
     if min(spatial) == 0:
         raise ValueError(f"image of shape {image.shape} is empty")
     width = spatial[-1]
-    tile = _default_tile(width) if tile is None else _positive_int(tile, "tile", minimum=1)
+    tile = _default_tile(width) if tile is None else positive_int(tile, "tile", minimum=1)
     tile = min(tile, width)
     padded_width = -(-width // tile) * tile
     centre = [k // 2 for k in fp.shape]
@@ -271,7 +245,7 @@ def entropy_map(
         unroll=jax.default_backend() != "cpu",
     )
 
-    traced = _is_traced(image)
+    traced = is_traced(image)
     flat = (
         jnp.reshape(image, (-1,) + spatial).astype(jnp.int32)
         if traced
@@ -290,7 +264,7 @@ def entropy_map(
 def _threaded_rows(padded: np.ndarray, extent: int, out_shape, static, threads) -> jax.Array:
     """Runs the kernel on equal blocks of the first spatial axis, one thread each (CPU only)."""
     n = out_shape[0]
-    blocks = max(1, min(_num_threads(threads), n))
+    blocks = max(1, min(num_threads(threads), n))
     size = -(-n // blocks)
     if size * blocks != n:  # equal blocks compile once: pad the first spatial axis
         pad = [(0, 0)] * padded.ndim
@@ -304,190 +278,11 @@ def _threaded_rows(padded: np.ndarray, extent: int, out_shape, static, threads) 
     def run(b):
         return kernel(jnp.asarray(padded[:, b * size : b * size + size + extent - 1]))
 
-    return jnp.concatenate(_in_threads(run, blocks), axis=1)[:, :n]
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled(kernel, *specs, **static):
-    """``kernel`` compiled once for arguments of ``specs`` (``(shape, dtype name)`` each), so
-    that threads do not each compile it and repeated calls do not trace it again."""
-    args = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in specs]
-    return kernel.lower(*args, **static).compile()
-
-
-def _num_threads(threads: int | None) -> int:
-    if threads is None:
-        return min(os.cpu_count() or 1, 8)
-    return _positive_int(threads, "threads", minimum=1)
-
-
-def _in_threads(fn, count: int) -> list:
-    """``[fn(0), ..., fn(count - 1)]``, run concurrently: XLA's CPU executable runs on the calling
-    thread and releases the GIL, so independent blocks use several cores."""
-    if count == 1:
-        return [fn(0)]
-    with concurrent.futures.ThreadPoolExecutor(count) as pool:
-        return list(pool.map(lambda i: fn(i).block_until_ready(), range(count)))
+    return jnp.concatenate(in_threads(run, blocks), axis=1)[:, :n]
 
 
 # ---------------------------------------------------------------------------------------------
-# Mutual information.
-
-
-def _check_pair(a, b, patch_ndim: int):
-    for name, x in (("a", a), ("b", b)):
-        _check_uint8(x, name)
-    if a.shape != b.shape:
-        raise ValueError(f"a and b must have the same shape, got {a.shape} and {b.shape}")
-    if a.ndim < patch_ndim:
-        raise ValueError(f"patches need {patch_ndim} axes (patch_ndim), got shape {a.shape}")
-    batch = a.shape[: a.ndim - patch_ndim]
-    size = int(np.prod(a.shape[a.ndim - patch_ndim :]))
-    if size == 0:
-        raise ValueError(f"patches of shape {a.shape} are empty")
-    return batch, size
-
-
-def _histograms(x, size):
-    """256-bin counts of each row of ``x`` (int32 ``(P, size)``): ``(P, 256)``."""
-    p = x.shape[0]
-    flat = (jnp.arange(p, dtype=jnp.int32)[:, None] * NUM_BINS + x).reshape(-1)
-    return jnp.zeros(p * NUM_BINS, jnp.int32).at[flat].add(1).reshape(p, NUM_BINS)
-
-
-def _pairwise_sum(x):
-    """Sum over the last axis by halving (error O(log n) ulp; XLA's CPU reduce is sequential)."""
-    n = x.shape[-1]
-    size = 1 << max(0, (n - 1).bit_length())
-    x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, size - n)])
-    while x.shape[-1] > 1:
-        half = x.shape[-1] // 2
-        x = x[..., :half] + x[..., half:]
-    return x[..., 0]
-
-
-def _log_table(n: int) -> np.ndarray:
-    """``log c`` for c = 0..n (0 at c = 0), in float64 then rounded: exact to float32."""
-    return np.log(np.maximum(np.arange(n + 1), 1)).astype(np.float32)
-
-
-@functools.partial(jax.jit, static_argnames=("chunk",))
-def _mi_kernel(a, b, *, chunk):
-    """MI of each row pair of uint8 ``(P, n)`` gray values; P is a multiple of ``chunk``.
-
-    ``MI = H(a) + H(b) - H(a, b)``. For the joint entropy, with ``c(i)`` the count of pixel i's
-    cell, ``-H = mean_i log(c(i) / n)``: one scatter-add and one gather per pixel, never a pass
-    over all 65,536 cells. The marginals are sums over their 256 bins. Logs come from one table
-    and every term is taken relative to ``log n``, so constant patches give exactly 0.
-    """
-    n = a.shape[1]
-    log_ratio = jnp.asarray(_log_table(n) - _log_table(n)[n])  # log(c / n)
-    pair = jnp.arange(chunk, dtype=jnp.int32)[:, None]
-
-    def neg_entropy(counts):  # (chunk, 256) bin counts -> sum_v (c_v / n) log(c_v / n)
-        return _pairwise_sum(counts.astype(jnp.float32) * log_ratio[counts]) / n
-
-    def one_chunk(ab):
-        a, b = (x.astype(jnp.int32) for x in ab)
-        flat = (pair * NUM_BINS**2 + a * NUM_BINS + b).reshape(-1)
-        joint = jnp.zeros(chunk * NUM_BINS**2, jnp.int32).at[flat].add(1)[flat]
-        neg_joint = _pairwise_sum(log_ratio[joint.reshape(chunk, n)]) / n
-        mi = neg_joint - neg_entropy(_histograms(a, n)) - neg_entropy(_histograms(b, n))
-        return jnp.maximum(mi, 0.0)
-
-    pairs = (a.reshape(-1, chunk, n), b.reshape(-1, chunk, n))
-    return jax.lax.map(one_chunk, pairs).reshape(-1)
-
-
-def _map_pairs(kernel, a, b, patch_ndim: int, chunk: int, threads: int | None) -> jax.Array:
-    """Applies a jitted per-pair kernel to all patch pairs, in chunks, on several CPU threads."""
-    batch, size = _check_pair(a, b, patch_ndim)
-    traced = _is_traced(a) or _is_traced(b)
-    xp = jnp if traced else np
-    a, b = xp.reshape(a, (-1, size)), xp.reshape(b, (-1, size))
-    p = a.shape[0]
-    chunk = _positive_int(chunk, "chunk", minimum=1)
-    if p == 0:
-        return jnp.zeros(batch, jnp.float32)
-    blocks = 1 if traced or jax.default_backend() != "cpu" else _num_threads(threads)
-    blocks = min(blocks, p)
-    chunk = min(chunk, -(-p // blocks))
-    per_block = -(-p // (chunk * blocks)) * chunk
-    extra = per_block * blocks - p
-    if extra:
-        a, b = xp.pad(a, ((0, extra), (0, 0))), xp.pad(b, ((0, extra), (0, 0)))
-
-    if not traced:
-        spec = ((per_block, size), "uint8")
-        kernel = _compiled(kernel, spec, spec, chunk=chunk)
-    else:
-        kernel = functools.partial(kernel, chunk=chunk)
-
-    def run(i):
-        rows = slice(i * per_block, (i + 1) * per_block)
-        return kernel(jnp.asarray(a[rows]), jnp.asarray(b[rows]))
-
-    out = jnp.concatenate(_in_threads(run, blocks))
-    return out[:p].reshape(batch)
-
-
-def mutual_information(
-    a, b, *, patch_ndim: int = 2, chunk: int = 16, threads: int | None = None
-) -> jax.Array:
-    """Mutual information (Eq. 3) of co-located gray values of two patches, in nats.
-
-    The joint distribution is the 256 x 256 histogram of pixel pairs ``(a[i], b[i])``, as in
-    ``sklearn.metrics.mutual_info_score(a.ravel(), b.ravel())``.
-
-    Args:
-      a, b: uint8 patches of the same shape; the last ``patch_ndim`` axes form a patch, leading
-        axes are a batch.
-      patch_ndim: number of trailing axes that make up one patch.
-      chunk: patch pairs whose 65,536-bin joint histograms are held at once.
-      threads: on the CPU, blocks of pairs run concurrently on this many threads (default: the
-        number of cores, at most 8).
-    Returns:
-      float32 array of the batch shape (a scalar for one pair).
-    """
-    return _map_pairs(_mi_kernel, a, b, patch_ndim, chunk, threads)
-
-
-@functools.partial(jax.jit, static_argnames=("chunk",))
-def _count_vector_kernel(a, b, *, chunk):
-    """As ``_mi_kernel`` with the 256 bins as samples and their counts as labels."""
-    n = a.shape[1]
-    log_table = jnp.asarray(_log_table(NUM_BINS))
-
-    def one_chunk(ab):
-        ha, hb = (_histograms(x.astype(jnp.int32), n) for x in ab)
-        same_a = ha[:, :, None] == ha[:, None, :]
-        same_b = hb[:, :, None] == hb[:, None, :]
-        count_ab, count_a, count_b = (
-            jnp.sum(same, axis=2) for same in (same_a & same_b, same_a, same_b)
-        )
-        terms = log_table[count_ab] + log_table[NUM_BINS] - log_table[count_a] - log_table[count_b]
-        return jnp.maximum(_pairwise_sum(terms) / NUM_BINS, 0.0)
-
-    pairs = (a.reshape(-1, chunk, n), b.reshape(-1, chunk, n))
-    return jax.lax.map(one_chunk, pairs).reshape(-1)
-
-
-def count_vector_mutual_information(
-    a, b, *, patch_ndim: int = 2, chunk: int = 16, threads: int | None = None
-) -> jax.Array:
-    """The MI estimator of the authors' release, for reproducing their numbers only.
-
-    It is ``sklearn.metrics.mutual_info_score(hist_a, hist_b)`` where ``hist_a`` and ``hist_b``
-    are the two patches' 256-bin gray-value count vectors, treated as label arrays (so it ignores
-    where pixels are). ``mutual_information`` is the measure of Eq. 3; prefer it.
-
-    Args and returns as ``mutual_information``.
-    """
-    return _map_pairs(_count_vector_kernel, a, b, patch_ndim, chunk, threads)
-
-
-# ---------------------------------------------------------------------------------------------
-# Weight maps and groups (the sampler that draws anchors from them: piaug.data.input_pipeline).
+# Weight maps and groups (the sampler that draws anchors from them: piaug.data.transforms).
 
 GROUP_NAMES = ("low", "medium", "high")
 

@@ -1,4 +1,4 @@
-"""The multi-scale pixel-wise InfoNCE of CC2D (DESIGN.md 1; the paper's Eq. 1).
+"""The multi-scale pixel-wise InfoNCE of CC2D (docs/design.md 1; the paper's Eq. 1).
 
 At each scale s (stride 32, 16, 8, 4, 2) the query is the crop encoder's feature at the anchor
 (``crop_anchor // s``); its cosine with every cell of the full-image encoder's map, clamped to

@@ -1,5 +1,5 @@
-"""The CC2D encoder in Flax linen (DESIGN.md 1): VGG19 features, a U-Net decoder, RFB blocks and
-1x1 projection heads giving an embedding at strides 32, 16, 8, 4 and 2.
+"""The CC2D encoder in Flax linen (docs/design.md 1): VGG19 features, a U-Net decoder, RFB blocks
+and 1x1 projection heads giving an embedding at strides 32, 16, 8, 4 and 2.
 
 ``Encoder(rfb=True)`` is the full-image encoder F, ``Encoder(rfb=False)`` the crop encoder F'
 (the two do not share weights). ``width`` scales every channel count for small CPU configs; at

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from piaug.data import input_pipeline
+from piaug.data import transforms
 
 
 def _subplots(*args, **kwargs):
@@ -266,7 +266,7 @@ def training_batch(batch: dict, path: Path, *, strides=(32, 16, 8, 4, 2), count:
     anchors per crop (``(B, K, 2)``) the first is drawn as above and the others as cyan dots,
     each at its place in the image and in the crop. With several crops per image the panels
     show crops, each beside its image."""
-    batch = input_pipeline.per_crop(batch)
+    batch = transforms.per_crop(batch)
     n = min(int(count), len(batch["anchor"]))
     crop_size = batch["crop"].shape[1]
     colors = colormaps["viridis"](np.linspace(0, 0.9, len(strides)))

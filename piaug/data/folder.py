@@ -32,7 +32,7 @@ Images are read as 8-bit grayscale: colour is converted to its luma, gray stored
 channels stays as is.  16-bit, 32-bit and float images and DICOM files are mapped to 8 bits by
 the options ``window`` (``auto``: a DICOM file's own window, else the ``percentiles`` of the
 image's values; ``percentile``; ``range``: its minimum to maximum) and ``percentiles``
-(``(0.5, 99.5)``): see ``piaug.data.common.Window``.
+(``(0.5, 99.5)``): see ``piaug.data.images.Window``.
 
 **Unlabelled images** are welcome for pretraining and prediction: an image of ``images/``
 without a row, or a row whose landmark fields are all empty, has NaN landmarks (its spacing is
@@ -52,22 +52,24 @@ from typing import Any
 import numpy as np
 
 from piaug.data.common import (
-    IMAGE_EXTENSIONS,
     DatasetSpec,
     ImageDataset,
     LandmarkTable,
-    Window,
     check_inside,
     check_options,
-    dicom_spacing,
-    image_size,
     index_unique,
-    is_dicom,
-    list_images,
     parse_number,
     preview,
     resolve_root,
     sort_ids,
+)
+from piaug.data.images import (
+    IMAGE_EXTENSIONS,
+    Window,
+    dicom_spacing,
+    image_size,
+    is_dicom,
+    list_images,
 )
 from piaug.errors import UserError
 
@@ -98,7 +100,6 @@ def load(root: Any, split: str | None = None, **options: Any) -> ImageDataset:
             raise UserError(f"the {what} {path} is missing.\n{FORMAT}")
 
     images = list_images(folder)
-    by_name = {p.name: p for p in images.values()}
     table = LandmarkTable(csv_path, extra=("spacing_mm", "split"), allow_blank=True)
     has_spacing = "spacing_mm" in table.extra_columns
     if has_spacing and spacing is not None:
@@ -106,7 +107,47 @@ def load(root: Any, split: str | None = None, **options: Any) -> ImageDataset:
             f"both a spacing_mm column in {csv_path} and the option spacing={spacing} were "
             "given; keep one of them"
         )
+    rows, report = _match_rows(table, images, folder)
+    ids = _select(sort_ids(rows), rows, table, split)
 
+    paths, landmarks, spacings = [], [], []
+    for i in ids:
+        line, (path, points, extra) = rows[i]
+        where = f"{csv_path}, line {line}"
+        unlabelled = not np.isfinite(points).all()
+        if not unlabelled:
+            check_inside(points, image_size(path), where, path)
+        paths.append(path)
+        landmarks.append(points)
+        spacings.append(_spacing_of(path, extra, where, spacing, table, unlabelled=unlabelled))
+    return ImageDataset(
+        NAME,
+        ids,
+        paths,
+        np.array(landmarks, dtype=np.float32),
+        spacings,
+        num_landmarks=table.num_landmarks,
+        options={
+            "split": split,
+            "spacing": spacing,
+            "window": window.mode,
+            "percentiles": window.percentiles,
+        },
+        source_files=[*paths, csv_path],
+        report=report,
+        window=window,
+    )
+
+
+def _match_rows(
+    table: LandmarkTable, images: dict[str, Path], folder: Path
+) -> tuple[dict[str, tuple[int, tuple]], list[str]]:
+    """``{id: (line, (image path, points, extra columns))}`` of every image: its row of
+    ``table``, or no row (line 0, NaN points: unlabelled); and the report lines (unlabelled
+    images, no labelled one). UserError for a row naming no image of ``folder``, and for two
+    rows of one image."""
+    csv_path = table.path
+    by_name = {p.name: p for p in images.values()}
     items, no_image = [], []
     for line, value, points, extra in table.rows:
         named = Path(value).suffix.lower() in IMAGE_EXTENSIONS
@@ -136,65 +177,59 @@ def load(root: Any, split: str | None = None, **options: Any) -> ImageDataset:
     labelled = sum(np.isfinite(r[1][1]).all() for r in rows.values())
     if not labelled:
         report.append(f"{csv_path}: no image has landmarks; stages that evaluate need some")
+    return rows, report
 
-    ids = sort_ids(rows)
-    if split != "all":
-        if "split" not in table.extra_columns:
-            raise UserError(
-                f"split={split!r} needs a 'split' column in {csv_path}; add one or use split='all'"
-            )
-        ids = [i for i in ids if rows[i][1][2]["split"] == split]
-        if not ids:
-            values = sorted({extra["split"] for _, _, _, extra in table.rows if extra["split"]})
-            raise UserError(
-                f"no rows of {csv_path} have split {split!r}; its split column holds "
-                f"{', '.join(repr(v) for v in values) or 'only empty values'} (or use split='all')"
-            )
 
-    paths, landmarks, spacings = [], [], []
-    for i in ids:
-        line, (path, points, extra) = rows[i]
-        where = f"{csv_path}, line {line}"
-        unlabelled = not np.isfinite(points).all()
-        if not unlabelled:
-            check_inside(points, image_size(path), where, path)
-        if has_spacing and extra["spacing_mm"]:
-            value = parse_number(extra["spacing_mm"], where, "spacing_mm")
-            if value <= 0:
-                raise UserError(f"{where}: spacing_mm = {value:g} must be > 0; fix the file")
-        elif spacing is not None:
-            value = spacing
-        elif is_dicom(path) and (found := dicom_spacing(path)) is not None:
-            value = found
-        elif unlabelled:
-            value = float("nan")  # unused: no error is measured on it
-        elif has_spacing:
-            raise UserError(f"{where}: spacing_mm is empty; give the pixel size in mm")
-        else:
-            raise UserError(
-                f"{csv_path} has no spacing_mm column and {path.name} no spacing of its own "
-                "(only DICOM headers carry one); add the column (mm per pixel for each image) "
-                "or pass the option spacing=MM_PER_PIXEL for all images"
-            )
-        paths.append(path)
-        landmarks.append(points)
-        spacings.append(value)
-    return ImageDataset(
-        NAME,
-        ids,
-        paths,
-        np.array(landmarks, dtype=np.float32),
-        spacings,
-        num_landmarks=table.num_landmarks,
-        options={
-            "split": split,
-            "spacing": spacing,
-            "window": window.mode,
-            "percentiles": window.percentiles,
-        },
-        source_files=[*paths, csv_path],
-        report=report,
-        window=window,
+def _select(ids: list[str], rows: dict, table: LandmarkTable, split: str) -> list[str]:
+    """The ``ids`` of ``split`` (by the split column; ``all``: every one); UserError when
+    there is no split column, or no row of ``split``."""
+    if split == "all":
+        return ids
+    csv_path = table.path
+    if "split" not in table.extra_columns:
+        raise UserError(
+            f"split={split!r} needs a 'split' column in {csv_path}; add one or use split='all'"
+        )
+    ids = [i for i in ids if rows[i][1][2]["split"] == split]
+    if not ids:
+        values = sorted({extra["split"] for _, _, _, extra in table.rows if extra["split"]})
+        raise UserError(
+            f"no rows of {csv_path} have split {split!r}; its split column holds "
+            f"{', '.join(repr(v) for v in values) or 'only empty values'} (or use split='all')"
+        )
+    return ids
+
+
+def _spacing_of(
+    path: Path,
+    extra: dict[str, str],
+    where: str,
+    spacing: float | None,
+    table: LandmarkTable,
+    *,
+    unlabelled: bool,
+) -> float:
+    """The pixel size of one image: its row's ``spacing_mm``, else the ``spacing`` option, else
+    its DICOM header's; NaN for an unlabelled image without one (no error is measured on it).
+    UserError for a labelled image without any."""
+    has_spacing = "spacing_mm" in table.extra_columns
+    if has_spacing and extra["spacing_mm"]:
+        value = parse_number(extra["spacing_mm"], where, "spacing_mm")
+        if value <= 0:
+            raise UserError(f"{where}: spacing_mm = {value:g} must be > 0; fix the file")
+        return value
+    if spacing is not None:
+        return spacing
+    if is_dicom(path) and (found := dicom_spacing(path)) is not None:
+        return found
+    if unlabelled:
+        return float("nan")  # unused: no error is measured on it
+    if has_spacing:
+        raise UserError(f"{where}: spacing_mm is empty; give the pixel size in mm")
+    raise UserError(
+        f"{table.path} has no spacing_mm column and {path.name} no spacing of its own "
+        "(only DICOM headers carry one); add the column (mm per pixel for each image) "
+        "or pass the option spacing=MM_PER_PIXEL for all images"
     )
 
 

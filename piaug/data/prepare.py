@@ -1,14 +1,12 @@
-"""Prepared datasets: TFDS array_record files holding what training reads (DESIGN.md 1, 2).
+"""Prepared datasets: TFDS array_record files holding what training reads (docs/design.md 1, 2).
 
 Each example holds the image resized to the training size (uint8), its IIE map computed at the
 original resolution and then resized (float32, bits), the landmarks in resized and in original
 pixels, the spacing and the id. No TensorFlow is needed: the features are plain tensors and text.
 
-A prepared dataset lives in ``cache_dir/<builder name>/<fingerprint>/``. The fingerprint covers
-the reader's options, every source file (annotation files by content, images by size and
-modification time), the training size, the footprint and this module's format version, so a
-change to any of them builds a new copy and nothing else ever does. Builds are atomic (TFDS
-writes into a temporary folder and renames it), so an interrupted build is simply redone.
+A prepared dataset lives in ``cache_dir/<dataset>/<fingerprint>/`` (``piaug.data.cache``: a
+change to what it was built from builds a new copy, and nothing else does). Builds are atomic
+(TFDS writes into a temporary folder and renames it), so an interrupted build is simply redone.
 
 Resizing: images with Pillow's bilinear filter (antialiased, as torchvision's ``Resize`` that
 the authors used); IIE maps with plain bilinear interpolation at half-pixel centres (OpenCV's
@@ -21,14 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import functools
-import hashlib
 import io
 import json
 import logging as std_logging
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,23 +33,28 @@ from PIL import Image
 from tqdm import tqdm
 
 from piaug import data, info, layout
+from piaug.data.cache import (  # noqa: F401  (the cache's names, importable from here too)
+    DIGESTS_FILE,
+    FINGERPRINT_FILE,
+    FORMAT_VERSION,
+    FULL_IIE_DIR,
+    build_lock,
+    default_cache_dir,
+    fingerprint,
+    fingerprint_payload,
+    full_iie_folder,
+    full_iie_key,
+    hash_payload,
+    remove_empty,
+    why_new,
+)
 from piaug.data.common import check_inside
 from piaug.errors import UserError
 
-FORMAT_VERSION = 1  # bump when the stored features or their computation change
 # The one TFDS split of a prepared copy ("all" is reserved by TFDS); the reader's split is in the
 # fingerprint and in ``Prepared.split``.
 TFDS_SPLIT = "examples"
 _BATCH = 4  # images of one shape whose IIE maps are computed together
-FULL_IIE_DIR = "iie_original_size"  # in cache_dir/<dataset>/: full_iie_folder
-
-
-def default_cache_dir() -> Path:
-    """``$PIAUG_CACHE``, else ``$XDG_CACHE_HOME/piaug``, else ``~/.cache/piaug``."""
-    if os.environ.get("PIAUG_CACHE"):
-        return Path(os.environ["PIAUG_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "piaug"
 
 
 def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -88,104 +88,6 @@ def resize_points(points: np.ndarray, from_shape, to_shape) -> np.ndarray:
     return ((np.asarray(points, np.float64) + 0.5) * scale - 0.5).astype(np.float32)
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-DIGESTS_FILE = "digests.json"  # in the cache folder: file digests by path, size and time
-FINGERPRINT_FILE = "fingerprint.json"  # beside each prepared copy: what it was built from
-
-
-def _digests(paths: list[Path], cache_dir: Path | None) -> list[str]:
-    """The SHA-256 of each file, remembered in ``cache_dir/digests.json`` by path, size and
-    modification time, so that each file's content is read once while it stays the same."""
-    index = Path(cache_dir) / DIGESTS_FILE if cache_dir else None
-    known = {}
-    if index is not None and index.exists():
-        try:
-            known = json.loads(index.read_text())
-        except (json.JSONDecodeError, OSError):
-            known = {}  # a damaged index is rebuilt
-    out, added = [], False
-    for path in paths:
-        st = path.stat()
-        key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-        if key not in known:
-            known[key], added = _file_digest(path), True
-        out.append(known[key])
-    if added and index is not None:
-        index.parent.mkdir(parents=True, exist_ok=True)
-        tmp = index.with_name(f"{index.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known))
-        tmp.replace(index)
-    return out
-
-
-def fingerprint_payload(dataset, settings: dict, cache_dir: Path | None = None) -> dict:
-    """What a prepared copy of ``dataset`` depends on: the reader's name, options and ids,
-    ``settings``, and every source file by name and content (so a copied or touched dataset
-    reuses its prepared copy; a changed file builds a new one)."""
-    paths = sorted(Path(p) for p in dataset.source_files)
-    files = sorted([p.name, d] for p, d in zip(paths, _digests(paths, cache_dir), strict=True))
-    return {
-        "format": FORMAT_VERSION,
-        "dataset": dataset.name,
-        "options": dataset.options,
-        "ids": list(dataset.ids),
-        "settings": settings,
-        "files": files,
-    }
-
-
-def fingerprint(dataset, settings: dict, cache_dir: Path | None = None) -> str:
-    """A short hash of ``fingerprint_payload``."""
-    return _hash(fingerprint_payload(dataset, settings, cache_dir))
-
-
-def _hash(payload: dict) -> str:
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def why_new(payload: dict, folder: Path) -> str:
-    """How ``payload`` differs from the newest other prepared copy's under ``folder`` (the
-    dataset's cache folder), for the log; '' when there is none to compare with."""
-    others = sorted(
-        folder.glob(f"*/{FINGERPRINT_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True
-    )
-    for path in others:
-        try:
-            old = json.loads(path.read_text())
-        except (json.JSONDecodeError, OSError):
-            continue
-        old, new = (
-            json.loads(json.dumps(old, default=str)),
-            json.loads(json.dumps(payload, default=str)),
-        )
-        reasons = [
-            f"{key} {old.get(key)!r} -> {new.get(key)!r}"
-            for key in ("format", "options")
-            if old.get(key) != new.get(key)
-        ]
-        reasons += [
-            f"{key} {old['settings'].get(key)!r} -> {value!r}"
-            for key, value in new["settings"].items()
-            if old.get("settings", {}).get(key) != value
-        ]
-        if old.get("ids") != new["ids"]:
-            reasons.append(f"{len(set(new['ids']) ^ set(old.get('ids', [])))} ids differ")
-        before, after = dict(map(tuple, old.get("files", []))), dict(map(tuple, new["files"]))
-        changed = sorted(n for n in set(before) | set(after) if before.get(n) != after.get(n))
-        if changed:
-            reasons.append(f"{len(changed)} source files differ ({', '.join(changed[:3])}...)")
-        return f"unlike {path.parent.name}: " + "; ".join(reasons) if reasons else ""
-    return ""
-
-
 def check_example(example, index: int) -> None:
     """Raises UserError, naming the image, for a malformed example from a reader."""
     where = f"image {example.get('id', index)!r}"
@@ -205,21 +107,6 @@ def check_example(example, index: int) -> None:
     check_inside(landmarks, image.shape[::-1], where, example.get("id", index))
     if not np.isfinite(example["spacing"]) or example["spacing"] <= 0:
         raise UserError(f"{where}: spacing {example['spacing']!r} mm must be a positive number")
-
-
-def full_iie_folder(dataset, footprint: str, split: str, cache_dir) -> Path:
-    """Where ``prepare(..., full_resolution_cache=True)`` keeps the IIE maps of ``dataset`` at
-    its original resolution (``data.cache_original_iie``): one ``.npy`` per image, reused by
-    every training size, keyed by the same content fingerprint as the prepared copies, without
-    the size."""
-    payload = fingerprint_payload(dataset, {"footprint": footprint, "split": split}, cache_dir)
-    return Path(cache_dir) / dataset.name / FULL_IIE_DIR / _full_iie_key(payload)
-
-
-def _full_iie_key(payload: dict) -> str:
-    """The key of the original-resolution maps: a prepared copy's payload without the size."""
-    settings = {k: v for k, v in payload["settings"].items() if k != "image_size"}
-    return _hash({**payload, "settings": {**settings, "maps": "original resolution"}})
 
 
 def _load_map(path: Path, shape) -> np.ndarray | None:
@@ -428,37 +315,6 @@ def _build(builder, dataset, payload: dict, cache_dir: Path, key: str) -> None:
     layout.write_json(cache_dir / dataset.name / key / FINGERPRINT_FILE, plain)
 
 
-@contextlib.contextmanager
-def _build_lock(path: Path, what: Path):
-    """An exclusive lock on ``path`` (``flock``): two jobs that prepare the same copy at once
-    (two sweeps, two hosts of separate runs on one file system) build it once; the second
-    waits, then finds it built. The lock file is removed when the build is done."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logging.info("waiting for another process that is preparing %s", what)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            path.unlink(missing_ok=True)
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _remove_empty(folder: Path, stop: Path) -> None:
-    """Removes ``folder`` if it holds only empty folders, then each empty parent up to (not
-    including) ``stop``; a file anywhere keeps it."""
-    folder = Path(folder)
-    if folder.is_dir() and layout.holds_no_file(folder):
-        shutil.rmtree(folder)
-    parent = folder.parent
-    while parent != Path(stop) and parent.is_dir() and not any(parent.iterdir()):
-        parent.rmdir()
-        parent = parent.parent
-
-
 class _NotForUsers(std_logging.Filter):
     """TFDS's notes about a dataset that does not exist yet (every first preparation)."""
 
@@ -509,7 +365,7 @@ def prepare(
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     settings = {"image_size": list(image_size), "footprint": footprint, "split": split}
     payload = fingerprint_payload(dataset, settings, cache_dir)
-    key = _hash(payload)
+    key = hash_payload(payload)
     with _quiet_tfds():
         builder = builder_class(dataset.name)(
             dataset=dataset,
@@ -518,7 +374,7 @@ def prepare(
             data_dir=cache_dir / dataset.name / key,
             file_format="array_record",
             full_iie=(
-                cache_dir / dataset.name / FULL_IIE_DIR / _full_iie_key(payload)
+                cache_dir / dataset.name / FULL_IIE_DIR / full_iie_key(payload)
                 if full_resolution_cache
                 else None
             ),
@@ -530,7 +386,7 @@ def prepare(
     else:
         lock = cache_dir / dataset.name / f"{key}.lock"
         try:
-            with _build_lock(lock, builder.data_dir):
+            with build_lock(lock, builder.data_dir):
                 with _quiet_tfds():
                     prepared = builder.is_prepared()  # another process may have built it
                 if prepared:
@@ -538,7 +394,7 @@ def prepare(
                 else:
                     _build(builder, dataset, payload, cache_dir, key)
         except BaseException:
-            _remove_empty(cache_dir / dataset.name / key, cache_dir)  # no empty folders left
+            remove_empty(cache_dir / dataset.name / key, cache_dir)  # no empty folders left
             raise
     built = tfds.builder_from_directory(builder.data_dir)
     if TFDS_SPLIT not in built.info.splits:
