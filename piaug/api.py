@@ -8,6 +8,7 @@ the matching and decoding settings), so no ``configs/`` file is imported::
 
     encoder = piaug.load_encoder("runs/ceph")  # the baseline; name="piaug" for piaug's
     points, confidence = encoder.landmarks(images, template, template_points)
+    index, scores = encoder.choose_template(images)  # which image to annotate
 
     detector = piaug.load_detector("runs/ceph")  # the run's detector (name= when several)
     points, confidence = detector.landmarks(images)
@@ -16,7 +17,10 @@ the matching and decoding settings), so no ``configs/`` file is imported::
 and the landmarks come back as ``(N, L, 2)`` (x, y) in each image's own pixels, with a
 confidence per landmark: the peak of the combined similarity map for one-shot matching, the
 heatmap's peak probability for a detector. ``encoder.features(grid_images)`` gives the five
-embedding maps of images already at the grid.
+embedding maps of images already at the grid. Matching runs with the run's own settings
+(``encoder.settings``, a ``piaug.matching.MatchSettings`` built from its ``config.json``), and
+``encoder.choose_template`` with the run's template policy (``piaug.templates``): the same code
+paths as the pipeline's.
 """
 
 from __future__ import annotations
@@ -93,14 +97,6 @@ def _grid(images: Sequence[np.ndarray], size) -> tuple[np.ndarray, list[tuple[in
     return np.stack(out), shapes
 
 
-def _to_images(points: np.ndarray, shapes, size) -> np.ndarray:
-    from piaug.data import prepare
-
-    return np.stack(
-        [prepare.resize_points(p, size, shape) for p, shape in zip(points, shapes, strict=True)]
-    )
-
-
 @dataclasses.dataclass(frozen=True)
 class Encoder:
     """A run's full-image encoder (``load_encoder``)."""
@@ -110,6 +106,7 @@ class Encoder:
     image_size: tuple[int, int]
     config: dict
     apply: Callable  # (B, H, W) float32 in [0, 1] at image_size -> five maps
+    settings: object  # piaug.matching.MatchSettings: the run's eval settings
 
     def features(self, images: np.ndarray, *, batch_size: int = 8) -> list[np.ndarray]:
         """The five ``(N, h, w, E)`` maps of ``images`` ``(N, H, W)`` uint8 at the grid."""
@@ -128,30 +125,52 @@ class Encoder:
         """One-shot matching: the landmarks ``template_points`` ``(L, 2)`` (x, y in the
         ``template`` image's pixels) found in each image, ``(N, L, 2)`` in its own pixels,
         and their confidence ``(N, L)``."""
-        from piaug import matching
+        from piaug import evaluate, matching
         from piaug.data import prepare
 
         size = self.image_size
         grid_template, (shape,) = _grid([template], size)
         points = np.asarray(template_points, np.float64).reshape(-1, 2)
-        rows_cols = np.round(prepare.resize_points(points, shape, size)[:, ::-1]).astype(int)
-        rows_cols = np.clip(rows_cols, 0, np.asarray(size) - 1)
+        cells = matching.template_cells(prepare.resize_points(points, shape, size), size)
         grid, shapes = _grid(images, size)
-        cfg = self.config.get("eval", {})
         found, scores = matching.predict(
             self.apply,
             grid_template[0],
-            rows_cols,
+            cells,
             grid,
             size=size,
-            batch_size=batch_size,
-            upsample=cfg.get("upsample", "nearest"),
-            subpixel=bool(cfg.get("subpixel", False)),
-            combine=cfg.get("combine", "product"),
-            sampling=cfg.get("template_sampling", "cell"),
+            settings=dataclasses.replace(self.settings, batch_size=batch_size),
             with_scores=True,
         )
-        return _to_images(found, shapes, size), scores
+        return evaluate.to_original(found, shapes, size), scores
+
+    def choose_template(
+        self, images: Sequence[np.ndarray], *, batch_size: int = 8
+    ) -> tuple[int, np.ndarray]:
+        """The image of ``images`` (2-D uint8, any size) to annotate: the run's label-free
+        template policy (``piaug.templates.choose``, the pipeline's choice) over all of them.
+        Returns its index and every image's score (-inf for those not scored)."""
+        from piaug import info, templates
+        from piaug.data import prepare
+
+        if len(images) < 2:
+            raise UserError("the template choice needs at least two images")
+        size = self.image_size
+        grid, _ = _grid(images, size)
+        footprint = prepare.footprint_of(self.config["info"]["footprint"])
+        iie = [
+            prepare.resize_bilinear(np.asarray(info.entropy_map(image[None], footprint))[0], size)
+            for image in images
+        ]
+        index, scores, _ = templates.choose(
+            self.features(grid, batch_size=batch_size),
+            iie,
+            np.ones(len(images), bool),
+            size=size,
+            policy=templates.TemplatePolicy.from_eval(self.config["eval"]),
+            settings=dataclasses.replace(self.settings, batch_size=batch_size),
+        )
+        return index, scores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +196,9 @@ class Detector:
         found, confidence = detector.predict(
             self.net, self.variables, grid, settings=self.settings, batch_size=batch_size
         )
-        return _to_images(found, shapes, self.image_size), confidence
+        from piaug import evaluate
+
+        return evaluate.to_original(found, shapes, self.image_size), confidence
 
 
 def _image_size(config: dict) -> tuple[int, int]:
@@ -187,11 +208,13 @@ def _image_size(config: dict) -> tuple[int, int]:
 def load_encoder(path, name: str | None = None) -> Encoder:
     """The full-image encoder ``name`` (``baseline`` or ``piaug``; default the baseline) of
     the run in ``path`` (a run folder, or the checkpoint folder of one of its encoders)."""
-    from piaug import checkpoints
+    from piaug import checkpoints, matching
 
     run, config, name, ckpt = _locate(path, "encoder", name)
     model = checkpoints.model_settings(config)
-    return Encoder(name, ckpt, _image_size(config), config, checkpoints.image_encoder(ckpt, model))
+    apply = checkpoints.image_encoder(ckpt, model)
+    settings = matching.MatchSettings.from_eval(config.get("eval", {}))
+    return Encoder(name, ckpt, _image_size(config), config, apply, settings)
 
 
 def load_detector(path, name: str | None = None) -> Detector:

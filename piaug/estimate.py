@@ -1,4 +1,4 @@
-"""Augmentation-intensity estimation: the paper's Eq. 7-10 (DESIGN.md 1).
+"""Augmentation-intensity estimation: the paper's Eq. 7-10 (docs/design.md 1).
 
 For each information group (low, medium, high, by the IIE thresholds):
 
@@ -242,10 +242,8 @@ def estimate(
     alpha: float = 1.0,
     max_steps: int = 100,
     estimator: str = "joint",
-    upsample: str = "nearest",
-    batch_size: int = 8,
+    match: matching.MatchSettings | None = None,
     seed: int = 0,
-    combine: str = "product",
 ) -> dict:
     """The augmentation ranges of every information group (Eq. 10).
 
@@ -261,7 +259,9 @@ def estimate(
       alpha: alpha_hat, the target's multiple of the mean MI.
       max_steps: the most steps grown upwards (brightness 1 + 0.03 s, contrast 1 + 0.04 s).
       estimator: 'joint' (Eq. 3) or 'count_vector' (the authors' release).
-      upsample, batch_size, combine: of the matching.
+      match: how the key points are matched (upsampling, combination, batch; the key points'
+        own cells and integer peaks whatever its sampling and refinement: the patches are
+        cut at pixels); the defaults' when None.
       seed: of the key points.
 
     Returns:
@@ -279,17 +279,11 @@ def estimate(
         info.mutual_information if estimator == "joint" else info.count_vector_mutual_information
     )
     start = time.perf_counter()
-    margin = patch_size // 2
-    per_group = key_points(iie_template, thresholds, num_points, margin=margin, seed=seed)
-    counts = [len(p) for p in per_group]
+    per_group = key_points(iie_template, thresholds, num_points, margin=patch_size // 2, seed=seed)
     points = np.concatenate(per_group)
     if not len(points):
         raise ValueError("the template has no pixel far enough from the border for a patch")
-    vectors = matching.template_vectors([f[template] for f in features], points)
-    found = matching.match_all(
-        features, vectors, size=size, batch_size=batch_size, upsample=upsample, combine=combine
-    )
-    found[template] = points  # the template's own points are the key points themselves
+    found = _correspondences(features, template, points, size, match)
     t_match = time.perf_counter()
 
     all_patches = patches(images, found, patch_size)  # (N, P, s, s)
@@ -297,7 +291,6 @@ def estimate(
     ref = np.broadcast_to(all_patches[template][None], all_patches[others].shape)
     pair_mi = np.asarray(mi_fn(ref, all_patches[others]))  # (N - 1, P)
     t_target = time.perf_counter()
-    limit = step_limits(max_steps)
     curves = self_information(
         all_patches.reshape(-1, patch_size, patch_size), max_steps, estimator=estimator
     ).reshape(n, len(points), 2, max_steps + 1)
@@ -305,39 +298,13 @@ def estimate(
 
     groups = {}
     offset = 0
-    for name, k, pts in zip(info.GROUP_NAMES, counts, per_group, strict=True):
-        cols = slice(offset, offset + k)
-        offset += k
-        if k == 0:
-            continue
-        mi = pair_mi[:, cols]
-        target = float(alpha * mi.mean())
-        steps = passing_steps(curves[:, cols].reshape(-1, 2, max_steps + 1), target, limit)
-        mean_steps = steps.mean(0)  # (down, up)
-        ranges = {}
-        for kind, step in zip(("brightness", "contrast"), STEP_SIZES, strict=True):
-            lo = max(0.0, 1.0 - step * mean_steps[0])
-            hi = 1.0 + step * mean_steps[1]
-            ranges[kind] = [round(lo, 6), round(hi, 6)]
-        identity = curves[:, cols, 0, 0]
-        groups[name] = {
-            **ranges,
-            "target_mi": target,
-            "mi_mean": float(mi.mean()),
-            "mi_std": float(mi.std()),
-            "mi_max": float(mi.max()),
-            "self_mi_mean": float(identity.mean()),
-            "mean_steps": {"down": float(mean_steps[0]), "up": float(mean_steps[1])},
-            "at_limit": {
-                "down": float(np.mean(steps[:, 0] == limit[0])),
-                "up": float(np.mean(steps[:, 1] == limit[1])),
-            },
-            "num_points": int(k),
-            "num_images": int(n),
-            "points": pts.tolist(),
-            "iie_mean": float(np.asarray(iie_template)[pts[:, 0], pts[:, 1]].mean()),
-            "mi": mi.round(5).ravel().tolist(),
-        }
+    for name, pts in zip(info.GROUP_NAMES, per_group, strict=True):
+        cols = slice(offset, offset + len(pts))
+        offset += len(pts)
+        if len(pts):
+            groups[name] = _group(
+                pair_mi[:, cols], curves[:, cols], pts, iie_template, alpha, max_steps
+            )
     return {
         "groups": groups,
         "estimator": estimator,
@@ -352,4 +319,63 @@ def estimate(
             "search": t_search - t_target,
             "total": t_search - start,
         },
+    }
+
+
+def _correspondences(
+    features: Sequence[np.ndarray],
+    template: int,
+    points: np.ndarray,
+    size: tuple[int, int],
+    match: matching.MatchSettings,
+) -> np.ndarray:
+    """``(N, P, 2)`` (row, col): each key point of the template found in every image (the
+    template's own points are the key points themselves)."""
+    match = dataclasses.replace(match or matching.MatchSettings(), sampling="cell", subpixel=False)
+    vectors = matching.template_vectors(
+        [f[template] for f in features], points, strides=match.strides
+    )
+    found = matching.match_all(features, vectors, size=size, settings=match)
+    found[template] = points
+    return found
+
+
+def _group(
+    mi: np.ndarray,
+    curves: np.ndarray,
+    points: np.ndarray,
+    iie_template: np.ndarray,
+    alpha: float,
+    max_steps: int,
+) -> dict:
+    """One group's entry of ``estimate``: ``mi`` ``(N - 1, k)`` template-to-image MIs of its
+    ``k`` key ``points``, ``curves`` ``(N, k, 2, max_steps + 1)`` each patch's MI with itself
+    augmented (``self_information``)."""
+    limit = step_limits(max_steps)
+    target = float(alpha * mi.mean())
+    steps = passing_steps(curves.reshape(-1, 2, max_steps + 1), target, limit)
+    mean_steps = steps.mean(0)  # (down, up)
+    ranges = {}
+    for kind, step in zip(("brightness", "contrast"), STEP_SIZES, strict=True):
+        lo = max(0.0, 1.0 - step * mean_steps[0])
+        hi = 1.0 + step * mean_steps[1]
+        ranges[kind] = [round(lo, 6), round(hi, 6)]
+    identity = curves[:, :, 0, 0]
+    return {
+        **ranges,
+        "target_mi": target,
+        "mi_mean": float(mi.mean()),
+        "mi_std": float(mi.std()),
+        "mi_max": float(mi.max()),
+        "self_mi_mean": float(identity.mean()),
+        "mean_steps": {"down": float(mean_steps[0]), "up": float(mean_steps[1])},
+        "at_limit": {
+            "down": float(np.mean(steps[:, 0] == limit[0])),
+            "up": float(np.mean(steps[:, 1] == limit[1])),
+        },
+        "num_points": int(len(points)),
+        "num_images": int(len(curves)),
+        "points": points.tolist(),
+        "iie_mean": float(np.asarray(iie_template)[points[:, 0], points[:, 1]].mean()),
+        "mi": mi.round(5).ravel().tolist(),
     }

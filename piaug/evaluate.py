@@ -1,4 +1,4 @@
-"""Landmark detection metrics (DESIGN.md 1): radial errors in millimetres, the mean radial error
+"""Landmark detection metrics (docs/design.md 1): radial errors in millimetres, the mean radial error
 (MRE) and the successful detection rates (SDR, % of errors strictly below each radius).
 
 Two protocols:
@@ -63,7 +63,7 @@ def radial_errors(pred, true, mm_per_pixel) -> np.ndarray:
 def metrics(errors, *, radii: Sequence[float] = RADII, protocol: str = "grid", ids=None) -> dict:
     """MRE (mean over landmarks of the mean over images), SDR per radius (% strictly below),
     per-landmark MRE, the worst cases (their image by its id when ``ids`` are given, else by
-    its index), as in DESIGN.md 3's ``results.json``."""
+    its index), as in docs/design.md 3's ``results.json``."""
     errors = np.asarray(errors, np.float64)
     if errors.ndim != 2 or errors.size == 0:
         raise ValueError(f"need (N, L) errors, got {errors.shape}")
@@ -140,6 +140,14 @@ def evaluate(
         ),
         "full": metrics(full, radii=radii, protocol="full resolution", ids=ids),
     }
+
+
+def template_copy(template_landmarks, truth: dict) -> dict[str, dict]:
+    """What an encoder must beat: the template's landmarks ``(L, 2)`` (x, y in the grid)
+    copied unmoved to every image of ``truth`` (``truth``'s dict), under both protocols."""
+    n = len(truth["spacing"])
+    copied = np.repeat(np.asarray(template_landmarks, np.float64)[None], n, axis=0)
+    return evaluate(copied, **truth)
 
 
 def table(results: dict[str, dict]) -> str:

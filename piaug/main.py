@@ -8,6 +8,7 @@ multi-process run through ``jax.distributed.initialize`` (see ``launch/``).
 
 import logging as std_logging
 import os
+import re
 
 import jax
 from absl import app, flags, logging
@@ -66,24 +67,49 @@ def setup_runtime() -> None:
         )
 
 
+def _unknown_field(error: Exception, argv) -> str:
+    """The one-line error of an override of a field the config lacks: the override at fault
+    (not the others), the field, the group it was looked for in, and ml_collections'
+    suggestion, as plain text."""
+    # A nested field's KeyError comes wrapped in an AttributeError, and a KeyError's str() is
+    # its repr ('\'trian\'\nDid you mean ...'): the message itself, on one line.
+    while isinstance(error, AttributeError) and error.args and isinstance(error.args[0], KeyError):
+        error = error.args[0]
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    first, _, hint = text.partition("\n")
+    overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    paths = {o: o.removeprefix("--").split(".") for o in overrides}  # ["config", ...]
+    lookup = re.search(r"Attempting to lookup: (\S+)", first)  # a field under a plain value
+    if lookup:
+        wanted = ["config", *lookup.group(1).split(".")]
+        bad = [o for o, p in paths.items() if p == wanted]
+        value = re.search(r"<class '(\w+)'>\.(\w+) does not exist", first)
+        at = wanted.index(value.group(2), 1) if value and value.group(2) in wanted else -1
+        kind = f"a value ({value.group(1)})" if value else "a value"
+        text = f"{'.'.join(wanted[:at])} is {kind}, not a group of fields"
+    else:
+        name = first.strip().strip(chr(39) + chr(34))
+        bad = [o for o, p in paths.items() if name in p[1:]]
+        groups = {".".join(p[: p.index(name, 1)]) for p in map(paths.get, bad)}
+        text = f"no field '{name}'" + (f" in {groups.pop()}" if len(groups) == 1 else "")
+    suggestion = re.search(r'Did you mean "([^"]+)"', hint)
+    if suggestion:
+        text += f"; did you mean '{suggestion.group(1)}'?"
+    elif hint.strip():
+        text += f"; {hint.strip()}"
+    return (
+        f"error: unknown config field in {' '.join(bad or overrides)} ({text}); "
+        "see the config file for the fields it defines"
+    )
+
+
 def parse_flags(argv):
     """absl's parsing, with a one-line error for an override of a field the config lacks or
     a value of the wrong type."""
     try:
         return FLAGS(argv)
     except (AttributeError, KeyError) as e:
-        bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-        # KeyError's str() is its repr ('\'trian\'\nDid you mean ...'): its text, on one line
-        text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        name, _, hint = text.partition("\n")
-        name = name.strip().strip(chr(39) + chr(34))
-        bad = [a for a in bad if name in a.split(".")] or bad  # the override that names it
-        text = f"no field '{name}'"
-        text += f"; {hint[0].lower()}{hint[1:]}" if hint else ""
-        raise SystemExit(
-            f"error: unknown config field in {' '.join(bad)} ({text}); "
-            "see the config file for the fields it defines"
-        ) from None
+        raise SystemExit(_unknown_field(e, argv)) from None
     except (flags.IllegalFlagValueError, TypeError, ValueError) as e:
         raise SystemExit(
             f"error: {e}; give a value of the field's type (see the config file)"

@@ -1,4 +1,4 @@
-"""One-shot landmark matching with the full-image encoder (DESIGN.md 1, the paper's Eq. 4).
+"""One-shot landmark matching with the full-image encoder (docs/design.md 1, the paper's Eq. 4).
 
 For each landmark of a template image, its feature vector at every scale (its cell's, or the
 map interpolated at the landmark: ``template_vectors``); for a query image, at
@@ -11,24 +11,26 @@ another image are often negative at some scale and zero the product there); the 
 its argmax (optionally refined to sub-pixel precision by a parabola through the peak and its
 neighbours in each axis).
 
-``choose_template`` picks the template without labels, in the spirit of the paper's policy
-("which images to label"): salient points of each candidate (local maxima of its IIE map, away
-from the border and from each other) are matched into every other image, and the candidate
-whose points match most confidently (mean of the maximum similarity) wins.
+The template itself is chosen in ``piaug.templates``.
+
+How matching runs (upsampling, combination and clamp, sub-pixel refinement, the template's
+vectors, the scales, the batch) travels as one ``MatchSettings``, built once from a config's
+``eval`` section (``MatchSettings.from_eval``) or a run's ``config.json``; every caller (the
+evaluate stage, the probe, the pseudo-labels, the template choice, the estimate, ``predict`` and
+``piaug.api``) hands it to ``predict``, ``match_all`` or ``choose_template``, so one procedure
+is one code path.
 
 Points are (row, col) in the pixels of the encoder's input grid throughout.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import os
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from piaug.losses import cell
 from piaug.mixing import unit
@@ -37,6 +39,83 @@ from piaug.models import STRIDES
 UPSAMPLING = ("nearest", "bilinear")
 COMBINE = ("product", "sum")  # of the scales' similarity maps
 SAMPLING = ("cell", "bilinear")  # of the template's vectors at its landmarks
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchSettings:
+    """How one-shot matching runs; the fields of ``config.eval`` that it reads.
+
+    Attributes:
+      upsample: 'nearest' | 'bilinear': each scale's cosine map to the grid (``eval.upsample``).
+      combine: 'product' of the cosines clamped to [0, 1] (CC2D's) | 'sum' of the unclamped
+        cosines (``eval.combine``); ``clamp`` follows from it.
+      subpixel: parabolic refinement of each peak (``eval.subpixel``).
+      sampling: 'cell' | 'bilinear': the template's vector at each landmark
+        (``eval.template_sampling``, ``template_vectors``).
+      strides: the scales matched, coarsest first (the encoder's).
+      batch_size: images matched at once (``eval.batch_size``).
+    """
+
+    upsample: str = "nearest"
+    combine: str = "product"
+    subpixel: bool = False
+    sampling: str = "cell"
+    strides: tuple[int, ...] = STRIDES
+    batch_size: int = 8
+
+    def __post_init__(self):
+        for field, value, allowed in (
+            ("upsample", self.upsample, UPSAMPLING),
+            ("combine", self.combine, COMBINE),
+            ("template_sampling", self.sampling, SAMPLING),
+        ):
+            if value not in allowed:
+                raise ValueError(f"eval.{field} must be one of {allowed}, got {value!r}")
+        if int(self.batch_size) < 1:
+            raise ValueError(f"eval.batch_size must be at least 1, got {self.batch_size}")
+        object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
+        object.__setattr__(self, "batch_size", int(self.batch_size))
+        object.__setattr__(self, "subpixel", bool(self.subpixel))
+
+    @property
+    def clamp(self) -> bool:
+        """Whether each scale's cosines are clamped to [0, 1] (with the product)."""
+        return self.combine == "product"
+
+    @classmethod
+    def from_eval(cls, cfg: Mapping) -> MatchSettings:
+        """The settings of a config's ``eval`` section (a ConfigDict, or the dict of a run's
+        ``config.json``; fields a run predates take their defaults)."""
+        get = cfg.get
+        return cls(
+            upsample=get("upsample", "nearest"),
+            combine=get("combine", "product"),
+            subpixel=bool(get("subpixel", False)),
+            sampling=get("template_sampling", "cell"),
+            batch_size=int(get("batch_size", 8)),
+        )
+
+    def scoring(self) -> MatchSettings:
+        """The template choice's settings: its score only ranks candidates, so nearest
+        upsampling (the fast path: maps at the finest stride), no refinement and the cell's
+        vectors, whatever the evaluation's."""
+        return dataclasses.replace(self, upsample="nearest", subpixel=False, sampling="cell")
+
+    def keywords(self) -> dict:
+        """``match``'s keyword arguments (strides, upsample, subpixel, combine)."""
+        return {
+            "strides": self.strides,
+            "upsample": self.upsample,
+            "subpixel": self.subpixel,
+            "combine": self.combine,
+        }
+
+
+def template_cells(landmarks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A template's landmarks ``(L, 2)`` (x, y in the grid of ``size``) as the integer
+    ``(L, 2)`` (row, col) pixels that matching takes, rounded and kept inside the grid."""
+    rows_cols = np.round(np.asarray(landmarks, np.float64)[:, ::-1]).astype(np.int64)
+    return np.clip(rows_cols, 0, np.asarray(size) - 1)
 
 
 def template_vectors(
@@ -192,7 +271,7 @@ def match(
 
 # One compiled program per shape and setting, shared by every caller (template choice, the
 # estimate, evaluation of each encoder) instead of one per call.
-_match_jit = jax.jit(match, static_argnames=("size", "strides", "upsample", "subpixel", "combine"))
+match_jit = jax.jit(match, static_argnames=("size", "strides", "upsample", "subpixel", "combine"))
 
 
 def _peaks(maps: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -201,94 +280,6 @@ def _peaks(maps: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     flat = maps.reshape(*lead, h * w)
     arg = jnp.argmax(flat, axis=-1)
     return jnp.stack([arg // w, arg % w], axis=-1), jnp.max(flat, axis=-1)
-
-
-def salient_points(iie: np.ndarray, *, count: int, min_distance: int, border: int) -> np.ndarray:
-    """Up to ``count`` local maxima (row, col) of an IIE map (3 x 3 neighbourhoods, plateaus
-    excluded), strongest first, at least ``border`` pixels inside the image and
-    ``min_distance`` pixels (Chebyshev) apart."""
-    from scipy import ndimage
-
-    iie = np.asarray(iie, np.float64)
-    peaks = iie == ndimage.maximum_filter(iie, size=3, mode="nearest")
-    peaks &= iie > ndimage.minimum_filter(iie, size=3, mode="nearest")  # not on a plateau
-    peaks[:border] = peaks[-border:] = False
-    peaks[:, :border] = peaks[:, -border:] = False
-    rows, cols = np.nonzero(peaks)
-    order = np.argsort(-iie[rows, cols], kind="stable")
-    chosen: list[tuple[int, int]] = []
-    for r, c in zip(rows[order], cols[order], strict=True):
-        if all(max(abs(r - a), abs(c - b)) >= min_distance for a, b in chosen):
-            chosen.append((int(r), int(c)))
-            if len(chosen) == count:
-                break
-    return np.asarray(chosen, np.int64).reshape(-1, 2)
-
-
-def choose_template(
-    features: Sequence[jnp.ndarray],
-    points: Sequence[np.ndarray],
-    *,
-    size: tuple[int, int],
-    strides: Sequence[int] = STRIDES,
-    upsample: str = "nearest",
-    batch_size: int = 8,
-    combine: str = "product",
-    candidates: Sequence[bool] | None = None,
-) -> tuple[int, np.ndarray]:
-    """The candidate whose salient points match most confidently into the other images.
-
-    Args:
-      features: per scale, ``(N, h, w, E)`` maps of the N training images.
-      points: per image, its ``(P_i, 2)`` salient points (``salient_points``).
-      batch_size: images matched at once (memory: ``batch_size * P * H * W`` floats).
-      candidates: which images may be chosen (e.g. the labelled ones; all by default); every
-        image is matched into either way.
-
-    Returns:
-      ``(index, scores)``: the chosen image and every candidate's score, the mean over its
-      points and the other images of the maximum of the combined similarity map.
-    """
-    features = [jnp.asarray(f) for f in features]  # once: every candidate reads them all
-    n = features[0].shape[0]
-    most = max(len(p) for p in points)
-    if most == 0:
-        raise ValueError("no candidate has salient points: lower the border or the distance")
-    size, strides = tuple(size), tuple(strides)
-
-    def score(f, t):
-        return _match_jit(f, t, size=size, strides=strides, upsample=upsample, combine=combine)[1]
-
-    def candidate(i: int) -> float:
-        p = np.asarray(points[i]).reshape(-1, 2)
-        if len(p) == 0 or (candidates is not None and not candidates[i]):
-            return -np.inf
-        padded = np.concatenate([p, np.repeat(p[:1], most - len(p), axis=0)])  # one shape
-        templates = template_vectors([f[i] for f in features], padded, strides=strides)
-        best = np.concatenate(
-            [
-                np.asarray(score([f[j : j + batch_size] for f in features], templates))
-                for j in range(0, n, batch_size)
-            ]
-        )[:, : len(p)]
-        return float(np.delete(best, i, axis=0).mean())
-
-    # XLA's CPU executables run on the calling thread and release the GIL: on a CPU, candidates
-    # are scored on several threads at once (one core each); elsewhere one after another.
-    threads = min(os.cpu_count() or 1, 8) if jax.default_backend() == "cpu" else 1
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        scores = np.array(
-            list(
-                tqdm(
-                    pool.map(candidate, range(n)),
-                    total=n,
-                    desc="template choice",
-                    unit="candidate",
-                    leave=False,
-                )
-            )
-        )
-    return int(np.argmax(scores)), scores
 
 
 def encode(apply_fn, images: np.ndarray, *, batch_size: int = 8) -> list[np.ndarray]:
@@ -310,20 +301,16 @@ def match_all(
     templates: Sequence[jnp.ndarray],
     *,
     size: tuple[int, int],
-    strides: Sequence[int] = STRIDES,
-    batch_size: int = 8,
-    upsample: str = "nearest",
-    subpixel: bool = False,
-    combine: str = "product",
+    settings: MatchSettings = MatchSettings(),
     with_scores: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """``match`` over all images of ``features`` in batches: ``(N, L, 2)`` (row, col), and
-    with ``with_scores`` each peak's value of the combined similarity map ``(N, L)``."""
-    kw = {"size": tuple(size), "strides": tuple(strides), "upsample": upsample}
-    kw |= {"subpixel": subpixel, "combine": combine}
-    n = features[0].shape[0]
+    """``match`` over all images of ``features`` in batches of ``settings.batch_size``:
+    ``(N, L, 2)`` (row, col), and with ``with_scores`` each peak's value of the combined
+    similarity map ``(N, L)``."""
+    kw = {"size": tuple(size)} | settings.keywords()
+    n, batch_size = features[0].shape[0], settings.batch_size
     found = [
-        _match_jit([f[i : i + batch_size] for f in features], templates, **kw)
+        match_jit([f[i : i + batch_size] for f in features], templates, **kw)
         for i in range(0, n, batch_size)
     ]
     points = np.concatenate([np.asarray(p) for p, _ in found])
@@ -339,29 +326,17 @@ def predict(
     images: np.ndarray,
     *,
     size: tuple[int, int],
-    batch_size: int = 8,
-    upsample: str = "nearest",
-    subpixel: bool = False,
-    combine: str = "product",
-    sampling: str = "cell",
+    settings: MatchSettings = MatchSettings(),
     with_scores: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """One-shot landmarks of ``images`` ``(N, H, W)`` uint8 with one encoder (``apply_fn``,
     images -> maps) from one annotated template: ``template_points`` ``(L, 2)`` (row, col) in
-    ``template_image``'s grid. Returns ``(N, L, 2)`` (x, y) in the grid of ``size``, and with
-    ``with_scores`` the peak similarity of each ``(N, L)``; ``sampling`` as
-    ``template_vectors``."""
+    ``template_image``'s grid (``template_cells``). Returns ``(N, L, 2)`` (x, y) in the grid of
+    ``size``, and with ``with_scores`` the peak similarity of each ``(N, L)``."""
     template_features = [f[0] for f in encode(apply_fn, template_image[None])]
-    vectors = template_vectors(template_features, template_points, sampling=sampling)
-    features = encode(apply_fn, images, batch_size=batch_size)
-    found, scores = match_all(
-        features,
-        vectors,
-        size=size,
-        batch_size=batch_size,
-        upsample=upsample,
-        subpixel=subpixel,
-        combine=combine,
-        with_scores=True,
+    vectors = template_vectors(
+        template_features, template_points, strides=settings.strides, sampling=settings.sampling
     )
+    features = encode(apply_fn, images, batch_size=settings.batch_size)
+    found, scores = match_all(features, vectors, size=size, settings=settings, with_scores=True)
     return (found[..., ::-1], scores) if with_scores else found[..., ::-1]

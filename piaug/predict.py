@@ -15,8 +15,8 @@ template image; one row, or the row naming the template). Which image to annotat
 
     python -m piaug.predict --run=runs/ceph --images=new/ --choose-template
 
-runs the run's unsupervised template choice (the salient-point policy) on the folder and
-prints the image to annotate.
+runs the run's unsupervised template choice (the salient-point policy, the pipeline's own code
+and settings) on the folder and prints the image to annotate.
 
 Writes ``OUT/landmarks.csv`` (``image, 1_x, 1_y, ..., K_x, K_y`` in each image's own pixels,
 then ``1_conf, ..., K_conf``: the peak similarity of matching, or the detector's heatmap peak)
@@ -121,63 +121,31 @@ def _read(paths: list[Path], window) -> tuple[list[tuple[Path, np.ndarray]], lis
     return good, failed
 
 
-def write_csv(path: Path, names: list[str], points: np.ndarray, confidence: np.ndarray) -> None:
-    import csv
-
-    count = points.shape[1] if len(points) else 0
-    header = ["image"] + [f"{i}_{a}" for i in range(1, count + 1) for a in "xy"]
-    header += [f"{i}_conf" for i in range(1, count + 1)]
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(header)
-        for name, p, c in zip(names, points, confidence, strict=True):
-            out.writerow(
-                [name] + [f"{v:.2f}" for v in np.ravel(p)] + [f"{v:.4f}" for v in np.ravel(c)]
-            )
-    tmp.replace(path)
-
-
 def choose(args) -> None:
-    """Prints the image of ``--images`` that the run's template policy would annotate."""
-    from piaug import api, info, matching
-    from piaug.data import prepare
+    """Prints the image of ``--images`` that the run's template policy would annotate (the
+    pipeline's choice on the same images: ``piaug.templates``)."""
+    from piaug import api
 
     encoder = api.load_encoder(args.run, args.model)
     good, failed = _read(image_paths(args.images), _window(encoder.config))
     if len(good) < 2:
         raise UserError(f"--images={args.images}: the choice needs at least two readable images")
-    cfg, size = encoder.config, encoder.image_size
-    footprint = prepare.footprint_of(cfg["info"]["footprint"])
-    grid = np.stack([prepare.resize_image(image, size) for _, image in good])
-    border = int(round(cfg["eval"]["border"] * min(size)))
-    points = []
-    for _, image in tqdm(good, desc="predict: IIE maps", unit="img", leave=False):
-        iie = prepare.resize_bilinear(np.asarray(info.entropy_map(image[None], footprint))[0], size)
-        points.append(
-            matching.salient_points(
-                iie,
-                count=int(cfg["eval"]["salient_points"]),
-                min_distance=int(cfg["eval"]["salient_distance"]),
-                border=border,
-            )
-        )
-    index, scores = matching.choose_template(
-        encoder.features(grid, batch_size=args.batch_size),
-        points,
-        size=size,
-        batch_size=args.batch_size,
-        combine=cfg["eval"].get("combine", "product"),
+    index, scores = encoder.choose_template(
+        [image for _, image in good], batch_size=args.batch_size
     )
     for line in failed:
         print(f"unreadable: {line}", file=sys.stderr)
-    print(f"annotate {good[index][0].name} (score {scores[index]:.4f} of {len(good)} images)")
+    scored = int(np.isfinite(scores).sum())
+    print(
+        f"annotate {good[index][0].name} (score {scores[index]:.4f}, {scored} of {len(good)} "
+        "images scored)"
+    )
 
 
 def predict(args) -> int:
     """Writes the landmarks of ``--images``; returns the exit status (1 if any failed)."""
     from piaug import api, plots
-    from piaug.data import common
+    from piaug.data import common, landmarks
 
     paths = image_paths(args.images)
     model = (api.load_encoder if args.template else api.load_detector)(args.run, args.model)
@@ -208,7 +176,12 @@ def predict(args) -> int:
         bar.update(len(chunk))
     bar.close()
     if good:
-        write_csv(out / "landmarks.csv", names, np.concatenate(points), np.concatenate(confidence))
+        landmarks.write_csv(
+            out / "landmarks.csv",
+            [({"image": n}, p) for n, p in zip(names, np.concatenate(points), strict=True)],
+            decimals=2,
+            confidence=np.concatenate(confidence),
+        )
         print(f"predict: {len(good)} images with {model.name} -> {out / 'landmarks.csv'}")
     for line in failed:
         print(f"unreadable: {line}", file=sys.stderr)

@@ -36,21 +36,15 @@ class Probe:
     template: dict
     targets: Sequence[dict]
     size: tuple[int, int]
-    upsample: str = "nearest"
-    batch_size: int = 8
-    combine: str = "product"
-    sampling: str = "cell"  # of the template's vectors (matching.template_vectors)
+    settings: matching.MatchSettings = matching.MatchSettings()  # the evaluate stage's
 
     def __post_init__(self):
         self.size = tuple(int(s) for s in self.size)
-        points = np.round(np.asarray(self.template["landmarks"])[:, ::-1]).astype(np.int64)
-        self._points = np.clip(points, 0, np.asarray(self.size) - 1)
+        self._points = matching.template_cells(self.template["landmarks"], self.size)
         self._images = np.stack([e["image"] for e in self.targets])
         self._truth = evaluate.truth(self.targets, self.size)
-        copied = np.repeat(
-            np.asarray(self.template["landmarks"], np.float64)[None], len(self.targets), 0
-        )
-        self.copy_mre_mm = evaluate.evaluate(copied, **self._truth)["grid"]["mre_mm"]
+        copied = evaluate.template_copy(self.template["landmarks"], self._truth)
+        self.copy_mre_mm = copied["grid"]["mre_mm"]
         self._apply = checkpoints.jitted_apply(self.net)  # the evaluate stage's programs
 
     def __call__(self, params, batch_stats) -> dict[str, float]:
@@ -67,10 +61,7 @@ class Probe:
             self._points,
             self._images,
             size=self.size,
-            batch_size=self.batch_size,
-            upsample=self.upsample,
-            combine=self.combine,
-            sampling=self.sampling,
+            settings=self.settings,
         )
         self._first = pred[0]
         row = _row(pred, self._truth)

@@ -177,3 +177,21 @@ def truncated_folder(root: Path) -> Path:
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
     (root / "landmarks.csv").write_text("image,1_x,1_y\nc0.png,3,4\nc1.png,5,6\nc2.png,7,8\n")
     return root
+
+
+def assert_drawn(path: Path, size: tuple[int, int] | None = None) -> None:
+    """``path`` is a PNG (of ``size`` (width, height) pixels, to a pixel, when given) with
+    something drawn on it: not one flat colour, nor a background with next to nothing on it
+    (its commonest colour covers at most 98% of it, and it has more than 16 colours)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG", path
+        if size is not None:
+            assert np.abs(np.subtract(image.size, size)).max() <= 1, (path, image.size, size)
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    _, counts = np.unique(pixels, axis=0, return_counts=True)
+    background = counts.max() / len(pixels)
+    assert len(counts) > 16 and background <= 0.98, (
+        f"{path}: {len(counts)} colours, {background:.1%} background"
+    )

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import assert_drawn
 
 from piaug import analyze
 
@@ -92,7 +93,7 @@ def test_training_batch_draws_every_anchor_of_a_crop(tmp_path):
     np.testing.assert_array_equal(dots[-1], batch["anchor"][0, 1:, ::-1])
     crop_dots = [c.get_offsets() for c in axes[2].collections]
     np.testing.assert_array_equal(crop_dots[-1], batch["crop_anchor"][0, 1:, ::-1])
-    assert (tmp_path / "batch.png").stat().st_size > 0
+    assert_drawn(tmp_path / "batch.png", np.round(axes[0].figure.get_size_inches() * 80))  # dpi 80
 
 
 def test_training_batch_draws_each_crop_beside_its_image(tmp_path):

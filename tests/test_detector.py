@@ -20,9 +20,22 @@ import pytest
 from conftest import load_config, write_dicom
 from PIL import Image
 
-from piaug import configure, detector, layout, models, pipeline, tb, train
+from piaug import (
+    checkpoints,
+    configure,
+    detector,
+    layout,
+    matching,
+    models,
+    pipeline,
+    tb,
+    templates,
+    train,
+)
+from piaug.data import landmarks
 from piaug.data.input_pipeline import LandmarkAugment
 from piaug.errors import UserError
+from piaug.stages import detectors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -175,11 +188,36 @@ def detector_run(tiny_run, tmp_path_factory):
     return workdir
 
 
+def _assert_pseudo_labels_are_the_matches(tiny_run, template, rows):
+    """The pseudo-labels' values: the baseline encoder's one-shot matches of the template into
+    the first training images, each mapped back to its own pixels (pixel centres aligned)."""
+    config = load_config("test")
+    pool, size = templates.ImagePool(config), configure.image_size(config)
+    assert [r["image"] for r in rows] == pool.ids[: len(rows)]  # config.detector.images first
+    source = pool.examples[pool.ids.index(template)]
+    encoder = checkpoints.image_encoder(tiny_run / "checkpoints", configure.model(config))
+    grid = matching.predict(
+        encoder,
+        source["image"],
+        matching.template_cells(source["landmarks"], size),
+        pool.images[: len(rows)],
+        size=size,
+        settings=configure.match_settings(config),
+    )
+    for row, example, points in zip(rows, pool.examples, grid, strict=False):
+        height, width = example["original_size"]  # 96 x 80 images matched in a 64 x 64 grid
+        expected = (points + 0.5) * [width / size[1], height / size[0]] - 0.5
+        found = np.array([float(row[c]) for c in landmarks.columns(5)]).reshape(5, 2)
+        np.testing.assert_allclose(found, expected, atol=1e-3)
+        assert (found >= -0.5).all() and (found <= [width - 0.5, height - 0.5]).all()
+
+
 def test_pseudo_labels_train_detectors_that_evaluate_on_unseen_images(tiny_run, detector_run):
     template = json.loads((tiny_run / layout.TEMPLATE_FILE).read_text())["id"]
     with (detector_run / layout.PSEUDO_DIR / "baseline.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 and list(rows[0]) == ["image"] + pipeline.landmark_columns(5)
+    assert len(rows) == 2 and list(rows[0]) == ["image"] + landmarks.columns(5)
+    _assert_pseudo_labels_are_the_matches(tiny_run, template, rows)
     results = json.loads((detector_run / layout.RESULTS_FILE).read_text())
     for name in DETECTORS:
         folder = detector_run / layout.DETECTORS / name
@@ -225,7 +263,7 @@ def new_images(tmp_path_factory):
         Image.fromarray(ex["image"]).save(folder / f"case{i}.png")
         truth[f"case{i}"] = np.asarray(ex["landmarks"], np.float64)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    header = ",".join(["image", *pipeline.landmark_columns(5)])
+    header = ",".join(["image", *landmarks.columns(5)])
     values = ",".join(f"{v:.3f}" for v in truth["case0"].ravel())
     (root / "case0.csv").write_text(f"{header}\ncase0.png,{values}\n")
     return root, truth
@@ -258,9 +296,7 @@ def test_predict_with_a_detector_writes_every_readable_image(
     with (out / "landmarks.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["image"] for r in rows] == ["case0.png", "case1.png", "case2.png"]
-    assert list(rows[0]) == ["image", *pipeline.landmark_columns(5)] + [
-        f"{i}_conf" for i in range(1, 6)
-    ]
+    assert list(rows[0]) == ["image", *landmarks.columns(5)] + [f"{i}_conf" for i in range(1, 6)]
     assert all(0 <= float(r["3_conf"]) <= 1 for r in rows)
     assert sorted(p.name for p in (out / "overlays").iterdir()) == [
         "case0.png",
@@ -298,9 +334,7 @@ def test_predict_one_shot_from_a_template_the_user_annotated(
     with (out / "landmarks.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["image"] for r in rows] == ["case0.png", "case0_dicom.dcm"]
-    found = [
-        np.array([float(r[c]) for c in pipeline.landmark_columns(5)]).reshape(5, 2) for r in rows
-    ]
+    found = [np.array([float(r[c]) for c in landmarks.columns(5)]).reshape(5, 2) for r in rows]
     # the template matched into itself: its own points, to the grid's resolution (64 of 80-96)
     np.testing.assert_array_less(np.abs(found[0] - truth["case0"]), 2.0)
     np.testing.assert_array_equal(found[1], found[0])
@@ -408,7 +442,7 @@ def test_imagenet_weights_initialise_the_detectors_backbone(tmp_path, tiny_confi
     config = tiny_config
     config.model.width, config.model.norm, config.model.pretrained = 1.0, "batch", str(path)
     fresh = _random_variables(detector.Detector(5, 1.0, norm="batch"), seed=0)
-    start = pipeline._detector_init(config, "imagenet", {})(fresh)
+    start = detectors.initializer(config, "imagenet", {})(fresh)
     jax.tree.map(np.testing.assert_array_equal, start["params"]["vgg"], backbone["params"])
     jax.tree.map(
         np.testing.assert_array_equal, start["batch_stats"]["vgg"], backbone["batch_stats"]
@@ -438,6 +472,7 @@ def test_sharded_detector_step_equals_single_device_step():
         create = functools.partial(detector.create_state, net=net, tx=tx, image_size=(64, 64))
         init = jax.jit(create)
         state0 = jax.device_get(init(jax.random.key(0)))
+        start = jax.tree.leaves(state0.params)
         results = []
         for n in (1, 2, 4):
             mesh = train.make_mesh(jax.devices()[:n])
@@ -448,6 +483,8 @@ def test_sharded_detector_step_equals_single_device_step():
             )
             state, metrics = step(state, train.device_batch(batch, mesh, detector.BATCH_KEYS))
             results.append(jax.device_get((state.params, state.batch_stats, metrics)))
+            moved = [not np.array_equal(a, b) for a, b in zip(start, jax.tree.leaves(state.params))]
+            assert all(moved), f"{n} devices: {moved.count(False)} tensors kept their values"
         for other in results[1:]:
             for x, y in zip(jax.tree.leaves(results[0]), jax.tree.leaves(other), strict=True):
                 np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
@@ -501,8 +538,13 @@ def test_a_resumed_detector_equals_one_trained_straight(tmp_path):
         return detector.restore(folder / "checkpoints", net, (64, 64))
 
     straight = fit(tmp_path / "a", 4)
-    fit(tmp_path / "b", 2)
+    halfway = fit(tmp_path / "b", 2)
     resumed = fit(tmp_path / "b", 4)
     jax.tree.map(np.testing.assert_array_equal, straight, resumed)
+    # the steps moved the weights: from the initialisation (fit's seed) to step 2, and on to 4
+    start = detector.init_variables(net, jax.random.key(3), (64, 64))["params"]
+    for before, after in [(start, halfway["params"]), (halfway["params"], resumed["params"])]:
+        pairs = zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True)
+        assert all(not np.array_equal(a, b) for a, b in pairs)
     rows = [json.loads(r) for r in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [2, 4]  # each call logs its last step

@@ -55,7 +55,7 @@ def test_bilinear_template_vectors_are_the_maps_upsampled_bilinearly_at_the_poin
 
 
 def test_predict_matches_with_the_sampling_it_is_given():
-    """``predict(sampling=)`` is template_vectors with that sampling, then match_all."""
+    """``predict`` with a sampling is template_vectors with that sampling, then match_all."""
     from piaug.models import STRIDES as FIVE
 
     size = (64, 96)
@@ -71,16 +71,18 @@ def test_predict_matches_with_the_sampling_it_is_given():
         return out
 
     points = np.asarray([[5, 9], [40, 33], [13, 82]])
-    kw = {"size": size, "batch_size": 2, "upsample": "bilinear", "combine": "sum"}
     got = {}
     for sampling in matching.SAMPLING:
+        settings = matching.MatchSettings(
+            upsample="bilinear", combine="sum", sampling=sampling, batch_size=2
+        )
         got[sampling] = matching.predict(
-            apply, images[0], points, images[1:], **kw, sampling=sampling
+            apply, images[0], points, images[1:], size=size, settings=settings
         )
         template = [f[0] for f in apply(images[:1].astype(np.float32) / 255.0)]
         vectors = matching.template_vectors(template, points, sampling=sampling)
         features = [np.asarray(f) for f in apply(images[1:].astype(np.float32) / 255.0)]
-        want = matching.match_all(features, vectors, **kw)
+        want = matching.match_all(features, vectors, size=size, settings=settings)
         np.testing.assert_array_equal(got[sampling], want[..., ::-1])
     assert not np.array_equal(got["cell"], got["bilinear"])
 
@@ -122,7 +124,7 @@ def test_a_point_matched_into_its_own_image_is_found():
         feats, templates
     )
     assert maps.shape == (2, 3, *SIZE) and float(maps.min()) >= 0.0
-    bilinear, _ = matching._match_jit(
+    bilinear, _ = matching.match_jit(
         feats, templates, size=SIZE, strides=STRIDES, upsample="bilinear"
     )
     assert np.abs(np.asarray(bilinear[1]) - np.asarray(points)).max() <= 2
@@ -142,7 +144,7 @@ def test_matching_at_the_finest_stride_equals_matching_at_full_size():
     points = jnp.asarray(rng.integers(0, 64, (9, 2)))
     templates = matching.template_vectors([f[0] for f in feats], points, strides=strides)
     kw = {"size": size, "strides": strides}
-    peaks, scores = matching._match_jit(feats, templates, **kw)
+    peaks, scores = matching.match_jit(feats, templates, **kw)
     maps = jax.jit(functools.partial(matching.similarity, **kw))(feats, templates)  # full size
     flat = np.asarray(maps).reshape(3, 9, -1)
     arg = flat.argmax(-1)
@@ -155,9 +157,9 @@ def test_match_all_goes_in_batches_over_the_scales_it_is_given():
     points = jnp.asarray([[5, 9], [20, 33]])
     templates = matching.template_vectors([f[0] for f in feats], points, strides=STRIDES)
     # stride 4 alone, one image a batch
-    kw = {"size": SIZE, "strides": (4,), "combine": "sum"}
-    found = matching.match_all([np.asarray(feats[1])], [templates[1]], batch_size=1, **kw)
-    whole, _ = matching._match_jit([feats[1]], [templates[1]], **kw)
+    settings = matching.MatchSettings(strides=(4,), combine="sum", batch_size=1)
+    found = matching.match_all([np.asarray(feats[1])], [templates[1]], size=SIZE, settings=settings)
+    whole, _ = matching.match([feats[1]], [templates[1]], size=SIZE, strides=(4,), combine="sum")
     np.testing.assert_array_equal(found, whole)
     np.testing.assert_array_equal(found[0], (np.asarray(points) // 4) * 4)  # the template
 
@@ -171,33 +173,26 @@ def test_refine_finds_the_vertex_of_a_parabola():
     assert float(at_border[0, 0]) == 0.0  # no neighbour above: no shift
 
 
-def test_salient_points_are_strong_apart_and_inside():
-    iie = np.zeros((40, 40))
-    for (r, c), v in {(10, 10): 5.0, (12, 12): 4.0, (30, 25): 3.0, (1, 20): 6.0}.items():
-        iie[r, c] = v
-    points = matching.salient_points(iie, count=5, min_distance=5, border=3)
-    # (1, 20) is in the border, (12, 12) too close to the stronger (10, 10)
-    assert points.tolist() == [[10, 10], [30, 25]]
-    assert matching.salient_points(iie, count=1, min_distance=5, border=3).tolist() == [[10, 10]]
+def test_match_settings_come_from_the_eval_section_and_check_their_fields():
+    cfg = {"upsample": "bilinear", "combine": "sum", "subpixel": 1, "template_sampling": "bilinear"}
+    settings = matching.MatchSettings.from_eval(cfg | {"batch_size": 3})
+    assert settings == matching.MatchSettings("bilinear", "sum", True, "bilinear", batch_size=3)
+    assert not settings.clamp and matching.MatchSettings().clamp  # the product clamps
+    # a run's config.json from before a field existed: its default
+    assert matching.MatchSettings.from_eval({}) == matching.MatchSettings()
+    # the template choice's fast path whatever the evaluation's
+    scoring = settings.scoring()
+    assert (scoring.upsample, scoring.subpixel, scoring.sampling) == ("nearest", False, "cell")
+    assert (scoring.combine, scoring.batch_size) == ("sum", 3)
+    for field, bad in (("upsample", "cubic"), ("combine", "max"), ("template_sampling", "x")):
+        with pytest.raises(ValueError, match=f"eval.{field} must be one of"):
+            matching.MatchSettings.from_eval({field: bad})
+    with pytest.raises(ValueError, match="eval.batch_size"):
+        matching.MatchSettings(batch_size=0)
 
 
-def test_the_typical_image_is_chosen_as_template():
-    base = _features(2, n=1)
-    noise = [1.0, 0.0, 0.6, 0.8]  # image 1 is the clean one, the others are noisy copies
-    feats = [jnp.asarray(np.repeat(np.asarray(b), 4, axis=0)) for b in base]
-    feats = _features(3, n=4, noise=noise, base=feats)
-    points = [np.asarray([[4, 4], [16, 30], [26, 10]])] * 4
-    chosen, scores = matching.choose_template(feats, points, size=SIZE, strides=STRIDES)
-    assert chosen == 1 and scores.shape == (4,) and scores[1] == scores.max()
-    with pytest.raises(ValueError, match="no candidate"):
-        matching.choose_template(feats, [np.zeros((0, 2), int)] * 4, size=SIZE, strides=STRIDES)
-
-
-def test_template_candidates_are_spread_over_the_labelled_images():
-    from piaug import pipeline
-
-    labelled = np.array([True, False, True, True, True, False, True, True])
-    # the labelled are 0, 2, 3, 4, 6, 7: the first, the middle (rounded) and the last
-    assert np.flatnonzero(pipeline.spread(labelled, 3)).tolist() == [0, 3, 7]
-    assert (pipeline.spread(labelled, 0) == labelled).all()
-    assert (pipeline.spread(labelled, 99) == labelled).all()
+def test_template_cells_round_swap_and_clip():
+    landmarks = np.array([[3.4, 7.6], [-2.0, 40.2], [95.0, 0.5]])  # (x, y)
+    cells = matching.template_cells(landmarks, (40, 96))
+    assert cells.dtype == np.int64
+    assert cells.tolist() == [[8, 3], [39, 0], [0, 95]]  # (row, col), inside the grid

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 from scipy import ndimage
 
 from piaug import models
@@ -41,13 +42,35 @@ def test_outputs_at_the_five_strides():
     assert [o.shape[1:3] for o in out] == [(1, 1), (2, 2), (4, 4), (8, 8), (16, 16)]
 
 
-def test_mixed_precision_keeps_float32_params_and_outputs():
-    full = models.Encoder(embedding=4, width=0.0625, dtype=jnp.bfloat16)
-    out, variables = jax.eval_shape(
-        lambda: full.init_with_output(jax.random.key(0), jnp.zeros((1, 32, 32)))
+def _conv_dtypes(net, variables, x) -> dict[str, set]:
+    """``{each convolution's path: the dtypes of its outputs}`` in ``net``'s forward pass
+    (shapes only)."""
+    is_conv = lambda module, _: isinstance(module, nn.Conv)  # noqa: E731
+    _, state = jax.eval_shape(
+        lambda v: net.apply(v, x, capture_intermediates=is_conv, mutable=["intermediates"]),
+        variables,
     )
+    dtypes = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state["intermediates"]):
+        dtypes.setdefault(jax.tree_util.keystr(path[:-2]), set()).add(leaf.dtype)  # ...__call__, i
+    return dtypes
+
+
+@pytest.mark.parametrize("norm", models.NORMS)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_mixed_precision_keeps_float32_params_and_outputs(dtype, norm):
+    """bfloat16 compute: every convolution runs (its output is) in bfloat16, while the
+    parameters and the returned embeddings stay float32; float32 runs in float32."""
+    x = jnp.zeros((1, 32, 32))
+    full = models.Encoder(embedding=4, width=0.0625, dtype=dtype, norm=norm)
+    out, variables = jax.eval_shape(full.init_with_output, jax.random.key(0), x)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
     assert all(o.dtype == jnp.float32 for o in out)
+    convs = _conv_dtypes(full, variables, x)
+    params = jax.tree_util.tree_leaves_with_path(variables["params"])
+    kernels = {jax.tree_util.keystr(path[:-1]) for path, _ in params if path[-1].key == "kernel"}
+    assert set(convs) == kernels and len(kernels) > 70  # every convolution was seen
+    assert all(seen == {jnp.dtype(dtype)} for seen in convs.values()), convs
 
 
 def test_bad_inputs_raise():

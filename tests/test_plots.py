@@ -3,6 +3,7 @@ legends, labels and what each draws (more than a file's size)."""
 
 import numpy as np
 import pytest
+from conftest import assert_drawn
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from piaug import plots
@@ -24,7 +25,7 @@ def test_the_info_panel_keeps_the_radiographs_proportions_and_names_the_groups(t
     legend = next(ax.get_legend() for ax in fig.axes if ax.get_legend() is not None)
     labels = [t.get_text() for t in legend.get_texts()]
     assert labels == ["low (< 2 bits)", "medium (2-4.5)", "high (>= 4.5)"]
-    assert (tmp_path / "info.png").stat().st_size > 0
+    assert_drawn(tmp_path / "info.png", np.round(fig.get_size_inches() * 90))  # at dpi 90
 
 
 def test_an_overlay_is_drawn_at_the_images_own_size_numbered_in_mm(tmp_path):

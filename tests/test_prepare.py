@@ -37,7 +37,7 @@ def test_examples_hold_resized_image_iie_and_landmarks(prepared):
         np.testing.assert_array_equal(
             ex["image"], prepare.resize_image(original["image"], (64, 48))
         )
-        # IIE at the original resolution, then resized (DESIGN.md 1)
+        # IIE at the original resolution, then resized (docs/design.md 1)
         iie = np.asarray(info.entropy_map(original["image"], info.disk(2)))
         np.testing.assert_allclose(ex["iie"], prepare.resize_bilinear(iie, (64, 48)), atol=1e-6)
         np.testing.assert_array_equal(ex["landmarks_original"], original["landmarks"])

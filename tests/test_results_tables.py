@@ -1,8 +1,7 @@
-"""The README's result tables are generated from the committed result files
-(docs/results/*.json, written by the commands in docs/results/README.md): a figure changed by
-hand, or a result file without its table, fails here."""
+"""The result tables of README.md and docs/**/*.md are generated from the committed result files
+(docs/results/*.json, written by the commands in docs/results/README.md, by the modules of
+tools.results): a figure changed by hand, or a result file without its table, fails here."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,41 +10,56 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tools.results import (
+    RESULTS,
+    collect_detectors,
+    collect_runs,
+    collect_seeds,
+    landmark_errors,
+    matching_scales,
+    strip_augment,
+    tables,
+    template_policies,
+    template_spread,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _script(name: str):
-    """The module of ``docs/results/NAME.py`` (a script folder, not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / f"docs/results/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def tables():
-    return _script("tables")
-
-
-def test_tables_equal_the_result_files(tables):
+def test_tables_equal_the_result_files():
     assert "demo" in tables.blocks((REPO / "README.md").read_text())
     for page in tables.PAGES:
         text = page.read_text()
         for name in tables.blocks(text):
             assert tables.render_one(tables.render(text), name) == tables.render_one(text, name), (
-                f"{page.name}'s table {name!r} differs from docs/results: run "
-                "docs/results/tables.py"
+                f"{page.relative_to(REPO)}'s table {name!r} differs from docs/results: run "
+                "python -m tools.results.tables"
             )
 
 
-def test_every_table_has_its_block(tables):
+def test_every_table_has_its_block():
     found = [n for page in tables.PAGES for n in tables.blocks(page.read_text())]
     assert sorted(found) == sorted(tables.TABLES)  # each once
+    assert tables.placement({page: tables.blocks(page.read_text()) for page in tables.PAGES}) == []
 
 
-def test_a_changed_number_is_caught(tables):
+def test_the_pages_are_the_readme_and_every_docs_page():
+    """A table may live in any page: README.md and every page under docs/, sub-folders too; a
+    table in no page or in two is named."""
+    assert tables.PAGES[0] == REPO / "README.md"
+    assert REPO / "docs" / "from_scratch.md" in tables.PAGES
+    assert REPO / "docs" / "results" / "README.md" in tables.PAGES
+    assert tables.PAGES[1:] == sorted(tables.PAGES[1:])
+    assert RESULTS == REPO / "docs" / "results"
+    a, b = REPO / "README.md", REPO / "docs" / "x.md"
+    problems = tables.placement({a: ["demo"], b: list(tables.TABLES)})
+    assert problems == [f"table 'demo' is in 2 places: ['README.md', '{Path('docs/x.md')}']"]
+    assert tables.placement({a: []})[0] == f"table {next(iter(tables.TABLES))!r} is in no page"
+
+
+def test_a_changed_number_is_caught():
     text = (REPO / "README.md").read_text()
-    demo = json.loads((REPO / "docs/results/demo_results.json").read_text())
+    demo = json.loads((RESULTS / "demo_results.json").read_text())
     figure = f"{demo['baseline']['mre_mm']:.2f}"
     block = tables.render_one(text, "demo")
     assert figure in block
@@ -55,7 +69,7 @@ def test_a_changed_number_is_caught(tables):
 
 def test_check_mode_exits_clean():
     out = subprocess.run(
-        [sys.executable, "docs/results/tables.py", "--check"],
+        [sys.executable, "-m", "tools.results.tables", "--check"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -63,14 +77,9 @@ def test_check_mode_exits_clean():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def _collect_runs():
-    return _script("collect_runs")
-
-
 def test_run_settings_read_the_estimate_patch_as_configure_does():
     """``collect_runs.overrides``: ``estimate.patch_size`` 0 means the crop size, so a run at
     32-pixel crops with 0 has the patches of a preset that sets 32, and one at 128 has not."""
-    collect_runs = _collect_runs()
     preset = collect_runs.preset_config("configs/ceph.py:cpu")
     assert preset["estimate"]["patch_size"] == 32 and preset["data"]["crop_size"] == 128
 
@@ -87,7 +96,6 @@ def test_run_settings_read_the_estimate_patch_as_configure_does():
 def test_probe_curves_name_their_template_when_the_run_set_one(tmp_path):
     """A run that set ``eval.template`` probed from that image, not from the typical one: its
     curve says so, and the entry records it."""
-    collect_runs = _collect_runs()
     preset = collect_runs.preset_config("configs/ceph.py:cpu")
     rows = [{"step": 10, "loss": 20.0, "samples_per_s": 2.0}, {"step": 10, "probe_mre_mm": 7.5}]
     for name, template in (("a", ""), ("b", "089")):
@@ -119,7 +127,6 @@ def test_append_re_expresses_older_runs_when_the_preset_changed():
     a run that kept the old preset's steps now overrides them, one that set 64 anchors no
     longer needs to, and a run that set 1 anchor keeps it. A file without the preset's fields
     cannot be appended to."""
-    collect_runs = _collect_runs()
     was = {"a": "a=16", "s": "s=1300", "lr": "lr=0.001"}
     now = {"a": "a=64", "s": "s=700", "lr": "lr=0.001"}
     assert collect_runs.rebase([], was, now) == ["a=16", "s=1300"]
@@ -141,7 +148,6 @@ def test_collect_seeds_reads_a_seeds_other_results_file_and_refuses_mixed_templa
     rows are read from the evaluation with another template (``--results``); seed 1 from the
     runs' own ``results.json``. Rows of one seed with different templates are refused, and
     a name that matches two files of a run."""
-    collect_seeds = _script("collect_seeds")
 
     def entry(mre, template):
         out = {"mre_mm": mre, "std_mm": 1.0, "sdr": {}, "protocol": "grid", "n_images": 3}
@@ -181,7 +187,6 @@ def test_collect_seeds_reads_a_seeds_other_results_file_and_refuses_mixed_templa
 
 def test_template_spread_ranks_the_chosen_template_among_all():
     """``template_spread.spread``: four templates' MREs; the chosen one is the second best."""
-    template_spread = _script("template_spread")
     out = template_spread.spread(np.array([5.0, 3.0, 7.0, 4.0]), ["a", "b", "c", "d"], "d")
     assert out["chosen_rank"] == 2 and out["chosen_mre_mm"] == 4.0
     assert out["best"] == {"id": "b", "mre_mm": 3.0} and out["worst"] == {"id": "c", "mre_mm": 7.0}
@@ -193,7 +198,6 @@ def test_landmark_errors_summary_finds_a_match_on_another_landmark():
     """``landmark_errors.summary`` on two images of two landmarks 10 mm apart: landmark 1 is
     found exactly; landmark 2's match lands on landmark 1's true point in one image (nearest
     true landmark: 1 there), 2 mm off in the other; the copy is 3 mm to the right of the truth."""
-    landmark_errors = _script("landmark_errors")
     truth = np.array([[[0.0, 0.0], [10.0, 0.0]]] * 2)
     offset = np.array([[[0.0, 0.0], [-10.0, 0.0]], [[0.0, 0.0], [0.0, 2.0]]])
     copy_offset = np.full_like(truth, 0.0)
@@ -213,7 +217,6 @@ def test_landmark_errors_summary_finds_a_match_on_another_landmark():
 
 def test_matching_scales_row_on_hand_made_offsets():
     """``matching_scales.row``: two images, two landmarks, errors 0, 3, 5 and 1 mm."""
-    matching_scales = _script("matching_scales")
     offset = np.array([[[0.0, 0.0], [3.0, 0.0]], [[3.0, 4.0], [0.0, -1.0]]])
     row = matching_scales.row(offset)
     assert row["mre_mm"] == 2.25 and row["per_landmark_mre_mm"] == [2.5, 2.0]
@@ -224,7 +227,6 @@ def test_strip_augment_caps_the_upper_ends_and_the_file_loads_as_ranges(tmp_path
     """``strip_augment --max-brightness/--max-contrast``: upper ends above the cap come down to
     it, ends below stay, low ends stay; the caps are recorded and the file reads as
     ``config.augment.ranges_file``; a cap under a low end is refused."""
-    strip_augment = _script("strip_augment")
     group = {"target_mi": 1.0, "mi_mean": 1.0, "num_points": 4, "iie_mean": 3.0, "mi": [1, 2]}
     source = {
         "template": {"id": "001"},
@@ -263,7 +265,6 @@ def test_strip_augment_caps_the_upper_ends_and_the_file_loads_as_ranges(tmp_path
 def test_collect_detectors_compares_on_the_detectors_own_images(tmp_path):
     """A detector evaluated on two images; the encoders of a reference run on three: the
     encoders' figure is the mean of their per-image MREs on the detector's two."""
-    collect_detectors = _script("collect_detectors")
     run = tmp_path / "det"
     folder = run / "detectors" / "detector_random"
     (folder / "checkpoints" / "10").mkdir(parents=True)
@@ -308,7 +309,6 @@ def test_collect_detectors_compares_on_the_detectors_own_images(tmp_path):
 def test_collect_runs_append_keeps_the_files_runs_and_replaces_a_rerun():
     """``--append``: runs whose folders are gone stay in the file, a run collected again
     replaces its entry, the commands accumulate; another preset is refused."""
-    collect_runs = _collect_runs()
     old = {
         "preset": "configs/ceph.py:cpu",
         "encoder": "baseline",
@@ -339,7 +339,6 @@ def test_template_spread_reuses_an_earlier_files_mres_and_checks_the_chosen(tmp_
     encoder, whatever results file it named) summarised against the template of the run's
     results file now; an MRE that disagrees with the results file is refused. ``agreement``
     adds the rank correlation of every two entries."""
-    template_spread = _script("template_spread")
     run = tmp_path / "runs" / "a"
     run.mkdir(parents=True)
     mre = {"t1": 5.0, "t2": 3.0, "t3": 7.0}
@@ -369,7 +368,7 @@ def test_template_spread_reuses_an_earlier_files_mres_and_checks_the_chosen(tmp_
     }
 
 
-def test_over_templates_compares_rows_template_by_template(tables, monkeypatch):
+def test_over_templates_compares_rows_template_by_template(monkeypatch):
     """``tables.over_templates``: each row's mean over templates per seed, and piaug's
     difference from the baseline on the same templates with how many templates it wins."""
 
@@ -400,7 +399,6 @@ def test_template_policies_score_round_trips_and_judge_against_the_spread():
     where they began, 1's one pixel off, 2's ten (none consistent: no affine fit, last); each
     policy's choice is looked up in the spread, with its rank and the correlation of its
     scores with the MREs."""
-    policies_ = _script("template_policies")
     n, p = 3, 4
     points = np.array([[[10, 10], [20, 30], [40, 15], [25, 45]]] * n)
     forward = np.repeat(points[:, None], n, axis=1) + 1  # every match one pixel down-right
@@ -415,13 +413,13 @@ def test_template_policies_score_round_trips_and_judge_against_the_spread():
         "back": back,
         "score": np.array([0.9, 0.5, 0.7])[:, None, None] * np.ones((n, n, p)),
     }
-    scores = policies_.policies(m)
+    scores = template_policies.policies(m)
     np.testing.assert_allclose(scores["cycle_within_2"], [1, 1, 0])
     np.testing.assert_allclose(scores["cycle_error"], [0, -1, -10])
     np.testing.assert_allclose(scores["confidence"], [0.9, 0.5, 0.7])
     np.testing.assert_allclose(scores["affine_residual"], [0, 0, -np.inf], atol=1e-9)
     spread = {"mre_mm": {"a": 4.0, "b": 5.0, "c": 6.0}}
-    judged = policies_.judge(scores, ["a", "b", "c"], spread)
+    judged = template_policies.judge(scores, ["a", "b", "c"], spread)
     assert judged["cycle_error"]["all"] == {"id": "a", "mre_mm": 4.0, "rank": 1}
     assert judged["cycle_error"]["spearman_with_mre"] == pytest.approx(1.0)
     assert judged["confidence"]["spearman_with_mre"] == pytest.approx(0.5)

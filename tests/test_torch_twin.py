@@ -17,7 +17,11 @@ import pytest
 from piaug import authors, checkpoints, layout, losses, matching, models
 from piaug.errors import UserError
 
-torch = pytest.importorskip("torch", reason="the PyTorch twin needs torch (not a dependency)")
+torch = pytest.importorskip(
+    "torch", reason="the PyTorch twin needs torch: pip install -e '.[test,torch]'"
+)
+# The slow tier: with torch installed they add about 40 s of CPU, which the fast tier has not.
+pytestmark = pytest.mark.slow
 
 WIDTH, EMBEDDING, SIZE, CROP = 0.125, 8, 64, 32
 

@@ -1,0 +1,39 @@
+"""The devices a run uses, in words, and what a training would cost on a laptop CPU (the warning
+before a config meant for an accelerator starts on the CPU)."""
+
+from __future__ import annotations
+
+import jax
+
+
+def describe_devices(devices=None) -> str:
+    """The devices in words: ``cpu`` (``4 x cpu`` for several), ``2 x NVIDIA H100 80GB HBM3
+    (gpu)``, ``8 x TPU v4 (tpu)``."""
+    devices = jax.devices() if devices is None else devices
+    kinds: dict[str, int] = {}
+    for d in devices:
+        kinds[d.device_kind] = kinds.get(d.device_kind, 0) + 1
+    platform = devices[0].platform
+    if platform == "cpu":
+        return "cpu" if len(devices) == 1 else f"{len(devices)} x cpu"
+    return ", ".join(f"{n} x {kind} ({platform})" for kind, n in kinds.items())
+
+
+# The encoders' train step measured on a 2-core laptop CPU (docs/performance.md, case (a)):
+# 48.9 s for batch 8 of 384 x 384 images with 64 x 64 crops at full width. Its cost scales with
+# the pixels of a step and the square of the width (case (b), 192 x 192, batch 4, width 0.25,
+# predicted 0.38 s, measured 0.39 s).
+_CPU_STEP_S, _CPU_STEP_PIXELS = 48.9, 8 * (384 * 384 + 64 * 64)
+
+
+def cpu_hours(config, steps: int, platform: str | None = None) -> float | None:
+    """The hours that ``steps`` encoder steps of ``config`` would take on a 2-core laptop CPU,
+    scaled from the measured step; None when JAX runs on an accelerator."""
+    if (platform or jax.devices()[0].platform) != "cpu":
+        return None
+    h, w = (int(s) for s in config.data.image_size)
+    crop = int(config.data.crop_size)
+    crops = max(1, int(config.augment.crops_per_image))
+    pixels = int(config.train.batch_size) * (h * w + crops * crop * crop)
+    width = float(config.model.width)
+    return steps * _CPU_STEP_S * pixels / _CPU_STEP_PIXELS * width**2 / 3600

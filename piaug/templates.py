@@ -1,0 +1,295 @@
+"""Which image is the one-shot template: the image pool, salient points and the label-free choice.
+
+The pipeline (the estimate, pseudo and evaluate stages), ``python -m piaug.predict
+--choose-template`` and ``piaug.api`` choose the template with the same code, so the same folder
+gives the same image:
+
+* ``ImagePool``: the prepared examples of one split, read once, and which are labelled;
+* ``TemplatePolicy``: the policy's settings (``config.eval``: salient points, their distance and
+  border, how many candidates are scored), built once from a config or a run's ``config.json``;
+* ``choose``: the salient-point policy (``salient_points`` of each image, scored by
+  ``score_candidates``) over the candidates that ``spread`` picks among the allowed images;
+* ``choose_template``: the pipeline's choice, kept in ``template.json`` so that every later stage
+  and encoder of a run uses the same image (``config.eval.template`` overrides it).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from piaug import configure, layout, matching
+from piaug.errors import UserError
+
+
+class ImagePool:
+    """The prepared examples of one split (``config.data.split`` unless ``split``), each record
+    read once: ``ids``, ``examples``, ``images`` ``(N, H, W)`` uint8 and ``labelled`` (which
+    have every landmark; a folder's unlabelled images have NaN ones)."""
+
+    def __init__(self, config, split: str | None = None):
+        self.prepared = configure.prepare_data(config, split=split)
+        self.ids = self.prepared.ids
+        self.examples = [self.prepared.source[i] for i in range(len(self.prepared))]
+        self.images = np.stack([e["image"] for e in self.examples])
+        self.labelled = np.array([np.isfinite(e["landmarks"]).all() for e in self.examples])
+
+
+class Subset:
+    """Some examples of an ``ImagePool``: ``indices``, ``ids``, ``examples``, ``images``."""
+
+    def __init__(self, pool: ImagePool, indices: list[int]):
+        self.indices = indices
+        self.ids = [pool.ids[i] for i in indices]
+        self.examples = [pool.examples[i] for i in indices]
+        self.images = pool.images[indices] if indices else pool.images[:0]
+
+
+@dataclasses.dataclass(frozen=True)
+class TemplatePolicy:
+    """The salient-point policy's settings (the fields of ``config.eval`` it reads).
+
+    Attributes:
+      salient_points: candidate points per image, the strongest IIE maxima ...
+      salient_distance: ... this many grid pixels apart ...
+      border: ... outside this fraction of the grid at each side.
+      candidates: images scored, evenly spaced among the allowed ones (0: all of them).
+    """
+
+    salient_points: int = 32
+    salient_distance: int = 10
+    border: float = 0.1
+    candidates: int = 32
+
+    @classmethod
+    def from_eval(cls, cfg: Mapping) -> TemplatePolicy:
+        """The settings of a config's ``eval`` section (a ConfigDict or a run's saved dict)."""
+        return cls(
+            salient_points=int(cfg["salient_points"]),
+            salient_distance=int(cfg["salient_distance"]),
+            border=float(cfg["border"]),
+            candidates=int(cfg.get("template_candidates", 0)),
+        )
+
+    def points(self, iie: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """The ``(P, 2)`` (row, col) candidate points of one image's IIE map at the grid."""
+        return salient_points(
+            iie,
+            count=self.salient_points,
+            min_distance=self.salient_distance,
+            border=int(round(self.border * min(size))),
+        )
+
+
+def salient_points(iie: np.ndarray, *, count: int, min_distance: int, border: int) -> np.ndarray:
+    """Up to ``count`` local maxima (row, col) of an IIE map (3 x 3 neighbourhoods, plateaus
+    excluded), strongest first, at least ``border`` pixels inside the image and
+    ``min_distance`` pixels (Chebyshev) apart."""
+    from scipy import ndimage
+
+    iie = np.asarray(iie, np.float64)
+    peaks = iie == ndimage.maximum_filter(iie, size=3, mode="nearest")
+    peaks &= iie > ndimage.minimum_filter(iie, size=3, mode="nearest")  # not on a plateau
+    peaks[:border] = peaks[-border:] = False
+    peaks[:, :border] = peaks[:, -border:] = False
+    rows, cols = np.nonzero(peaks)
+    order = np.argsort(-iie[rows, cols], kind="stable")
+    chosen: list[tuple[int, int]] = []
+    for r, c in zip(rows[order], cols[order], strict=True):
+        if all(max(abs(r - a), abs(c - b)) >= min_distance for a, b in chosen):
+            chosen.append((int(r), int(c)))
+            if len(chosen) == count:
+                break
+    return np.asarray(chosen, np.int64).reshape(-1, 2)
+
+
+def score_candidates(
+    features: Sequence[jnp.ndarray],
+    points: Sequence[np.ndarray],
+    *,
+    size: tuple[int, int],
+    settings: matching.MatchSettings,
+    candidates: Sequence[bool] | None = None,
+) -> tuple[int, np.ndarray]:
+    """The candidate whose salient points match most confidently into the other images.
+
+    Args:
+      features: per scale, ``(N, h, w, E)`` maps of the N training images.
+      points: per image, its ``(P_i, 2)`` salient points (``salient_points``).
+      settings: how to match; its batch is the images matched at once (memory:
+        ``batch_size * P * H * W`` floats). Callers pass ``settings.scoring()``.
+      candidates: which images may be chosen (e.g. the labelled ones; all by default); every
+        image is matched into either way.
+
+    Returns:
+      ``(index, scores)``: the chosen image and every candidate's score, the mean over its
+      points and the other images of the maximum of the combined similarity map.
+    """
+    features = [jnp.asarray(f) for f in features]  # once: every candidate reads them all
+    n = features[0].shape[0]
+    most = max(len(p) for p in points)
+    if most == 0:
+        raise ValueError("no candidate has salient points: lower the border or the distance")
+    size, batch_size = tuple(size), settings.batch_size
+    kw = settings.keywords()
+
+    def candidate(i: int) -> float:
+        p = np.asarray(points[i]).reshape(-1, 2)
+        if len(p) == 0 or (candidates is not None and not candidates[i]):
+            return -np.inf
+        padded = np.concatenate([p, np.repeat(p[:1], most - len(p), axis=0)])  # one shape
+        templates = matching.template_vectors(
+            [f[i] for f in features], padded, strides=settings.strides, sampling=settings.sampling
+        )
+        best = np.concatenate(
+            [
+                np.asarray(
+                    matching.match_jit(
+                        [f[j : j + batch_size] for f in features], templates, size=size, **kw
+                    )[1]
+                )
+                for j in range(0, n, batch_size)
+            ]
+        )[:, : len(p)]
+        return float(np.delete(best, i, axis=0).mean())
+
+    # XLA's CPU executables run on the calling thread and release the GIL: on a CPU, candidates
+    # are scored on several threads at once (one core each); elsewhere one after another.
+    threads = min(os.cpu_count() or 1, 8) if jax.default_backend() == "cpu" else 1
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        scores = np.array(
+            list(
+                tqdm(
+                    pool.map(candidate, range(n)),
+                    total=n,
+                    desc="template choice",
+                    unit="candidate",
+                    leave=False,
+                )
+            )
+        )
+    return int(np.argmax(scores)), scores
+
+
+def spread(allowed: np.ndarray, count: int) -> np.ndarray:
+    """A mask of ``count`` of the ``allowed`` entries, evenly spaced in order (all of them
+    when ``count`` is 0 or not fewer)."""
+    allowed = np.asarray(allowed, bool)
+    where = np.flatnonzero(allowed)
+    if count <= 0 or count >= len(where):
+        return allowed.copy()
+    mask = np.zeros_like(allowed)
+    mask[where[np.unique(np.round(np.linspace(0, len(where) - 1, count)).astype(int))]] = True
+    return mask
+
+
+def choose(
+    features: Sequence[np.ndarray],
+    iie: Sequence[np.ndarray],
+    allowed: np.ndarray,
+    *,
+    size: tuple[int, int],
+    policy: TemplatePolicy,
+    settings: matching.MatchSettings,
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """The salient-point policy: ``(index, scores, candidates)``, the chosen image, every
+    image's score (-inf where not scored) and the mask of the candidates scored.
+
+    ``features``: per scale, ``(N, h, w, E)`` maps of the N images; ``iie``: their IIE maps at
+    the grid; ``allowed``: which may be chosen (``policy.candidates`` of them are scored, spread
+    over them). Scored with ``settings.scoring()``: the score only ranks candidates.
+    """
+    points = [policy.points(m, size) for m in iie]
+    candidates = spread(allowed, policy.candidates)
+    index, scores = score_candidates(
+        features, points, size=size, settings=settings.scoring(), candidates=candidates
+    )
+    return index, scores, candidates
+
+
+def choose_template(
+    config, workdir: Path, pool: ImagePool, features: Callable, encoder: Path, *, save=True
+) -> tuple[int, dict]:
+    """The template's index in ``pool`` (``config.data.split``) and how it was chosen.
+
+    ``config.eval.template`` if set; else the choice saved in ``workdir/template.json``; else
+    the salient-point policy (``choose``) with ``features`` (a callable giving them, so they are
+    computed only when needed) of the encoder in ``encoder``, saved there (when ``save``) so
+    that every later stage and encoder uses the same template (delete the file to choose again).
+    """
+    cfg = config.eval
+    path = workdir / layout.TEMPLATE_FILE
+    if cfg.template or path.exists():
+        return _chosen_before(config, path, pool)
+    if not pool.labelled.any():
+        raise UserError(
+            f"no image of split {config.data.split!r} has landmarks: the one-shot template is "
+            "chosen among the labelled images (use piaug.predict --choose-template to pick the "
+            "image to annotate)"
+        )
+    # 150 ceph candidates at 192 with 64-d embeddings: about 5 minutes beside a training.
+    index, scores, candidates = choose(
+        features(),
+        [e["iie"] for e in pool.examples],
+        pool.labelled,
+        size=configure.image_size(config),
+        policy=TemplatePolicy.from_eval(cfg),
+        settings=configure.match_settings(config),
+    )
+    chosen = {
+        "id": pool.ids[index],
+        "chosen_by": "salient-point policy",
+        "score": float(scores[index]),
+        "encoder": str(encoder),
+    }
+    if save and jax.process_index() == 0:
+        layout.write_json(path, chosen)
+    logging.info(
+        "template: %s (score %.4f, of %d candidates scored%s)",
+        chosen["id"],
+        scores[index],
+        int(candidates.sum()),
+        f" of {int(pool.labelled.sum())} labelled: eval.template_candidates=0 scores all"
+        if candidates.sum() < pool.labelled.sum()
+        else "",
+    )
+    return index, chosen
+
+
+def _chosen_before(config, path: Path, pool: ImagePool) -> tuple[int, dict]:
+    """The template named by ``config.eval.template`` or kept in ``path``, checked against
+    ``pool``."""
+    cfg = config.eval
+    if cfg.template:
+        chosen = {"id": cfg.template, "chosen_by": "config.eval.template", "score": None}
+        where = "config.eval.template"
+    else:
+        chosen, where = layout.read_json(path), str(path)
+        logging.info(
+            "template: %s, chosen earlier and kept in %s (--config.force keeps it too, so "
+            "that every stage and encoder shares it): delete the file to choose again",
+            chosen["id"],
+            path,
+        )
+    if chosen["id"] not in pool.ids:
+        raise UserError(
+            f"{where}: template {chosen['id']!r} is not an image of split "
+            f"{config.data.split!r} (e.g. {pool.ids[:3]}); name one that is"
+            + ("" if cfg.template else ", or delete the file to choose again")
+        )
+    index = pool.ids.index(chosen["id"])
+    if not pool.labelled[index]:
+        raise UserError(
+            f"{where}: template {chosen['id']!r} has no landmarks; the one-shot template "
+            "must be annotated: name a labelled image, or annotate it"
+        )
+    return index, chosen
