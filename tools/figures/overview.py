@@ -1,7 +1,7 @@
 """Render the README's overview figure: one synthetic radiograph, its IIE map, its information
 groups and the entropy weight map with anchors drawn from it.
 
-Usage: python docs/make_overview.py [output.png]   (default: docs/overview.png)
+Usage: python -m tools.figures.overview [output.png]   (default: docs/overview.png)
 """
 
 import sys
@@ -13,10 +13,11 @@ from matplotlib.figure import Figure
 
 from piaug import info, plots
 from piaug.data import input_pipeline, synthetic
+from tools import DOCS
 
 
 def main(out: str | None = None) -> Path:
-    path = Path(out) if out else Path(__file__).with_name("overview.png")
+    path = Path(out) if out else DOCS / "overview.png"
     example = synthetic.SyntheticDataset(1, seed=0, size=(384, 384), num_landmarks=19)[0]
     image = example["image"]
     iie = np.asarray(info.entropy_map(image, info.disk(10)))

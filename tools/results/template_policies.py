@@ -1,7 +1,7 @@
 r"""Unsupervised template policies against every template's true MRE: does any score rank the
 templates by how well their landmarks transfer?
 
-python docs/results/template_policies.py --out=NAME --spread=SPREAD RUN[=KEY] ...
+python -m tools.results.template_policies --out=NAME --spread=SPREAD RUN[=KEY] ...
 
 For each run's baseline encoder (grid protocol, its images), every training image is a
 candidate: its salient points (``eval.salient_points`` IIE maxima, as the policy's) are matched
@@ -9,7 +9,7 @@ into every other image (forward) and each match back into the candidate (the rou
 Each policy scores the candidates from those matches alone:
 
 - ``confidence``: the mean peak of the combined similarity map (the paper's policy, piaug's
-  ``matching.choose_template``);
+  ``templates.choose``);
 - ``cycle_within_R``: the share of round trips that land within R pixels of where they began;
   ``cycle_error``: the mean round-trip distance (lower is better);
 - ``affine_residual``: the mean distance of the round-trip-consistent (4 px) forward matches
@@ -17,9 +17,9 @@ Each policy scores the candidates from those matches alone:
 
 Labels choose nothing: each policy's choice, among all candidates and among the 32 evenly
 spaced ones that ``eval.template_candidates`` scores, is looked up in ``SPREAD`` (the file
-``template_spread.py`` wrote; ``KEY``: the run's entry there, the run itself by default):
-its MRE, its rank of the templates, and the Spearman correlation between the policy's score and
-the templates' MRE (positive: the policy prefers the better templates).
+``tools.results.template_spread`` wrote; ``KEY``: the run's entry there, the run itself by
+default): its MRE, its rank of the templates, and the Spearman correlation between the policy's
+score and the templates' MRE (positive: the policy prefers the better templates).
 """
 
 from __future__ import annotations
@@ -34,13 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))
-sys.path.insert(0, str(HERE))
-
-from template_spread import encoded  # noqa: E402
-
-from piaug import configure, matching, pipeline  # noqa: E402
+from piaug import configure, matching, templates
+from tools.results import RESULTS, command
+from tools.results.template_spread import encoded
 
 RADII = (2, 4, 8)  # round-trip radii, pixels of the training grid
 CHUNK = 16  # candidates' matches sent back at once
@@ -51,13 +47,15 @@ def round_trips(run: Path) -> dict[str, np.ndarray]:
     ``points`` ``(N, P, 2)``, ``valid`` ``(N, P)``, ``forward`` and ``back`` ``(N, N, P, 2)``
     (candidate, image, point), ``score`` ``(N, N, P)`` (the forward peaks), ``ids``."""
     config, pool, features = encoded(run, "baseline")
-    found = pipeline.salient_points(config, pool.examples)
+    size = configure.image_size(config)
+    policy = templates.TemplatePolicy.from_eval(config.eval)
+    found = [policy.points(e["iie"], size) for e in pool.examples]
     n, most = len(found), max(len(p) for p in found)
     points = np.stack([np.concatenate([p, np.repeat(p[:1], most - len(p), 0)]) for p in found])
     valid = np.arange(most)[None] < np.array([len(p) for p in found])[:, None]
-    # the policy's own setting: nearest upsampling, the run's way of combining the scales
-    kw = {"size": configure.image_size(config), "upsample": "nearest"}
-    kw |= {"combine": config.eval.combine, "batch_size": config.eval.batch_size}
+    # the policy's own setting (nearest upsampling, the cell's vectors, no refinement), the
+    # run's way of combining the scales and its batch
+    kw = {"size": size, "settings": configure.match_settings(config).scoring()}
     forward = np.zeros((n, n, most, 2), np.int32)
     back = np.zeros_like(forward)
     score = np.zeros((n, n, most), np.float32)
@@ -131,7 +129,7 @@ def judge(scores: dict[str, np.ndarray], ids: list[str], spread: dict) -> dict:
     mre = np.array([spread["mre_mm"][i] for i in ids])
     rank = np.empty(len(ids), int)
     rank[np.argsort(mre)] = np.arange(1, len(ids) + 1)
-    spaced = pipeline.spread(np.ones(len(ids), bool), 32)
+    spaced = templates.spread(np.ones(len(ids), bool), 32)
     out = {}
     for name, s in scores.items():
         entry = {"spearman_with_mre": float(-stats.spearmanr(s, mre).correlation)}
@@ -146,10 +144,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="RUN[=KEY]")
     parser.add_argument("--out", required=True, help="the result file's name, without .json")
-    parser.add_argument("--spread", required=True, help="template_spread.py's file, without .json")
+    parser.add_argument(
+        "--spread", required=True, help="tools.results.template_spread's file, without .json"
+    )
     args = parser.parse_args()
-    spread = json.loads((HERE / f"{args.spread}.json").read_text())
-    payload = {"command": " ".join(["python docs/results/template_policies.py", *sys.argv[1:]])}
+    spread = json.loads((RESULTS / f"{args.spread}.json").read_text())
+    payload = {"command": command("tools.results.template_policies", sys.argv[1:])}
     for spec in args.runs:
         run, _, key = spec.partition("=")
         key = key or run
@@ -159,8 +159,8 @@ def main() -> int:
         ids = [str(i) for i in m["ids"]]
         payload[key] = judge(policies(m), ids, spread[key])
         print(run, json.dumps(payload[key]["confidence"]), flush=True)
-    (HERE / f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"wrote {HERE / args.out}.json")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {RESULTS / args.out}.json")
     return 0
 
 

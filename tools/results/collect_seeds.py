@@ -2,7 +2,7 @@ r"""Gathers a seeds comparison (baseline, weight map alone, piaug; one table3 sw
 into ``docs/results/ceph_cpu_seeds.json`` (or ``--out``), which the README's seeds table is made
 from.
 
-python docs/results/collect_seeds.py --root=runs/seeds --baseline-runs=0:runs/fs/L3 \
+python -m tools.results.collect_seeds --root=runs/seeds --baseline-runs=0:runs/fs/L3 \
     [--seeds=0,1,2]
 
 ``--curve NAME=FILE`` (repeatable) draws ``ceph_cpu_seeds_probe.png`` (``OUT_probe.png``
@@ -27,13 +27,13 @@ import json
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # collect_runs, beside this script
-
-from collect_runs import one_file  # noqa: E402
+from piaug import analyze, plots
+from tools.results import RESULTS, command
+from tools.results.collect_runs import one_file
 
 # the sweep's runs of a seed and their rows; adaptive_capped: piaug with ranges_file set to
-# strip_augment.py's capped copy of the seed's estimate (a diagnostic, not part of table3)
+# tools.results.strip_augment's capped copy of the seed's estimate (a diagnostic, not part of
+# table3)
 ROWS = (("weightmap", "weightmap"), ("adaptive", "piaug"), ("adaptive_capped", "piaug_capped"))
 KEEP = ("mre_mm", "std_mm", "sdr", "protocol", "n_images", "per_landmark_mre_mm")
 
@@ -93,17 +93,14 @@ def main() -> int:
     wanted = [s.strip() for s in args.seeds.split(",") if s.strip()]
     seeds = gather(args.root, wanted, reused, files)
     payload = {
-        "command": " ".join(["python docs/results/collect_seeds.py", *sys.argv[1:]]),
+        "command": command("tools.results.collect_seeds", sys.argv[1:]),
         "note": args.note,
         "rows": sorted({k for rows in seeds.values() for k in rows}),
         "seeds": seeds,
     }
-    out = HERE / f"{args.out}.json"
+    out = RESULTS / f"{args.out}.json"
     out.write_text(json.dumps(payload, indent=1) + "\n")
     if args.curve:
-        sys.path.insert(0, str(HERE.parents[1]))
-        from piaug import analyze, plots
-
         curves, copies = {}, set()
         for item in args.curve:
             name, path = item.split("=", 1)
@@ -116,7 +113,7 @@ def main() -> int:
         reference = {"template copied": copies.pop()} if len(copies) == 1 else None
         plots.probe_curves(
             curves,
-            HERE / f"{args.out}_probe.png",
+            RESULTS / f"{args.out}_probe.png",
             title="the probe, one template",
             reference=reference,
         )

@@ -2,7 +2,7 @@ r"""Which scales find the landmarks: a run's matching (grid protocol, its templa
 as ``evaluate``) with each scale's cosine map alone, and with all five combined as the run
 combines them (the run's MRE, checked against its ``results.json``).
 
-python docs/results/matching_scales.py --out=NAME RUN[:ENCODER] ...
+python -m tools.results.matching_scales --out=NAME RUN[:ENCODER] ...
 
 ``ENCODER`` is ``baseline`` (default) or ``piaug``; each run needs its ``results.json`` and its
 data where its ``config.json`` says.
@@ -10,19 +10,15 @@ data where its ``config.json`` says.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))
-sys.path.insert(0, str(HERE))
-
-from landmark_errors import check_mre, cli, setting  # noqa: E402
-
-from piaug import matching  # noqa: E402
-from piaug.models import STRIDES  # noqa: E402
+from piaug import configure, matching
+from piaug.models import STRIDES
+from tools.results.landmark_errors import check_mre, cli, setting
 
 
 def row(offset: np.ndarray) -> dict:
@@ -39,14 +35,12 @@ def row(offset: np.ndarray) -> dict:
 def scales(run: Path, encoder: str) -> dict[str, dict]:
     """``{"all": row, "stride_32": row, ...}`` for ``encoder`` of ``run``."""
     s = setting(run, encoder)
-    config = s["config"]
-    features = matching.encode(s["encoder"], s["images"], batch_size=config.eval.batch_size)
+    settings = configure.match_settings(s["config"])
+    features = matching.encode(s["encoder"], s["images"], batch_size=settings.batch_size)
     template = [f[0] for f in matching.encode(s["encoder"], s["template_image"][None])]
     vectors = matching.template_vectors(
-        template, s["template_rows_cols"], sampling=config.eval.template_sampling
+        template, s["template_rows_cols"], sampling=settings.sampling
     )
-    kw = {"size": s["size"], "batch_size": config.eval.batch_size, "upsample": config.eval.upsample}
-    kw |= {"subpixel": config.eval.subpixel}
     subsets = {"all": list(range(len(STRIDES)))}
     subsets |= {f"stride_{st}": [i] for i, st in enumerate(STRIDES)}
     out = {}
@@ -54,9 +48,8 @@ def scales(run: Path, encoder: str) -> dict[str, dict]:
         found = matching.match_all(
             [features[i] for i in idx],
             [vectors[i] for i in idx],
-            strides=[STRIDES[i] for i in idx],
-            combine=config.eval.combine,
-            **kw,
+            size=s["size"],
+            settings=dataclasses.replace(settings, strides=[STRIDES[i] for i in idx]),
         )
         offset = (found[..., ::-1] - s["truth"]) * s["spacing"][:, None, :]
         if name == "all":
@@ -66,7 +59,7 @@ def scales(run: Path, encoder: str) -> dict[str, dict]:
 
 
 def main() -> int:
-    return cli(__doc__, "matching_scales.py", scales)
+    return cli(__doc__, "tools.results.matching_scales", scales)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ images, as ``evaluate``) matched from every image of the split in turn as the te
 the other images; each template's MRE, and where the policy's own choice (the run's
 ``results.json``) falls among them. Labels choose nothing here: they only score each template.
 
-python docs/results/template_spread.py --out=NAME RUN[:ENCODER][=RESULTS] ...
+python -m tools.results.template_spread --out=NAME RUN[:ENCODER][=RESULTS] ...
 
 ``ENCODER`` is ``baseline`` (default) or ``piaug``; each run needs its ``results.json`` (the
 template it evaluated from, whose MRE is checked against it; ``=RESULTS`` names another
@@ -25,17 +25,13 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
+from ml_collections import ConfigDict
 from scipy import stats
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))
-sys.path.insert(0, str(HERE))
-
-from collect_runs import one_file, run_and_encoder, with_defaults  # noqa: E402
-from landmark_errors import cli, grid_truth  # noqa: E402
-from ml_collections import ConfigDict  # noqa: E402
-
-from piaug import checkpoints, configure, layout, matching, pipeline  # noqa: E402
+from piaug import checkpoints, configure, layout, matching
+from piaug.templates import ImagePool
+from tools.results.collect_runs import one_file, run_and_encoder, with_defaults
+from tools.results.landmark_errors import cli, grid_truth
 
 
 def spread(mre: np.ndarray, ids: list[str], chosen: str) -> dict:
@@ -65,11 +61,11 @@ def chosen_entry(run: Path, encoder: str, results: str = "") -> dict:
     return layout.read_json(path)[encoder]
 
 
-def encoded(run: Path, encoder: str) -> tuple[ConfigDict, pipeline._Images, list]:
+def encoded(run: Path, encoder: str) -> tuple[ConfigDict, ImagePool, list]:
     """``run``'s config (with the fields it predates at their defaults), its split's images and
     ``encoder``'s five feature maps of them, on the device once (every template reads them)."""
     config = ConfigDict(with_defaults(layout.read_json(run / layout.CONFIG_FILE)))
-    pool = pipeline._Images(config)
+    pool = ImagePool(config)
     ckpt = layout.trained_encoders(run, config.train.baseline)[encoder]
     apply = checkpoints.image_encoder(ckpt, configure.model(config))
     maps = matching.encode(apply, pool.images, batch_size=config.eval.batch_size)
@@ -93,20 +89,18 @@ def templates(run: Path, encoder: str, results: str = "") -> dict:
     entry = chosen_entry(run, encoder, results)
     config, pool, features = encoded(run, encoder)
     # an evaluation under other settings than the run's records them: match as it did
-    cfg = ConfigDict({**config.eval.to_dict(), **entry.get("eval", {})})
+    settings = matching.MatchSettings.from_eval({**config.eval.to_dict(), **entry.get("eval", {})})
     size = configure.image_size(config)
     spacing, truth = grid_truth(pool.examples, size)
-    kw = {"size": size, "batch_size": cfg.batch_size, "upsample": cfg.upsample}
-    kw |= {"subpixel": cfg.subpixel, "combine": cfg.combine}
     mre = np.zeros(len(pool.ids))
     for t, example in enumerate(pool.examples):
-        rows_cols = np.clip(
-            np.round(example["landmarks"][:, ::-1]).astype(np.int64), 0, np.asarray(size) - 1
-        )
         vectors = matching.template_vectors(
-            [f[t] for f in features], rows_cols, sampling=cfg.template_sampling
+            [f[t] for f in features],
+            matching.template_cells(example["landmarks"], size),
+            strides=settings.strides,
+            sampling=settings.sampling,
         )
-        found = matching.match_all(features, vectors, **kw)
+        found = matching.match_all(features, vectors, size=size, settings=settings)
         offset = (found[..., ::-1] - truth) * spacing[:, None, :]
         mre[t] = np.delete(np.linalg.norm(offset, axis=-1), t, axis=0).mean()
     return checked(run, mre, list(pool.ids), entry)
@@ -150,7 +144,9 @@ def main() -> int:
         return templates(Path(run), encoder or "baseline", results)
 
     reuse = "an earlier file of this script: its per-template MREs summarised again (no matching)"
-    return cli(__doc__, "template_spread.py", analyse, {"reuse": reuse}, finish=agreement)
+    return cli(
+        __doc__, "tools.results.template_spread", analyse, {"reuse": reuse}, finish=agreement
+    )
 
 
 def agreement(payload: dict) -> None:

@@ -6,7 +6,7 @@ the encoder's; the median distance from the match to the copied landmark (near 0
 did not move); and how often each landmark's true point is the one nearest to the match
 (another landmark's: the match found that one instead).
 
-python docs/results/landmark_errors.py --out=NAME RUN[:ENCODER] ...
+python -m tools.results.landmark_errors --out=NAME RUN[:ENCODER] ...
 
 ``ENCODER`` is ``baseline`` (default) or ``piaug``; each run needs its ``results.json`` (the
 template and the images evaluated) and its data where its ``config.json`` says.
@@ -20,15 +20,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from ml_collections import ConfigDict
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1]))
-sys.path.insert(0, str(HERE))  # collect_runs, beside this script
-
-from collect_runs import with_defaults  # noqa: E402
-from ml_collections import ConfigDict  # noqa: E402
-
-from piaug import checkpoints, configure, evaluate, layout, matching, pipeline  # noqa: E402
+from piaug import checkpoints, configure, evaluate, layout, matching, templates
+from tools.results import RESULTS, command
+from tools.results.collect_runs import with_defaults
 
 
 def setting(run: Path, encoder: str) -> dict:
@@ -39,7 +35,7 @@ def setting(run: Path, encoder: str) -> dict:
     entry = layout.read_json(run / layout.RESULTS_FILE)[encoder]
     if entry["split"] != config.data.split:
         raise SystemExit(f"{run}: evaluated on {entry['split']}, not the training split")
-    pool = pipeline._Images(config)
+    pool = templates.ImagePool(config)
     index = pool.ids.index(entry["template"]["id"])
     keep = [pool.ids.index(i) for i in entry["ids"]]
     size = configure.image_size(config)
@@ -53,9 +49,7 @@ def setting(run: Path, encoder: str) -> dict:
         "encoder": checkpoints.image_encoder(ckpt, configure.model(config)),
         "template_image": pool.images[index],
         "template_landmarks": template["landmarks"],
-        "template_rows_cols": np.clip(
-            np.round(template["landmarks"][:, ::-1]).astype(np.int64), 0, np.asarray(size) - 1
-        ),
+        "template_rows_cols": matching.template_cells(template["landmarks"], size),
         "images": pool.images[keep],
         "spacing": spacing,
         "truth": truth,
@@ -89,11 +83,7 @@ def errors(run: Path, encoder: str) -> dict[str, np.ndarray]:
         s["template_rows_cols"],
         s["images"],
         size=s["size"],
-        batch_size=config.eval.batch_size,
-        upsample=config.eval.upsample,
-        subpixel=config.eval.subpixel,
-        combine=config.eval.combine,
-        sampling=config.eval.template_sampling,
+        settings=configure.match_settings(config),
     )
     truth, spacing = s["truth"], s["spacing"]
     copied = np.repeat(s["template_landmarks"][None].astype(np.float64), len(truth), axis=0)
@@ -141,9 +131,10 @@ def summary(e: dict[str, np.ndarray]) -> list[dict]:
     return rows
 
 
-def cli(doc: str, script: str, analyse, options: dict[str, str] | None = None, finish=None) -> int:
-    """The command line of this script and of its siblings: ``--out=NAME RUN[:ENCODER] ...``,
-    ``analyse(run, encoder)`` for each, written with the command to ``NAME.json`` here.
+def cli(doc: str, module: str, analyse, options: dict[str, str] | None = None, finish=None) -> int:
+    """The command line of this module and of its siblings (``module``: the one run, e.g.
+    ``tools.results.landmark_errors``): ``--out=NAME RUN[:ENCODER] ...``,
+    ``analyse(run, encoder)`` for each, written with the command to ``RESULTS/NAME.json``.
     ``options``: a script's own ``--NAME`` options (name -> help), passed to ``analyse`` as
     keywords; ``finish(payload)``, if given, adds to the payload before it is written."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
@@ -153,19 +144,23 @@ def cli(doc: str, script: str, analyse, options: dict[str, str] | None = None, f
         parser.add_argument(f"--{name}", default="", help=text)
     args = parser.parse_args()
     extra = {name: getattr(args, name) for name in options or {}}
-    payload = {"command": " ".join([f"python docs/results/{script}", *sys.argv[1:]])}
+    payload = {"command": command(module, sys.argv[1:])}
     for spec in args.runs:
         run, _, encoder = spec.partition(":")
         payload[spec] = analyse(Path(run), encoder or "baseline", **extra)
     if finish is not None:
         finish(payload)
-    (HERE / f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")
-    print(f"wrote {HERE / args.out}.json")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"wrote {RESULTS / args.out}.json")
     return 0
 
 
 def main() -> int:
-    return cli(__doc__, "landmark_errors.py", lambda run, encoder: summary(errors(run, encoder)))
+    return cli(
+        __doc__,
+        "tools.results.landmark_errors",
+        lambda run, encoder: summary(errors(run, encoder)),
+    )
 
 
 if __name__ == "__main__":

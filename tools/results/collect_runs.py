@@ -1,7 +1,7 @@
 r"""Gathers training runs into a result file of this folder: each run's settings (its
 ``config.json`` against a preset), steps, training minutes, probe curve and evaluation.
 
-python docs/results/collect_runs.py --preset=configs/ceph.py:cpu --out=from_scratch \
+python -m tools.results.collect_runs --preset=configs/ceph.py:cpu --out=from_scratch \
     runs/fs/s1_none_t01 runs/fs/s2_bn_t01 ...
 
 A run given as ``RUN:ENCODER`` (``runs/enc:piaug``) is collected with that encoder instead of
@@ -23,13 +23,11 @@ import json
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-sys.path.insert(0, str(REPO))
+from ml_collections import ConfigDict
 
-from ml_collections import ConfigDict  # noqa: E402
-
-from piaug import analyze, configure, defaults, layout, plots  # noqa: E402
+from piaug import analyze, configure, defaults, layout, plots
+from tools import REPO
+from tools.results import RESULTS, command
 
 # Fields that name where the data is or how the run was watched, not the recipe.
 IGNORED = (
@@ -251,16 +249,15 @@ def main() -> int:
     for spec in args.runs:
         run, encoder = run_and_encoder(spec, args.encoder)
         runs.append(collect(run, preset, encoder, args.results))
-    command = " ".join(["python docs/results/collect_runs.py", *sys.argv[1:]])
     payload = {
         "preset": args.preset,
         "encoder": args.encoder,
         "note": args.note,
         "preset_values": preset_values(preset),
-        "command": command,
+        "command": command("tools.results.collect_runs", sys.argv[1:]),
         "runs": runs,
     }
-    out = HERE / f"{args.out}.json"
+    out = RESULTS / f"{args.out}.json"
     if args.append and out.exists():
         payload = append(json.loads(out.read_text()), payload)
         runs = payload["runs"]
@@ -274,9 +271,9 @@ def main() -> int:
     reference = {"template copied": copies.pop()} if len(copies) == 1 else None
     if curves:
         plots.probe_curves(
-            curves, HERE / f"{args.out}_probe.png", title=args.preset, reference=reference
+            curves, RESULTS / f"{args.out}_probe.png", title=args.preset, reference=reference
         )
-    print(f"wrote {HERE / args.out}.json ({len(runs)} runs)")
+    print(f"wrote {RESULTS / args.out}.json ({len(runs)} runs)")
     return 0
 
 

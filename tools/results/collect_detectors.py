@@ -2,7 +2,7 @@ r"""Gathers the detectors of some runs into a result file of this folder: each d
 settings (its run's ``config.json`` against a preset), steps, training minutes, probe curve,
 MRE on the images it did not train on, and the one-shot encoders' MRE on those same images.
 
-python docs/results/collect_detectors.py --preset=configs/ceph.py:cpu --out=detectors_ceph_cpu \
+python -m tools.results.collect_detectors --preset=configs/ceph.py:cpu --out=detectors_ceph_cpu \
     --reference=runs/det_s2 runs/det_sup100 runs/det_s2 ...
 
 writes ``docs/results/detectors_ceph_cpu.json`` and ``..._probe.png``. The encoders' figures on
@@ -19,19 +19,17 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # collect_runs, beside this script
+import numpy as np
 
-import numpy as np  # noqa: E402
-from collect_runs import (  # noqa: E402
-    HERE,
+from piaug import analyze, layout, plots
+from tools.results import RESULTS, command
+from tools.results.collect_runs import (
     IGNORED,
     one_file,
     overrides,
     preset_config,
     training_minutes,
 )
-
-from piaug import analyze, layout, plots  # noqa: E402
 
 # Where the encoders come from and how the run was kept: not the recipe.
 DETECTOR_IGNORED = (
@@ -144,18 +142,18 @@ def main() -> int:
     payload = {
         "preset": args.preset,
         "note": args.note,
-        "command": " ".join(["python docs/results/collect_detectors.py", *sys.argv[1:]]),
+        "command": command("tools.results.collect_detectors", sys.argv[1:]),
         "detectors": detectors,
     }
-    (HERE / f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")
     curves = {
         f"{d['run']}/{d['name']}": (d["probe"]["step"], d["probe"]["mre_mm"])
         for d in detectors
         if d["probe"]["step"]
     }
     if curves:
-        plots.probe_curves(curves, HERE / f"{args.out}_probe.png", title=args.preset)
-    print(f"wrote {HERE / args.out}.json ({len(detectors)} detectors)")
+        plots.probe_curves(curves, RESULTS / f"{args.out}_probe.png", title=args.preset)
+    print(f"wrote {RESULTS / args.out}.json ({len(detectors)} detectors)")
     return 0
 
 

@@ -1,14 +1,14 @@
 """Writes the ranges of an estimate (a run's ``augment.json``) without its per-patch MI arrays
 and search statistics, the encoder's path relative to the current folder:
 
-python docs/results/strip_augment.py runs/cpu5/seed_0/adaptive/augment.json \
+python -m tools.results.strip_augment runs/cpu5/seed_0/adaptive/augment.json \
     docs/results/ceph_cpu_seed0_augment.json
 
 With ``--max-brightness`` / ``--max-contrast`` every group's upper end is capped there (the
 low ends kept) and the caps are recorded under ``"capped"``: a ranges file for
 ``config.augment.ranges_file`` that tests what the estimate's wide upper ends do:
 
-python docs/results/strip_augment.py docs/results/ceph_cpu_C5_seed0_augment.json \
+python -m tools.results.strip_augment docs/results/ceph_cpu_C5_seed0_augment.json \
     docs/results/ceph_cpu_C5_seed0_augment_capped.json --max-brightness=1.15 --max-contrast=1.25
 """
 

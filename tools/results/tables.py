@@ -1,12 +1,14 @@
-r"""The result tables of README.md and docs/*.md, generated from the result files here.
+r"""The result tables of README.md and docs/**/*.md, generated from the result files of
+docs/results/.
 
-Each table sits in a page between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; its
-numbers come only from the JSON files named below (written by the commands in
-docs/results/README.md), so they cannot drift from what the runs measured.
-tests/test_results_tables.py fails when a page differs from what this script writes.
+Each table sits in one page, any of them, between ``<!-- table:NAME -->`` and
+``<!-- /table:NAME -->``; its numbers come only from the JSON files named below (written by the
+commands in docs/results/README.md), so they cannot drift from what the runs measured.
+tests/test_results_tables.py fails when a page differs from what this module writes, or when a
+table is in no page or in two.
 
-python docs/results/tables.py           # rewrite the tables in every page
-python docs/results/tables.py --check   # exit 1 (naming the page and table) if one is stale
+python -m tools.results.tables           # rewrite the tables in every page
+python -m tools.results.tables --check   # exit 1 (naming the page and table) if one is stale
 """
 
 from __future__ import annotations
@@ -19,9 +21,18 @@ import statistics
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-README = HERE.parents[1] / "README.md"
-PAGES = (README, HERE.parent / "from_scratch.md")  # the pages whose tables are generated
+from tools import DOCS, REPO
+from tools.results import RESULTS
+
+README = REPO / "README.md"
+
+
+def pages() -> list[Path]:
+    """The pages whose tables are generated: README.md and every page under docs/ (sorted)."""
+    return [README, *sorted(DOCS.rglob("*.md"))]
+
+
+PAGES = pages()  # as the repository holds them when this module is imported
 RADII = ("2.0", "2.5", "3.0", "4.0")
 ROW_NAMES = {
     "template_copy": "the template's landmarks copied unmoved (no encoder)",
@@ -33,7 +44,7 @@ ROW_NAMES = {
 
 
 def _load(name: str):
-    return json.loads((HERE / name).read_text())
+    return json.loads((RESULTS / name).read_text())
 
 
 def _sdr(entry: dict) -> str:
@@ -219,7 +230,8 @@ SPREAD_CELL = "ceph_cpu_template_spread_today.json"  # from the cell's vectors, 
 
 def template_spread(name: str = SPREAD) -> str:
     """Each seed's baseline matched from every training image as the template
-    (``template_spread.py``'s file ``name``): the policy's choice against the others."""
+    (the file ``name`` of ``tools.results.template_spread``): the policy's choice against the
+    others."""
     data = {
         k: v
         for k, v in _load(name).items()
@@ -244,9 +256,10 @@ def template_spread(name: str = SPREAD) -> str:
 
 
 def _seed_row(spec: str) -> tuple[str, str]:
-    """The seed and row of a ``template_spread.py`` entry of the seeds' runs: ``runs/enc`` is
-    seed 0 (its baseline and piaug), ``runs/cpu5/seed_S/{shared_baseline,weightmap,adaptive}``
-    the others' (the sweep's encoder is ``piaug``)."""
+    """The seed and row of a ``tools.results.template_spread`` entry of the seeds' runs:
+    ``runs/enc`` is seed 0 (its baseline and piaug),
+    ``runs/cpu5/seed_S/{shared_baseline,weightmap,adaptive}`` the others' (the sweep's encoder
+    is ``piaug``)."""
     run, _, encoder = spec.partition("=")[0].partition(":")
     parts = Path(run).parts
     if parts[-1] == "enc":
@@ -257,8 +270,8 @@ def _seed_row(spec: str) -> tuple[str, str]:
 
 def over_templates(name: str = SPREAD) -> str:
     """Every encoder of the seeds matched from each of the 150 training images as the template
-    (``template_spread.py``): its mean MRE over the templates, and piaug's difference from the
-    baseline template by template (the same template, the same images)."""
+    (``tools.results.template_spread``): its mean MRE over the templates, and piaug's difference
+    from the baseline template by template (the same template, the same images)."""
     data = _load(name)
     mre: dict[str, dict[str, dict]] = {}
     for spec, entry in data.items():
@@ -357,27 +370,51 @@ def blocks(text: str) -> list[str]:
     return [m[2] for m in _BLOCK.finditer(text)]
 
 
+def placement(found: dict[Path, list[str]]) -> list[str]:
+    """What is wrong with where the tables are (``found``: each page's blocks): a table of
+    ``TABLES`` in no page, or in more than one; empty when each is in exactly one."""
+    where: dict[str, list[str]] = {}
+    for page, names in found.items():
+        for name in names:
+            where.setdefault(name, []).append(_name(page))
+    problems = [f"table {n!r} is in no page" for n in TABLES if n not in where]
+    problems += [f"table {n!r} is in {len(p)} places: {p}" for n, p in where.items() if len(p) > 1]
+    return problems
+
+
+def _name(page: Path) -> str:
+    """``page`` as the messages name it: relative to the repository."""
+    return str(page.relative_to(REPO)) if page.is_relative_to(REPO) else str(page)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only check; exit 1 if stale")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only check; exit 1 if a table is stale, or in no page, or in two",
+    )
     args = parser.parse_args()
-    stale = []
-    for page in PAGES:
+    stale, found = [], {}
+    for page in pages():
         text = page.read_text()
         new = render(text)
+        found[page] = blocks(text)
         if args.check:
             stale += [
-                f"{page.name}:{n}"
+                f"{_name(page)}:{n}"
                 for n in blocks(text)
                 if render_one(text, n) != render_one(new, n)
             ]
         elif new != text:
             page.write_text(new)
-            print(f"{page.name}: tables {', '.join(blocks(new))} written")
+            print(f"{_name(page)}: tables {', '.join(blocks(new))} written")
+    problems = placement(found) if args.check else []
     if stale:
-        print(f"tables out of date: {', '.join(stale)}; run {__file__}")
-        return 1
-    return 0
+        print(f"tables out of date: {', '.join(stale)}; run python -m tools.results.tables")
+    for problem in problems:
+        print(problem)
+    return 1 if stale or problems else 0
 
 
 def render_one(text: str, name: str) -> str:

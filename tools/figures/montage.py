@@ -1,6 +1,6 @@
 """Render a 2 x 4 montage of synthetic subjects (seed 0, 384 x 384) with their landmarks.
 
-Usage: python docs/make_montage.py [output.png]   (default: docs/synthetic_montage.png)
+Usage: python -m tools.figures.montage [output.png]   (default: docs/synthetic_montage.png)
 """
 
 import sys
@@ -12,10 +12,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from piaug.data import synthetic  # noqa: E402
+from tools import DOCS  # noqa: E402
 
 
 def main(out: str | None = None) -> Path:
-    path = Path(out) if out else Path(__file__).with_name("synthetic_montage.png")
+    path = Path(out) if out else DOCS / "synthetic_montage.png"
     ds = synthetic.SyntheticDataset(8, seed=0, size=(384, 384), num_landmarks=19)
     fig, axes = plt.subplots(2, 4, figsize=(16, 8.6), dpi=100)
     colors = plt.get_cmap("tab20")
