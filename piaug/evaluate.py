@@ -1,5 +1,5 @@
-"""Landmark detection metrics (docs/design.md 1): radial errors in millimetres, the mean radial error
-(MRE) and the successful detection rates (SDR, % of errors strictly below each radius).
+"""Landmark detection metrics (docs/design.md 1): radial errors in millimetres, the mean radial
+error (MRE) and the successful detection rates (SDR, % of errors strictly below each radius).
 
 Two protocols:
 
