@@ -333,23 +333,11 @@ def check(config, stages: Sequence[str] = STAGES) -> None:
     loss(config)
     mixing_settings(config)
     settings = train_settings(config)
-    if config.eval.upsample not in matching.UPSAMPLING:
-        raise UserError(
-            f"config.eval.upsample={config.eval.upsample!r}: use one of {matching.UPSAMPLING}"
-        )
-    if config.eval.template_sampling not in matching.SAMPLING:
-        raise UserError(
-            f"config.eval.template_sampling={config.eval.template_sampling!r}: use one of "
-            f"{matching.SAMPLING}"
-        )
+    match_settings(config)  # upsample, combine, template_sampling, batch_size
     if int(config.eval.template_candidates) < 0:
         raise UserError(
             f"config.eval.template_candidates={config.eval.template_candidates}: give 0 (score "
             "every labelled image) or how many to score"
-        )
-    if config.eval.combine not in matching.COMBINE:
-        raise UserError(
-            f"config.eval.combine={config.eval.combine!r}: use one of {matching.COMBINE}"
         )
     estimate_settings(config)
     check_detector(config)

@@ -48,7 +48,7 @@ class MatchSettings:
     Attributes:
       upsample: 'nearest' | 'bilinear': each scale's cosine map to the grid (``eval.upsample``).
       combine: 'product' of the cosines clamped to [0, 1] (CC2D's) | 'sum' of the unclamped
-        cosines (``eval.combine``); ``clamp`` follows from it.
+        cosines (``eval.combine``): the clamp goes with the product.
       subpixel: parabolic refinement of each peak (``eval.subpixel``).
       sampling: 'cell' | 'bilinear': the template's vector at each landmark
         (``eval.template_sampling``, ``template_vectors``).
@@ -70,17 +70,12 @@ class MatchSettings:
             ("template_sampling", self.sampling, SAMPLING),
         ):
             if value not in allowed:
-                raise ValueError(f"eval.{field} must be one of {allowed}, got {value!r}")
+                raise ValueError(f"eval.{field}={value!r}: use one of {allowed}")
         if int(self.batch_size) < 1:
-            raise ValueError(f"eval.batch_size must be at least 1, got {self.batch_size}")
+            raise ValueError(f"eval.batch_size={self.batch_size}: use 1 or more")
         object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
         object.__setattr__(self, "batch_size", int(self.batch_size))
         object.__setattr__(self, "subpixel", bool(self.subpixel))
-
-    @property
-    def clamp(self) -> bool:
-        """Whether each scale's cosines are clamped to [0, 1] (with the product)."""
-        return self.combine == "product"
 
     @classmethod
     def from_eval(cls, cfg: Mapping) -> MatchSettings:

@@ -45,10 +45,9 @@ class ImagePool:
 
 
 class Subset:
-    """Some examples of an ``ImagePool``: ``indices``, ``ids``, ``examples``, ``images``."""
+    """Some examples of an ``ImagePool``: ``ids``, ``examples``, ``images``."""
 
     def __init__(self, pool: ImagePool, indices: list[int]):
-        self.indices = indices
         self.ids = [pool.ids[i] for i in indices]
         self.examples = [pool.examples[i] for i in indices]
         self.images = pool.images[indices] if indices else pool.images[:0]

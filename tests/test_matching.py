@@ -177,7 +177,6 @@ def test_match_settings_come_from_the_eval_section_and_check_their_fields():
     cfg = {"upsample": "bilinear", "combine": "sum", "subpixel": 1, "template_sampling": "bilinear"}
     settings = matching.MatchSettings.from_eval(cfg | {"batch_size": 3})
     assert settings == matching.MatchSettings("bilinear", "sum", True, "bilinear", batch_size=3)
-    assert not settings.clamp and matching.MatchSettings().clamp  # the product clamps
     # a run's config.json from before a field existed: its default
     assert matching.MatchSettings.from_eval({}) == matching.MatchSettings()
     # the template choice's fast path whatever the evaluation's
@@ -185,10 +184,21 @@ def test_match_settings_come_from_the_eval_section_and_check_their_fields():
     assert (scoring.upsample, scoring.subpixel, scoring.sampling) == ("nearest", False, "cell")
     assert (scoring.combine, scoring.batch_size) == ("sum", 3)
     for field, bad in (("upsample", "cubic"), ("combine", "max"), ("template_sampling", "x")):
-        with pytest.raises(ValueError, match=f"eval.{field} must be one of"):
+        with pytest.raises(ValueError, match=f"eval.{field}={bad!r}: use one of"):
             matching.MatchSettings.from_eval({field: bad})
-    with pytest.raises(ValueError, match="eval.batch_size"):
+    with pytest.raises(ValueError, match="eval.batch_size=0: use 1 or more"):
         matching.MatchSettings(batch_size=0)
+
+
+def test_the_config_edge_names_a_bad_matching_field(tiny_config):
+    from piaug import configure
+    from piaug.errors import UserError
+
+    tiny_config.eval.combine = "max"
+    with pytest.raises(
+        UserError, match=r"config\.eval\.combine='max': use one of \('product', 'sum'\)"
+    ):
+        configure.check(tiny_config)
 
 
 def test_template_cells_round_swap_and_clip():
