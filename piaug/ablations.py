@@ -21,12 +21,17 @@ results into one table.
   for every anchor (the paper's starred rows: ``zhu_high`` is ``zhu,high_ranges``); piaug
   (``adaptive``): the paper's Table 2.
 
+Every config also takes the from-scratch recipes of ``piaug.recipes``: ``cpu`` (a 2-core laptop)
+and ``scratch`` (accelerators without ImageNet weights), e.g. ``configs/hand.py:cpu,gamma_0.1``.
+
 Presets outside the sweeps: ``zhu``, ``mochi``, ``unmix`` (each method on the baseline's
 crops: uniform anchors, CC2D's default jitter) and ``high_ranges`` (the estimate's high-group
 ranges for every anchor), combinable (``--config=configs/ceph.py:cpu,mochi,high_ranges``).
 """
 
 from __future__ import annotations
+
+from piaug import recipes
 
 _DEFAULT_JITTER = {"augment.estimated": False, "stages": "info,pretrain,train,evaluate,analyze"}
 
@@ -95,8 +100,9 @@ def set_field(config, key: str, value) -> None:
 
 def apply(config, arg: str | None, own: dict | None = None):
     """``config`` with the comma-separated presets of ``arg`` applied in order: the config
-    file's ``own`` presets (name -> function of the config) or ``PRESETS``."""
-    own = own or {}
+    file's ``own`` presets (name -> function of the config), the from-scratch recipes every
+    config takes (``piaug.recipes``: ``cpu``, ``scratch``) or ``PRESETS``."""
+    own = {**recipes.PRESETS, **(own or {})}
     for name in [a.strip() for a in (arg or "").split(",") if a.strip()]:
         if name in own:
             own[name](config)

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from piaug import configure, devices, info, layout, mixing, probe, train
+from piaug import configure, devices, info, layout, mixing, probe, recipes, train
 from piaug.data import input_pipeline, prepare
 from piaug.errors import UserError
 
@@ -97,6 +97,8 @@ def _train(
         jax.process_count(),
     )
     warn_if_slow_on_cpu(stage, devices.cpu_hours(config, total - (done or 0)), total)
+    if warning := recipes.from_scratch_warning(config):
+        logging.warning("%s: %s", stage, warning)
     out.mkdir(parents=True, exist_ok=True)
     model = configure.model(config)
     train.train(
@@ -127,8 +129,8 @@ def warn_if_slow_on_cpu(stage: str, hours: float | None, total: int) -> None:
     logging.warning(
         "%s: this config is meant for an accelerator: its %d steps would take about %s on a "
         "2-core laptop CPU (scaled from the README's measured step). Install JAX for your GPU "
-        "or TPU (the README's Install section), or use a CPU preset such as "
-        "configs/ceph.py:cpu; Ctrl-C stops, and the same command resumes.",
+        "or TPU (the README's Install section), or use the CPU preset that every config takes "
+        "(e.g. configs/folder.py:cpu); Ctrl-C stops, and the same command resumes.",
         stage,
         total,
         f"{hours / 24:.0f} days" if hours >= 48 else f"{hours:.0f} hours",
