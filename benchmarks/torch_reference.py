@@ -5,12 +5,15 @@ PyTorch is not a piaug dependency; run this with any Python that has ``torch`` a
 
 python benchmarks/torch_reference.py --image-size 384 --crop-size 64 --batch 8 --width-mult 1
 python benchmarks/torch_reference.py --image-size 192 --crop-size 64 --batch 4 --width-mult 0.25
+python benchmarks/train_step.py --config configs/ceph.py:cpu --torch   # both, alternating
 
 Prints one JSON line (``samples_per_s``, ``params``, ``peak_rss_mb``) to set against
 train_step.py's on the same machine. The architecture follows piaug/models.py layer for layer
 (VGG19 features, U-Net decoder with aligned-corner bilinear upsampling, RFB blocks on the
-full-image encoder, 1x1 heads) and the loss piaug/losses.py (clamped cosine, whole map at
-stride 32, +-9 cells at the finer strides); one Adam per encoder with weight decay 1e-4.
+full-image encoder, 1x1 heads; ``--norm batch`` as ``model.norm=batch``) and the loss
+piaug/losses.py (cosines, clamped or not, over a temperature, the whole map at stride 32, +-9
+cells at the finer strides; several anchors per crop, several crops per image); one Adam per
+encoder with weight decay 1e-4.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
 import time
 
 import numpy as np
@@ -36,16 +40,20 @@ def ch(c, width):
 
 class VGGFeatures(nn.Module):
     """torchvision's vgg19 ``features`` (conv with bias, ReLU, max-pools), returning the five
-    pools; held as ``vgg.features`` like the authors' ``MyVgg``."""
+    pools; held as ``vgg.features`` like the authors' ``MyVgg``; ``norm="batch"`` adds a batch
+    norm after each conv (``vgg19_bn``, piaug's ``model.norm=batch``)."""
 
-    def __init__(self, width):
+    def __init__(self, width, norm="none"):
         super().__init__()
         layers, c_in = [], 3
         for v in VGG19:
             if v == "M":
                 layers.append(nn.MaxPool2d(2, 2))
             else:
-                layers += [nn.Conv2d(c_in, ch(v, width), 3, padding=1), nn.ReLU(inplace=True)]
+                layers.append(nn.Conv2d(c_in, ch(v, width), 3, padding=1))
+                if norm == "batch":
+                    layers.append(nn.BatchNorm2d(ch(v, width)))
+                layers.append(nn.ReLU(inplace=True))
                 c_in = ch(v, width)
         self.features = nn.Sequential(*layers)
 
@@ -127,9 +135,9 @@ class Encoder(nn.Module):
     ``state_dict()`` is laid out as an authors' checkpoint (less ``up5``/``trans_0``, which
     nothing uses)."""
 
-    def __init__(self, width, embedding=16, rfb=True):
+    def __init__(self, width, embedding=16, rfb=True, norm="none"):
         super().__init__()
-        self.vgg = VGGFeatures(width)
+        self.vgg = VGGFeatures(width, norm)
         c = lambda n: ch(n, width)  # noqa: E731
         self.up1 = Up(c(512) + c(512), c(256))
         self.up2 = Up(c(256) + c(256), c(128))
@@ -159,75 +167,146 @@ class Encoder(nn.Module):
         return [getattr(self, f"trans_{5 - i}")(y) for i, y in enumerate(inputs)]
 
 
-def info_nce(feats, crop_feats, anchors, crop_anchors, window=9, half_open=False):
-    """The clamped-cosine multi-scale InfoNCE; ``half_open`` windows [gt - w, gt + w) as the
-    authors' loss, else |d| <= w as piaug's default."""
+def info_nce(
+    feats,
+    crop_feats,
+    anchors,
+    crop_anchors,
+    window=9,
+    half_open=False,
+    temperature=1.0,
+    clamp=True,
+    crops_per_image=1,
+):
+    """The multi-scale InfoNCE: cosines (clamped to [0, 1] with ``clamp``) over
+    ``temperature``, the whole map at stride 32, the window about the target at the finer ones
+    (``half_open``: [gt - w, gt + w) as the authors' loss, else |d| <= w as piaug's default).
+    ``anchors`` and ``crop_anchors`` are ``(N, 2)`` or ``(N, A, 2)`` for N crops (A anchors
+    each), crop n of image ``n // crops_per_image``; the mean over crops and anchors."""
+    if anchors.ndim == 2:
+        anchors, crop_anchors = anchors[:, None], crop_anchors[:, None]
+    n, a = anchors.shape[:2]
+    crops = torch.arange(n)
+    images = crops // crops_per_image
     total = 0.0
-    b = torch.arange(anchors.shape[0])
     hi = window if half_open else window + 1
     for i, (f, g, s) in enumerate(zip(feats, crop_feats, STRIDES, strict=True)):
         h, w = f.shape[2:]
-        target = torch.minimum(anchors // s, torch.tensor([h - 1, w - 1]))
+        target = torch.minimum(anchors // s, torch.tensor([h - 1, w - 1]))  # (N, A, 2)
         source = torch.minimum(crop_anchors // s, torch.tensor([g.shape[2] - 1, g.shape[3] - 1]))
-        query = g[b, :, source[:, 0], source[:, 1]]  # (B, E)
-        sim = F.cosine_similarity(f, query[:, :, None, None], dim=1, eps=1e-3).clamp(0, 1)
-        positive = sim[b, target[:, 0], target[:, 1]]
+        query = g[crops[:, None], :, source[..., 0], source[..., 1]]  # (N, A, E)
+        f = F.normalize(f, dim=1, eps=1e-3)[images]  # (N, E, h, w)
+        sim = torch.einsum("nae,nehw->nahw", F.normalize(query, dim=-1, eps=1e-3), f)
+        if clamp:
+            sim = sim.clamp(0, 1)
+        sim = sim / temperature
+        positive = sim[crops[:, None], torch.arange(a)[None], target[..., 0], target[..., 1]]
         if i > 0:
-            dr = torch.arange(h)[None, :, None] - target[:, 0, None, None]
-            dc = torch.arange(w)[None, None, :] - target[:, 1, None, None]
+            dr = torch.arange(h)[None, None, :, None] - target[..., 0, None, None]
+            dc = torch.arange(w)[None, None, None, :] - target[..., 1, None, None]
             inside = (dr >= -window) & (dr < hi) & (dc >= -window) & (dc < hi)
             sim = sim.masked_fill(~inside, float("-inf"))
-        total = total + (torch.logsumexp(sim.flatten(1), dim=1) - positive).mean()
+        total = total + (torch.logsumexp(sim.flatten(2), dim=2) - positive).mean()
     return total
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image-size", type=int, default=384)
-    parser.add_argument("--crop-size", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--width-mult", type=float, default=1.0)
-    parser.add_argument("--steps", type=int, default=5)
-    args = parser.parse_args()
-
+def build_step(args):
+    """One training step of both encoders at ``args``' settings on a fixed random batch, as a
+    function returning the loss."""
     torch.manual_seed(0)
-    net, net_crop = Encoder(args.width_mult), Encoder(args.width_mult, rfb=False)
+    net = Encoder(args.width_mult, args.embedding, rfb=True, norm=args.norm)
+    net_crop = Encoder(args.width_mult, args.embedding, rfb=False, norm=args.norm)
     opts = [torch.optim.Adam(n.parameters(), lr=1e-4, weight_decay=1e-4) for n in (net, net_crop)]
     rng = np.random.default_rng(0)
-    s, c, b = args.image_size, args.crop_size, args.batch
+    s, c, b, m = args.image_size, args.crop_size, args.batch, args.crops_per_image
     image = torch.from_numpy(rng.integers(0, 256, (b, 1, s, s), dtype=np.uint8))
-    crop = torch.from_numpy(rng.uniform(0, 1, (b, 1, c, c)).astype(np.float32))
-    anchors = torch.from_numpy(rng.integers(0, s, (b, 2)))
-    crop_anchors = torch.from_numpy(rng.integers(0, c, (b, 2)))
+    crop = torch.from_numpy(rng.uniform(0, 1, (b * m, 1, c, c)).astype(np.float32))
+    anchors = torch.from_numpy(rng.integers(0, s, (b * m, args.anchors, 2)))
+    crop_anchors = torch.from_numpy(rng.integers(0, c, (b * m, args.anchors, 2)))
+    loss_args = {
+        "window": args.window,
+        "half_open": args.half_open,
+        "temperature": args.temperature,
+        "clamp": not args.no_clamp,
+        "crops_per_image": m,
+    }
 
     def step():
         for opt in opts:
             opt.zero_grad(set_to_none=True)
-        loss = info_nce(net(image.float() / 255), net_crop(crop), anchors, crop_anchors)
+        feats, crop_feats = net(image.float() / 255), net_crop(crop)
+        loss = info_nce(feats, crop_feats, anchors, crop_anchors, **loss_args)
         loss.backward()
         for opt in opts:
             opt.step()
-        return float(loss)
+        return float(loss.detach())
 
+    step.params = sum(p.numel() for n in (net, net_crop) for p in n.parameters())
+    return step
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--image-size", type=int, default=384)
+    p.add_argument("--crop-size", type=int, default=64)
+    p.add_argument("--batch", type=int, default=8, help="images")
+    p.add_argument("--width-mult", type=float, default=1.0)
+    p.add_argument("--norm", default="none", choices=["none", "batch"])
+    p.add_argument("--embedding", type=int, default=16)
+    p.add_argument("--anchors", type=int, default=1, help="anchors per crop")
+    p.add_argument("--crops-per-image", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--no-clamp", action="store_true", help="unclamped cosines")
+    p.add_argument("--window", type=int, default=9)
+    p.add_argument("--half-open", action="store_true")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="for train_step.py --torch: after one warm-up step, read a count N per stdin "
+        "line, run N steps, print their seconds per step",
+    )
+    return p
+
+
+def serve(step) -> None:
+    print(json.dumps({"ready": True, "params": step.params}), flush=True)
+    for line in sys.stdin:
+        count = int(line)
+        start = time.perf_counter()
+        for _ in range(count):
+            step()
+        print(json.dumps({"step_s": (time.perf_counter() - start) / count}), flush=True)
+
+
+def main():
+    args = parser().parse_args()
+    step = build_step(args)
     step()  # warm-up
+    if args.serve:
+        serve(step)
+        return
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
     per_step = (time.perf_counter() - start) / args.steps
-    params = sum(p.numel() for n in (net, net_crop) for p in n.parameters())
     print(
         json.dumps(
             {
                 "benchmark": "torch_reference",
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
-                "image_size": s,
-                "crop_size": c,
-                "batch": b,
+                "image_size": args.image_size,
+                "crop_size": args.crop_size,
+                "batch": args.batch,
                 "width_mult": args.width_mult,
-                "samples_per_s": round(b / per_step, 3),
+                "norm": args.norm,
+                "embedding": args.embedding,
+                "anchors": args.anchors,
+                "crops_per_image": args.crops_per_image,
+                "samples_per_s": round(args.batch / per_step, 3),
                 "step_s": round(per_step, 4),
-                "params": params,
+                "params": step.params,
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             }
         )

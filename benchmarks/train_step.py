@@ -6,6 +6,9 @@ python benchmarks/train_step.py ... --dtype bfloat16          # mixed precision 
 python benchmarks/train_step.py --image-size 192 --crop-size 128 --width-mult 0.25 \
     --norm batch --embedding 64 --anchors 16                    # configs/ceph.py:cpu
 python benchmarks/train_step.py ... --batch 4 --crops-per-image 2   # 2 crops of each image
+python benchmarks/train_step.py --config configs/ceph.py:cpu          # a config's settings
+python benchmarks/train_step.py --image-size 192 --crop-size 64 --batch 4 --width-mult 0.25 \
+    --torch --no-reference      # against benchmarks/torch_reference.py, in alternating turns
 
 Prints one JSON line. ``samples_per_s`` (images; ``crops_per_s`` counts crops) is the rate of
 ``piaug.train.train_step`` (both encoders forward and backward, the multi-scale InfoNCE, both
@@ -15,6 +18,12 @@ batch, after compiling;
 reference measured in the same run is ``vgg19_features``: forward and backward of the two VGG19
 backbones alone at the same width on the same batch (a lower bound on any implementation's cost
 of the architecture); ``step_vs_vgg19_features`` is the share of that bound the step reaches.
+
+With ``--torch`` the PyTorch twin (benchmarks/torch_reference.py, same settings) runs in a
+process of its own, and the two take turns: ``--rounds`` rounds of ``--steps`` steps of each,
+half a second apart, so that both see the same load on a shared machine. ``vs_torch`` is the
+median over rounds of PyTorch's step time over piaug's (above 1: piaug is faster);
+``step_s`` is then piaug's median round.
 """
 
 from __future__ import annotations
@@ -23,14 +32,17 @@ import argparse
 import functools
 import json
 import resource
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from piaug import models, train
+from piaug import configure, devices, models, train
 
 
 def _batch(image_size: int, crop_size: int, batch: int, anchors: int = 1, crops: int = 1) -> dict:
@@ -79,8 +91,8 @@ def _vgg_reference(args, batch) -> float:
     return per_step
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_settings(parser: argparse.ArgumentParser) -> None:
+    """The step's settings as flags (``--config`` takes them from a config instead)."""
     parser.add_argument("--image-size", type=int, default=384)
     parser.add_argument("--crop-size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
@@ -90,9 +102,87 @@ def main():
     parser.add_argument("--embedding", type=int, default=16)
     parser.add_argument("--anchors", type=int, default=1, help="anchors per crop")
     parser.add_argument("--crops-per-image", type=int, default=1, help="crops of each image")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--no-clamp", dest="clamp", action="store_false")
+    parser.add_argument("--window", type=int, default=9)
+    parser.add_argument("--half-open", action="store_true")
+    parser.add_argument("--config", default="", help="configs/NAME.py[:PRESETS]: its settings")
+
+
+def from_config(args) -> None:
+    """``args``' model, sizes and loss from ``--config`` (``configs/NAME.py[:PRESETS]``)."""
+    from memory import load_config  # noqa: PLC0415 (benchmarks/memory.py, beside this file)
+
+    config = load_config(args.config)
+    args.image_size, args.crop_size = int(config.data.image_size[0]), int(config.data.crop_size)
+    args.batch, args.width_mult = int(config.train.batch_size), float(config.model.width)
+    args.dtype, args.norm = config.model.dtype, config.model.norm
+    args.embedding = int(config.model.embedding)
+    args.anchors = int(config.augment.anchors_per_crop)
+    args.crops_per_image = int(config.augment.crops_per_image)
+    loss = configure.loss(config)
+    args.temperature, args.clamp = loss.temperature, loss.clamp
+    args.window, args.half_open = loss.window, loss.window_mode == "half_open"
+
+
+def _torch_twin(args) -> subprocess.Popen:
+    """benchmarks/torch_reference.py at ``args``' settings, serving timed runs on stdin."""
+    cmd = [sys.executable, str(Path(__file__).with_name("torch_reference.py")), "--serve"]
+    cmd += ["--image-size", str(args.image_size), "--crop-size", str(args.crop_size)]
+    cmd += ["--batch", str(args.batch), "--width-mult", str(args.width_mult)]
+    cmd += ["--norm", args.norm, "--embedding", str(args.embedding)]
+    cmd += ["--anchors", str(args.anchors), "--crops-per-image", str(args.crops_per_image)]
+    cmd += ["--temperature", str(args.temperature), "--window", str(args.window)]
+    cmd += ["--no-clamp"] * (not args.clamp) + ["--half-open"] * args.half_open
+    twin = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    json.loads(twin.stdout.readline())  # ready: built and warmed up
+    return twin
+
+
+def _alternate(run, twin, args) -> dict:
+    """``args.rounds`` rounds of ``args.steps`` piaug steps then as many PyTorch steps (a
+    pause between, for the other's threads to go idle): each round's ratio, and the median."""
+    rounds = []
+    for _ in range(args.rounds):
+        time.sleep(0.5)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            out = run()
+        jax.block_until_ready(out)
+        ours = (time.perf_counter() - start) / args.steps
+        time.sleep(0.5)
+        twin.stdin.write(f"{args.steps}\n")
+        twin.stdin.flush()
+        theirs = json.loads(twin.stdout.readline())["step_s"]
+        rounds.append((ours, theirs))
+    twin.stdin.close()
+    twin.wait()
+    ratios = [t / o for o, t in rounds]
+    return {
+        "reference": "torch_reference",
+        "torch_step_s": round(float(np.median([t for _, t in rounds])), 4),
+        "torch_samples_per_s": round(args.batch / float(np.median([t for _, t in rounds])), 3),
+        "step_s_rounds": [round(o, 4) for o, _ in rounds],
+        "torch_step_s_rounds": [round(t, 4) for _, t in rounds],
+        "vs_torch_rounds": [round(r, 3) for r in ratios],
+        "vs_torch": round(float(np.median(ratios)), 3),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_settings(parser)
     parser.add_argument("--steps", type=int, default=5, help="timed steps after compiling")
     parser.add_argument("--no-reference", action="store_true", help="skip vgg19_features")
+    parser.add_argument(
+        "--torch",
+        action="store_true",
+        help="against benchmarks/torch_reference.py at the same settings, in turns",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="turns of each with --torch")
     args = parser.parse_args()
+    if args.config:
+        from_config(args)
 
     nets = models.ModelSettings(
         embedding=args.embedding, width=args.width_mult, dtype=args.dtype, norm=args.norm
@@ -111,16 +201,28 @@ def main():
     )
     state = init(jax.random.key(0))
     params = {name: models.num_params(state.params[name]) for name in train.ENCODERS}
-    step = train.compile_step(mesh, nets=nets, txs=txs)
+    loss = {"temperature": args.temperature, "clamp": args.clamp, "window": args.window}
+    loss["window_mode"] = "half_open" if args.half_open else "closed"
+    step = train.compile_step(mesh, nets=nets, txs=txs, **loss)
     batch = _batch(args.image_size, args.crop_size, args.batch, args.anchors, args.crops_per_image)
     device_batch = train.device_batch(batch, mesh)
+
+    # Compiled as training compiles it (piaug.train.fit: the CPU's compiler options).
+    start = time.perf_counter()
+    step = step.lower(state, device_batch).compile(devices.step_compiler_options())
+    compile_s = time.perf_counter() - start
 
     def run():
         nonlocal state
         state, metrics = step(state, device_batch)
         return metrics["loss"]
 
-    compile_s, per_step = _time(run, args.steps)
+    twin = _torch_twin(args) if args.torch else None
+    first_s, per_step = _time(run, args.steps)
+    compile_s += first_s
+    compared = _alternate(run, twin, args) if twin is not None else {}
+    if compared:
+        per_step = float(np.median(compared["step_s_rounds"]))
     result = {
         "benchmark": "train_step",
         "device": jax.devices()[0].device_kind,
@@ -134,6 +236,9 @@ def main():
         "embedding": args.embedding,
         "anchors": args.anchors,
         "crops_per_image": args.crops_per_image,
+        "temperature": args.temperature,
+        "clamp": args.clamp,
+        "config": args.config,
         "samples_per_s": round(args.batch / per_step, 3),
         "crops_per_s": round(args.batch * args.crops_per_image / per_step, 3),
         "step_s": round(per_step, 4),
@@ -142,6 +247,7 @@ def main():
         "params_image_encoder": params["image"],
         "params_crop_encoder": params["crop"],
     }
+    result.update(compared)
     if not args.no_reference:
         reference = _vgg_reference(args, batch)
         result["reference"] = "vgg19_features"

@@ -3,6 +3,8 @@ before a config meant for an accelerator starts on the CPU)."""
 
 from __future__ import annotations
 
+import os
+
 import jax
 
 
@@ -37,3 +39,20 @@ def cpu_hours(config, steps: int, platform: str | None = None) -> float | None:
     pixels = int(config.train.batch_size) * (h * w + crops * crop * crop)
     width = float(config.model.width)
     return steps * _CPU_STEP_S * pixels / _CPU_STEP_PIXELS * width**2 / 3600
+
+
+# XLA's CPU compiler options for the training steps: YNNPACK (XLA's CPU kernel library) off,
+# so that convolutions and their gradients run on Eigen, which was faster here (the encoders'
+# step 1.10-1.14x, benchmarks/step_variants.py, docs/performance.md). A user's own setting of
+# the option in XLA_FLAGS wins.
+_YNN = "xla_cpu_experimental_ynn_fusion_type"
+CPU_STEP_OPTIONS = {_YNN: ""}
+
+
+def step_compiler_options(devices=None) -> dict:
+    """``compiler_options`` for compiling a training step on ``devices`` (default: all):
+    ``CPU_STEP_OPTIONS`` on the CPU unless XLA_FLAGS sets them, none elsewhere."""
+    devices = jax.devices() if devices is None else devices
+    if devices[0].platform != "cpu" or _YNN in os.environ.get("XLA_FLAGS", ""):
+        return {}
+    return dict(CPU_STEP_OPTIONS)

@@ -142,8 +142,12 @@ def pixel_info_nce(
     target = cell(anchors, stride, image_features.shape[1:])
     source = cell(crop_anchors, stride, crop_features.shape[1:])
     query = crop_features[b, source[:, 0], source[:, 1]]  # (B, E)
-    candidates, valid, positive = _candidates(image_features, target, window, window_mode)
     method = "none" if mix is None else mix.method
+    if method in ("none", "unmix"):  # the cosines alone: the fast path
+        sim, valid, positive = _similarities(image_features, query, target, window, window_mode)
+        psi = sim[b, positive]
+        return _cross_entropy(sim, psi, valid, positive, temperature, clamp)
+    candidates, valid, positive = _candidates(image_features, target, window, window_mode)
     extra = extra_ok = None
     if method == "zhu":
         draws = mixing.zhu_draws(
@@ -164,14 +168,35 @@ def pixel_info_nce(
             extra, extra_ok = mixing.mochi_negatives(query, candidates, valid, positive, draws)
             extra_ok = extra_ok & active
     psi = cosine(candidates[b, positive], query)
+    if extra is not None:
+        extra = jnp.clip(extra, 0.0, 1.0) if clamp else extra
+        extra = jnp.where(extra_ok, extra / temperature, -jnp.inf)
+    return _cross_entropy(sim, psi, valid, positive, temperature, clamp, extra)
+
+
+def _similarities(image_features, query, target, window, window_mode):
+    """The cosines of ``query`` ``(B, E)`` with its candidates (``_candidates``'s cells):
+    ``(sim (B, N), valid, positive)``. The map is normalised once and each query's cosine map
+    is one matrix product with it, then the window is cut from that map of scalars (cutting
+    the window's vectors first, then normalising them, moved (B, N, E) arrays through memory
+    several times: docs/performance.md)."""
+    sim = jnp.einsum("bhwe,be->bhw", mixing.unit(image_features), mixing.unit(query))
+    sim, valid, positive = _candidates(sim[..., None], target, window, window_mode)
+    return sim[..., 0], valid, positive
+
+
+def _cross_entropy(sim, psi, valid, positive, temperature, clamp, extra=None):
+    """The InfoNCE of cosines ``sim`` ``(B, N)`` (``valid`` candidates, the target at
+    ``positive``), clamped to [0, 1] with ``clamp``, over ``temperature``; ``extra``: more
+    logits (MoCHi's negatives). Returns ``(loss, psi)``, ``psi`` clamped likewise."""
+    b = jnp.arange(sim.shape[0])
     if clamp:
         sim, psi = jnp.clip(sim, 0.0, 1.0), jnp.clip(psi, 0.0, 1.0)
     logits = sim / temperature
     positive_logit = logits[b, positive]
     logits = jnp.where(valid, logits, -jnp.inf)
     if extra is not None:
-        extra = jnp.clip(extra, 0.0, 1.0) if clamp else extra
-        logits = jnp.concatenate([logits, jnp.where(extra_ok, extra / temperature, -jnp.inf)], 1)
+        logits = jnp.concatenate([logits, extra], 1)
     return jax.nn.logsumexp(logits, axis=-1) - positive_logit, psi
 
 

@@ -62,6 +62,44 @@ def upsample2x(x: jnp.ndarray) -> jnp.ndarray:
     return jnp.einsum("ih,jw,bhwc->bijc", rows, cols, x)
 
 
+@jax.custom_vjp
+def max_pool2x2(x: jnp.ndarray) -> jnp.ndarray:
+    """2 x 2 max-pool of ``(B, H, W, C)`` with stride 2 (H and W even), as ``nn.max_pool`` with
+    the same gradient (the first maximum of each window in row-major order takes it, as XLA's
+    select-and-scatter and PyTorch do), computed without the window reductions and index
+    arrays that XLA's CPU backend builds for the gradient of ``reduce_window``
+    (docs/performance.md)."""
+    return _windows(x).max(axis=(2, 4))
+
+
+def _windows(x):
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c)
+
+
+def _max_pool_fwd(x):
+    y = max_pool2x2(x)
+    return y, (x, y)
+
+
+def _max_pool_bwd(res, g):
+    x, y = res
+    windows = _windows(x)
+    taken = jnp.zeros(y.shape, bool)
+    grads = []
+    for i in range(2):
+        row = []
+        for j in range(2):
+            first = (windows[:, :, i, :, j] == y) & ~taken
+            taken = taken | first
+            row.append(jnp.where(first, g, jnp.zeros_like(g)))
+        grads.append(jnp.stack(row, axis=3))
+    return (jnp.stack(grads, axis=2).reshape(x.shape),)
+
+
+max_pool2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
 def group_count(c: int) -> int:
     """Groups of the ``group`` norm for ``c`` channels: 32 as is usual, fewer when ``c`` is
     small (the largest power of two dividing ``c`` and at most ``c // 2``, at least 1)."""
@@ -84,7 +122,7 @@ class VGGFeatures(nn.Module):
         pools = []
         for index, layer in torchvision_layers(self.norm == "batch"):
             if layer == "M":
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool2x2(x)
                 pools.append(x)
                 continue
             c = channels(layer, self.width)

@@ -30,7 +30,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from piaug import losses, mixing, models, tb
+from piaug import devices, losses, mixing, models, tb
+from piaug import memory as step_memory
 from piaug.checkpoints import Checkpoints
 from piaug.data import input_pipeline
 from piaug.data.transforms import AnchorCrop
@@ -270,6 +271,8 @@ def fit(
                 if panel is not None and i == start + 1:
                     log.image("batch/first", functools.partial(panel, host), i)
                 batch = device_batch(host, mesh, batch_keys)
+                if i == start + 1:  # compiled ahead, so that its memory is known
+                    step_fn = _compile(step_fn, state, batch, desc)
                 state, metrics = step_fn(state, batch)
                 finished = i
                 metrics = _finite_metrics(metrics, i, checkpoints, ckpt_dir)
@@ -292,6 +295,15 @@ def fit(
         _close(locals().get("batches"))
     checkpoints.close()
     return state
+
+
+def _compile(step_fn, state: TrainState, batch: dict, desc: str):
+    """``step_fn`` compiled for ``state`` and ``batch``, its device memory logged
+    (``piaug.memory``)."""
+    compiled = step_fn.lower(state, batch).compile(devices.step_compiler_options())
+    if (memory := step_memory.of_compiled(compiled)) is not None:
+        logging.info("%s: the compiled step needs %s", desc, memory.describe())
+    return compiled
 
 
 def _first_state(

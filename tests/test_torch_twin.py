@@ -139,6 +139,39 @@ def test_loss_matches_the_twin(twins, half_open):
     np.testing.assert_allclose(float(per_example.mean(0).sum()), float(theirs), rtol=1e-5)
 
 
+def test_the_from_scratch_loss_matches_the_twin(twins):
+    """The cpu preset's loss: temperature 0.1, no clamp, 3 anchors in each of 2 crops of every
+    image (the image's features serve both its crops)."""
+    module, nets, ours = twins
+    image, _ = _inputs()
+    rng = np.random.default_rng(1)
+    crops = rng.uniform(0, 1, (4, CROP, CROP)).astype(np.float32)  # crop n of image n // 2
+    anchors = rng.integers(0, SIZE, (4, 3, 2))
+    crop_anchors = rng.integers(0, CROP, (4, 3, 2))
+    image_feats = _torch_features(nets["image"], image, True)
+    crop_feats = _torch_features(nets["crop"], crops, True)
+    theirs = module.info_nce(
+        [torch.from_numpy(f).permute(0, 3, 1, 2) for f in image_feats],
+        [torch.from_numpy(f).permute(0, 3, 1, 2) for f in crop_feats],
+        torch.from_numpy(anchors),
+        torch.from_numpy(crop_anchors),
+        window=2,
+        temperature=0.1,
+        clamp=False,
+        crops_per_image=2,
+    )
+    per_example, _ = losses.multiscale_info_nce(
+        [jnp.repeat(jnp.asarray(f), 2, axis=0) for f in image_feats],
+        [jnp.asarray(f) for f in crop_feats],
+        jnp.asarray(anchors),
+        jnp.asarray(crop_anchors),
+        window=2,
+        temperature=0.1,
+        clamp=False,
+    )
+    np.testing.assert_allclose(float(per_example.mean(0).sum()), float(theirs), rtol=1e-5)
+
+
 def test_bilinear_matching_maps_match_the_authors_upsampling(twins):
     """The authors' tester: cosine maps upsampled by F.interpolate(bilinear,
     align_corners=False), multiplied over scales."""
