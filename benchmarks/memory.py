@@ -3,19 +3,22 @@ check of the figure against the memory the step really takes on this CPU.
 
 python benchmarks/memory.py                                    # the three configs below
 python benchmarks/memory.py --configs configs/hand.py:scratch --batches 4,8,16
-python benchmarks/memory.py --check configs/ceph.py:cpu        # the CPU check alone
+python benchmarks/memory.py --no-predict --check configs/ceph.py configs/ceph.py:scratch \
+    --check-steps 1                                            # the CPU check alone
 
 For each config (``configs/NAME.py[:PRESETS]``) and batch (images a step) prints one JSON line:
 XLA's ``memory_analysis()`` of the step compiled for this machine's backend from shapes alone
 (``piaug.memory.encoder_step``; nothing allocated, no data read): ``peak_gb`` (arguments, the
-outputs that do not reuse donated buffers, temporaries), its parts, and whether it fits 90 % of
-a 16, 40 and 80 GB GPU. Compiled for the CPU, the figures estimate a GPU's (XLA fuses and lays
-out differently there): rerun on the GPU for its own.
+outputs that do not reuse donated buffers, temporaries), its parts, and whether it fits 75 % of
+a 16, 40 and 80 GB GPU (what JAX takes of a GPU by default). Compiled for the CPU, the figures
+estimate a GPU's (XLA fuses and lays out differently there): rerun on the GPU for its own.
 
-``--check CONFIG`` (default ``configs/ceph.py:cpu``) runs that config's step on random data:
-the resident memory of this process sampled every millisecond while 3 steps run, less the
-resident memory before them (state and batch already in memory, the step compiled), set
-against the prediction's share that the run adds (outputs not aliased and temporaries).
+``--check CONFIG ...`` (default ``configs/ceph.py:cpu``) runs each config's step on random data
+in a process of its own: the resident memory sampled every millisecond while its first steps
+run, less the resident memory before them (state and batch in memory, the step compiled), set
+against the prediction's share that running adds (the outputs not aliased, the temporaries).
+The process runs with ``MALLOC_MMAP_THRESHOLD_`` fixed, so that glibc returns freed buffers to
+the system and the resident memory follows the live buffers.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import argparse
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -32,7 +37,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from piaug import memory, train
+from piaug import devices, memory, train
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = ("configs/ceph.py", "configs/ceph.py:scratch", "configs/ceph.py:cpu")
@@ -62,12 +67,13 @@ def _describe(spec: str, config, batch: int) -> dict:
     }
 
 
-def predicted(spec: str, batch: int | None) -> dict:
+def predicted(spec: str, batch: int | None, options: dict | None = None) -> dict:
     config = load_config(spec)
     batch = int(batch or config.train.batch_size)
     start = time.perf_counter()
-    mem = memory.encoder_step(config, batch)
+    mem = memory.encoder_step(config, batch, options)
     row = {**_describe(spec, config, batch), "compile_s": round(time.perf_counter() - start, 1)}
+    row["compiler_options"] = devices.step_compiler_options() if options is None else options
     row.update({f"{k}_gb": round(v / memory.GB, 3) for k, v in mem.as_dict().items()})
     row.update({f"fits_{g}gb": memory.fits(mem, g) for g in GPUS_GB})
     return row
@@ -95,10 +101,8 @@ def check(spec: str, steps: int = 3) -> dict:
         )
         host[key] = values.astype(shape.dtype)
     batch = train.device_batch(host, mesh)
-    compiled = step.lower(state, batch).compile()
+    compiled = step.lower(state, batch).compile(devices.step_compiler_options())
     mem = memory.of_compiled(compiled)
-    state, metrics = compiled(state, batch)  # the first run's one-off allocations
-    jax.block_until_ready(metrics)
     before, peak, running = _rss(), [0], [True]
 
     def sample():
@@ -118,6 +122,7 @@ def check(spec: str, steps: int = 3) -> dict:
     return {
         **_describe(spec, config, batch_size),
         "check": "cpu_rss",
+        "check_steps": steps,
         "predicted_peak_gb": round(mem.peak / memory.GB, 3),
         "predicted_added_gb": round(added / memory.GB, 3),
         "measured_added_gb": round(measured / memory.GB, 3),
@@ -130,16 +135,32 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS))
     parser.add_argument("--batches", default="", help="comma-separated; default the config's")
-    parser.add_argument("--check", default="configs/ceph.py:cpu", help="'' to skip")
+    parser.add_argument("--check", nargs="*", default=["configs/ceph.py:cpu"], help="configs")
+    parser.add_argument("--check-steps", type=int, default=3)
     parser.add_argument("--no-predict", action="store_true", help="the check alone")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--compiler-options",
+        default="",
+        help="JSON, for the predictions: XLA options instead of the training loop's",
+    )
     args = parser.parse_args()
     if not args.no_predict:
         batches = [int(b) for b in args.batches.split(",") if b] or [None]
         for spec in args.configs:
             for batch in batches:
-                print(json.dumps(predicted(spec, batch)), flush=True)
-    if args.check:
-        print(json.dumps(check(args.check)), flush=True)
+                options = json.loads(args.compiler_options) if args.compiler_options else None
+                print(json.dumps(predicted(spec, batch, options)), flush=True)
+    for spec in args.check:
+        if args.child:
+            print(json.dumps(check(spec, args.check_steps)), flush=True)
+            continue
+        # in a child process whose allocator returns freed buffers at once
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 17)}
+        cmd = [sys.executable, __file__, "--no-predict", "--child", "--check", spec]
+        cmd += ["--check-steps", str(args.check_steps)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        print(out.stdout.strip().splitlines()[-1], flush=True)
 
 
 if __name__ == "__main__":

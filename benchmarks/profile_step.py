@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import glob
 import gzip
 import json
@@ -38,14 +37,13 @@ import time
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
-from train_step import _batch, add_settings, from_config
+from train_step import _batch, add_settings, from_config, program
 
-from piaug import devices, losses, models, train
+from piaug import devices, losses, train
 from piaug.train_step import _features, _flat_crops
 
 
-def _timed(fn, *args, repeats: int) -> float:
+def _timed(fn, *args, repeats: int = 20) -> float:
     jax.block_until_ready(fn(*args))
     start = time.perf_counter()
     for _ in range(repeats):
@@ -54,10 +52,11 @@ def _timed(fn, *args, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def _category(meta: str, line: str) -> str:
-    """An operation's group, from its metadata (``jit(train_step)/...``) and its HLO line."""
+def _category(meta: str, line: str, body: str = "") -> str:
+    """An operation's group, from its metadata (``jit(train_step)/...``), its HLO line and
+    the body of the computation it calls (a fusion's)."""
     name = line.split("=")[0]
-    if " convolution(" in line or "conv_general_dilated" in meta:
+    if " convolution(" in line or "conv_general_dilated" in meta or "convolution(" in body:
         if not meta:  # kernel gradients lose their metadata in XLA's rewrites
             return "conv kernel gradient"
         return "conv input gradient" if "transpose(" in meta else "conv forward"
@@ -92,14 +91,21 @@ def _ops(step, state, batch, trace_dir: str) -> dict:
         m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = ", line)
         if m:
             meta = re.search(r'op_name="([^"]*)"', line)
-            info[m.group(1)] = (meta.group(1) if meta else "", line)
-    events = json.load(gzip.open(glob.glob(f"{trace_dir}/**/perfetto_trace.json.gz")[0]))
+            calls = re.search(r"calls=%([\w.\-]+)", line)
+            body = ""
+            if calls:
+                start = hlo.find(f"%{calls.group(1)} ")
+                body = hlo[start : hlo.find("\n}", start)]
+            info[m.group(1)] = (meta.group(1) if meta else "", line, body)
+    events = json.load(
+        gzip.open(glob.glob(f"{trace_dir}/**/perfetto_trace.json.gz", recursive=True)[0])
+    )
     events = events["traceEvents"] if isinstance(events, dict) else events
     per_step = collections.Counter()
     for e in events:
         if e.get("ph") == "X" and e["name"] in info:
             per_step[_category(*info[e["name"]])] += e["dur"] / 1e3 / 3
-    untimed = sum(1 for meta, line in info.values() if re.search(r" convolution\(", line))
+    untimed = sum(1 for _, line, _ in info.values() if re.search(r" convolution\(", line))
     return {
         "ops_ms_per_step": {k: round(v, 1) for k, v in per_step.most_common()},
         "untimed_convolutions": untimed,
@@ -115,23 +121,11 @@ def main():
     if args.config:
         from_config(args)
     options = {} if args.xla_defaults else devices.step_compiler_options()
-    nets = models.ModelSettings(
-        embedding=args.embedding, width=args.width_mult, dtype=args.dtype, norm=args.norm
-    ).encoders()
-    txs = {name: train.optimizer(train.TrainSettings(), 1.0) for name in train.ENCODERS}
-    mesh = train.make_mesh()
-    init = functools.partial(
-        train.create_state,
-        nets=nets,
-        txs=txs,
-        image_size=(args.image_size, args.image_size),
-        crop_size=args.crop_size,
-    )
-    state = jax.jit(init, out_shardings=NamedSharding(mesh, PartitionSpec()))(jax.random.key(0))
+    built = program(args)
+    nets, txs, mesh, loss_kw = built.nets, built.txs, built.mesh, built.loss
+    state = built.init(jax.random.key(0))
     host = _batch(args.image_size, args.crop_size, args.batch, args.anchors, args.crops_per_image)
     batch = train.device_batch(host, mesh)
-    loss_kw = {"temperature": args.temperature, "clamp": args.clamp, "window": args.window}
-    loss_kw["window_mode"] = "half_open" if args.half_open else "closed"
 
     def compiled(fn, *example):
         return jax.jit(fn).lower(*example).compile(options)
@@ -163,8 +157,7 @@ def main():
             new[name] = optax.apply_updates(params[name], updates)
         return new
 
-    step = train.compile_step(mesh, nets=nets, txs=txs, **loss_kw)
-    step = step.lower(state, batch).compile(options)
+    step = built.step.lower(state, batch).compile(options)
     phases = {
         "forward": _timed(compiled(forward, state.params), state.params, repeats=args.steps),
         "forward_backward": _timed(

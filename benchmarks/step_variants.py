@@ -17,27 +17,30 @@ options).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import time
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
-from train_step import _batch, _torch_twin, add_settings, from_config
+from train_step import _batch, _torch_twin, add_settings, from_config, program
 
-from piaug import models, train
+from piaug import train
 
 YNN = "xla_cpu_experimental_ynn_fusion_type"
 _T = "LIBRARY_FUSION_TYPE_"
 VARIANTS = {
     "xla_default": {},  # XLA's own defaults (YNNPACK on)
-    "ynn_off": {YNN: ""},  # piaug's (devices.CPU_STEP_OPTIONS): Eigen and XLA's emitters
+    "ynn_off": {YNN: ""},  # Eigen and XLA's own emitters for everything
     "ynn_dots_only": {YNN: _T + "INDIVIDUAL_DOT"},
     "ynn_convolutions_only": {YNN: _T + "INDIVIDUAL_CONVOLUTION"},
-    "ynn_off_onednn": {YNN: "", "xla_cpu_use_onednn": True},
+    # piaug's (devices.CPU_STEP_OPTIONS): the convolutions on Eigen, the rest as XLA's default
+    "ynn_all_but_convolutions": {
+        YNN: ",".join(_T + t for t in ("DOT", "INDIVIDUAL_DOT", "ELTWISE", "REDUCE"))
+    },
+    "ynn_off_onednn": {YNN: "", "xla_cpu_use_onednn": True},  # (onednn: no change here)
     "ynn_off_onednn_custom_call": {YNN: "", "xla_cpu_experimental_onednn_custom_call": True},
     "ynn_off_fast_min_max": {YNN: "", "xla_cpu_enable_fast_min_max": True},
+    "ynn_off_eigen_one_thread": {YNN: "", "xla_cpu_multi_thread_eigen": False},
 }
 
 
@@ -51,24 +54,8 @@ def main():
     if args.config:
         from_config(args)
     names = args.variants.split(",")
-    nets = models.ModelSettings(
-        embedding=args.embedding, width=args.width_mult, dtype=args.dtype, norm=args.norm
-    ).encoders()
-    txs = {name: train.optimizer(train.TrainSettings(), 1.0) for name in train.ENCODERS}
-    mesh = train.make_mesh()
-    init = jax.jit(
-        functools.partial(
-            train.create_state,
-            nets=nets,
-            txs=txs,
-            image_size=(args.image_size, args.image_size),
-            crop_size=args.crop_size,
-        ),
-        out_shardings=NamedSharding(mesh, PartitionSpec()),
-    )
-    loss = {"temperature": args.temperature, "clamp": args.clamp, "window": args.window}
-    loss["window_mode"] = "half_open" if args.half_open else "closed"
-    step = train.compile_step(mesh, nets=nets, txs=txs, **loss)
+    built = program(args)
+    init, step, mesh = built.init, built.step, built.mesh
     batch = train.device_batch(
         _batch(args.image_size, args.crop_size, args.batch, args.anchors, args.crops_per_image),
         mesh,

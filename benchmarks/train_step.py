@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -110,19 +111,54 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
 
 
 def from_config(args) -> None:
-    """``args``' model, sizes and loss from ``--config`` (``configs/NAME.py[:PRESETS]``)."""
+    """``args``' model, sizes and loss from ``--config`` (``configs/NAME.py[:PRESETS]``); a
+    flag given on the command line as well keeps its value (``--batch 2`` with a config)."""
     from memory import load_config  # noqa: PLC0415 (benchmarks/memory.py, beside this file)
 
     config = load_config(args.config)
-    args.image_size, args.crop_size = int(config.data.image_size[0]), int(config.data.crop_size)
-    args.batch, args.width_mult = int(config.train.batch_size), float(config.model.width)
-    args.dtype, args.norm = config.model.dtype, config.model.norm
-    args.embedding = int(config.model.embedding)
-    args.anchors = int(config.augment.anchors_per_crop)
-    args.crops_per_image = int(config.augment.crops_per_image)
     loss = configure.loss(config)
-    args.temperature, args.clamp = loss.temperature, loss.clamp
-    args.window, args.half_open = loss.window, loss.window_mode == "half_open"
+    values = {
+        "image_size": int(config.data.image_size[0]),
+        "crop_size": int(config.data.crop_size),
+        "batch": int(config.train.batch_size),
+        "width_mult": float(config.model.width),
+        "dtype": config.model.dtype,
+        "norm": config.model.norm,
+        "embedding": int(config.model.embedding),
+        "anchors": int(config.augment.anchors_per_crop),
+        "crops_per_image": int(config.augment.crops_per_image),
+        "temperature": loss.temperature,
+        "clamp": loss.clamp,
+        "window": loss.window,
+        "half_open": loss.window_mode == "half_open",
+    }
+    given = {a[2:].split("=")[0].replace("-", "_") for a in sys.argv[1:] if a.startswith("--")}
+    for key, value in values.items():
+        if key not in given:
+            setattr(args, key, value)
+
+
+def program(args) -> SimpleNamespace:
+    """The step at ``args``' settings: ``init(key)`` (the replicated state), ``step`` (jitted,
+    not yet compiled), ``mesh`` (every device), and the ``nets``, ``txs`` and ``loss`` it
+    was built from."""
+    nets = models.ModelSettings(
+        embedding=args.embedding, width=args.width_mult, dtype=args.dtype, norm=args.norm
+    ).encoders()
+    txs = {name: train.optimizer(train.TrainSettings(), 1.0) for name in train.ENCODERS}
+    mesh = train.make_mesh()
+    init = functools.partial(
+        train.create_state,
+        nets=nets,
+        txs=txs,
+        image_size=(args.image_size, args.image_size),
+        crop_size=args.crop_size,
+    )
+    init = jax.jit(init, out_shardings=NamedSharding(mesh, PartitionSpec()))
+    loss = {"temperature": args.temperature, "clamp": args.clamp, "window": args.window}
+    loss["window_mode"] = "half_open" if args.half_open else "closed"
+    step = train.compile_step(mesh, nets=nets, txs=txs, **loss)
+    return SimpleNamespace(init=init, step=step, mesh=mesh, nets=nets, txs=txs, loss=loss)
 
 
 def _torch_twin(args) -> subprocess.Popen:
@@ -184,26 +220,10 @@ def main():
     if args.config:
         from_config(args)
 
-    nets = models.ModelSettings(
-        embedding=args.embedding, width=args.width_mult, dtype=args.dtype, norm=args.norm
-    ).encoders()
-    txs = {name: train.optimizer(train.TrainSettings(), 1.0) for name in train.ENCODERS}
-    mesh = train.make_mesh()
-    init = jax.jit(
-        functools.partial(
-            train.create_state,
-            nets=nets,
-            txs=txs,
-            image_size=(args.image_size, args.image_size),
-            crop_size=args.crop_size,
-        ),
-        out_shardings=NamedSharding(mesh, PartitionSpec()),
-    )
-    state = init(jax.random.key(0))
+    built = program(args)
+    step, mesh = built.step, built.mesh
+    state = built.init(jax.random.key(0))
     params = {name: models.num_params(state.params[name]) for name in train.ENCODERS}
-    loss = {"temperature": args.temperature, "clamp": args.clamp, "window": args.window}
-    loss["window_mode"] = "half_open" if args.half_open else "closed"
-    step = train.compile_step(mesh, nets=nets, txs=txs, **loss)
     batch = _batch(args.image_size, args.crop_size, args.batch, args.anchors, args.crops_per_image)
     device_batch = train.device_batch(batch, mesh)
 

@@ -41,12 +41,14 @@ def cpu_hours(config, steps: int, platform: str | None = None) -> float | None:
     return steps * _CPU_STEP_S * pixels / _CPU_STEP_PIXELS * width**2 / 3600
 
 
-# XLA's CPU compiler options for the training steps: YNNPACK (XLA's CPU kernel library) off,
-# so that convolutions and their gradients run on Eigen, which was faster here (the encoders'
-# step 1.10-1.14x, benchmarks/step_variants.py, docs/performance.md). A user's own setting of
-# the option in XLA_FLAGS wins.
+# XLA's CPU compiler options for the training steps: YNNPACK (XLA's CPU kernel library) keeps
+# the dots, elementwise operations and reductions, but not the convolutions, which run on Eigen:
+# the encoders' step 1.12x at 192 x 192 with one anchor, as fast as XLA's defaults with the
+# cpu preset's batch norm and 64 anchors, where YNNPACK off altogether was 0.93x
+# (benchmarks/step_variants.py, docs/performance.md). A user's own setting in XLA_FLAGS wins.
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
-CPU_STEP_OPTIONS = {_YNN: ""}
+_YNN_TYPES = ("DOT", "INDIVIDUAL_DOT", "ELTWISE", "REDUCE")
+CPU_STEP_OPTIONS = {_YNN: ",".join(f"LIBRARY_FUSION_TYPE_{t}" for t in _YNN_TYPES)}
 
 
 def step_compiler_options(devices=None) -> dict:

@@ -107,9 +107,12 @@ def encoder_program(config):
     return init, train.compile_step(mesh, nets=nets, txs=txs, **loss), mesh
 
 
-def encoder_step(config, batch_size: int | None = None) -> StepMemory | None:
+def encoder_step(
+    config, batch_size: int | None = None, compiler_options: dict | None = None
+) -> StepMemory | None:
     """The memory of ``config``'s encoder training step at ``batch_size`` images (default
-    ``config.train.batch_size``), on this process's devices, compiled from shapes alone."""
+    ``config.train.batch_size``), on this process's devices, compiled from shapes alone with
+    ``compiler_options`` (default: the training loop's, ``devices.step_compiler_options``)."""
     from piaug import devices, train  # noqa: PLC0415
 
     init, step, mesh = encoder_program(config)
@@ -119,10 +122,13 @@ def encoder_step(config, batch_size: int | None = None) -> StepMemory | None:
         k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharded)
         for k, v in encoder_batch(config, int(batch_size or config.train.batch_size)).items()
     }
-    return of_compiled(step.lower(state, batch).compile(devices.step_compiler_options()))
+    if compiler_options is None:
+        compiler_options = devices.step_compiler_options()
+    return of_compiled(step.lower(state, batch).compile(compiler_options))
 
 
-def fits(memory: StepMemory, gigabytes: float, headroom: float = 0.9) -> bool:
+def fits(memory: StepMemory, gigabytes: float, headroom: float = 0.75) -> bool:
     """Whether ``memory`` fits a device of ``gigabytes`` GB, of which ``headroom`` is usable
-    (XLA on GPUs preallocates 75 % by default, XLA_PYTHON_CLIENT_MEM_FRACTION raises it)."""
+    (JAX on a GPU takes 75 % of its memory by default; XLA_PYTHON_CLIENT_MEM_FRACTION=.9
+    raises it)."""
     return memory.peak <= headroom * gigabytes * GB

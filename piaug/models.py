@@ -13,8 +13,10 @@ is torchvision's ``features.0``).
 ``features_{N+1}``, so its ImageNet file loads too), ``group`` a group norm of
 ``group_count(channels)`` groups (no batch statistics).
 
-Inputs are grayscale in [0, 1], ``(B, H, W)`` or ``(B, H, W, 1)``, replicated to the three
-channels VGG expects (no ImageNet mean/std, as in CC2D). H and W must be multiples of 32.
+Inputs are grayscale in [0, 1], ``(B, H, W)`` or ``(B, H, W, 1)``, standing for the same image
+in the three channels VGG expects (no ImageNet mean/std, as in CC2D): the first convolution
+(``GrayConv``) applies its kernel summed over those channels to the one. H and W must be
+multiples of 32.
 """
 
 from __future__ import annotations
@@ -126,7 +128,10 @@ class VGGFeatures(nn.Module):
                 pools.append(x)
                 continue
             c = channels(layer, self.width)
-            x = nn.Conv(c, (3, 3), dtype=self.dtype, name=f"features_{index}")(x)
+            if index == 0 and x.shape[-1] == 1:  # a gray image: see GrayConv
+                x = GrayConv(c, dtype=self.dtype, name="features_0")(x)
+            else:
+                x = nn.Conv(c, (3, 3), dtype=self.dtype, name=f"features_{index}")(x)
             if self.norm == "batch":
                 x = nn.BatchNorm(
                     use_running_average=not train,
@@ -139,6 +144,31 @@ class VGGFeatures(nn.Module):
                 x = nn.GroupNorm(group_count(c), dtype=self.dtype, name=f"norm_{index}")(x)
             x = nn.relu(x)
         return pools
+
+
+class GrayConv(nn.Module):
+    """VGG's first 3x3 convolution (3 input channels: its parameters are ``nn.Conv``'s, so
+    ImageNet weights load) on a gray ``(B, H, W, 1)`` image that stands for the same image in
+    all three channels: one channel convolved with the kernel summed over its inputs, the same
+    output (to float rounding) for a third of the input and of its kernel gradient's work."""
+
+    features: int
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (3, 3, 3, self.features), jnp.float32
+        )
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            kernel.sum(axis=2, keepdims=True).astype(self.dtype),
+            (1, 1),
+            "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return y + bias.astype(self.dtype)
 
 
 def torchvision_layers(batch_norm: bool = False) -> list[tuple[int, int | str]]:
@@ -223,7 +253,7 @@ def unet(x, width: float, dtype, norm: str, train: bool) -> list[jnp.ndarray]:
         raise ValueError(f"expected grayscale images (B, H, W[, 1]), got shape {x.shape}")
     if x.shape[1] % 32 or x.shape[2] % 32:
         raise ValueError(f"image height and width must be multiples of 32, got {x.shape[1:3]}")
-    x = jnp.broadcast_to(x, (*x.shape[:3], 3)).astype(dtype)
+    x = x.astype(dtype)  # gray: VGG's first convolution stands for its three channels
     f0, f1, f2, f3, f4 = VGGFeatures(width, dtype, norm, name="vgg")(x, train)
     u1 = Up(channels(256, width), dtype, name="up1")(f4, f3, train)
     u2 = Up(channels(128, width), dtype, name="up2")(u1, f2, train)

@@ -106,6 +106,35 @@ def _piaug_cache(tmp_path_factory, request):
     mp.undo()
 
 
+def folder_config(root: Path, images: int, labelled: int, empty: int = 0):
+    """configs/test.py on a folder (``ROOT/images/``, ``ROOT/landmarks.csv``) of ``images``
+    synthetic images: the first ``labelled`` with their landmarks, the next ``empty`` with a row
+    of empty landmarks, the rest with no row; every image in the one split ``all``."""
+    from PIL import Image
+
+    from piaug import data, defaults
+
+    (root / "images").mkdir(parents=True)
+    synthetic = data.spec("synthetic").load(
+        None, split="train", num_images=images, size=(96, 80), num_landmarks=5, seed=0
+    )
+    rows = ["image," + ",".join(f"{k}_{a}" for k in range(1, 6) for a in "xy")]
+    for i in range(images):
+        ex = synthetic[i]
+        Image.fromarray(ex["image"]).save(root / "images" / f"c{i}.png")
+        if i < labelled:
+            rows.append(f"c{i}.png," + ",".join(f"{v:.2f}" for v in ex["landmarks"].ravel()))
+        elif i < labelled + empty:
+            rows.append(f"c{i}.png" + "," * 10)
+    (root / "landmarks.csv").write_text("\n".join(rows) + "\n")
+    config = load_config("test")
+    config.data.name, config.data.dir = "folder", str(root)
+    config.data.split = config.eval.split = "all"
+    config.data.options = defaults.dataset_options("folder")
+    config.data.options.spacing = 0.1
+    return config
+
+
 def load_config(name: str = "test", arg: str | None = None):
     """``configs/NAME.py``'s ``get_config(arg)``, imported by path (as the CLI does)."""
     spec = importlib.util.spec_from_file_location(f"config_{name}", REPO / "configs" / f"{name}.py")

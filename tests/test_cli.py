@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import assert_drawn, load_config, truncated_folder
+from conftest import assert_drawn, folder_config, load_config, truncated_folder
 from PIL import Image
 
 from piaug import ablations, configure, data, defaults, devices, layout, pipeline
@@ -389,25 +389,8 @@ def test_layout_names_every_file_of_a_run(tiny_run):
 def test_unlabelled_images_pretrain_and_are_left_out_of_evaluation(tmp_path):
     """A folder of five images, two without landmarks: all five pretrain; the template is a
     labelled one, and only the other labelled images are evaluated and probed."""
-    root = tmp_path / "mine"
-    (root / "images").mkdir(parents=True)
-    synthetic = data.spec("synthetic").load(
-        None, split="train", num_images=5, size=(96, 80), num_landmarks=5, seed=0
-    )
-    rows = ["image," + ",".join(f"{k}_{a}" for k in range(1, 6) for a in "xy")]
-    for i in range(5):
-        ex = synthetic[i]
-        Image.fromarray(ex["image"]).save(root / "images" / f"c{i}.png")
-        if i < 3:
-            rows.append(f"c{i}.png," + ",".join(f"{v:.2f}" for v in ex["landmarks"].ravel()))
-        elif i == 3:
-            rows.append("c3.png" + "," * 10)  # a row with empty landmarks; c4 has no row
-    (root / "landmarks.csv").write_text("\n".join(rows) + "\n")
-    config = load_config("test")
-    config.data.name, config.data.dir = "folder", str(root)
-    config.data.split = config.eval.split = "all"
-    config.data.options = defaults.dataset_options("folder")
-    config.data.options.spacing = 0.1
+    # c3 has a row of empty landmarks, c4 no row
+    config = folder_config(tmp_path / "mine", images=5, labelled=3, empty=1)
     config.stages = "info,pretrain,evaluate"
     workdir = tmp_path / "wd"
     pipeline.run(config, workdir)

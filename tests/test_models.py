@@ -45,7 +45,7 @@ def test_outputs_at_the_five_strides():
 def _conv_dtypes(net, variables, x) -> dict[str, set]:
     """``{each convolution's path: the dtypes of its outputs}`` in ``net``'s forward pass
     (shapes only)."""
-    is_conv = lambda module, _: isinstance(module, nn.Conv)  # noqa: E731
+    is_conv = lambda module, _: isinstance(module, (nn.Conv, models.GrayConv))  # noqa: E731
     _, state = jax.eval_shape(
         lambda v: net.apply(v, x, capture_intermediates=is_conv, mutable=["intermediates"]),
         variables,

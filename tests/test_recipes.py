@@ -1,6 +1,6 @@
 """The from-scratch presets (``piaug.recipes``): one definition that every dataset config takes,
-the warning for the paper's setting from random weights, and the step's memory before it
-runs (``piaug.memory``)."""
+the warning for the paper's setting from random weights, the step's memory before it runs
+(``piaug.memory``) and the training steps' compiler options on the CPU."""
 
 import json
 import logging
@@ -8,7 +8,7 @@ import logging
 import jax
 import numpy as np
 import pytest
-from conftest import load_config
+from conftest import folder_config, load_config
 
 from piaug import configure, memory, pipeline, recipes
 
@@ -112,46 +112,18 @@ def test_the_paper_config_from_random_weights_is_warned_about():
     assert recipes.from_scratch_warning(load_config("demo")) is None  # the synthetic set learns
 
 
-def _folder_config(root, tmp_path):
-    """configs/test.py on a folder of three synthetic images (the folder reader's)."""
-    from PIL import Image
-
-    from piaug import data, defaults
-
-    (root / "images").mkdir(parents=True)
-    synthetic = data.load(
-        "synthetic", None, split="train", num_images=3, size=(96, 80), num_landmarks=5, seed=0
-    )
-    rows = ["image," + ",".join(f"{k}_{a}" for k in range(1, 6) for a in "xy")]
-    for i in range(3):
-        ex = synthetic[i]
-        Image.fromarray(ex["image"]).save(root / "images" / f"c{i}.png")
-        rows.append(f"c{i}.png," + ",".join(f"{v:.2f}" for v in ex["landmarks"].ravel()))
-    (root / "landmarks.csv").write_text("\n".join(rows) + "\n")
-    config = load_config("test")
-    config.data.name, config.data.dir = "folder", str(root)
-    config.data.split = config.eval.split = "all"
-    config.data.options = defaults.dataset_options("folder")
-    config.data.options.spacing = 0.1
-    config.data.cache_dir = str(tmp_path / "cache")
-    config.train.steps = 2
-    config.eval.every = 0
-    config.stages = "info,pretrain"
-    return config
-
-
+@pytest.mark.slow  # 35 s: a dataset and a training of its own
 def test_the_pretrain_stage_logs_the_warning_and_the_steps_memory(tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    config = _folder_config(tmp_path / "folder", tmp_path)
+    config = folder_config(tmp_path / "folder", images=3, labelled=3)
+    config.data.cache_dir = str(tmp_path / "cache")
+    config.train.steps, config.eval.every, config.stages = 2, 0, "info,pretrain"
     pipeline.run(config, tmp_path / "wd")
     assert "pretrain: folder: the encoders train from random weights" in caplog.text
     assert "pretrain: the compiled step needs" in caplog.text and "temporaries" in caplog.text
-    caplog.clear()
-    config.model.norm, config.stages, config.force = "batch", "pretrain", True
-    pipeline.run(config, tmp_path / "wd2")
-    assert "train from random weights" not in caplog.text
 
 
+@pytest.mark.slow  # 25 s: the scratch preset's own compiled step
 def test_the_scratch_recipe_trains_at_a_tiny_size(tmp_path):
     config = load_config("test", "scratch")
     assert config.model.norm == "batch" and config.augment.crops_per_image == 2
@@ -167,6 +139,15 @@ def test_the_scratch_recipe_trains_at_a_tiny_size(tmp_path):
     assert len(losses) == 3 and np.all(np.isfinite(losses))
 
 
+def test_step_memory_adds_up():
+    mem = memory.StepMemory(arguments=10, outputs=8, aliased=6, temporaries=5)
+    assert mem.peak == 10 + 8 - 6 + 5 and mem.as_dict()["peak"] == mem.peak
+    assert memory.fits(memory.StepMemory(11 * 10**9, 0, 0, 10**9), 16)  # 12 GB: 75 % of 16
+    assert not memory.fits(memory.StepMemory(11 * 10**9, 0, 0, 2 * 10**9), 16)
+    assert "1.00 GB on the device" in memory.StepMemory(5 * 10**8, 0, 0, 5 * 10**8).describe()
+
+
+@pytest.mark.slow  # 30 s: two compilations of the step
 def test_memory_before_the_step_runs(tiny_config):
     tiny_config.augment.crops_per_image, tiny_config.augment.anchors_per_crop = 2, 3
     two, four = memory.encoder_step(tiny_config, 2), memory.encoder_step(tiny_config, 4)
@@ -183,6 +164,18 @@ def test_memory_before_the_step_runs(tiny_config):
     assert two.arguments == nbytes(state) + nbytes(batch)
     assert two.peak == two.arguments + two.outputs - two.aliased + two.temporaries
     assert two.aliased > 0  # the state is donated
-    assert memory.fits(two, 16) and not memory.fits(
-        memory.StepMemory(arguments=15 * 10**9, outputs=0, aliased=0, temporaries=10**9), 16
-    )
+
+
+def test_the_training_steps_compiler_options_on_the_cpu(monkeypatch):
+    from piaug import devices
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    options = devices.step_compiler_options()
+    assert list(options) == ["xla_cpu_experimental_ynn_fusion_type"]
+    assert "CONVOLUTION" not in options["xla_cpu_experimental_ynn_fusion_type"]
+    assert "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT" in options["xla_cpu_experimental_ynn_fusion_type"]
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=invalid")
+    assert devices.step_compiler_options() == {}  # the user's own setting wins
+    gpu = [type("D", (), {"platform": "gpu"})()]
+    monkeypatch.delenv("XLA_FLAGS")
+    assert devices.step_compiler_options(gpu) == {}

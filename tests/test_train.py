@@ -545,7 +545,8 @@ def test_killed_and_preempted_runs_resume_to_the_same_parameters(cli_reference, 
 @pytest.mark.slow
 def test_the_gpu_check_runs_at_a_tiny_size():
     """benchmarks/gpu_check.sh, made tiny: one JSON line per measurement (devices, the train
-    step in float32 and bfloat16, the entropy benchmark, the detector's step)."""
+    step in float32 and bfloat16, the entropy benchmark, the detector's step, the scratch
+    preset's step, the scratch preset's memory before it runs)."""
     env = _env() | {"PIAUG_GPU_CHECK_TINY": "1", "PYTHON": sys.executable}
     out = subprocess.run(
         ["bash", "benchmarks/gpu_check.sh"],
@@ -559,7 +560,13 @@ def test_the_gpu_check_runs_at_a_tiny_size():
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert lines[0]["benchmark"] == "devices" and lines[0]["platform"] == "cpu"
     steps = [line for line in lines if line.get("benchmark") == "train_step"]
-    assert [s["dtype"] for s in steps] == ["float32", "bfloat16"]
+    assert [s["dtype"] for s in steps] == ["float32", "bfloat16", "float32"]
+    scratch = steps[2]  # the scratch preset, its width and batch made tiny
+    assert scratch["config"] == "configs/test.py:scratch" and scratch["norm"] == "batch"
+    assert (scratch["width_mult"], scratch["batch"], scratch["crops_per_image"]) == (0.0625, 2, 2)
+    memory = [line for line in lines if "peak_gb" in line]
+    assert [m["config"] for m in memory] == ["configs/test.py:scratch"]
+    assert all(m["peak_gb"] > 0 and m["temporaries_gb"] > 0 for m in memory)
     assert all(s["samples_per_s"] > 0 for s in steps)
     assert any("ratio_skimage_over_piaug" in line for line in lines)
     (detect,) = [line for line in lines if line.get("benchmark") == "detector_step"]
