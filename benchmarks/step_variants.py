@@ -33,7 +33,10 @@ VARIANTS = {
     "ynn_off": {YNN: ""},  # Eigen and XLA's own emitters for everything
     "ynn_dots_only": {YNN: _T + "INDIVIDUAL_DOT"},
     "ynn_convolutions_only": {YNN: _T + "INDIVIDUAL_CONVOLUTION"},
-    # piaug's (devices.CPU_STEP_OPTIONS): the convolutions on Eigen, the rest as XLA's default
+    # piaug's (devices.CPU_STEP_OPTIONS): YNNPACK for the reductions only
+    "ynn_reductions_only": {YNN: _T + "REDUCE"},
+    "ynn_dots_and_reductions": {YNN: ",".join(_T + t for t in ("DOT", "INDIVIDUAL_DOT", "REDUCE"))},
+    # piaug's before: the convolutions on Eigen, the rest as XLA's default
     "ynn_all_but_convolutions": {
         YNN: ",".join(_T + t for t in ("DOT", "INDIVIDUAL_DOT", "ELTWISE", "REDUCE"))
     },

@@ -41,13 +41,14 @@ def cpu_hours(config, steps: int, platform: str | None = None) -> float | None:
     return steps * _CPU_STEP_S * pixels / _CPU_STEP_PIXELS * width**2 / 3600
 
 
-# XLA's CPU compiler options for the training steps: YNNPACK (XLA's CPU kernel library) keeps
-# the dots, elementwise operations and reductions, but not the convolutions, which run on Eigen:
-# the encoders' step 1.12x at 192 x 192 with one anchor, as fast as XLA's defaults with the
-# cpu preset's batch norm and 64 anchors, where YNNPACK off altogether was 0.93x
-# (benchmarks/step_variants.py, docs/performance.md). A user's own setting in XLA_FLAGS wins.
+# XLA's CPU compiler options for the training steps: YNNPACK (XLA's CPU kernel library) for the
+# reductions only; convolutions run on Eigen and the elementwise operations and dots in XLA's own
+# emitters, since YNNPACK's per-operation cost outweighed its speed on the step's many small
+# elementwise operations (the optimizer's, the ReLUs'). Against XLA's defaults in one run: the
+# 192 x 192 step 1.05x, the cpu preset's 1.17x (benchmarks/step_variants.py,
+# docs/performance.md). A user's own setting in XLA_FLAGS wins.
 _YNN = "xla_cpu_experimental_ynn_fusion_type"
-_YNN_TYPES = ("DOT", "INDIVIDUAL_DOT", "ELTWISE", "REDUCE")
+_YNN_TYPES = ("REDUCE",)
 CPU_STEP_OPTIONS = {_YNN: ",".join(f"LIBRARY_FUSION_TYPE_{t}" for t in _YNN_TYPES)}
 
 
