@@ -369,6 +369,12 @@ def check(config, stages: Sequence[str] = STAGES) -> None:
             f"{jax.device_count()} devices: use a multiple of the device count"
         )
     dataset = load_dataset(config)  # datasets are lazy: this reads the annotations
+    if getattr(dataset, "dims", 2) != 2:
+        raise UserError(
+            f"config.data.name={config.data.name!r} holds volumes: piaug.data reads them, but "
+            "the pipeline's stages are 2-D so far (the 3-D stages are being built: "
+            "docs/volumes.md); use a 2-D dataset here"
+        )
     first = dataset[0]  # ... and one image
     if fp.ndim != np.ndim(first["image"]):
         raise UserError(

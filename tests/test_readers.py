@@ -317,7 +317,7 @@ def test_ceph_missing_root_options_and_splits(tmp_path) -> None:
         data.load("ceph", tmp_path, annotation="median")
     with pytest.raises(UserError, match="unknown dataset 'isbi'"):
         data.load("isbi", tmp_path)
-    assert data.NAMES == ("ceph", "hand", "folder", "synthetic")
+    assert data.NAMES == ("ceph", "hand", "folder", "folder3d", "synthetic", "synthetic3d")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -479,6 +479,7 @@ def test_folder_spacing_column_and_split_column(tmp_path) -> None:
         "spacing": None,
         "window": "auto",
         "percentiles": (0.5, 99.5),
+        "limits": None,
     }
     assert ds.report == []
     assert ds.source_files[-1] == tmp_path / "landmarks.csv" and len(ds.source_files) == 5

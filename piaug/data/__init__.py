@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from piaug.data import ceph, folder, hand, synthetic
+from piaug.data import ceph, folder, folder3d, hand, synthetic, synthetic3d
 from piaug.data.common import DatasetSpec
 from piaug.errors import UserError
 
@@ -26,7 +26,9 @@ DATASETS: dict[str, DatasetSpec] = {
         ceph.SPEC,  # ISBI 2015 cephalometric radiographs
         hand.SPEC,  # Digital Hand Atlas
         folder.SPEC,  # your own images + landmarks.csv
+        folder3d.SPEC,  # your own volumes (NIfTI, DICOM series) + landmarks.csv or masks
         synthetic.SPEC,  # the built-in synthetic X-rays
+        synthetic3d.SPEC,  # the built-in synthetic head-and-neck CT-like volumes
     )
 }
 NAMES = tuple(DATASETS)
@@ -49,8 +51,14 @@ def load(name: str, root: Any = None, split: str | None = None, **options: Any):
       See ``piaug.data.hand``.
     * ``folder`` (your own images + ``landmarks.csv``): ``split`` ``all`` (default) or a value
       of the csv's split column; option ``spacing``.  See ``piaug.data.folder``.
+    * ``folder3d`` (your own volumes: NIfTI or DICOM series + ``landmarks.csv`` in voxel
+      indices or world mm, or label masks): examples with a uint8 ``(D, H, W)`` image,
+      ``(L, 3)`` landmarks (x, y, z voxels) and a ``(3,)`` spacing. See ``piaug.data.folder3d``.
     * ``synthetic`` needs no ``root`` (it is ignored); its options are ``num_images``, ``seed``,
       ``size`` (height, width; default 768 x 768) and ``num_landmarks``.  Its ``split`` picks a
       disjoint stream of subjects: ``train`` (default) uses ``seed``, ``test`` ``seed + 1``.
+    * ``synthetic3d``: CT-like head-and-neck volumes, as ``synthetic`` (options
+      ``num_images``, ``seed``, ``size`` (D, H, W; default 64^3) and ``num_landmarks``).
+      See ``piaug.data.synthetic3d``.
     """
     return spec(name).load(root, split=split, **options)

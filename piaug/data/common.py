@@ -77,7 +77,10 @@ class ImageDataset(Sequence):
     """A lazy sequence of examples read from image files; ``ds[i]`` decodes image ``i``.
 
     ``ds[i]`` is a dict with ``image`` (uint8 ``(H, W)``), ``landmarks`` (float32 ``(L, 2)``,
-    x = column, y = row, original pixels), ``spacing`` (mm per pixel) and ``id``.
+    x = column, y = row, original pixels), ``spacing`` (mm per pixel) and ``id``. With
+    ``dims=3`` (``piaug.data.volumes``): ``image`` uint8 ``(D, H, W)``, ``landmarks``
+    ``(L, 3)`` (x, y, z in voxels, the array's axes reversed), ``spacing`` float64 ``(3,)``
+    (mm per voxel along x, y, z); ``read(path, window)`` decodes one file.
 
     Attributes: ``name``, ``ids`` (in order), ``num_landmarks``, ``source_files`` (every file
     read: images and annotation files), ``options`` (the resolved options, including
@@ -99,13 +102,20 @@ class ImageDataset(Sequence):
         source_files: Iterable[Path],
         report: Iterable[str] = (),
         window: Window | None = None,
+        dims: int = 2,
+        read: Callable[[Path, Window], np.ndarray] = read_image,
     ) -> None:
         self.name = name
         self.window = Window() if window is None else window
+        self.dims = int(dims)
+        self._read = read
         self.ids = list(ids)
         self._paths = [Path(p) for p in paths]
-        self._landmarks = np.asarray(landmarks, dtype=np.float32).reshape(-1, num_landmarks, 2)
-        self._spacings = [float(s) for s in spacings]
+        self._landmarks = np.asarray(landmarks, np.float32).reshape(-1, num_landmarks, dims)
+        if dims == 2:
+            self._spacings = [float(s) for s in spacings]
+        else:
+            self._spacings = [np.asarray(s, np.float64).reshape(dims) for s in spacings]
         n = len(self.ids)
         if not (len(self._paths) == len(self._landmarks) == len(self._spacings) == n):
             raise AssertionError("ids, paths, landmarks and spacings differ in length")
@@ -131,14 +141,14 @@ class ImageDataset(Sequence):
 
     def __getitem__(self, i: Any) -> dict[str, Any]:
         j = self._index(i)
-        return {"image": read_image(self._paths[j], self.window), **self.annotation(j)}
+        return {"image": self._read(self._paths[j], self.window), **self.annotation(j)}
 
     def annotation(self, i: int) -> dict[str, Any]:
         """``ds[i]`` without ``image``: nothing is decoded."""
         j = self._index(i)
         return {
             "landmarks": self._landmarks[j].copy(),
-            "spacing": self._spacings[j],
+            "spacing": self._spacings[j] if self.dims == 2 else self._spacings[j].copy(),
             "id": self.ids[j],
         }
 
@@ -244,9 +254,10 @@ def read_csv(path: Path) -> list[tuple[int, list[str]]]:
 
 
 class LandmarkTable:
-    """A parsed landmark csv with header ``image,1_x,1_y,...,K_x,K_y`` (plus ``extra`` columns).
+    """A parsed landmark csv with header ``image,1_x,1_y,...,K_x,K_y`` (plus ``extra`` columns;
+    with ``axes="xyz"``, volumes: ``image,1_x,1_y,1_z,...``).
 
-    ``rows`` holds ``(line, image value, points (K, 2) float64, {extra column: value})``.
+    ``rows`` holds ``(line, image value, points (K, len(axes)) float64, {extra column: value})``.
     Columns may come in any order; ``image_path`` is accepted for ``image``. With
     ``allow_blank``, a row whose landmark fields are all empty is an unlabelled image (points
     NaN); some empty and some not is an error either way.
@@ -259,14 +270,16 @@ class LandmarkTable:
         extra: Sequence[str] = (),
         *,
         allow_blank: bool = False,
+        axes: str = "xy",
     ) -> None:
         self.path = path
+        self.axes = axes
         rows = read_csv(path) if rows is None else rows
         if not rows:
             raise UserError(f"{path} is empty; expected a header image,1_x,1_y,... and rows")
         line, header = rows[0]
         self.num_landmarks, image_col, cols, extra_cols = _parse_header(
-            f"{path}, line {line} (header)", header, extra
+            f"{path}, line {line} (header)", header, extra, axes
         )
         self.extra_columns = sorted(extra_cols)
         self.rows: list[tuple[int, str, np.ndarray, dict[str, str]]] = []
@@ -281,7 +294,7 @@ class LandmarkTable:
                 raise UserError(f"{where}: the image field is empty; fix the row")
             marks = [fields[c] for pair in cols for c in pair]
             if allow_blank and not any(marks):  # an unlabelled image
-                points = np.full((len(cols), 2), np.nan)
+                points = np.full((len(cols), len(axes)), np.nan)
                 self.rows.append(
                     (line, image, points, {n: fields[c] for n, c in extra_cols.items()})
                 )
@@ -294,21 +307,26 @@ class LandmarkTable:
             points = np.array(
                 [
                     [
-                        parse_number(fields[cx], where, f"landmark {k + 1} x"),
-                        parse_number(fields[cy], where, f"landmark {k + 1} y"),
+                        parse_number(fields[c], where, f"landmark {k + 1} {a}")
+                        for a, c in zip(axes, cs, strict=True)
                     ]
-                    for k, (cx, cy) in enumerate(cols)
+                    for k, cs in enumerate(cols)
                 ],
                 dtype=np.float64,
             )
             self.rows.append((line, image, points, {n: fields[c] for n, c in extra_cols.items()}))
 
 
-def _parse_header(where: str, header: list[str], extra: Sequence[str]):
+def _parse_header(where: str, header: list[str], extra: Sequence[str], axes: str = "xy"):
     image_col, marks, extra_cols = None, {}, {}
     for c, raw in enumerate(header):
         name = raw.lower()
-        m = re.fullmatch(r"(\d+)_([xy])", name)
+        m = re.fullmatch(r"(\d+)_([xyz])", name)
+        if m and m.group(2) not in axes:
+            raise UserError(
+                f"{where}: column {raw!r}: a 3-D landmark file (x, y, z) where 2-D images take "
+                "x, y only; volumes are read by the folder3d dataset"
+            )
         if name in _IMAGE_COLUMNS:
             if image_col is not None:
                 raise UserError(f"{where}: two image columns; keep one")
@@ -330,14 +348,35 @@ def _parse_header(where: str, header: list[str], extra: Sequence[str]):
     if image_col is None:
         raise UserError(f"{where}: no 'image' column; the header is image,1_x,1_y,...,K_x,K_y")
     k = max((key[0] for key in marks), default=0)
-    missing = [f"{i}_{a}" for i in range(1, k + 1) for a in "xy" if (i, a) not in marks]
+    missing = [f"{i}_{a}" for i in range(1, k + 1) for a in axes if (i, a) not in marks]
     if k == 0 or missing:
+        first, last = ", ".join(f"1_{a}" for a in axes), ", ".join(f"K_{a}" for a in axes)
         raise UserError(
-            f"{where}: landmark columns must be 1_x, 1_y, ..., K_x, K_y; "
+            f"{where}: landmark columns must be {first}, ..., {last}; "
             f"{'missing ' + ', '.join(missing[:6]) if missing else 'none found'}"
         )
-    cols = [(marks[(i, "x")], marks[(i, "y")]) for i in range(1, k + 1)]
+    cols = [tuple(marks[(i, a)] for a in axes) for i in range(1, k + 1)]
     return k, image_col, cols, extra_cols
+
+
+def select_split(ids: list[str], rows: dict, source: Path, split: str) -> list[str]:
+    """The ``ids`` of ``split`` (``all``: every one) by the ``split`` column of ``rows``
+    (``{id: (line, (path, points, {column: value}))}``); UserError, naming ``source``, when no
+    row has a split value, or none has ``split``."""
+    if split == "all":
+        return ids
+    values = sorted({rows[i][1][2].get("split", "") for i in ids} - {""})
+    if not values:
+        raise UserError(
+            f"split={split!r} needs a 'split' column in {source}; add one or use split='all'"
+        )
+    ids = [i for i in ids if rows[i][1][2].get("split", "") == split]
+    if not ids:
+        raise UserError(
+            f"no rows of {source} have split {split!r}; its split column holds "
+            f"{', '.join(repr(v) for v in values)} (or use split='all')"
+        )
+    return ids
 
 
 def check_count(path: Path, found: int, expected: int, dataset: str) -> None:

@@ -32,7 +32,8 @@ Images are read as 8-bit grayscale: colour is converted to its luma, gray stored
 channels stays as is.  16-bit, 32-bit and float images and DICOM files are mapped to 8 bits by
 the options ``window`` (``auto``: a DICOM file's own window, else the ``percentiles`` of the
 image's values; ``percentile``; ``range``: its minimum to maximum) and ``percentiles``
-(``(0.5, 99.5)``): see ``piaug.data.images.Window``.
+(``(0.5, 99.5)``), or ``window=fixed`` with ``limits=(low, high)`` in the images' own values:
+see ``piaug.data.images.Window``.
 
 **Unlabelled images** are welcome for pretraining and prediction: an image of ``images/``
 without a row, or a row whose landmark fields are all empty, has NaN landmarks (its spacing is
@@ -61,6 +62,7 @@ from piaug.data.common import (
     parse_number,
     preview,
     resolve_root,
+    select_split,
     sort_ids,
 )
 from piaug.data.images import (
@@ -76,8 +78,9 @@ from piaug.errors import UserError
 NAME = "folder"
 DEFAULTS: dict[str, Any] = {
     "spacing": None,  # mm/pixel unless a spacing_mm column (or a DICOM header)
-    "window": Window().mode,  # images of more than 8 bits: auto | percentile | range
+    "window": Window().mode,  # images of more than 8 bits: auto | percentile | range | fixed
     "percentiles": Window().percentiles,
+    "limits": None,  # window=fixed: (low, high) in the images' own values
 }
 FORMAT = """\
 A folder dataset is ROOT/images/ (.png .jpg .jpeg .bmp .tif .tiff .dcm) plus ROOT/landmarks.csv with
@@ -108,7 +111,7 @@ def load(root: Any, split: str | None = None, **options: Any) -> ImageDataset:
             "given; keep one of them"
         )
     rows, report = _match_rows(table, images, folder)
-    ids = _select(sort_ids(rows), rows, table, split)
+    ids = select_split(sort_ids(rows), rows, csv_path, split)
 
     paths, landmarks, spacings = [], [], []
     for i in ids:
@@ -132,6 +135,7 @@ def load(root: Any, split: str | None = None, **options: Any) -> ImageDataset:
             "spacing": spacing,
             "window": window.mode,
             "percentiles": window.percentiles,
+            "limits": window.limits,
         },
         source_files=[*paths, csv_path],
         report=report,
@@ -180,26 +184,6 @@ def _match_rows(
     return rows, report
 
 
-def _select(ids: list[str], rows: dict, table: LandmarkTable, split: str) -> list[str]:
-    """The ``ids`` of ``split`` (by the split column; ``all``: every one); UserError when
-    there is no split column, or no row of ``split``."""
-    if split == "all":
-        return ids
-    csv_path = table.path
-    if "split" not in table.extra_columns:
-        raise UserError(
-            f"split={split!r} needs a 'split' column in {csv_path}; add one or use split='all'"
-        )
-    ids = [i for i in ids if rows[i][1][2]["split"] == split]
-    if not ids:
-        values = sorted({extra["split"] for _, _, _, extra in table.rows if extra["split"]})
-        raise UserError(
-            f"no rows of {csv_path} have split {split!r}; its split column holds "
-            f"{', '.join(repr(v) for v in values) or 'only empty values'} (or use split='all')"
-        )
-    return ids
-
-
 def _spacing_of(
     path: Path,
     extra: dict[str, str],
@@ -246,7 +230,7 @@ SPEC = DatasetSpec(
     name=NAME,
     load=load,
     defaults=DEFAULTS,
-    option_types={"spacing": float},  # mm/pixel unless a spacing_mm column
+    option_types={"spacing": float, "limits": tuple},  # mm/pixel unless a spacing_mm column
     train_split="all",
     eval_split="all",
     description="A user's folder of images with landmarks.csv.",

@@ -8,8 +8,9 @@ more than 8 bits per pixel (16-bit PNG or TIFF, 32-bit integer or float TIFF) an
 are mapped to 8 bits by a gray-level window (``Window``): ``auto`` takes a DICOM file's own
 window (WindowCenter / WindowWidth) and otherwise the ``percentiles`` of the image's values
 (0.5 and 99.5 by default), ``percentile`` always the percentiles, ``range`` the image's minimum
-and maximum; the window's ends become 0 and 255, values beyond them are clipped.  Multi-frame
-files are refused with an error (save the frame you want on its own).
+and maximum, ``fixed`` the ``limits`` given in the image's own values (CT: Hounsfield units,
+as the paper's [-200, 400]); the window's ends become 0 and 255, values beyond them are
+clipped.  Multi-frame files are refused with an error (save the frame you want on its own).
 """
 
 from __future__ import annotations
@@ -28,20 +29,34 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 DICOM_EXTENSIONS = (".dcm",)
 # Pillow modes with more than 8 bits per sample: mapped to 8 bits by a Window.
 _DEEP_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;32", "I;32S", "F;32")
-WINDOWS = ("auto", "percentile", "range")
+WINDOWS = ("auto", "percentile", "range", "fixed")
 
 
 @dataclasses.dataclass(frozen=True)
 class Window:
     """How an image of more than 8 bits per pixel becomes 8-bit (see the module docstring):
-    ``mode`` auto | percentile | range, and the ``percentiles`` (low, high) of the first two."""
+    ``mode`` auto | percentile | range | fixed, the ``percentiles`` (low, high) of the first
+    two, and the ``limits`` (low, high) in the image's own values (CT: Hounsfield units) that
+    ``fixed`` maps to 0 and 255."""
 
     mode: str = "auto"
     percentiles: tuple[float, float] = (0.5, 99.5)
+    limits: tuple[float, float] | None = None
 
     def __post_init__(self):
         if self.mode not in WINDOWS:
             raise UserError(f"window={self.mode!r}: use one of {', '.join(WINDOWS)}")
+        if self.mode == "fixed" or self.limits is not None:
+            try:
+                low, high = (float(v) for v in self.limits)
+            except (TypeError, ValueError):
+                low, high = math.nan, math.nan
+            if not low < high:  # also false for NaN
+                raise UserError(
+                    f"limits={self.limits!r}: window=fixed needs limits=(low, high) with "
+                    "low < high, in the image's own values (CT: Hounsfield units)"
+                )
+            object.__setattr__(self, "limits", (low, high))
         try:
             lo, hi = (float(p) for p in self.percentiles)
         except (TypeError, ValueError):
@@ -55,13 +70,18 @@ class Window:
     @classmethod
     def of(cls, options: dict) -> Window:
         """The window of a reader's options (``window``, ``percentiles``; defaults if absent)."""
+        limits = options.get("limits")
         return cls(
             str(options.get("window", "auto")),
             tuple(options.get("percentiles", (0.5, 99.5))),
+            None if limits is None else tuple(limits),
         )
 
     def bounds(self, values: np.ndarray, dicom_window=None) -> tuple[float, float]:
-        """The gray levels that become 0 and 255."""
+        """The gray levels that become 0 and 255 (``dicom_window``: the file's own window,
+        which ``auto`` takes)."""
+        if self.mode == "fixed":
+            return self.limits
         if self.mode == "auto" and dicom_window is not None:
             return dicom_window
         finite = values[np.isfinite(values)]
@@ -114,7 +134,7 @@ def is_dicom(path: Path) -> bool:
     return Path(path).suffix.lower() in DICOM_EXTENSIONS
 
 
-def _dicom(path: Path, *, pixels: bool):
+def read_dicom(path: Path, *, pixels: bool):
     """The pydicom dataset of ``path`` (its header alone unless ``pixels``)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -131,7 +151,7 @@ def _dicom(path: Path, *, pixels: bool):
 def dicom_spacing(path: Path) -> float | None:
     """The pixel size (mm) in a DICOM file's header (PixelSpacing, else ImagerPixelSpacing),
     None when it has none; UserError for pixels that are not square."""
-    header = _dicom(path, pixels=False)
+    header = read_dicom(path, pixels=False)
     for key in ("PixelSpacing", "ImagerPixelSpacing"):
         value = header.get(key)
         if value:
@@ -152,7 +172,7 @@ def _first(value) -> float:
     return float(value)
 
 
-def _dicom_window(header) -> tuple[float, float] | None:
+def dicom_window(header) -> tuple[float, float] | None:
     center, width = header.get("WindowCenter"), header.get("WindowWidth")
     if center is None or width is None:
         return None
@@ -163,7 +183,7 @@ def _dicom_window(header) -> tuple[float, float] | None:
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the header only (no pixel decoding); checks the frames."""
     if is_dicom(path):
-        header = _dicom(path, pixels=False)
+        header = read_dicom(path, pixels=False)
         _check_frames(path, int(header.get("NumberOfFrames", 1) or 1))
         if "Rows" not in header or "Columns" not in header:
             raise UserError(f"DICOM file {path} has no Rows / Columns: it holds no image")
@@ -178,7 +198,7 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def _read_dicom(path: Path, window: Window) -> np.ndarray:
-    ds = _dicom(path, pixels=True)
+    ds = read_dicom(path, pixels=True)
     _check_frames(path, int(ds.get("NumberOfFrames", 1) or 1))
     try:
         values = np.asarray(ds.pixel_array, np.float64)
@@ -193,7 +213,7 @@ def _read_dicom(path: Path, window: Window) -> np.ndarray:
     values = values * float(ds.get("RescaleSlope", 1) or 1) + float(
         ds.get("RescaleIntercept", 0) or 0
     )
-    image = to_uint8(values, *window.bounds(values, _dicom_window(ds)))
+    image = to_uint8(values, *window.bounds(values, dicom_window(ds)))
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         image = 255 - image  # MONOCHROME1: bright means low values
     return image

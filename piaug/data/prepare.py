@@ -57,8 +57,9 @@ TFDS_SPLIT = "examples"
 _BATCH = 4  # images of one shape whose IIE maps are computed together
 
 
-def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of ``(H, W)`` to ``size`` at half-pixel centres, no antialiasing.
+def resize_bilinear(x: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """Bilinear resize of ``(H, W)`` to ``size`` at half-pixel centres, no antialiasing
+    (trilinear for ``(D, H, W)``, one axis at a time).
 
     Source coordinates ``(i + 0.5) * H / h - 0.5`` are clamped to the image, as OpenCV's
     ``INTER_LINEAR``.
@@ -69,7 +70,9 @@ def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         src = np.clip((np.arange(n) + 0.5) * m / n - 0.5, 0, m - 1)
         i0 = np.floor(src).astype(np.int64)
         i1 = np.minimum(i0 + 1, m - 1)
-        w = (src - i0).reshape((-1, 1) if axis == 0 else (1, -1))
+        shape = [1] * out.ndim
+        shape[axis] = -1
+        w = (src - i0).reshape(shape)
         out = np.take(out, i0, axis=axis) * (1 - w) + np.take(out, i1, axis=axis) * w
     return out.astype(np.float32)
 
@@ -83,8 +86,9 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def resize_points(points: np.ndarray, from_shape, to_shape) -> np.ndarray:
-    """(x, y) pixel coordinates from an ``(H, W)`` grid to another, pixel centres aligned."""
-    scale = np.array([to_shape[1] / from_shape[1], to_shape[0] / from_shape[0]])
+    """(x, y) pixel coordinates from an ``(H, W)`` grid to another, pixel centres aligned
+    ((x, y, z) voxels between ``(D, H, W)`` grids)."""
+    scale = np.asarray(to_shape[::-1], np.float64) / np.asarray(from_shape[::-1], np.float64)
     return ((np.asarray(points, np.float64) + 0.5) * scale - 0.5).astype(np.float32)
 
 
