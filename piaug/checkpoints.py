@@ -124,7 +124,7 @@ def encoder_variables(model: models.ModelSettings) -> dict:
         variables = jax.eval_shape(
             functools.partial(net.init, train=False),
             jax.random.key(0),
-            jnp.zeros((1, 64, 64), jnp.float32),  # the parameters do not depend on the size
+            jnp.zeros((1,) + (64,) * model.dims, jnp.float32),  # parameters: any size
         )
         for kind in _VARIABLES:
             tree[kind][name] = variables[kind]

@@ -132,6 +132,7 @@ def _model() -> ml_collections.ConfigDict:
     # The backbone's normalisation after each conv: none (the paper's VGG19) | batch
     # (torchvision's vgg19_bn layout) | group; for training from scratch.
     c.norm = "none"
+    c.dims = 2  # 2: images; 3: volumes (the 3-D encoders, docs/volumes.md)
     return c
 
 

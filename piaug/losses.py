@@ -13,11 +13,15 @@ the paper is the clamped cosine at the target.
 With several anchors per crop (``(B, K, 2)`` anchors, ``augment.anchors_per_crop``), each
 anchor is a query of its own against its image's map, and an example's loss and PSI are the
 means over its K anchors: one forward pass of both encoders then trains K queries.
+
+Volumes (docs/volumes.md): the same loss on ``(B, d, h, w, E)`` maps with ``(B, 3)`` anchors
+(slice, row, col); the window is then a cube of (2 window + 1)^3 cells.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import jax
@@ -55,8 +59,9 @@ class LossSettings:
 
 
 def cell(points: jnp.ndarray, stride: int, shape: Sequence[int]) -> jnp.ndarray:
-    """The cell (row, col) of a ``(B, 2)`` pixel position at ``stride`` in a map of ``shape``."""
-    limit = jnp.asarray(shape[:2], points.dtype) - 1
+    """The cell (row, col) of a ``(B, 2)`` pixel position at ``stride`` in a map of ``shape``
+    ((slice, row, col) of a ``(B, 3)`` voxel position)."""
+    limit = jnp.asarray(shape[: points.shape[-1]], points.dtype) - 1
     return jnp.clip(points // stride, 0, limit)
 
 
@@ -70,25 +75,30 @@ def _candidates(
     image_features: jnp.ndarray, target: jnp.ndarray, window: int | None, window_mode: str
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """The cells a query is compared with: ``(candidates (B, N, E), valid (B, N), positive
-    (B,))``, the whole map (``window`` None) or the window around ``target`` (``(B, 2)``)."""
-    bsz, h, w, e = image_features.shape
+    (B,))``, the whole map (``window`` None) or the window around ``target`` (``(B, d)``, the
+    map ``(B, *spatial, E)`` having d spatial axes)."""
+    bsz, *spatial, e = image_features.shape
+    d, cells = len(spatial), math.prod(spatial)
     if window is None:
-        positive = target[:, 0] * w + target[:, 1]
-        return image_features.reshape(bsz, h * w, e), jnp.ones((bsz, h * w), bool), positive
+        positive = sum(target[:, k] * math.prod(spatial[k + 1 :]) for k in range(d))
+        return image_features.reshape(bsz, cells, e), jnp.ones((bsz, cells), bool), positive
     if window_mode not in WINDOW_MODES:
         raise ValueError(f"window_mode must be one of {WINDOW_MODES}, got {window_mode!r}")
-    # Only the window's cells are compared: cut (2 window + 1)^2 cells around the target from
+    # Only the window's cells are compared: cut (2 window + 1)^d cells around the target from
     # the map padded by the window (the padding is outside the map, marked not valid).
     size = 2 * window + 1
-    pad = ((window, window), (window, window))
+    pad = ((window, window),) * d
     padded = jnp.pad(image_features, ((0, 0), *pad, (0, 0)))
-    cut = jax.vmap(lambda f, t: jax.lax.dynamic_slice(f, (t[0], t[1], 0), (size, size, e)))
-    on_map = jnp.pad(jnp.ones((h, w), bool), pad)
-    inside = jax.vmap(lambda t: jax.lax.dynamic_slice(on_map, (t[0], t[1]), (size, size)))(target)
+    cut = jax.vmap(lambda f, t: jax.lax.dynamic_slice(f, (*t, 0), (size,) * d + (e,)))
+    on_map = jnp.pad(jnp.ones(spatial, bool), pad)
+    inside = jax.vmap(lambda t: jax.lax.dynamic_slice(on_map, tuple(t), (size,) * d))(target)
     if window_mode == "half_open":  # target - window <= cell < target + window
-        inside = inside.at[:, -1, :].set(False).at[:, :, -1].set(False)
-    positive = jnp.full((bsz,), window * size + window, jnp.int32)
-    return cut(padded, target).reshape(bsz, size * size, e), inside.reshape(bsz, -1), positive
+        for k in range(d):
+            inside = inside.at[(slice(None),) * (k + 1) + (-1,)].set(False)
+    centre = sum(window * size**k for k in range(d))  # (window, ..., window) raveled
+    positive = jnp.full((bsz,), centre, jnp.int32)
+    candidates = cut(padded, target).reshape(bsz, size**d, e)
+    return candidates, inside.reshape(bsz, -1), positive
 
 
 def pixel_info_nce(
@@ -109,9 +119,11 @@ def pixel_info_nce(
     """InfoNCE of one scale, per example.
 
     Args:
-      image_features: ``(B, h, w, E)`` full-image encoder output at ``stride``.
+      image_features: ``(B, h, w, E)`` full-image encoder output at ``stride`` (volumes:
+        ``(B, d, h, w, E)``).
       crop_features: ``(B, hc, wc, E)`` crop encoder output at ``stride``.
-      anchors: ``(B, 2)`` int anchor (row, col) in image pixels.
+      anchors: ``(B, 2)`` int anchor (row, col) in image pixels (volumes: ``(B, 3)``, (slice,
+        row, col)).
       crop_anchors: ``(B, 2)`` int position of the same point in crop pixels.
       stride: the maps' stride in pixels.
       window: candidates are the cells within +-window of the target (rows and columns); None
@@ -129,19 +141,21 @@ def pixel_info_nce(
       ``(loss, psi)``, each ``(B,)``: the cross-entropy and the (clamped) positive cosine of
       the untransformed vectors.
     """
-    if image_features.ndim != 4 or crop_features.ndim != 4:
+    d = image_features.ndim - 2
+    if d not in (2, 3) or crop_features.ndim != d + 2:
         raise ValueError(
-            f"features must be (B, h, w, E), got {image_features.shape} and {crop_features.shape}"
+            "features must be (B, h, w, E) or, for volumes, (B, d, h, w, E), got "
+            f"{image_features.shape} and {crop_features.shape}"
         )
-    if anchors.shape != (image_features.shape[0], 2) or crop_anchors.shape != anchors.shape:
+    if anchors.shape != (image_features.shape[0], d) or crop_anchors.shape != anchors.shape:
         raise ValueError(
-            f"anchors must be (B, 2) for B={image_features.shape[0]}, "
+            f"anchors must be (B, {d}) for B={image_features.shape[0]}, "
             f"got {anchors.shape} and {crop_anchors.shape}"
         )
     b = jnp.arange(image_features.shape[0])
     target = cell(anchors, stride, image_features.shape[1:])
     source = cell(crop_anchors, stride, crop_features.shape[1:])
-    query = crop_features[b, source[:, 0], source[:, 1]]  # (B, E)
+    query = crop_features[(b, *(source[:, k] for k in range(d)))]  # (B, E)
     method = "none" if mix is None else mix.method
     if method in ("none", "unmix"):  # the cosines alone: the fast path
         sim, valid, positive = _similarities(image_features, query, target, window, window_mode)
@@ -180,7 +194,7 @@ def _similarities(image_features, query, target, window, window_mode):
     is one matrix product with it, then the window is cut from that map of scalars (cutting
     the window's vectors first, then normalising them, moved (B, N, E) arrays through memory
     several times: docs/performance.md)."""
-    sim = jnp.einsum("bhwe,be->bhw", mixing.unit(image_features), mixing.unit(query))
+    sim = jnp.einsum("b...e,be->b...", mixing.unit(image_features), mixing.unit(query))
     sim, valid, positive = _candidates(sim[..., None], target, window, window_mode)
     return sim[..., 0], valid, positive
 

@@ -17,11 +17,17 @@ Inputs are grayscale in [0, 1], ``(B, H, W)`` or ``(B, H, W, 1)``, standing for 
 in the three channels VGG expects (no ImageNet mean/std, as in CC2D): the first convolution
 (``GrayConv``) applies its kernel summed over those channels to the one. H and W must be
 multiples of 32.
+
+Volumes (``dims=3``, docs/volumes.md): the same network with every kernel, pool and upsampling
+in three dimensions, ``(B, D, H, W[, 1])`` in, ``(B, D/s, H/s, W/s, E)`` out; 3x3 kernels become
+3x3x3, the RFB's 1xk and kx1 convolutions one along each of the three axes, and the first
+convolution takes the one gray channel (no ImageNet weights exist for it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import flax.linen as nn
 import jax
@@ -58,25 +64,30 @@ def upsample_matrix(n: int) -> np.ndarray:
 
 def upsample2x(x: jnp.ndarray) -> jnp.ndarray:
     """Bilinear x2 upsampling of ``(B, H, W, C)`` with aligned corners (PyTorch's
-    ``align_corners=True``), as two small matrix products."""
-    rows = jnp.asarray(upsample_matrix(x.shape[1]), x.dtype)
-    cols = jnp.asarray(upsample_matrix(x.shape[2]), x.dtype)
-    return jnp.einsum("ih,jw,bhwc->bijc", rows, cols, x)
+    ``align_corners=True``), as small matrix products, one per axis (trilinear for
+    ``(B, D, H, W, C)``)."""
+    letters = "dhw"[-(x.ndim - 2) :]
+    mats = [jnp.asarray(upsample_matrix(n), x.dtype) for n in x.shape[1:-1]]
+    spec = ",".join(f"{a.upper()}{a}" for a in letters)
+    return jnp.einsum(f"{spec},b{letters}c->b{letters.upper()}c", *mats, x)
 
 
 @jax.custom_vjp
 def max_pool2x2(x: jnp.ndarray) -> jnp.ndarray:
-    """2 x 2 max-pool of ``(B, H, W, C)`` with stride 2 (H and W even), as ``nn.max_pool`` with
-    the same gradient (the first maximum of each window in row-major order takes it, as XLA's
-    select-and-scatter and PyTorch do), computed without the window reductions and index
-    arrays that XLA's CPU backend builds for the gradient of ``reduce_window``
-    (docs/performance.md)."""
-    return _windows(x).max(axis=(2, 4))
+    """2 x 2 max-pool of ``(B, H, W, C)`` with stride 2 (H and W even; 2 x 2 x 2 of
+    ``(B, D, H, W, C)``), as ``nn.max_pool`` with the same gradient (the first maximum of each
+    window in row-major order takes it, as XLA's select-and-scatter and PyTorch do), computed
+    without the window reductions and index arrays that XLA's CPU backend builds for the
+    gradient of ``reduce_window`` (docs/performance.md)."""
+    return _windows(x).max(axis=tuple(range(2, x.ndim * 2 - 2, 2)))
 
 
 def _windows(x):
-    b, h, w, c = x.shape
-    return x.reshape(b, h // 2, 2, w // 2, 2, c)
+    """``(B, n1, ..., C)`` -> ``(B, n1 / 2, 2, n2 / 2, 2, ..., C)``."""
+    shape = [x.shape[0]]
+    for n in x.shape[1:-1]:
+        shape += [n // 2, 2]
+    return x.reshape(*shape, x.shape[-1])
 
 
 def _max_pool_fwd(x):
@@ -87,16 +98,21 @@ def _max_pool_fwd(x):
 def _max_pool_bwd(res, g):
     x, y = res
     windows = _windows(x)
+    spatial = x.ndim - 2
     taken = jnp.zeros(y.shape, bool)
     grads = []
-    for i in range(2):
-        row = []
-        for j in range(2):
-            first = (windows[:, :, i, :, j] == y) & ~taken
-            taken = taken | first
-            row.append(jnp.where(first, g, jnp.zeros_like(g)))
-        grads.append(jnp.stack(row, axis=3))
-    return (jnp.stack(grads, axis=2).reshape(x.shape),)
+    for offset in itertools.product(range(2), repeat=spatial):  # row-major order
+        index = (slice(None),) + sum(((slice(None), o) for o in offset), ())
+        first = (windows[index] == y) & ~taken
+        taken = taken | first
+        grads.append(jnp.where(first, g, jnp.zeros_like(g)))
+    # (2,) * spatial offsets, stacked then moved next to their axes
+    stacked = jnp.stack(grads, axis=-1).reshape(*y.shape, *(2,) * spatial)
+    order = [0]
+    for k in range(spatial):
+        order += [1 + k, y.ndim + k]
+    order.append(y.ndim - 1)
+    return (stacked.transpose(order).reshape(x.shape),)
 
 
 max_pool2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
@@ -122,16 +138,17 @@ class VGGFeatures(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         pools = []
+        kernel = (3,) * (x.ndim - 2)
         for index, layer in torchvision_layers(self.norm == "batch"):
             if layer == "M":
                 x = max_pool2x2(x)
                 pools.append(x)
                 continue
             c = channels(layer, self.width)
-            if index == 0 and x.shape[-1] == 1:  # a gray image: see GrayConv
+            if index == 0 and x.shape[-1] == 1 and x.ndim == 4:  # a gray image: see GrayConv
                 x = GrayConv(c, dtype=self.dtype, name="features_0")(x)
             else:
-                x = nn.Conv(c, (3, 3), dtype=self.dtype, name=f"features_{index}")(x)
+                x = nn.Conv(c, kernel, dtype=self.dtype, name=f"features_{index}")(x)
             if self.norm == "batch":
                 x = nn.BatchNorm(
                     use_running_average=not train,
@@ -183,10 +200,11 @@ def torchvision_layers(batch_norm: bool = False) -> list[tuple[int, int | str]]:
 
 
 class ConvBN(nn.Module):
-    """Convolution (no bias), batch norm (PyTorch's momentum 0.1, eps 1e-5), optional ReLU."""
+    """Convolution (no bias), batch norm (PyTorch's momentum 0.1, eps 1e-5), optional ReLU;
+    ``kernel`` None: 3 along every spatial axis of the input."""
 
     features: int
-    kernel: tuple[int, int] = (3, 3)
+    kernel: tuple[int, ...] | None = None
     dilation: int = 1
     relu: bool = True
     dtype: jnp.dtype = jnp.float32
@@ -195,7 +213,7 @@ class ConvBN(nn.Module):
     def __call__(self, x, train: bool):
         x = nn.Conv(
             self.features,
-            self.kernel,
+            (3,) * (x.ndim - 2) if self.kernel is None else self.kernel,
             kernel_dilation=self.dilation,
             use_bias=False,
             dtype=self.dtype,
@@ -222,7 +240,8 @@ class Up(nn.Module):
 class RFB(nn.Module):
     """Receptive field block (CC2D's "non_local"): four branches of growing dilation
     (1; 1x3, 3x1, 3x3 dilated 3; 1x5, 5x1, 3x3 dilated 5; 1x7, 7x1, 3x3 dilated 7), concatenated
-    and fused by a 3x3 conv, plus a 1x1 residual, then ReLU. Every conv is conv + BN."""
+    and fused by a 3x3 conv, plus a 1x1 residual, then ReLU. Every conv is conv + BN. In 3-D
+    each 1xk, kx1 pair is three convolutions of k along one axis each (the last axis first)."""
 
     features: int
     dtype: jnp.dtype = jnp.float32
@@ -232,27 +251,31 @@ class RFB(nn.Module):
         def conv(y, kernel, dilation=1):
             return ConvBN(self.features, kernel, dilation, relu=False, dtype=self.dtype)(y, train)
 
-        branches = [conv(x, (1, 1))]
+        spatial = x.ndim - 2
+        one, three = (1,) * spatial, (3,) * spatial
+        branches = [conv(x, one)]
         for k in (3, 5, 7):
-            y = conv(x, (1, 1))
-            y = conv(y, (1, k))
-            y = conv(y, (k, 1))
-            branches.append(conv(y, (3, 3), dilation=k))
-        fused = conv(jnp.concatenate(branches, axis=-1), (3, 3))
-        return nn.relu(fused + conv(x, (1, 1)))
+            y = conv(x, one)
+            for axis in reversed(range(spatial)):
+                y = conv(y, tuple(k if a == axis else 1 for a in range(spatial)))
+            branches.append(conv(y, three, dilation=k))
+        fused = conv(jnp.concatenate(branches, axis=-1), three)
+        return nn.relu(fused + conv(x, one))
 
 
-def unet(x, width: float, dtype, norm: str, train: bool) -> list[jnp.ndarray]:
+def unet(x, width: float, dtype, norm: str, train: bool, dims: int = 2) -> list[jnp.ndarray]:
     """The U-Net that the encoders and the detector share, called inside a compact module
     (its submodules ``vgg``, ``up1``..``up4`` become that module's): grayscale
-    ``(B, H, W[, 1])`` in [0, 1] -> ``[f4, u1, u2, u3, u4]``, the backbone's stride-32 output
-    and the decoder's at strides 16, 8, 4 and 2 (256, 128, 64, 128 channels times ``width``)."""
-    if x.ndim == 3:
+    ``(B, H, W[, 1])`` in [0, 1] (``dims=3``: ``(B, D, H, W[, 1])``) -> ``[f4, u1, u2, u3, u4]``,
+    the backbone's stride-32 output and the decoder's at strides 16, 8, 4 and 2 (256, 128, 64,
+    128 channels times ``width``)."""
+    what = "images (B, H, W[, 1])" if dims == 2 else "volumes (B, D, H, W[, 1])"
+    if x.ndim == dims + 1:
         x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] != 1:
-        raise ValueError(f"expected grayscale images (B, H, W[, 1]), got shape {x.shape}")
-    if x.shape[1] % 32 or x.shape[2] % 32:
-        raise ValueError(f"image height and width must be multiples of 32, got {x.shape[1:3]}")
+    if x.ndim != dims + 2 or x.shape[-1] != 1:
+        raise ValueError(f"expected grayscale {what}, got shape {x.shape}")
+    if any(n % 32 for n in x.shape[1:-1]):
+        raise ValueError(f"the spatial sizes must be multiples of 32, got {x.shape[1:-1]}")
     x = x.astype(dtype)  # gray: VGG's first convolution stands for its three channels
     f0, f1, f2, f3, f4 = VGGFeatures(width, dtype, norm, name="vgg")(x, train)
     u1 = Up(channels(256, width), dtype, name="up1")(f4, f3, train)
@@ -272,28 +295,35 @@ class Encoder(nn.Module):
     rfb: bool = True
     dtype: jnp.dtype = jnp.float32
     norm: str = "none"
+    dims: int = 2  # 3: volumes (B, D, H, W[, 1]) -> (B, D/s, H/s, W/s, E)
 
     @nn.compact
     def __call__(self, x, train: bool = False) -> list[jnp.ndarray]:
-        inputs = unet(x, self.width, self.dtype, self.norm, train)
+        inputs = unet(x, self.width, self.dtype, self.norm, train, self.dims)
         if self.rfb:
             for i in range(3):
                 inputs[i] = RFB(inputs[i].shape[-1], self.dtype, name=f"rfb{i}")(inputs[i], train)
         heads = []
+        one = (1,) * self.dims
         for i, y in enumerate(inputs):
-            head = nn.Conv(self.embedding, (1, 1), dtype=self.dtype, name=f"head{STRIDES[i]}")
+            head = nn.Conv(self.embedding, one, dtype=self.dtype, name=f"head{STRIDES[i]}")
             heads.append(head(y).astype(jnp.float32))
         return heads
 
 
 def encoders(
-    *, embedding: int = 16, width: float = 1.0, dtype: str = "float32", norm: str = "none"
+    *,
+    embedding: int = 16,
+    width: float = 1.0,
+    dtype: str = "float32",
+    norm: str = "none",
+    dims: int = 2,
 ) -> tuple[Encoder, Encoder]:
     """The full-image encoder F (with RFB blocks) and the crop encoder F' (without)."""
     dt = jnp.dtype(dtype)
     return (
-        Encoder(embedding, width, rfb=True, dtype=dt, norm=norm),
-        Encoder(embedding, width, rfb=False, dtype=dt, norm=norm),
+        Encoder(embedding, width, rfb=True, dtype=dt, norm=norm, dims=dims),
+        Encoder(embedding, width, rfb=False, dtype=dt, norm=norm, dims=dims),
     )
 
 
@@ -309,10 +339,12 @@ class ModelSettings:
     width: float = 1.0  # channel multiplier (1: VGG19's)
     dtype: str = "float32"  # compute dtype; the parameters are float32 whatever it is
     norm: str = "none"  # the backbone's normalisation: none (the paper's) | batch | group
+    dims: int = 2  # 2: images; 3: volumes
 
     def __post_init__(self):
         require(
             [
+                ("dims", self.dims, self.dims in (2, 3), "use 2 (images) or 3 (volumes)"),
                 ("norm", self.norm, self.norm in NORMS, f"use one of {', '.join(NORMS)}"),
                 ("dtype", self.dtype, self.dtype in DTYPES, f"use one of {', '.join(DTYPES)}"),
                 ("width", self.width, self.width > 0, "must be positive"),
@@ -323,7 +355,11 @@ class ModelSettings:
     def encoders(self) -> tuple[Encoder, Encoder]:
         """The full-image encoder F and the crop encoder F'."""
         return encoders(
-            embedding=int(self.embedding), width=float(self.width), dtype=self.dtype, norm=self.norm
+            embedding=int(self.embedding),
+            width=float(self.width),
+            dtype=self.dtype,
+            norm=self.norm,
+            dims=int(self.dims),
         )
 
 

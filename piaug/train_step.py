@@ -138,11 +138,13 @@ def create_state(
     nets: tuple[models.Encoder, models.Encoder],
     txs: dict[str, optax.GradientTransformation],
     *,
-    image_size: tuple[int, int],
+    image_size: tuple[int, ...],
     crop_size: int,
 ) -> TrainState:
+    """The step-0 state of both encoders, for images of ``image_size`` ((H, W), or (D, H, W)
+    for volumes) and square (cubic) crops of ``crop_size``."""
     params, stats = {}, {}
-    shapes = {"image": (1, *image_size), "crop": (1, crop_size, crop_size)}
+    shapes = {"image": (1, *image_size), "crop": (1, *(crop_size,) * len(image_size))}
     for name, net, k in zip(ENCODERS, nets, jax.random.split(key), strict=True):
         variables = net.init(k, jnp.zeros(shapes[name], jnp.float32), train=False)
         params[name], stats[name] = variables["params"], variables["batch_stats"]
@@ -169,7 +171,9 @@ def train_step(
     ``batch``: ``image`` uint8 ``(B, H, W)``, ``crop`` float32 ``(B, C, C)`` in [0, 1],
     ``anchor`` and ``crop_anchor`` int ``(B, 2)`` (row, col), or ``(B, K, 2)`` for K anchors
     per crop. With M crops per image (``crop`` ``(B, M, C, C)``, anchors ``(B, M, ...)``) the
-    image encoder runs once per image and each crop is paired with its image's maps. Metrics:
+    image encoder runs once per image and each crop is paired with its image's maps. Volumes
+    (``nets`` with ``dims=3``): ``image`` ``(B, D, H, W)``, ``crop`` ``(B[, M], C, C, C)``,
+    anchors ``(..., 3)`` (slice, row, col). Metrics:
     ``loss`` (the sum over scales of the means over crops), ``loss_s{stride}`` and
     ``psi_s{stride}`` per scale, the gradient norm of each encoder.
 
@@ -228,10 +232,11 @@ def train_step(
 
 def _flat_crops(batch: dict) -> tuple[jax.Array, jax.Array, jax.Array, int]:
     """The batch's crops, anchors and crop anchors with M crops per image (``crop``
-    ``(B, M, C, C)``) as ``B * M`` crops, and M (1 for ``(B, C, C)``)."""
+    ``(B, M, C, C)``; volumes ``(B, M, C, C, C)``) as ``B * M`` crops, and M (1 for
+    ``(B, C, C)``)."""
     crops, anchors, crop_anchors = batch["crop"], batch["anchor"], batch["crop_anchor"]
     per_image = 1
-    if crops.ndim == 4:  # (B, M, C, C): M crops of each image
+    if crops.ndim == batch["image"].ndim + 1:  # (B, M, C, C): M crops of each image
         per_image = crops.shape[1]
         crops = crops.reshape(-1, *crops.shape[2:])
         anchors = anchors.reshape(-1, *anchors.shape[2:])

@@ -220,3 +220,64 @@ def test_bad_shapes_raise():
         losses.multiscale_info_nce(
             [jnp.zeros((1, 2, 2, 4))], [], jnp.zeros((1, 2)), jnp.zeros((1, 2))
         )
+
+
+def _brute_force_3d(image, crop, anchors, crop_anchors, stride, window, temperature, clamp):
+    """One scale of the 3-D loss by loops in numpy: every cell's cosine with the query, the
+    closed window as a mask over the whole map."""
+    image, crop = np.asarray(image, np.float64), np.asarray(crop, np.float64)
+
+    def unit(v):
+        return v / np.sqrt(np.maximum((v * v).sum(-1, keepdims=True), 1e-6))
+
+    out = []
+    for b in range(image.shape[0]):
+        t = np.minimum(np.asarray(anchors[b]) // stride, np.array(image.shape[1:4]) - 1)
+        s = np.minimum(np.asarray(crop_anchors[b]) // stride, np.array(crop.shape[1:4]) - 1)
+        sim = (unit(image[b]) * unit(crop[b][tuple(s)])).sum(-1)
+        if clamp:
+            sim = np.clip(sim, 0, 1)
+        grid = np.stack(np.meshgrid(*map(np.arange, sim.shape), indexing="ij"), -1)
+        mask = np.ones(sim.shape, bool) if window is None else (np.abs(grid - t) <= window).all(-1)
+        logits = np.where(mask, sim / temperature, -np.inf)
+        top = logits.max()
+        out.append(top + np.log(np.exp(logits - top).sum()) - logits[tuple(t)])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("window", [None, 1, 2])
+def test_volume_loss_equals_brute_force_in_3d(window):
+    rng = np.random.default_rng(5)
+    image = jnp.asarray(rng.normal(size=(3, 4, 5, 6, 3)), jnp.float32)
+    crop = jnp.asarray(rng.normal(size=(3, 2, 3, 2, 3)), jnp.float32)
+    anchors = jnp.asarray([[0, 0, 0], [15, 19, 23], [7, 9, 10]])  # corners and inside
+    crop_anchors = jnp.asarray([[0, 0, 0], [7, 11, 7], [3, 5, 2]])
+    kw = dict(stride=4, window=window, temperature=0.3, clamp=False)
+    loss, psi = losses.pixel_info_nce(image, crop, anchors, crop_anchors, **kw)
+    expected = _brute_force_3d(image, crop, anchors, crop_anchors, **kw)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    assert psi.shape == (3,)
+
+
+def test_a_volume_of_one_slice_gives_the_two_d_loss():
+    """With one slice (depth 1) the 3-D windows hold the 2-D windows' cells, so the loss and
+    PSI equal the 2-D loss of the slice, with several anchors and both window modes."""
+    rng = np.random.default_rng(6)
+    strides = (8, 4, 2)
+    image = [jnp.asarray(rng.normal(size=(2, 32 // s, 24 // s, 4)), jnp.float32) for s in strides]
+    crop = [jnp.asarray(rng.normal(size=(2, 16 // s, 16 // s, 4)), jnp.float32) for s in strides]
+    anchors = jnp.asarray(rng.integers(0, 24, (2, 3, 2)))
+    crop_anchors = jnp.asarray(rng.integers(0, 16, (2, 3, 2)))
+    with_depth = [f[:, None] for f in image], [f[:, None] for f in crop]
+    zeros = jnp.zeros((2, 3, 1), anchors.dtype)
+    for mode in losses.WINDOW_MODES:
+        kw = dict(strides=strides, window=2, temperature=0.5, window_mode=mode)
+        flat = losses.multiscale_info_nce(image, crop, anchors, crop_anchors, **kw)
+        deep = losses.multiscale_info_nce(
+            *with_depth,
+            jnp.concatenate([zeros, anchors], -1),
+            jnp.concatenate([zeros, crop_anchors], -1),
+            **kw,
+        )
+        for a, b in zip(flat, deep, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6)

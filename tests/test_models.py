@@ -130,3 +130,53 @@ def test_normalised_backbones_run_and_normalise(norm):
     assert [o.shape[1] for o in out] == [1, 2, 4, 8, 16]
     with pytest.raises(ValueError, match="norm='layer'"):
         models.ModelSettings(norm="layer")
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (2, 4, 6, 8, 3)])
+def test_max_pool_equals_flax_with_its_gradient_in_2d_and_3d(shape):
+    """Values and gradients bit-equal to ``nn.max_pool`` (window 2 on every spatial axis),
+    ties included: the first maximum of a window in row-major order takes the gradient."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(0, 3, shape).astype(np.float32))  # many ties
+    g = jnp.asarray(rng.normal(size=(shape[0], *(n // 2 for n in shape[1:-1]), shape[-1])))
+    window = (2,) * (len(shape) - 2)
+
+    def theirs(y):
+        return nn.max_pool(y, window, strides=window)
+
+    ours_out, ours_vjp = jax.vjp(models.max_pool2x2, x)
+    ref_out, ref_vjp = jax.vjp(theirs, x)
+    np.testing.assert_array_equal(ours_out, ref_out)
+    np.testing.assert_array_equal(ours_vjp(g)[0], ref_vjp(g)[0])
+
+
+def test_upsampling_in_3d_is_trilinear_with_aligned_corners():
+    x = np.random.default_rng(3).normal(size=(1, 2, 3, 4, 2)).astype(np.float32)
+    ours = np.asarray(models.upsample2x(jnp.asarray(x)))
+    ref = ndimage.zoom(x, (1, 2, 2, 2, 1), order=1, grid_mode=False, mode="nearest")
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_volume_encoders_give_the_five_strides_in_3d():
+    settings = models.ModelSettings(embedding=4, width=0.0625, norm="batch", dims=3)
+    full, crop = settings.encoders()
+    x = jnp.zeros((2, 32, 64, 32))  # (B, D, H, W)
+    out, variables = jax.eval_shape(lambda: full.init_with_output(jax.random.key(0), x))
+    sizes = [(1, 2, 1), (2, 4, 2), (4, 8, 4), (8, 16, 8), (16, 32, 16)]
+    assert [o.shape for o in out] == [(2, *s, 4) for s in sizes]
+    vgg = variables["params"]["vgg"]
+    assert vgg["features_0"]["kernel"].shape == (3, 3, 3, 1, 4)  # the one gray channel
+    assert vgg["features_3"]["kernel"].shape == (3, 3, 3, 4, 4)
+    rfb = variables["params"]["rfb0"]
+    assert [rfb[f"ConvBN_{i}"]["Conv_0"]["kernel"].shape[:3] for i in (2, 3, 4, 5)] == [
+        (1, 1, 3),
+        (1, 3, 1),
+        (3, 1, 1),
+        (3, 3, 3),
+    ]
+    out = jax.eval_shape(lambda: crop.init_with_output(jax.random.key(0), x[:, :32, :32])[0])
+    assert [o.shape[1:4] for o in out][-1] == (16, 16, 16)
+    with pytest.raises(ValueError, match=r"volumes \(B, D, H, W\[, 1\]\)"):
+        jax.eval_shape(lambda: full.init(jax.random.key(0), jnp.zeros((2, 32, 32))))
+    with pytest.raises(ValueError, match="dims=4"):
+        models.ModelSettings(dims=4)

@@ -571,3 +571,54 @@ def test_the_gpu_check_runs_at_a_tiny_size():
     assert any("ratio_skimage_over_piaug" in line for line in lines)
     (detect,) = [line for line in lines if line.get("benchmark") == "detector_step"]
     assert detect["samples_per_s"] > 0 and detect["step_vs_vgg19_features"] > 0
+
+
+@pytest.mark.slow
+def test_volume_step_on_two_devices_equals_one():
+    """The 3-D encoders' train step (volumes, cubic crops, two crops per volume, several
+    anchors, batch norm): the same parameters, statistics and metrics on one and on two
+    devices."""
+    script = textwrap.dedent(
+        """
+        import functools
+        import jax, numpy as np, optax
+        from jax.sharding import NamedSharding, PartitionSpec
+        from piaug import models, train
+
+        settings = models.ModelSettings(embedding=4, width=1 / 16, norm="batch", dims=3)
+        nets = settings.encoders()
+        txs = {n: optax.sgd(0.01) for n in train.ENCODERS}  # see the 2-D test: SGD
+        rng = np.random.default_rng(0)
+        batch = {
+            "image": rng.integers(0, 256, (4, 32, 64, 32), dtype=np.uint8),
+            "crop": rng.uniform(0, 1, (4, 2, 32, 32, 32)).astype(np.float32),
+            "anchor": rng.integers(0, 32, (4, 2, 3, 3)).astype(np.int32),
+            "crop_anchor": rng.integers(0, 32, (4, 2, 3, 3)).astype(np.int32),
+        }
+        init = jax.jit(functools.partial(
+            train.create_state, nets=nets, txs=txs, image_size=(32, 64, 32), crop_size=32))
+        state0 = jax.device_get(init(jax.random.key(0)))
+        results = []
+        for n in (1, 2):
+            mesh = train.make_mesh(jax.devices()[:n])
+            state = jax.device_put(state0, NamedSharding(mesh, PartitionSpec()))
+            step = train.compile_step(mesh, nets=nets, txs=txs, window=1)
+            state, metrics = step(state, train.device_batch(batch, mesh))
+            results.append(jax.device_get((state.params, state.batch_stats, metrics)))
+        assert np.isfinite(results[0][2]["loss"]) and results[0][2]["loss"] > 0
+        # (with 2 volumes a batch, the RFB's batch norms at stride 32 see 4 cells a channel and
+        # amplify the sums' reordering to 1e-3: batch 4 keeps it at float rounding)
+        for x, y in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+        print("EQUAL", results[0][2]["loss"])
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=_env(2),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0 and "EQUAL" in out.stdout, out.stderr[-3000:]
