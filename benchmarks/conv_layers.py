@@ -2,6 +2,7 @@ r"""One 3 x 3 convolution layer at a time, XLA's CPU backend against PyTorch's (
 kernel gradient written in other ways, in one run (docs/performance.md).
 
 python benchmarks/conv_layers.py     # VGG's four 3x3 layer shapes of the 192 x 192 step, batch 4
+python benchmarks/conv_layers.py --dims 3   # 3x3x3 layers of volumes, batch 2
 
 For each shape ``(batch, size, size, channels)`` (channels in = out, the image encoder's
 VGG layers at width 0.25), lines of JSON:
@@ -16,6 +17,11 @@ VGG layers at width 0.25), lines of JSON:
   maps flattened to rows (the shifted window of a padded image is a contiguous range of rows),
   and as one product with those nine slices side by side (im2col); each checked against XLA's
   own (``max_rel_diff``) and timed against it in the same run.
+* ``--dims 3``, ``part: layer3d``: a 3x3x3 layer of volumes ``(batch, size, size, size,
+  channels)``: XLA's own 3-D convolution, ``models.VolumeConv`` (the depth taps side by side in
+  the channels, one 2-D convolution over the slices) and PyTorch's ``conv3d``, each forward,
+  input and kernel gradient; ``volume_conv_over_xla`` and ``torch_over_volume_conv`` per
+  operation (above 1: the second is slower).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from profile_step import _timed
 
-from piaug import devices
+from piaug import devices, models
 
 YNN = "xla_cpu_experimental_ynn_fusion_type"
 
@@ -75,9 +81,12 @@ def im2col(x, g, w):
 def _torch_layer(x, g, repeats: int) -> dict:
     import torch
 
-    layer = torch.nn.Conv2d(x.shape[-1], g.shape[-1], 3, padding=1, bias=False)
-    xt = torch.tensor(np.asarray(x)).permute(0, 3, 1, 2).contiguous()
-    gt = torch.tensor(np.asarray(g)).permute(0, 3, 1, 2).contiguous()
+    dims = x.ndim - 2
+    kind = torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d
+    layer = kind(x.shape[-1], g.shape[-1], 3, padding=1, bias=False)
+    order = (0, dims + 1, *range(1, dims + 1))  # channels first
+    xt = torch.tensor(np.asarray(x)).permute(*order).contiguous()
+    gt = torch.tensor(np.asarray(g)).permute(*order).contiguous()
     xg = xt.clone().requires_grad_(True)
 
     def forward():
@@ -102,7 +111,12 @@ def main():
     parser.add_argument("--shapes", default="192x16,96x32,48x64,24x128", help="SIZExCHANNELS")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--dims", type=int, default=2, choices=(2, 3))
     args = parser.parse_args()
+    if args.dims == 3:
+        if args.shapes == parser.get_default("shapes"):
+            args.shapes = "64x8,32x16,16x32,8x64"
+        return _volumes(args)
     options = {
         "piaug": devices.step_compiler_options(),
         "ynn_convolutions": {YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},
@@ -147,6 +161,53 @@ def main():
             s = _timed(compiled, x, g, w, repeats=args.repeats)
             row[name] = {"s": round(s, 5), "vs_xla": round(row["xla_s"] / s, 2)}
             row[name]["max_rel_diff"] = float(f"{diff:.1e}")
+        print(json.dumps(row), flush=True)
+
+
+def conv3d(x, w):
+    return jax.lax.conv_general_dilated(
+        x, w, (1, 1, 1), "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
+    )
+
+
+def volume_conv(x, w):
+    net = models.VolumeConv(w.shape[-1], (3, 3, 3), use_bias=False)
+    return net.apply({"params": {"kernel": w}}, x)
+
+
+def _volumes(args) -> None:
+    options = devices.step_compiler_options()
+    rng = np.random.default_rng(0)
+    batch = 2 if args.batch == 4 else args.batch
+    for shape in args.shapes.split(","):
+        size, c = (int(v) for v in shape.split("x"))
+        x = jnp.asarray(rng.uniform(size=(batch, size, size, size, c)), jnp.float32)
+        g = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+        w = jnp.asarray(rng.normal(size=(3, 3, 3, c, c)) * 0.1, jnp.float32)
+        times = {}
+        for name, fn in (("xla_3d", conv3d), ("volume_conv", volume_conv)):
+            ops = {
+                "forward": lambda x, g, w, fn=fn: fn(x, w),
+                "input_gradient": lambda x, g, w, fn=fn: jax.vjp(lambda y: fn(y, w), x)[1](g)[0],
+                "kernel_gradient": lambda x, g, w, fn=fn: jax.vjp(lambda k: fn(x, k), w)[1](g)[0],
+            }
+            times[name] = {}
+            for op, f in ops.items():
+                compiled = jax.jit(f).lower(x, g, w).compile(options)
+                times[name][op] = _timed(compiled, x, g, w, repeats=args.repeats)
+        diff = float(jnp.abs(volume_conv(x, w) - conv3d(x, w)).max())
+        if not args.no_torch:
+            times["torch"] = _torch_layer(x, g, args.repeats)
+        row = {"benchmark": "conv_layers", "part": "layer3d", "shape": list(x.shape)}
+        row["max_abs_diff"] = float(f"{diff:.1e}")
+        for name, t in times.items():
+            row[f"{name}_s"] = {op: round(s, 5) for op, s in t.items()}
+        ratio = {op: round(times["xla_3d"][op] / times["volume_conv"][op], 2) for op in ops}
+        row["volume_conv_over_xla"] = ratio
+        if "torch" in times:
+            row["torch_over_volume_conv"] = {
+                op: round(times["torch"][op] / times["volume_conv"][op], 2) for op in ops
+            }
         print(json.dumps(row), flush=True)
 
 

@@ -148,7 +148,7 @@ class VGGFeatures(nn.Module):
             if index == 0 and x.shape[-1] == 1 and x.ndim == 4:  # a gray image: see GrayConv
                 x = GrayConv(c, dtype=self.dtype, name="features_0")(x)
             else:
-                x = nn.Conv(c, kernel, dtype=self.dtype, name=f"features_{index}")(x)
+                x = conv(c, kernel, dtype=self.dtype, name=f"features_{index}")(x)
             if self.norm == "batch":
                 x = nn.BatchNorm(
                     use_running_average=not train,
@@ -188,6 +188,60 @@ class GrayConv(nn.Module):
         return y + bias.astype(self.dtype)
 
 
+class VolumeConv(nn.Module):
+    """A 3-D convolution with ``nn.Conv``'s parameters (``kernel`` ``(kd, kh, kw, I, O)``,
+    ``bias``; the same initial values), stride 1 and SAME padding, computed as one 2-D
+    convolution over the volume's slices: the ``kd`` depth taps of each slice are laid side by
+    side in the channels (``kd * I``), the slices folded into the batch. XLA's CPU backend runs
+    3-D convolutions about eight times slower than this (``benchmarks/conv_layers.py --dims 3``,
+    docs/performance.md); on GPUs both are cuDNN's."""
+
+    features: int
+    kernel_size: tuple[int, int, int]
+    kernel_dilation: int = 1
+    use_bias: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        kd, kh, kw = self.kernel_size
+        b, d, h, w, c = x.shape
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (kd, kh, kw, c, self.features), jnp.float32
+        )
+        r = int(self.kernel_dilation)
+        x = x.astype(self.dtype)
+        if kd == 1:
+            slices, k2 = x.reshape(b * d, h, w, c), kernel[0]
+        else:
+            half = (kd - 1) * r // 2
+            padded = jnp.pad(x, ((0, 0), (half, half), (0, 0), (0, 0), (0, 0)))
+            taps = [padded[:, i * r : i * r + d] for i in range(kd)]
+            slices = jnp.concatenate(taps, axis=-1).reshape(b * d, h, w, kd * c)
+            k2 = kernel.transpose(1, 2, 0, 3, 4).reshape(kh, kw, kd * c, self.features)
+        y = jax.lax.conv_general_dilated(
+            slices,
+            k2.astype(self.dtype),
+            (1, 1),
+            [((kh - 1) * r // 2,) * 2, ((kw - 1) * r // 2,) * 2],
+            rhs_dilation=(r, r),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        ).reshape(b, d, h, w, self.features)
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def conv(features: int, kernel: tuple[int, ...], **kwargs) -> nn.Module:
+    """``nn.Conv`` for images (a 2-entry ``kernel``), ``VolumeConv`` for volumes (3 entries):
+    the same parameters either way."""
+    if len(kernel) == 3:
+        dilation = kwargs.pop("kernel_dilation", 1)
+        return VolumeConv(features, tuple(kernel), kernel_dilation=dilation, **kwargs)
+    return nn.Conv(features, kernel, **kwargs)
+
+
 def torchvision_layers(batch_norm: bool = False) -> list[tuple[int, int | str]]:
     """VGG19's layers as (index in torchvision's ``features``, channels or "M"); each conv
     there is followed by a ReLU that takes an index of its own (and, in ``vgg19_bn``, by a
@@ -211,12 +265,13 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = nn.Conv(
+        x = conv(
             self.features,
             (3,) * (x.ndim - 2) if self.kernel is None else self.kernel,
             kernel_dilation=self.dilation,
             use_bias=False,
             dtype=self.dtype,
+            name="Conv_0",  # nn.Conv's own name here, for volumes too
         )(x)
         x = nn.BatchNorm(
             use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype
@@ -306,7 +361,7 @@ class Encoder(nn.Module):
         heads = []
         one = (1,) * self.dims
         for i, y in enumerate(inputs):
-            head = nn.Conv(self.embedding, one, dtype=self.dtype, name=f"head{STRIDES[i]}")
+            head = conv(self.embedding, one, dtype=self.dtype, name=f"head{STRIDES[i]}")
             heads.append(head(y).astype(jnp.float32))
         return heads
 

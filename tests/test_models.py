@@ -180,3 +180,36 @@ def test_volume_encoders_give_the_five_strides_in_3d():
         jax.eval_shape(lambda: full.init(jax.random.key(0), jnp.zeros((2, 32, 32))))
     with pytest.raises(ValueError, match="dims=4"):
         models.ModelSettings(dims=4)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "dilation"),
+    [
+        ((3, 3, 3), 1),
+        ((1, 1, 3), 1),
+        ((1, 3, 1), 1),
+        ((3, 1, 1), 1),
+        ((3, 3, 3), 3),
+        ((1, 1, 1), 1),
+    ],
+)
+def test_volume_convolution_equals_flax_3d_convolution(kernel, dilation):
+    """``VolumeConv`` (the depth taps side by side in the channels, one 2-D convolution over
+    the slices) gives ``nn.Conv``'s output and gradients from the same parameters."""
+    x = jax.random.normal(jax.random.key(0), (2, 5, 6, 4, 3))
+    ours = models.VolumeConv(4, kernel, kernel_dilation=dilation)
+    theirs = nn.Conv(4, kernel, kernel_dilation=dilation)
+    params = ours.init(jax.random.key(1), x)
+    ref_params = theirs.init(jax.random.key(1), x)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+        np.testing.assert_array_equal(a, b)  # the same initial values
+    params = {"params": {"kernel": params["params"]["kernel"], "bias": jnp.arange(4.0)}}
+
+    def loss(net, p, y):
+        return jnp.sum(jnp.sin(net.apply(p, y)))
+
+    np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), atol=1e-5)
+    g_ours = jax.grad(lambda p, y: loss(ours, p, y), argnums=(0, 1))(params, x)
+    g_ref = jax.grad(lambda p, y: loss(theirs, p, y), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
