@@ -10,7 +10,8 @@ Two protocols:
   against the original annotation with the original spacing.
 
 Points are (x, y) = (col, row), as the datasets store landmarks (``piaug.matching`` works in
-(row, col): flip its last axis).
+(row, col): flip its last axis). Volumes: (x, y, z) voxels, sizes (D, H, W), and a spacing per
+axis (x, y, z); every function here takes either.
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ PROTOCOLS = ("grid", "full")
 def grid_spacing(spacing, original_size, image_size) -> np.ndarray:
     """Millimetres per training-grid pixel, ``(N, 2)`` (x, y), for images of ``original_size``
     ``(N, 2)`` (height, width) and spacing ``(N,)`` mm per original pixel resized to
-    ``image_size`` (height, width)."""
-    spacing = np.asarray(spacing, np.float64).reshape(-1, 1)
-    original = np.asarray(original_size, np.float64).reshape(-1, 2)
-    h, w = image_size
-    return spacing * np.stack([original[:, 1] / w, original[:, 0] / h], axis=1)
+    ``image_size`` (height, width). Volumes: ``(N, 3)`` (x, y, z) from sizes ``(N, 3)``
+    (D, H, W) and spacings ``(N, 3)`` (x, y, z)."""
+    d = len(image_size)
+    original = np.asarray(original_size, np.float64).reshape(-1, d)[:, ::-1]  # (x, y[, z])
+    spacing = np.asarray(spacing, np.float64)
+    spacing = spacing.reshape(-1, 1) if spacing.ndim <= 1 else spacing.reshape(-1, d)
+    return spacing * original / np.asarray(image_size, np.float64)[::-1]
 
 
 def to_original(points, original_size, image_size) -> np.ndarray:
@@ -48,10 +51,12 @@ def to_original(points, original_size, image_size) -> np.ndarray:
 
 def radial_errors(pred, true, mm_per_pixel) -> np.ndarray:
     """``(N, L)`` errors in mm between ``(N, L, 2)`` points, with ``mm_per_pixel`` a scalar,
-    ``(N,)`` or ``(N, 2)`` (x, y)."""
+    ``(N,)`` or ``(N, 2)`` (x, y); volumes: ``(N, L, 3)`` points, ``(N, 3)`` (x, y, z)."""
     pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
-    if pred.shape != true.shape or pred.ndim != 3 or pred.shape[-1] != 2:
-        raise ValueError(f"need (N, L, 2) predictions and truth, got {pred.shape}, {true.shape}")
+    if pred.shape != true.shape or pred.ndim != 3 or pred.shape[-1] not in (2, 3):
+        raise ValueError(
+            f"need (N, L, 2) or (N, L, 3) predictions and truth, got {pred.shape}, {true.shape}"
+        )
     scale = np.asarray(mm_per_pixel, np.float64)
     if scale.ndim == 1:
         scale = scale[:, None, None]
@@ -92,7 +97,8 @@ def metrics(errors, *, radii: Sequence[float] = RADII, protocol: str = "grid", i
 
 def truth_in_grid(landmarks_original, original_size, image_size) -> np.ndarray:
     """The authors' grid ground truth: original pixels truncated, scaled, truncated again."""
-    original = np.asarray(original_size, np.float64).reshape(-1, 1, 2)[..., ::-1]  # (w, h)
+    d = len(image_size)
+    original = np.asarray(original_size, np.float64).reshape(-1, 1, d)[..., ::-1]  # (w, h[, d])
     grid = np.asarray(image_size, np.float64)[::-1]
     return np.floor(np.floor(np.asarray(landmarks_original, np.float64)) * grid / original)
 
@@ -102,7 +108,7 @@ def truth(examples, image_size) -> dict:
     spacing and size) in the grid ``image_size``."""
     return {
         "landmarks_original": np.stack([e["landmarks_original"] for e in examples]),
-        "spacing": np.array([float(e["spacing"]) for e in examples]),
+        "spacing": np.stack([np.asarray(e["spacing"], np.float64) for e in examples]),
         "original_size": np.stack([e["original_size"] for e in examples]),
         "image_size": tuple(int(s) for s in image_size),
         "ids": [e["id"].decode() if isinstance(e["id"], bytes) else str(e["id"]) for e in examples],
@@ -123,7 +129,8 @@ def evaluate(
 
     ``landmarks_original``: the truth in original pixels; ``spacing`` ``(N,)`` mm per original
     pixel; ``original_size`` ``(N, 2)`` (height, width); ``ids``: the images' ids (``worst``
-    names them).
+    names them). Volumes: ``(N, L, 3)`` points, ``(N, 3)`` spacings (x, y, z) and sizes
+    (D, H, W).
     Returns ``{"grid": metrics, "full": metrics}``.
     """
     pred_grid = np.asarray(pred_grid, np.float64)
@@ -136,7 +143,7 @@ def evaluate(
     )
     return {
         "grid": metrics(
-            grid, radii=radii, protocol=f"grid {image_size[0]}x{image_size[1]}", ids=ids
+            grid, radii=radii, protocol=f"grid {'x'.join(str(n) for n in image_size)}", ids=ids
         ),
         "full": metrics(full, radii=radii, protocol="full resolution", ids=ids),
     }

@@ -20,12 +20,15 @@ evaluate stage, the probe, the pseudo-labels, the template choice, the estimate,
 ``piaug.api``) hands it to ``predict``, ``match_all`` or ``choose_template``, so one procedure
 is one code path.
 
-Points are (row, col) in the pixels of the encoder's input grid throughout.
+Points are (row, col) in the pixels of the encoder's input grid throughout. Volumes
+(docs/volumes.md): the same functions on ``(B, d, h, w, E)`` maps, points (slice, row, col),
+trilinear upsampling, a parabola per axis; the number of axes is ``len(size)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -121,7 +124,8 @@ def template_vectors(
     sampling: str = "cell",
 ) -> list[jnp.ndarray]:
     """The ``(L, E)`` feature vectors at ``points`` (``(L, 2)``, row and col) of one image,
-    one array per scale; ``features`` are its ``(h, w, E)`` maps (coarsest first).
+    one array per scale; ``features`` are its ``(h, w, E)`` maps (coarsest first). Volumes:
+    ``(L, 3)`` points of ``(d, h, w, E)`` maps, trilinear.
 
     ``sampling``: 'cell' reads the cell that holds each point (the authors'); 'bilinear'
     interpolates the map at the point, its cells' centres at ``(i + 0.5) * stride - 0.5``
@@ -132,29 +136,37 @@ def template_vectors(
     if sampling not in SAMPLING:
         raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
     points = jnp.asarray(points)
+    d = points.shape[-1]
     out = []
     for f, s in zip(features, strides, strict=True):
         if sampling == "cell":
             c = cell(points, s, f.shape)
-            out.append(f[c[:, 0], c[:, 1]])
+            out.append(f[tuple(c[:, k] for k in range(d))])
             continue
-        limit = jnp.asarray(f.shape[:2], jnp.float32) - 1
+        limit = jnp.asarray(f.shape[:d], jnp.float32) - 1
         u = jnp.clip((points.astype(jnp.float32) + 0.5) / s - 0.5, 0.0, limit)
         lo = jnp.floor(u).astype(jnp.int32)
         hi = jnp.minimum(lo + 1, limit.astype(jnp.int32))
-        a = (u - lo)[..., None]  # (L, 2, 1): the weight of the higher row, column
-        top = (1 - a[:, 1]) * f[lo[:, 0], lo[:, 1]] + a[:, 1] * f[lo[:, 0], hi[:, 1]]
-        bottom = (1 - a[:, 1]) * f[hi[:, 0], lo[:, 1]] + a[:, 1] * f[hi[:, 0], hi[:, 1]]
-        out.append((1 - a[:, 0]) * top + a[:, 0] * bottom)
+        a = u - lo  # (L, d): the weight of the higher cell along each axis
+        total = 0.0
+        for corner in itertools.product((0, 1), repeat=d):  # the 2^d cells around the point
+            index = tuple(jnp.where(c, hi[:, k], lo[:, k]) for k, c in enumerate(corner))
+            weight = jnp.prod(
+                jnp.stack([a[:, k] if c else 1 - a[:, k] for k, c in enumerate(corner)]), 0
+            )
+            total = total + weight[:, None] * f[index]
+        out.append(total)
     return out
 
 
-def _upsample(maps: jnp.ndarray, stride: int, size: tuple[int, int], method: str) -> jnp.ndarray:
-    """``(..., h, w)`` maps to ``(..., H, W)``."""
+def _upsample(maps: jnp.ndarray, stride: int, size: tuple[int, ...], method: str) -> jnp.ndarray:
+    """``(..., h, w)`` maps to ``(..., H, W)`` (``(..., d, h, w)`` to ``(..., D, H, W)``)."""
+    d = len(size)
     if method == "nearest":
-        up = jnp.repeat(jnp.repeat(maps, stride, axis=-2), stride, axis=-1)
-        return up[..., : size[0], : size[1]]
-    return jax.image.resize(maps, (*maps.shape[:-2], *size), method="bilinear")
+        for axis in range(-d, 0):
+            maps = jnp.repeat(maps, stride, axis=axis)
+        return maps[(Ellipsis, *(slice(0, n) for n in size))]
+    return jax.image.resize(maps, (*maps.shape[:-d], *size), method="linear")
 
 
 def similarity(
@@ -166,7 +178,8 @@ def similarity(
     upsample: str = "nearest",
     combine: str = "product",
 ) -> jnp.ndarray:
-    """The ``(B, L, H, W)`` product (or sum) over scales of each template vector's cosine map.
+    """The ``(B, L, H, W)`` product (or sum) over scales of each template vector's cosine map
+    (volumes: ``(B, L, D, H, W)``).
 
     Args:
       query_features: per scale, ``(B, h, w, E)`` maps of B query images.
@@ -184,7 +197,7 @@ def similarity(
         # the cosine as one contraction of unit vectors: broadcasting (B, L, h, w, E) instead
         # ran 500x slower with many templates into one image (cycle-consistency's way back)
         sim = jnp.einsum(
-            "bhwe,le->blhw", unit(f), unit(t), precision=jax.lax.Precision.HIGHEST
+            "b...e,le->bl...", unit(f), unit(t), precision=jax.lax.Precision.HIGHEST
         )  # (B, L, h, w)
         if combine == "product":
             sim = jnp.clip(sim, 0.0, 1.0)
@@ -200,26 +213,29 @@ def refine(maps: jnp.ndarray, peaks: jnp.ndarray) -> jnp.ndarray:
     """Sub-pixel peaks: in each axis, the vertex of the parabola through the peak and its two
     neighbours (no shift at the border or where the three are not a maximum).
 
-    ``maps`` ``(..., H, W)``, ``peaks`` ``(..., 2)`` int; returns ``(..., 2)`` float."""
-    h, w = maps.shape[-2:]
-    flat = maps.reshape(-1, h, w)
-    p = peaks.reshape(-1, 2)
+    ``maps`` ``(..., H, W)``, ``peaks`` ``(..., 2)`` int (volumes: ``(..., D, H, W)``,
+    ``(..., 3)``); returns ``(..., 2)`` (``(..., 3)``) float."""
+    d = peaks.shape[-1]
+    shape = maps.shape[-d:]
+    flat = maps.reshape(-1, *shape)
+    p = peaks.reshape(-1, d)
     idx = jnp.arange(flat.shape[0])
+
+    def at(q):
+        return flat[(idx, *(q[:, k] for k in range(d)))]
 
     def offset(axis):
         lo = p.at[:, axis].add(-1)  # past the border these read some other pixel: masked below
         hi = p.at[:, axis].add(1)
-        inside = (p[:, axis] > 0) & (p[:, axis] < (h, w)[axis] - 1)
-        a = flat[idx, lo[:, 0], lo[:, 1]]
-        b = flat[idx, p[:, 0], p[:, 1]]
-        c = flat[idx, hi[:, 0], hi[:, 1]]
+        inside = (p[:, axis] > 0) & (p[:, axis] < shape[axis] - 1)
+        a, b, c = at(lo), at(p), at(hi)
         denom = a - 2 * b + c
         shift = jnp.where(
             inside & (denom < 0), 0.5 * (a - c) / jnp.where(denom < 0, denom, -1.0), 0
         )
         return jnp.clip(shift, -0.5, 0.5)
 
-    out = p.astype(jnp.float32) + jnp.stack([offset(0), offset(1)], axis=-1)
+    out = p.astype(jnp.float32) + jnp.stack([offset(k) for k in range(d)], axis=-1)
     return out.reshape(peaks.shape)
 
 
@@ -234,15 +250,16 @@ def match(
     combine: str = "product",
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Predicted points ``(B, L, 2)`` (row, col) and their scores ``(B, L)`` (the maximum of
-    the combined map, ``similarity``). Integer pixels unless ``subpixel``.
+    the combined map, ``similarity``). Integer pixels unless ``subpixel``. Volumes (a
+    3-entry ``size``): ``(B, L, 3)`` (slice, row, col).
 
     With nearest upsampling and no refinement the combined map is constant on the finest
     stride's cells, so it is formed at that stride (a quarter of the pixels at stride 2) and
     the peak mapped to its cell's first pixel: the same point and score as at full size.
     """
     finest = min(strides)
-    if upsample == "nearest" and not subpixel and size[0] % finest == 0 == size[1] % finest:
-        cells = (size[0] // finest, size[1] // finest)
+    if upsample == "nearest" and not subpixel and all(n % finest == 0 for n in size):
+        cells = tuple(n // finest for n in size)
         coarse = [s // finest for s in strides]
         if all(c * finest == s for c, s in zip(coarse, strides, strict=True)):
             maps = similarity(
@@ -253,12 +270,12 @@ def match(
                 upsample="nearest",
                 combine=combine,
             )
-            peaks, scores = _peaks(maps)
+            peaks, scores = _peaks(maps, len(size))
             return peaks * finest, scores
     maps = similarity(
         query_features, templates, size=size, strides=strides, upsample=upsample, combine=combine
     )
-    peaks, scores = _peaks(maps)
+    peaks, scores = _peaks(maps, len(size))
     if subpixel:
         return refine(maps, peaks), scores
     return peaks, scores
@@ -269,12 +286,13 @@ def match(
 match_jit = jax.jit(match, static_argnames=("size", "strides", "upsample", "subpixel", "combine"))
 
 
-def _peaks(maps: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """The first maximum (row-major) of each ``(..., H, W)`` map and its value."""
-    *lead, h, w = maps.shape
-    flat = maps.reshape(*lead, h * w)
+def _peaks(maps: jnp.ndarray, d: int = 2) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The first maximum (row-major) of each ``(..., H, W)`` map (``d`` axes) and its
+    value."""
+    lead, shape = maps.shape[:-d], maps.shape[-d:]
+    flat = maps.reshape(*lead, -1)
     arg = jnp.argmax(flat, axis=-1)
-    return jnp.stack([arg // w, arg % w], axis=-1), jnp.max(flat, axis=-1)
+    return jnp.stack(jnp.unravel_index(arg, shape), axis=-1), jnp.max(flat, axis=-1)
 
 
 def encode(apply_fn, images: np.ndarray, *, batch_size: int = 8) -> list[np.ndarray]:

@@ -76,3 +76,29 @@ def test_to_original_inverts_the_resize_of_points():
     grid = prepare.resize_points(pts[0], (200, 100), (64, 48))
     back = evaluate.to_original(grid[None], [(200, 100)], (64, 48))
     np.testing.assert_allclose(back, pts, atol=1e-4)  # resize_points gives float32
+
+
+def test_both_protocols_for_volumes_with_anisotropic_voxels():
+    """Volumes: (x, y, z) points, (D, H, W) sizes, a spacing per axis (x, y, z)."""
+    original_size = [(40, 100, 200)]  # D, H, W
+    spacing = [(0.5, 0.8, 2.5)]  # mm along x, y, z
+    grid = (20, 50, 100)  # half of each axis
+    mm = evaluate.grid_spacing(spacing, original_size, grid)
+    np.testing.assert_allclose(mm, [[1.0, 1.6, 5.0]])
+    truth = np.array([[[101.0, 51.0, 21.0]]])  # x, y, z voxels
+    np.testing.assert_array_equal(
+        evaluate.truth_in_grid(truth, original_size, grid), [[[50, 25, 10]]]
+    )
+    pred = np.array([[[51.0, 25.0, 11.0]]])  # one grid voxel off in x and in z
+    out = evaluate.evaluate(
+        pred,
+        landmarks_original=truth,
+        spacing=spacing,
+        original_size=original_size,
+        image_size=grid,
+    )
+    assert out["grid"]["mre_mm"] == pytest.approx(np.hypot(1.0, 5.0))
+    # full resolution: (51 + 0.5) * 2 - 0.5 = 102.5, 50.5, 22.5
+    full = np.sqrt((1.5 * 0.5) ** 2 + (0.5 * 0.8) ** 2 + (1.5 * 2.5) ** 2)
+    assert out["full"]["mre_mm"] == pytest.approx(full)
+    assert out["grid"]["protocol"] == "grid 20x50x100"

@@ -206,3 +206,60 @@ def test_template_cells_round_swap_and_clip():
     cells = matching.template_cells(landmarks, (40, 96))
     assert cells.dtype == np.int64
     assert cells.tolist() == [[8, 3], [39, 0], [0, 95]]  # (row, col), inside the grid
+
+
+def test_volume_matching_equals_brute_force_and_finds_a_shifted_copy():
+    """3-D one-shot matching: the combined map's peak (nearest upsampling, product of the
+    clamped cosines over scales) equals a brute-force numpy search, on the fast path (maps at
+    the finest stride) and at full size; a query whose maps are the template's shifted by whole
+    coarse cells finds each landmark shifted by as much."""
+    rng = np.random.default_rng(0)
+    strides, size = (4, 2), (8, 12, 16)
+    template = [rng.normal(size=(*(n // s for n in size), 6)).astype(np.float32) for s in strides]
+    points = np.array([[0, 0, 0], [5, 7, 9], [7, 11, 15], [2, 8, 3]])  # (slice, row, col)
+    vectors = matching.template_vectors(template, points, strides=strides)
+    shift = (1, 1, 2)  # cells of the coarse map (stride 4): voxels (4, 4, 8)
+    query = [
+        np.roll(f, tuple(c * strides[0] // s for c in shift), axis=(0, 1, 2))
+        for f, s in zip(template, strides, strict=True)
+    ]
+    batch = [np.stack([q, t]) for q, t in zip(query, template, strict=True)]
+    found, scores = matching.match(batch, vectors, size=size, strides=strides)
+    slow, _ = matching.match(batch, vectors, size=size, strides=strides, subpixel=True)
+
+    def brute(maps):
+        total = 1.0
+        for f, t, s in zip(maps, vectors, strides, strict=True):
+            f = f / np.linalg.norm(f, axis=-1, keepdims=True)
+            t = np.asarray(t) / np.linalg.norm(t, axis=-1, keepdims=True)
+            sim = np.clip(np.einsum("dhwe,le->ldhw", f, t), 0, 1)
+            total = total * sim.repeat(s, 1).repeat(s, 2).repeat(s, 3)
+        return np.stack(np.unravel_index(total.reshape(len(t), -1).argmax(-1), size), -1)
+
+    for b, maps in enumerate([query, template]):
+        np.testing.assert_array_equal(found[b], brute(maps))
+        assert np.abs(np.asarray(slow[b]) - brute(maps)).max() <= 1  # parabola: within a voxel
+    np.testing.assert_array_equal(found[1] // 2, points // 2)  # itself: its own cells
+    moved = points + np.array(shift) * strides[0]
+    inside = (moved < np.array(size)).all(-1)
+    np.testing.assert_array_equal(found[0][inside] // 2, moved[inside] // 2)
+
+
+def test_volume_template_vectors_are_trilinear_and_refine_finds_the_vertex():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=(4, 5, 6, 3)).astype(np.float32)
+    points = np.array([[3.0, 5.0, 7.0], [0.0, 0.0, 0.0], [6.5, 8.5, 10.5]])
+    (ours,) = matching.template_vectors([f], points, strides=(2,), sampling="bilinear")
+    cells = np.clip((points + 0.5) / 2 - 0.5, 0, np.array(f.shape[:3]) - 1)
+    ref = np.stack([ndimage.map_coordinates(f[..., e], cells.T, order=1) for e in range(3)], -1)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+    # a paraboloid peaking at (2.3, 4.8, 3.6): the refined peak is its vertex
+    grid = np.stack(np.meshgrid(*map(np.arange, (6, 8, 7)), indexing="ij"), -1)
+    vertex = np.array([2.3, 4.8, 3.6])
+    maps = -((grid - vertex) ** 2).sum(-1)[None]
+    peak = np.array([[2, 5, 4]])
+    np.testing.assert_allclose(
+        matching.refine(jnp.asarray(maps), jnp.asarray(peak)), [vertex], atol=1e-5
+    )

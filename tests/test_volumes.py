@@ -280,3 +280,44 @@ def test_the_pipeline_refuses_volumes_with_a_message() -> None:
     config.data.options.num_images = 2
     with pytest.raises(UserError, match="'synthetic3d' holds volumes: .* docs/volumes.md"):
         configure.check(config)
+
+
+def test_one_shot_matching_of_volumes_end_to_end() -> None:
+    """One-shot matching (``matching.predict``) on volumes: with maps that tell every cell
+    apart, a volume matched against itself gives each landmark back in its own finest cell
+    (2 voxels), as (x, y, z)."""
+    from piaug import matching, models
+
+    volume = data.load("synthetic3d", num_images=1, size=(32, 32, 32))[0]
+    cells = matching.template_cells(volume["landmarks"], (32, 32, 32))  # (slice, row, col)
+    rng = np.random.default_rng(0)
+    fixed = [rng.normal(size=(*(32 // s,) * 3, 8)).astype(np.float32) for s in models.STRIDES]
+
+    def distinct(images):  # the same maps for any volume: every cell its own vector
+        return [np.broadcast_to(f, (len(images), *f.shape)) for f in fixed]
+
+    found = matching.predict(
+        distinct, volume["image"], cells, volume["image"][None], size=(32,) * 3
+    )
+    assert found.shape == (1, len(cells), 3)  # (x, y, z)
+    np.testing.assert_array_equal(found[0][:, ::-1], cells // 2 * 2)
+
+
+@pytest.mark.slow
+def test_one_shot_matching_runs_the_volume_encoders() -> None:
+    import functools
+
+    import jax
+
+    from piaug import matching, models
+
+    volume = data.load("synthetic3d", num_images=1, size=(32, 32, 32))[0]
+    cells = matching.template_cells(volume["landmarks"], (32, 32, 32))
+    net, _ = models.ModelSettings(embedding=8, width=1 / 16, dims=3).encoders()
+    variables = net.init(jax.random.key(0), np.zeros((1, 32, 32, 32), np.float32))
+    apply_fn = jax.jit(functools.partial(net.apply, variables))
+    found, scores = matching.predict(
+        apply_fn, volume["image"], cells, volume["image"][None], size=(32,) * 3, with_scores=True
+    )
+    assert found.shape == (1, len(cells), 3) and np.isfinite(scores).all()
+    assert (found >= 0).all() and (found <= 31).all()
