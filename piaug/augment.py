@@ -11,6 +11,10 @@ exactly on its integer position in the crop at any angle: no one-hot channel and
 to track it, and the corners of a rotated crop show image content rather than zeros, except where
 they fall outside the image (zeros there, as batchgenerators' constant border). Interpolation is
 cubic B-spline (order 3), as batchgenerators' ``rotate``; the result is clipped to [0, 1].
+
+Volumes (docs/volumes.md): the same crops in 3-D, cubic around the anchor voxel, with three
+angles (rotations in the (row, col), (slice, col) and (slice, row) planes, in that order); the
+contrast blends with the mean of the whole crop (``dims=3``).
 """
 
 from __future__ import annotations
@@ -50,9 +54,10 @@ def adjust_brightness(x, factor):
     return (x * factor).clip(0.0, 1.0)
 
 
-def adjust_contrast(x, factor):
-    """Blends ``x`` (..., H, W) in [0, 1] with its mean gray: ``clip(f x + (1 - f) mean)``."""
-    mean = x.mean(axis=(-2, -1), keepdims=True)
+def adjust_contrast(x, factor, dims: int = 2):
+    """Blends ``x`` (..., H, W) in [0, 1] with its mean gray: ``clip(f x + (1 - f) mean)``
+    (the mean over the last ``dims`` axes: 3 for volumes)."""
+    mean = x.mean(axis=tuple(range(-dims, 0)), keepdims=True)
     return (factor * x + (1.0 - factor) * mean).clip(0.0, 1.0)
 
 
@@ -70,11 +75,12 @@ def degrade(x: np.ndarray, rng: np.random.Generator, *, blur: float, noise: floa
     return np.clip(x, 0.0, 1.0).astype(np.float32)
 
 
-def color_jitter(x, brightness, contrast, *, contrast_first=False):
-    """Brightness then contrast (or the reverse): one draw of torchvision's ColorJitter."""
+def color_jitter(x, brightness, contrast, *, contrast_first=False, dims: int = 2):
+    """Brightness then contrast (or the reverse): one draw of torchvision's ColorJitter
+    (``dims``: the image's axes, 3 for volumes)."""
     if contrast_first:
-        return adjust_brightness(adjust_contrast(x, contrast), brightness)
-    return adjust_contrast(adjust_brightness(x, brightness), contrast)
+        return adjust_brightness(adjust_contrast(x, contrast, dims), brightness)
+    return adjust_contrast(adjust_brightness(x, brightness), contrast, dims)
 
 
 class GroupJitter:
@@ -181,23 +187,43 @@ def crop_position(
     return np.asarray(pos, np.int64)
 
 
+def rotation_matrix(angle_deg) -> np.ndarray:
+    """The rotation of crop offsets to image offsets: ``(2, 2)`` for one angle (a positive
+    angle turns the content counter-clockwise on screen, rows growing downwards), ``(3, 3)``
+    for three (volumes: the (row, col), (slice, col) and (slice, row) planes, applied in that
+    order), on (row, col) or (slice, row, col) vectors."""
+    angles = np.atleast_1d(np.asarray(angle_deg, np.float64))
+
+    def plane(t, i, j, n):
+        r = np.eye(n)
+        c, s = np.cos(np.deg2rad(t)), np.sin(np.deg2rad(t))
+        r[i, i], r[i, j], r[j, i], r[j, j] = c, s, -s, c
+        return r
+
+    if angles.size == 1:
+        return plane(angles[0], 0, 1, 2)
+    if angles.size != 3:
+        raise ValueError(f"angle_deg={angle_deg!r}: one angle (images) or three (volumes)")
+    return plane(angles[2], 0, 1, 3) @ plane(angles[1], 0, 2, 3) @ plane(angles[0], 1, 2, 3)
+
+
 def rotation_coordinates(
-    anchor, crop_anchor, crop_size: int, angle_deg: float, scale: float = 1.0
+    anchor, crop_anchor, crop_size: int, angle_deg, scale: float = 1.0
 ) -> np.ndarray:
-    """Source (row, col) in the image of every crop pixel: ``(2, crop_size, crop_size)``.
+    """Source (row, col) in the image of every crop pixel: ``(2, crop_size, crop_size)``
+    (volumes, three angles: (slice, row, col), ``(3, C, C, C)``).
 
     Crop pixel ``p`` shows image point ``anchor + R(angle) (p - crop_anchor) / scale``, so
     ``crop_anchor`` shows ``anchor`` exactly. A positive angle turns the content
     counter-clockwise on screen (rows grow downwards); ``scale`` > 1 enlarges it.
     """
-    t = np.deg2rad(angle_deg)
-    cos, sin = np.cos(t), np.sin(t)
-    d = np.indices((crop_size, crop_size), dtype=np.float64)
-    d -= np.asarray(crop_anchor, np.float64)[:, None, None]
+    rotation = rotation_matrix(angle_deg)
+    n = rotation.shape[0]
+    d = np.indices((crop_size,) * n, dtype=np.float64)
+    d -= np.asarray(crop_anchor, np.float64).reshape(n, *(1,) * n)
     d /= scale
-    rows = anchor[0] + cos * d[0] + sin * d[1]
-    cols = anchor[1] - sin * d[0] + cos * d[1]
-    return np.stack([rows, cols])
+    source = np.tensordot(rotation, d, axes=1)
+    return source + np.asarray(anchor, np.float64).reshape(n, *(1,) * n)
 
 
 def rotated_crop(
@@ -211,7 +237,7 @@ def rotated_crop(
     scale: float = 1.0,
 ) -> np.ndarray:
     """The crop around ``anchor`` rotated by ``angle_deg`` (and enlarged ``scale`` times about
-    the anchor), float32 in [0, 1].
+    the anchor), float32 in [0, 1]; volumes: a ``(D, H, W)`` image, three angles, a cubic crop.
 
     Args:
       image: ``(H, W)`` float image in [0, 1] (or uint8, scaled by 1/255).
@@ -230,15 +256,15 @@ def rotated_crop(
     coords = rotation_coordinates(anchor, crop_anchor, crop_size, angle_deg, scale)
     # Interpolate on a window around the sampled points only: the spline prefilter of the whole
     # image would cost more than the crop itself.
-    lo = np.floor(coords.reshape(2, -1).min(1)).astype(int) - _SPLINE_MARGIN
-    hi = np.ceil(coords.reshape(2, -1).max(1)).astype(int) + _SPLINE_MARGIN + 1
+    n = coords.shape[0]
+    lo = np.floor(coords.reshape(n, -1).min(1)).astype(int) - _SPLINE_MARGIN
+    hi = np.ceil(coords.reshape(n, -1).max(1)).astype(int) + _SPLINE_MARGIN + 1
     window = np.zeros(tuple(hi - lo), np.float32)
     src_lo = np.maximum(lo, 0)
     src_hi = np.minimum(hi, image.shape)
     if np.all(src_hi > src_lo):
-        window[src_lo[0] - lo[0] : src_hi[0] - lo[0], src_lo[1] - lo[1] : src_hi[1] - lo[1]] = (
-            image[src_lo[0] : src_hi[0], src_lo[1] : src_hi[1]]
-        )
-    coords -= lo[:, None, None]
+        into = tuple(slice(a - b, c - b) for a, b, c in zip(src_lo, lo, src_hi, strict=True))
+        window[into] = image[tuple(slice(a, c) for a, c in zip(src_lo, src_hi, strict=True))]
+    coords -= lo.reshape(n, *(1,) * n)
     out = ndimage.map_coordinates(window, coords, order=order, mode="constant", cval=0.0)
     return out.clip(0.0, 1.0).astype(np.float32)

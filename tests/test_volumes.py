@@ -321,3 +321,47 @@ def test_one_shot_matching_runs_the_volume_encoders() -> None:
     )
     assert found.shape == (1, len(cells), 3) and np.isfinite(scores).all()
     assert (found >= 0).all() and (found <= 31).all()
+
+
+def test_volume_crops_track_the_anchor_and_rotate_like_the_images() -> None:
+    from piaug import augment
+    from piaug.data import transforms
+
+    rng = np.random.default_rng(0)
+    volume = rng.uniform(0, 1, (12, 14, 16)).astype(np.float32)
+    anchor, crop_anchor = np.array([6, 7, 9]), np.array([3, 2, 4])
+    plain = augment.rotated_crop(volume, anchor, crop_anchor, 8, (0.0, 0.0, 0.0), order=1)
+    np.testing.assert_array_equal(plain, volume[3:11, 5:13, 5:13])  # no rotation: a cut
+    turned = augment.rotated_crop(volume, anchor, crop_anchor, 8, (12.0, -7.0, 5.0), order=1)
+    assert turned[tuple(crop_anchor)] == pytest.approx(volume[tuple(anchor)], abs=1e-6)
+    r = augment.rotation_matrix((12.0, -7.0, 5.0))
+    np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)
+    assert np.linalg.det(r) == pytest.approx(1.0)
+    # a rotation in the (row, col) plane turns every slice as the 2-D crop does
+    stack = np.repeat(volume[6][None], 12, axis=0)
+    flat = augment.rotated_crop(volume[6], anchor[1:], crop_anchor[1:], 8, 12.0, order=1)
+    deep = augment.rotated_crop(stack, anchor, crop_anchor, 8, (12.0, 0.0, 0.0), order=1)
+    np.testing.assert_allclose(deep[3], flat, atol=1e-6)
+
+    # the encoders' crop transform on a volume: cubic crops, (slice, row, col) anchors, 3 angles
+    iie = rng.uniform(0, 5, volume.shape)
+    crop = transforms.AnchorCrop(
+        crop_size=8,
+        order=1,
+        jitter=augment.GroupJitter.uniform((1.0, 1.0), (1.0, 1.0)),
+        anchors_per_crop=4,
+        crops_per_image=2,
+    )
+    out = crop.random_map(
+        {"id": "v", "image": (volume * 255).astype(np.uint8), "iie": iie}, np.random.default_rng(1)
+    )
+    assert out["crop"].shape == (2, 8, 8, 8) and out["anchor"].shape == (2, 4, 3)
+    assert out["angle"].shape == (2, 3)
+    image = (volume * 255).astype(np.uint8).astype(np.float32) / 255
+    for m in range(2):
+        first, first_crop = out["anchor"][m][0], out["crop_anchor"][m][0]
+        assert out["crop"][m][tuple(first_crop)] == pytest.approx(image[tuple(first)], abs=1e-6)
+        # the further anchors: the voxel nearest to what their crop voxel shows
+        coords = augment.rotation_coordinates(first, first_crop, 8, out["angle"][m])
+        for a, c in zip(out["anchor"][m][1:], out["crop_anchor"][m][1:], strict=True):
+            np.testing.assert_array_equal(a, np.rint(coords[(slice(None), *c)]))

@@ -9,6 +9,9 @@ as float32 in [0, 1].
 
 The anchors are drawn by ``weights`` and ``sample_anchor`` (``more_anchors``: further anchors in
 a crop); ``check_sampling`` refuses, before training, an image where none could be drawn.
+
+Volumes (``(D, H, W)`` images and IIE maps; docs/volumes.md): the same with a cubic crop, three
+rotation angles (``augment.rotation_matrix``) and (slice, row, col) anchors.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ def weights(iie: np.ndarray, kind: str, *, gamma: float = 0.3, d: float = 2.0) -
 
 
 def sample_anchor(rng: np.random.Generator, w: np.ndarray) -> np.ndarray:
-    """One pixel (row, col) drawn with probability proportional to ``w`` (H, W)."""
+    """One pixel (row, col) drawn with probability proportional to ``w`` (H, W) (a voxel
+    (slice, row, col) of a ``(D, H, W)`` map)."""
     cdf = np.cumsum(w, axis=None)
     flat = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
     return np.asarray(np.unravel_index(min(flat, cdf.size - 1), w.shape), np.int64)
@@ -50,22 +54,26 @@ def more_anchors(
     """``count`` further anchors inside a crop, drawn with replacement by the weight map.
 
     Args:
-      w: the image's sampling ratios ``(H, W)``.
-      coords: ``(2, C, C)`` the image point each crop pixel shows (``rotation_coordinates``).
+      w: the image's sampling ratios ``(H, W)`` (volumes: ``(D, H, W)``).
+      coords: ``(2, C, C)`` the image point each crop pixel shows (``rotation_coordinates``;
+        volumes ``(3, C, C, C)``).
       count: how many to draw.
 
     Returns:
-      ``(anchors, crop_anchors)``, each ``(count, 2)`` int64: a crop pixel drawn with probability
-      proportional to the weight of the image pixel nearest to what it shows (0 where that lies
-      outside the image), and that image pixel.
+      ``(anchors, crop_anchors)``, each ``(count, 2)`` int64 (volumes ``(count, 3)``): a crop
+      pixel drawn with probability proportional to the weight of the image pixel nearest to
+      what it shows (0 where that lies outside the image), and that image pixel.
     """
+    n = coords.shape[0]
     source = np.rint(coords).astype(np.int64)
-    inside = (source >= 0).all(0) & (source[0] < w.shape[0]) & (source[1] < w.shape[1])
-    rows, cols = (np.clip(source[i], 0, w.shape[i] - 1) for i in range(2))
-    p = np.where(inside, w[rows, cols], 0.0).ravel()
+    limit = np.asarray(w.shape).reshape(n, *(1,) * n)
+    inside = ((source >= 0) & (source < limit)).all(0)
+    clipped = tuple(np.clip(source[i], 0, w.shape[i] - 1) for i in range(n))
+    p = np.where(inside, w[clipped], 0.0).ravel()
     picks = rng.choice(p.size, size=count, p=p / p.sum())
     crop_anchors = np.stack(np.unravel_index(picks, coords.shape[1:]), axis=1)
-    return source[:, crop_anchors[:, 0], crop_anchors[:, 1]].T, crop_anchors.astype(np.int64)
+    anchors = source[(slice(None), *crop_anchors.T)].T
+    return anchors, crop_anchors.astype(np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,12 +141,15 @@ class AnchorCrop(grain.RandomMapTransform):
     def _crop(self, image, iie, w, rng: np.random.Generator) -> dict:
         """One crop of ``image``: its anchors, pixels and the augmentation drawn for it."""
         anchor = sample_anchor(rng, w)
-        value = iie[anchor[0], anchor[1]]
+        value = iie[tuple(anchor)]
         group = int(value >= self.thresholds[0]) + int(value >= self.thresholds[1])
         crop_anchor = augment.crop_position(
             rng, anchor, self.crop_size, image.shape, grid=self.crop_grid
         )
-        angle = rng.uniform(-self.max_rotation, self.max_rotation)
+        # one angle for an image; three for a volume (augment.rotation_matrix)
+        angle = rng.uniform(
+            -self.max_rotation, self.max_rotation, *(() if image.ndim == 2 else (3,))
+        )
         scale = 1.0
         if self.max_scale != 1.0:  # drawn only when asked: the paper's stream stays the same
             scale = float(np.exp(rng.uniform(-1.0, 1.0) * np.log(self.max_scale)))
@@ -150,7 +161,9 @@ class AnchorCrop(grain.RandomMapTransform):
         else:
             group_ranges = group if self.adaptive else self.fixed_group
             brightness, contrast, contrast_first = self.jitter.draw(rng, group_ranges)
-        crop = augment.color_jitter(crop, brightness, contrast, contrast_first=contrast_first)
+        crop = augment.color_jitter(
+            crop, brightness, contrast, contrast_first=contrast_first, dims=crop.ndim
+        )
         if self.blur > 0 or self.noise > 0:
             crop = augment.degrade(crop, rng, blur=self.blur, noise=self.noise)
         if self.anchors_per_crop > 1:  # drawn last: the first anchor's stream stays the same
@@ -165,7 +178,7 @@ class AnchorCrop(grain.RandomMapTransform):
             "group": np.int32(group),
             "brightness": np.float32(brightness),
             "contrast": np.float32(contrast),
-            "angle": np.float32(angle),
+            "angle": np.asarray(angle, np.float32),
             "scale": np.float32(scale),
         }
 
