@@ -365,3 +365,34 @@ def test_volume_crops_track_the_anchor_and_rotate_like_the_images() -> None:
         coords = augment.rotation_coordinates(first, first_crop, 8, out["angle"][m])
         for a, c in zip(out["anchor"][m][1:], out["crop_anchor"][m][1:], strict=True):
             np.testing.assert_array_equal(a, np.rint(coords[(slice(None), *c)]))
+
+
+def test_prepared_volumes_hold_the_grid_and_the_mapping_back(tmp_path) -> None:
+    """A prepared copy of volumes (TFDS): the volume, its IIE map (a ball footprint) and its
+    landmarks on the training grid, the original landmarks, size and per-axis spacing, from
+    which evaluation measures millimetres; the crop view draws from it."""
+    from piaug import evaluate
+    from piaug.data import transforms
+
+    ds = data.load("synthetic3d", num_images=2, size=(24, 40, 48))
+    prepared = prepare.prepare(ds, image_size=(16, 32, 32), footprint="ball(1)", cache_dir=tmp_path)
+    first = prepared.source[0]
+    assert first["image"].shape == (16, 32, 32) and first["iie"].shape == (16, 32, 32)
+    assert first["image"].dtype == np.uint8 and first["iie"].max() > 1.0
+    np.testing.assert_allclose(first["spacing"], ds[0]["spacing"], rtol=1e-6)
+    np.testing.assert_array_equal(first["original_size"], (24, 40, 48))
+    np.testing.assert_allclose(first["landmarks_original"], ds[0]["landmarks"], rtol=1e-6)
+    np.testing.assert_allclose(
+        first["landmarks"],
+        prepare.resize_points(ds[0]["landmarks"], (24, 40, 48), (16, 32, 32)),
+        rtol=1e-6,
+    )
+    truth = evaluate.truth([prepared.source[i] for i in range(2)], (16, 32, 32))
+    exact = np.stack([prepared.source[i]["landmarks"] for i in range(2)])
+    out = evaluate.evaluate(exact, **truth)  # the grid's own landmarks: small errors
+    grid_voxel = np.linalg.norm(evaluate.grid_spacing(truth["spacing"], (24, 40, 48), (16, 32, 32)))
+    assert out["full"]["mre_mm"] < 0.01 and out["grid"]["mre_mm"] < grid_voxel  # truncation
+    view = transforms.AnchorCrop(crop_size=16).random_map(first, np.random.default_rng(0))
+    assert view["crop"].shape == (16, 16, 16) and view["anchor"].shape == (3,)
+    with pytest.raises(UserError, match=r"\(depth, height, width\)"):
+        prepare.check_image_size((16, 32, 32, 32))

@@ -77,10 +77,13 @@ def resize_bilinear(x: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Pillow's bilinear (antialiased) resize of a uint8 ``(H, W)`` image to ``size``."""
+def resize_image(image: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """Pillow's bilinear (antialiased) resize of a uint8 ``(H, W)`` image to ``size``; a
+    ``(D, H, W)`` volume: trilinear (``resize_bilinear``, no antialiasing), rounded."""
     if tuple(image.shape) == tuple(size):
         return np.asarray(image, np.uint8)
+    if image.ndim == 3:
+        return np.rint(np.clip(resize_bilinear(image, size), 0, 255)).astype(np.uint8)
     resized = Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return np.asarray(resized, np.uint8)
 
@@ -93,13 +96,17 @@ def resize_points(points: np.ndarray, from_shape, to_shape) -> np.ndarray:
 
 
 def check_example(example, index: int) -> None:
-    """Raises UserError, naming the image, for a malformed example from a reader."""
+    """Raises UserError, naming the image, for a malformed example from a reader (a volume:
+    uint8 ``(D, H, W)``, ``(L, 3)`` landmarks, a positive spacing per axis)."""
     where = f"image {example.get('id', index)!r}"
     image, landmarks = np.asarray(example["image"]), np.asarray(example["landmarks"])
-    if image.dtype != np.uint8 or image.ndim != 2:
-        raise UserError(f"{where} is {image.dtype} {image.shape}; the reader must give uint8 2-D")
-    if landmarks.ndim != 2 or landmarks.shape[1] != 2:
-        raise UserError(f"{where}: landmarks must be (L, 2), got {landmarks.shape}")
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise UserError(
+            f"{where} is {image.dtype} {image.shape}; the reader must give uint8 2-D or 3-D"
+        )
+    d = image.ndim
+    if landmarks.ndim != 2 or landmarks.shape[1] != d:
+        raise UserError(f"{where}: landmarks must be (L, {d}), got {landmarks.shape}")
     nan = ~np.isfinite(landmarks).all(axis=1)
     if nan.all() and len(nan):
         return  # an unlabelled image (NaN landmarks; its spacing is not needed)
@@ -108,9 +115,17 @@ def check_example(example, index: int) -> None:
         raise UserError(
             f"{where}: landmark {i + 1} at (x, y) = {tuple(landmarks[i])} is not finite"
         )
-    check_inside(landmarks, image.shape[::-1], where, example.get("id", index))
-    if not np.isfinite(example["spacing"]) or example["spacing"] <= 0:
-        raise UserError(f"{where}: spacing {example['spacing']!r} mm must be a positive number")
+    if d == 2:
+        check_inside(landmarks, image.shape[::-1], where, example.get("id", index))
+    elif ((landmarks < 0) | (landmarks > np.asarray(image.shape[::-1]) - 1)).any():
+        raise UserError(f"{where}: a landmark lies outside its {image.shape} (D, H, W) volume")
+    spacing = np.asarray(example["spacing"], np.float64)
+    if (
+        spacing.shape != (() if d == 2 else (d,))
+        or not (np.isfinite(spacing) & (spacing > 0)).all()
+    ):
+        what = "a positive number" if d == 2 else f"{d} positive numbers (x, y, z)"
+        raise UserError(f"{where}: spacing {example['spacing']!r} mm must be {what}")
 
 
 def _load_map(path: Path, shape) -> np.ndarray | None:
@@ -187,21 +202,25 @@ class _Builder(tfds.core.GeneratorBasedBuilder):
         super().__init__(**kwargs)
 
     def _info(self):
-        h, w = self._image_size
+        size, d = self._image_size, len(self._image_size)
         num_landmarks = int(self._dataset.num_landmarks)
+        # an image's spacing is one number, a volume's one per axis
+        spacing = tfds.features.Scalar(dtype=np.float32)
+        if d == 3:
+            spacing = tfds.features.Tensor(shape=(3,), dtype=np.float32)
         return tfds.core.DatasetInfo(
             builder=self,
             description=f"piaug prepared dataset: {self._dataset!r}",
             features=tfds.features.FeaturesDict(
                 {
-                    "image": tfds.features.Tensor(shape=(h, w), dtype=np.uint8),
-                    "iie": tfds.features.Tensor(shape=(h, w), dtype=np.float32),
-                    "landmarks": tfds.features.Tensor(shape=(num_landmarks, 2), dtype=np.float32),
+                    "image": tfds.features.Tensor(shape=size, dtype=np.uint8),
+                    "iie": tfds.features.Tensor(shape=size, dtype=np.float32),
+                    "landmarks": tfds.features.Tensor(shape=(num_landmarks, d), dtype=np.float32),
                     "landmarks_original": tfds.features.Tensor(
-                        shape=(num_landmarks, 2), dtype=np.float32
+                        shape=(num_landmarks, d), dtype=np.float32
                     ),
-                    "spacing": tfds.features.Scalar(dtype=np.float32),
-                    "original_size": tfds.features.Tensor(shape=(2,), dtype=np.int32),
+                    "spacing": spacing,
+                    "original_size": tfds.features.Tensor(shape=(d,), dtype=np.int32),
                     "id": tfds.features.Text(),
                 }
             ),
@@ -232,7 +251,7 @@ class _Builder(tfds.core.GeneratorBasedBuilder):
                     "iie": resize_bilinear(iie, self._image_size),
                     "landmarks": resize_points(ex["landmarks"], shape, self._image_size),
                     "landmarks_original": np.asarray(ex["landmarks"], np.float32),
-                    "spacing": np.float32(ex["spacing"]),
+                    "spacing": np.asarray(ex["spacing"], np.float32),
                     "original_size": np.asarray(shape, np.int32),
                     "id": str(ex["id"]),
                 },
@@ -265,15 +284,17 @@ def builder_class(name: str) -> type[_Builder]:
     )
 
 
-def check_image_size(image_size) -> tuple[int, int]:
-    """``config.data.image_size`` as ``(height, width)``; UserError unless both are >= 8."""
+def check_image_size(image_size) -> tuple[int, ...]:
+    """``config.data.image_size`` as ``(height, width)`` (volumes: ``(depth, height,
+    width)``); UserError unless each is >= 8."""
     try:
         size = tuple(int(s) for s in image_size)
     except (TypeError, ValueError):
         size = ()
-    if len(size) != 2 or min(size) < 8:
+    if len(size) not in (2, 3) or min(size) < 8:
         raise UserError(
-            f"config.data.image_size={tuple(image_size)}: need (height, width), each >= 8"
+            f"config.data.image_size={tuple(image_size)}: need (height, width), or (depth, "
+            "height, width) for volumes, each >= 8"
         )
     return size
 
