@@ -13,7 +13,10 @@ train_step.py's on the same machine. The architecture follows piaug/models.py la
 full-image encoder, 1x1 heads; ``--norm batch`` as ``model.norm=batch``) and the loss
 piaug/losses.py (cosines, clamped or not, over a temperature, the whole map at stride 32, +-9
 cells at the finer strides; several anchors per crop, several crops per image); one Adam per
-encoder with weight decay 1e-4.
+encoder with weight decay 1e-4. ``--dims 3``: the same network and loss on volumes (3x3x3
+convolutions, 2x2x2 pools, trilinear upsampling, the RFB's 1xk and kx1 pairs as three
+convolutions of k along one axis each, a one-channel first convolution), as piaug's
+``ModelSettings(dims=3)``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,17 @@ def ch(c, width):
     return max(1, int(round(c * width)))
 
 
+DIMS = 2  # set by build_step: the layers below are 2-D or 3-D
+
+
+def conv(*args, **kwargs):
+    return (nn.Conv2d if DIMS == 2 else nn.Conv3d)(*args, **kwargs)
+
+
+def batch_norm(c):
+    return (nn.BatchNorm2d if DIMS == 2 else nn.BatchNorm3d)(c)
+
+
 class VGGFeatures(nn.Module):
     """torchvision's vgg19 ``features`` (conv with bias, ReLU, max-pools), returning the five
     pools; held as ``vgg.features`` like the authors' ``MyVgg``; ``norm="batch"`` adds a batch
@@ -45,14 +59,14 @@ class VGGFeatures(nn.Module):
 
     def __init__(self, width, norm="none"):
         super().__init__()
-        layers, c_in = [], 3
+        layers, c_in = [], 3 if DIMS == 2 else 1
         for v in VGG19:
             if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
+                layers.append((nn.MaxPool2d if DIMS == 2 else nn.MaxPool3d)(2, 2))
             else:
-                layers.append(nn.Conv2d(c_in, ch(v, width), 3, padding=1))
+                layers.append(conv(c_in, ch(v, width), 3, padding=1))
                 if norm == "batch":
-                    layers.append(nn.BatchNorm2d(ch(v, width)))
+                    layers.append(batch_norm(ch(v, width)))
                 layers.append(nn.ReLU(inplace=True))
                 c_in = ch(v, width)
         self.features = nn.Sequential(*layers)
@@ -61,7 +75,7 @@ class VGGFeatures(nn.Module):
         pools = []
         for layer in self.features:
             x = layer(x)
-            if isinstance(layer, nn.MaxPool2d):
+            if isinstance(layer, nn.MaxPool2d | nn.MaxPool3d):
                 pools.append(x)
         return pools
 
@@ -72,11 +86,11 @@ class DoubleConv(nn.Module):
     def __init__(self, c_in, c_out):
         super().__init__()
         self.double_conv = nn.Sequential(
-            nn.Conv2d(c_in, c_out, 3, padding=1),
-            nn.BatchNorm2d(c_out),
+            conv(c_in, c_out, 3, padding=1),
+            batch_norm(c_out),
             nn.ReLU(inplace=True),
-            nn.Conv2d(c_out, c_out, 3, padding=1),
-            nn.BatchNorm2d(c_out),
+            conv(c_out, c_out, 3, padding=1),
+            batch_norm(c_out),
             nn.ReLU(inplace=True),
         )
 
@@ -90,7 +104,8 @@ class Up(nn.Module):
         self.conv = DoubleConv(c_in, c_out)
 
     def forward(self, x, skip):
-        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        mode = "bilinear" if DIMS == 2 else "trilinear"
+        x = F.interpolate(x, scale_factor=2, mode=mode, align_corners=True)
         return self.conv(torch.cat([skip, x], dim=1))
 
 
@@ -100,10 +115,10 @@ class BasicConv2d(nn.Module):
     def __init__(self, c_in, c_out, kernel, dilation=1):
         super().__init__()
         if isinstance(kernel, int):
-            kernel = (kernel, kernel)
+            kernel = (kernel,) * DIMS
         padding = tuple(dilation * (k - 1) // 2 for k in kernel)
-        self.conv = nn.Conv2d(c_in, c_out, kernel, padding=padding, dilation=dilation, bias=False)
-        self.bn = nn.BatchNorm2d(c_out)
+        self.conv = conv(c_in, c_out, kernel, padding=padding, dilation=dilation, bias=False)
+        self.bn = batch_norm(c_out)
 
     def forward(self, x):
         return self.bn(self.conv(x))
@@ -114,10 +129,12 @@ class RFB(nn.Module):
         super().__init__()
         self.branch0 = nn.Sequential(BasicConv2d(c, c, 1))
         for b, k in ((1, 3), (2, 5), (3, 7)):
+            along = [  # k along one axis each, the last axis first: (1, k), (k, 1) in 2-D
+                tuple(k if a == axis else 1 for a in range(DIMS)) for axis in reversed(range(DIMS))
+            ]
             branch = nn.Sequential(
                 BasicConv2d(c, c, 1),
-                BasicConv2d(c, c, (1, k)),
-                BasicConv2d(c, c, (k, 1)),
+                *(BasicConv2d(c, c, kernel) for kernel in along),
                 BasicConv2d(c, c, 3, dilation=k),
             )
             setattr(self, f"branch{b}", branch)
@@ -149,10 +166,11 @@ class Encoder(nn.Module):
             for level, w in zip((5, 4, 3), widths[:3], strict=True):
                 setattr(self, f"non_local_{level}", RFB(w))
         for level, w in zip((5, 4, 3, 2, 1), widths, strict=True):
-            setattr(self, f"trans_{level}", nn.Conv2d(w, embedding, 1))
+            setattr(self, f"trans_{level}", conv(w, embedding, 1))
 
     def forward(self, x):
-        x = x.expand(-1, 3, -1, -1)
+        if DIMS == 2:
+            x = x.expand(-1, 3, -1, -1)
         f0, f1, f2, f3, f4 = self.vgg(x)
         u1 = self.up1(f4, f3)
         u2 = self.up2(u1, f2)
@@ -185,26 +203,29 @@ def info_nce(
     each), crop n of image ``n // crops_per_image``; the mean over crops and anchors."""
     if anchors.ndim == 2:
         anchors, crop_anchors = anchors[:, None], crop_anchors[:, None]
-    n, a = anchors.shape[:2]
+    n, a, d = anchors.shape
     crops = torch.arange(n)
     images = crops // crops_per_image
     total = 0.0
     hi = window if half_open else window + 1
     for i, (f, g, s) in enumerate(zip(feats, crop_feats, STRIDES, strict=True)):
-        h, w = f.shape[2:]
-        target = torch.minimum(anchors // s, torch.tensor([h - 1, w - 1]))  # (N, A, 2)
-        source = torch.minimum(crop_anchors // s, torch.tensor([g.shape[2] - 1, g.shape[3] - 1]))
-        query = g[crops[:, None], :, source[..., 0], source[..., 1]]  # (N, A, E)
+        size = f.shape[2:]
+        target = torch.minimum(anchors // s, torch.tensor(size) - 1)  # (N, A, d)
+        source = torch.minimum(crop_anchors // s, torch.tensor(g.shape[2:]) - 1)
+        query = g.movedim(1, -1)[(crops[:, None], *source.unbind(-1))]  # (N, A, E)
         f = F.normalize(f, dim=1, eps=1e-3)[images]  # (N, E, h, w)
-        sim = torch.einsum("nae,nehw->nahw", F.normalize(query, dim=-1, eps=1e-3), f)
+        sim = torch.einsum("nae,ne...->na...", F.normalize(query, dim=-1, eps=1e-3), f)
         if clamp:
             sim = sim.clamp(0, 1)
         sim = sim / temperature
-        positive = sim[crops[:, None], torch.arange(a)[None], target[..., 0], target[..., 1]]
+        positive = sim[(crops[:, None], torch.arange(a)[None], *target.unbind(-1))]
         if i > 0:
-            dr = torch.arange(h)[None, None, :, None] - target[..., 0, None, None]
-            dc = torch.arange(w)[None, None, None, :] - target[..., 1, None, None]
-            inside = (dr >= -window) & (dr < hi) & (dc >= -window) & (dc < hi)
+            inside = torch.ones(sim.shape, dtype=torch.bool)
+            for k, m in enumerate(size):
+                shape = [1, 1] + [1] * d
+                shape[2 + k] = m
+                delta = torch.arange(m).reshape(shape) - target[..., k].reshape(n, a, *[1] * d)
+                inside &= (delta >= -window) & (delta < hi)
             sim = sim.masked_fill(~inside, float("-inf"))
         total = total + (torch.logsumexp(sim.flatten(2), dim=2) - positive).mean()
     return total
@@ -213,16 +234,19 @@ def info_nce(
 def build_step(args):
     """One training step of both encoders at ``args``' settings on a fixed random batch, as a
     function returning the loss."""
+    global DIMS
+    DIMS = args.dims
     torch.manual_seed(0)
     net = Encoder(args.width_mult, args.embedding, rfb=True, norm=args.norm)
     net_crop = Encoder(args.width_mult, args.embedding, rfb=False, norm=args.norm)
     opts = [torch.optim.Adam(n.parameters(), lr=1e-4, weight_decay=1e-4) for n in (net, net_crop)]
     rng = np.random.default_rng(0)
     s, c, b, m = args.image_size, args.crop_size, args.batch, args.crops_per_image
-    image = torch.from_numpy(rng.integers(0, 256, (b, 1, s, s), dtype=np.uint8))
-    crop = torch.from_numpy(rng.uniform(0, 1, (b * m, 1, c, c)).astype(np.float32))
-    anchors = torch.from_numpy(rng.integers(0, s, (b * m, args.anchors, 2)))
-    crop_anchors = torch.from_numpy(rng.integers(0, c, (b * m, args.anchors, 2)))
+    d = args.dims
+    image = torch.from_numpy(rng.integers(0, 256, (b, 1, *(s,) * d), dtype=np.uint8))
+    crop = torch.from_numpy(rng.uniform(0, 1, (b * m, 1, *(c,) * d)).astype(np.float32))
+    anchors = torch.from_numpy(rng.integers(0, s, (b * m, args.anchors, d)))
+    crop_anchors = torch.from_numpy(rng.integers(0, c, (b * m, args.anchors, d)))
     loss_args = {
         "window": args.window,
         "half_open": args.half_open,
@@ -248,6 +272,7 @@ def build_step(args):
 def parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--image-size", type=int, default=384)
+    p.add_argument("--dims", type=int, default=2, choices=(2, 3), help="3: volumes")
     p.add_argument("--crop-size", type=int, default=64)
     p.add_argument("--batch", type=int, default=8, help="images")
     p.add_argument("--width-mult", type=float, default=1.0)

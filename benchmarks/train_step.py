@@ -9,6 +9,8 @@ python benchmarks/train_step.py ... --batch 4 --crops-per-image 2   # 2 crops of
 python benchmarks/train_step.py --config configs/ceph.py:cpu          # a config's settings
 python benchmarks/train_step.py --image-size 192 --crop-size 64 --batch 4 --width-mult 0.25 \
     --torch --no-reference      # against benchmarks/torch_reference.py, in alternating turns
+python benchmarks/train_step.py --dims 3 --image-size 64 --crop-size 32 --batch 2 \
+    --width-mult 0.125 --norm batch --torch --no-reference   # volumes (64^3, cubic crops)
 
 Prints one JSON line. ``samples_per_s`` (images; ``crops_per_s`` counts crops) is the rate of
 ``piaug.train.train_step`` (both encoders forward and backward, the multi-scale InfoNCE, both
@@ -46,13 +48,15 @@ from jax.sharding import NamedSharding, PartitionSpec
 from piaug import configure, devices, models, train
 
 
-def _batch(image_size: int, crop_size: int, batch: int, anchors: int = 1, crops: int = 1) -> dict:
+def _batch(
+    image_size: int, crop_size: int, batch: int, anchors: int = 1, crops: int = 1, dims: int = 2
+) -> dict:
     rng = np.random.default_rng(0)
     lead = (batch,) if crops == 1 else (batch, crops)  # M crops per image: (B, M, ...)
-    shape = (*lead, 2) if anchors == 1 else (*lead, anchors, 2)
+    shape = (*lead, dims) if anchors == 1 else (*lead, anchors, dims)
     return {
-        "image": rng.integers(0, 256, (batch, image_size, image_size), dtype=np.uint8),
-        "crop": rng.uniform(0, 1, (*lead, crop_size, crop_size)).astype(np.float32),
+        "image": rng.integers(0, 256, (batch, *(image_size,) * dims), dtype=np.uint8),
+        "crop": rng.uniform(0, 1, (*lead, *(crop_size,) * dims)).astype(np.float32),
         "anchor": rng.integers(0, image_size, shape).astype(np.int32),
         "crop_anchor": rng.integers(0, crop_size, shape).astype(np.int32),
     }
@@ -95,6 +99,7 @@ def _vgg_reference(args, batch) -> float:
 def add_settings(parser: argparse.ArgumentParser) -> None:
     """The step's settings as flags (``--config`` takes them from a config instead)."""
     parser.add_argument("--image-size", type=int, default=384)
+    parser.add_argument("--dims", type=int, default=2, choices=(2, 3), help="3: volumes")
     parser.add_argument("--crop-size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--width-mult", type=float, default=1.0)
@@ -119,6 +124,7 @@ def from_config(args) -> None:
     loss = configure.loss(config)
     values = {
         "image_size": int(config.data.image_size[0]),
+        "dims": int(config.model.get("dims", 2)),
         "crop_size": int(config.data.crop_size),
         "batch": int(config.train.batch_size),
         "width_mult": float(config.model.width),
@@ -143,7 +149,11 @@ def program(args) -> SimpleNamespace:
     not yet compiled), ``mesh`` (every device), and the ``nets``, ``txs`` and ``loss`` it
     was built from."""
     nets = models.ModelSettings(
-        embedding=args.embedding, width=args.width_mult, dtype=args.dtype, norm=args.norm
+        embedding=args.embedding,
+        width=args.width_mult,
+        dtype=args.dtype,
+        norm=args.norm,
+        dims=args.dims,
     ).encoders()
     txs = {name: train.optimizer(train.TrainSettings(), 1.0) for name in train.ENCODERS}
     mesh = train.make_mesh()
@@ -151,7 +161,7 @@ def program(args) -> SimpleNamespace:
         train.create_state,
         nets=nets,
         txs=txs,
-        image_size=(args.image_size, args.image_size),
+        image_size=(args.image_size,) * args.dims,
         crop_size=args.crop_size,
     )
     init = jax.jit(init, out_shardings=NamedSharding(mesh, PartitionSpec()))
@@ -165,6 +175,7 @@ def _torch_twin(args) -> subprocess.Popen:
     """benchmarks/torch_reference.py at ``args``' settings, serving timed runs on stdin."""
     cmd = [sys.executable, str(Path(__file__).with_name("torch_reference.py")), "--serve"]
     cmd += ["--image-size", str(args.image_size), "--crop-size", str(args.crop_size)]
+    cmd += ["--dims", str(args.dims)]
     cmd += ["--batch", str(args.batch), "--width-mult", str(args.width_mult)]
     cmd += ["--norm", args.norm, "--embedding", str(args.embedding)]
     cmd += ["--anchors", str(args.anchors), "--crops-per-image", str(args.crops_per_image)]
@@ -224,7 +235,9 @@ def main():
     step, mesh = built.step, built.mesh
     state = built.init(jax.random.key(0))
     params = {name: models.num_params(state.params[name]) for name in train.ENCODERS}
-    batch = _batch(args.image_size, args.crop_size, args.batch, args.anchors, args.crops_per_image)
+    batch = _batch(
+        args.image_size, args.crop_size, args.batch, args.anchors, args.crops_per_image, args.dims
+    )
     device_batch = train.device_batch(batch, mesh)
 
     # Compiled as training compiles it (piaug.train.fit: the CPU's compiler options).
@@ -248,6 +261,7 @@ def main():
         "device": jax.devices()[0].device_kind,
         "devices": jax.device_count(),
         "image_size": args.image_size,
+        "dims": args.dims,
         "crop_size": args.crop_size,
         "batch": args.batch,
         "width_mult": args.width_mult,
@@ -268,7 +282,7 @@ def main():
         "params_crop_encoder": params["crop"],
     }
     result.update(compared)
-    if not args.no_reference:
+    if not args.no_reference and args.dims == 2:  # (the VGG reference is 2-D)
         reference = _vgg_reference(args, batch)
         result["reference"] = "vgg19_features"
         result["vgg19_features_samples_per_s"] = round(args.batch / reference, 3)

@@ -219,3 +219,35 @@ def test_an_authors_checkpoint_pair_converts_and_restores(twins, tmp_path):
         authors.convert(files["image"], files["crop"], out)
     with pytest.raises(UserError, match="non_local_5.*missing.*full-image"):
         authors.convert(files["crop"], files["crop"], tmp_path / "other")
+
+
+def test_the_volume_loss_matches_the_twin(twins):
+    """The 3-D loss (cubic windows, several anchors, two crops per volume) against the twin's
+    on the same random maps."""
+    module = twins[0]
+    rng = np.random.default_rng(3)
+    strides = (32, 16, 8, 4, 2)
+    image = [rng.normal(size=(2, 64 // s, 64 // s, 32 // s, 4)).astype(np.float32) for s in strides]
+    crop = [rng.normal(size=(4, 32 // s, 32 // s, 32 // s, 4)).astype(np.float32) for s in strides]
+    anchors = rng.integers(0, 32, (4, 3, 3))
+    crop_anchors = rng.integers(0, 32, (4, 3, 3))
+    theirs = module.info_nce(
+        [torch.from_numpy(f).permute(0, 4, 1, 2, 3) for f in image],
+        [torch.from_numpy(f).permute(0, 4, 1, 2, 3) for f in crop],
+        torch.from_numpy(anchors),
+        torch.from_numpy(crop_anchors),
+        window=1,
+        temperature=0.1,
+        clamp=False,
+        crops_per_image=2,
+    )
+    per_example, _ = losses.multiscale_info_nce(
+        [jnp.repeat(jnp.asarray(f), 2, axis=0) for f in image],
+        [jnp.asarray(f) for f in crop],
+        jnp.asarray(anchors),
+        jnp.asarray(crop_anchors),
+        window=1,
+        temperature=0.1,
+        clamp=False,
+    )
+    np.testing.assert_allclose(float(per_example.mean(0).sum()), float(theirs), rtol=1e-5)
