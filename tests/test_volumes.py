@@ -303,26 +303,6 @@ def test_one_shot_matching_of_volumes_end_to_end() -> None:
     np.testing.assert_array_equal(found[0][:, ::-1], cells // 2 * 2)
 
 
-@pytest.mark.slow
-def test_one_shot_matching_runs_the_volume_encoders() -> None:
-    import functools
-
-    import jax
-
-    from piaug import matching, models
-
-    volume = data.load("synthetic3d", num_images=1, size=(32, 32, 32))[0]
-    cells = matching.template_cells(volume["landmarks"], (32, 32, 32))
-    net, _ = models.ModelSettings(embedding=8, width=1 / 16, dims=3).encoders()
-    variables = net.init(jax.random.key(0), np.zeros((1, 32, 32, 32), np.float32))
-    apply_fn = jax.jit(functools.partial(net.apply, variables))
-    found, scores = matching.predict(
-        apply_fn, volume["image"], cells, volume["image"][None], size=(32,) * 3, with_scores=True
-    )
-    assert found.shape == (1, len(cells), 3) and np.isfinite(scores).all()
-    assert (found >= 0).all() and (found <= 31).all()
-
-
 def test_volume_crops_track_the_anchor_and_rotate_like_the_images() -> None:
     from piaug import augment
     from piaug.data import transforms
