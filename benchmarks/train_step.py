@@ -124,7 +124,7 @@ def from_config(args) -> None:
     loss = configure.loss(config)
     values = {
         "image_size": int(config.data.image_size[0]),
-        "dims": int(config.model.get("dims", 2)),
+        "dims": len(config.data.image_size),
         "crop_size": int(config.data.crop_size),
         "batch": int(config.train.batch_size),
         "width_mult": float(config.model.width),

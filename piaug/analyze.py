@@ -40,16 +40,17 @@ _BINS = np.linspace(0.0, 8.0, 33)  # IIE bins (bits) of Fig. 2
 HIST_EDGES = np.linspace(0.0, 8.0, 81)  # IIE histogram bins of info_stats.json; 8 bits at most
 
 
-def grid_anchors(size: tuple[int, int], stride: int) -> np.ndarray:
-    """``(A, 2)`` (row, col) anchors every ``stride`` pixels, offset by half a step."""
-    rows = np.arange(stride // 2, size[0], stride)
-    cols = np.arange(stride // 2, size[1], stride)
-    return np.stack(np.meshgrid(rows, cols, indexing="ij"), -1).reshape(-1, 2)
+def grid_anchors(size: tuple[int, ...], stride: int) -> np.ndarray:
+    """``(A, 2)`` (row, col) anchors every ``stride`` pixels, offset by half a step (a
+    volume's ``(A, 3)``, (slice, row, col))."""
+    axes = [np.arange(stride // 2, n, stride) for n in size]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(size))
 
 
 def centred_crops(image: np.ndarray, anchors: np.ndarray, crop: int):
     """Unaugmented ``crop`` x ``crop`` views containing each anchor, centred where the border
-    allows: ``(A, crop, crop)`` float32 in [0, 1] and the anchors' positions in them."""
+    allows: ``(A, crop, crop)`` float32 in [0, 1] and the anchors' positions in them (a
+    volume's: cubic views)."""
     crops = estimate.patches(image[None], anchors[None], crop)[0]
     return crops.astype(np.float32) / 255.0, anchors - estimate.patch_corners(
         anchors, crop, image.shape
@@ -98,7 +99,7 @@ def pixel_losses(
             loss_values, psi = run(variables, x, *args)
             out["loss"].append(np.asarray(loss_values)[:n])
             out["psi"].append(np.asarray(psi)[:n])
-        out["iie"].append(m[anchors[:, 0], anchors[:, 1]])
+        out["iie"].append(m[tuple(anchors.T)])
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -138,9 +139,25 @@ def read_curve(path: Path, key: str = "loss") -> tuple[list, list] | None:
     return ([r["step"] for r in rows], [r[key] for r in rows]) if rows else None
 
 
+def _spacing(spacing) -> float | list[float] | None:
+    """An image's spacing for JSON: one number (images), one per axis (volumes), None if
+    unknown."""
+    spacing = np.asarray(spacing, np.float64)
+    if not np.isfinite(spacing).all():
+        return None
+    return float(spacing) if spacing.ndim == 0 else spacing.tolist()
+
+
 def _fractions(group_counts) -> dict[str, float]:
     total = max(1, int(np.sum(group_counts)))
     return {name: int(c) / total for name, c in zip(info.GROUP_NAMES, group_counts, strict=True)}
+
+
+def nearest_cells(points: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    """The index of the grid cell nearest each point (``(N, dims)`` as (x, y[, z])) of an
+    array of ``shape``, clipped into it: ``array[nearest_cells(points, array.shape)]``."""
+    cells = np.round(np.asarray(points)[:, ::-1]).astype(int)
+    return tuple(np.clip(cells[:, a], 0, n - 1) for a, n in enumerate(shape))
 
 
 def info_statistics(
@@ -163,15 +180,13 @@ def info_statistics(
         points = ex["landmarks"].astype(np.float64)
         at_landmarks = None
         if np.isfinite(points).all():  # unlabelled images (NaN) have none
-            cols, rows = np.round(points).astype(int).T
-            cols, rows = cols.clip(0, m.shape[1] - 1), rows.clip(0, m.shape[0] - 1)
-            at_landmarks = m[rows, cols]
+            at_landmarks = m[nearest_cells(points, m.shape)]
             landmark_iie.append(at_landmarks)
         per_image.append(
             {
                 "id": ex["id"].decode() if isinstance(ex["id"], bytes) else str(ex["id"]),
                 "original_size": ex["original_size"].tolist(),
-                "spacing_mm": float(ex["spacing"]) if np.isfinite(ex["spacing"]) else None,
+                "spacing_mm": _spacing(ex["spacing"]),
                 "mean_iie": float(m.mean()),
                 "group_fraction": _fractions(counts),
                 "landmark_iie": None if at_landmarks is None else at_landmarks.round(4).tolist(),

@@ -21,6 +21,9 @@ embedding maps of images already at the grid. Matching runs with the run's own s
 (``encoder.settings``, a ``piaug.matching.MatchSettings`` built from its ``config.json``), and
 ``encoder.choose_template`` with the run's template policy (``piaug.templates``): the same code
 paths as the pipeline's.
+
+A run on volumes (its grid has three entries, docs/volumes.md) takes ``(D, H, W)`` uint8
+volumes and gives ``(N, L, 3)`` (x, y, z) voxels of each; its template points are ``(L, 3)``.
 """
 
 from __future__ import annotations
@@ -80,17 +83,19 @@ def _locate(path, kind: str, name: str | None) -> tuple[Path, dict, str, Path]:
     return run, config, name, Path(found[name])
 
 
-def _grid(images: Sequence[np.ndarray], size) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """The images resized to the grid ``size`` (uint8 ``(N, H, W)``) and their own shapes."""
+def _grid(images: Sequence[np.ndarray], size) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """The images resized to the grid ``size`` (uint8 ``(N, H, W)``; volumes ``(N, D, H, W)``
+    for a 3-entry grid) and their own shapes."""
     from piaug.data import prepare
 
     shapes, out = [], []
+    what = "2-D uint8 array (grayscale)" if len(size) == 2 else "3-D uint8 array (D, H, W)"
     for i, image in enumerate(images):
         image = np.asarray(image)
-        if image.ndim != 2 or image.dtype != np.uint8:
+        if image.ndim != len(size) or image.dtype != np.uint8:
             raise UserError(
-                f"image {i}: expected a 2-D uint8 array (grayscale), got {image.dtype} "
-                f"{image.shape}"
+                f"image {i}: expected a {what} for this run's {len(size)}-D grid, got "
+                f"{image.dtype} {image.shape}"
             )
         shapes.append(image.shape)
         out.append(prepare.resize_image(image, size))
@@ -124,13 +129,14 @@ class Encoder:
     ) -> tuple[np.ndarray, np.ndarray]:
         """One-shot matching: the landmarks ``template_points`` ``(L, 2)`` (x, y in the
         ``template`` image's pixels) found in each image, ``(N, L, 2)`` in its own pixels,
-        and their confidence ``(N, L)``."""
+        and their confidence ``(N, L)``. Volumes: ``(L, 3)`` (x, y, z voxels) and
+        ``(N, L, 3)``."""
         from piaug import evaluate, matching
         from piaug.data import prepare
 
         size = self.image_size
         grid_template, (shape,) = _grid([template], size)
-        points = np.asarray(template_points, np.float64).reshape(-1, 2)
+        points = np.asarray(template_points, np.float64).reshape(-1, len(size))
         cells = matching.template_cells(prepare.resize_points(points, shape, size), size)
         grid, shapes = _grid(images, size)
         found, scores = matching.predict(
@@ -147,7 +153,8 @@ class Encoder:
     def choose_template(
         self, images: Sequence[np.ndarray], *, batch_size: int = 8
     ) -> tuple[int, np.ndarray]:
-        """The image of ``images`` (2-D uint8, any size) to annotate: the run's label-free
+        """The image of ``images`` (uint8 of the run's dimension, any size) to annotate: the
+        run's label-free
         template policy (``piaug.templates.choose``, the pipeline's choice) over all of them.
         Returns its index and every image's score (-inf for those not scored)."""
         from piaug import info, templates
@@ -222,6 +229,14 @@ def load_detector(path, name: str | None = None) -> Detector:
     in ``path`` (a run folder, or a detector's checkpoint folder)."""
     from piaug import checkpoints, detector
 
+    run = _run_of(Path(path))
+    saved = layout.read_json(run / layout.CONFIG_FILE) if run is not None else None
+    if saved and len(saved.get("data", {}).get("image_size", ())) == 3:
+        raise UserError(
+            f"{run} was trained on volumes: the detector (CC2D's second stage) is 2-D only so "
+            "far; find landmarks by one-shot matching with the run's encoder instead "
+            "(load_encoder, or piaug.predict --template=VOLUME --template-landmarks=CSV)"
+        )
     run, config, name, ckpt = _locate(path, "detector", name)
     model = checkpoints.model_settings(config)
     num_landmarks = detector.saved_num_landmarks(ckpt)

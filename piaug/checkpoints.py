@@ -191,8 +191,11 @@ def image_encoder(
 
 
 def model_settings(config: dict) -> models.ModelSettings:
-    """The model settings of a run's saved ``config.json`` (a plain dict)."""
-    saved = config.get("model", {})
+    """The model settings of a run's saved ``config.json`` (a plain dict); the encoders'
+    number of axes is its grid's (``data.image_size``), as ``configure.model`` gives it."""
+    saved = dict(config.get("model", {}))
+    if "image_size" in config.get("data", {}):
+        saved["dims"] = len(config["data"]["image_size"])
     names = [f.name for f in dataclasses.fields(models.ModelSettings)]
     return models.ModelSettings(**{k: saved[k] for k in names if k in saved})
 

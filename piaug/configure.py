@@ -50,7 +50,10 @@ def _settings(cls, section, prefix: str):
 
 
 def model(config) -> models.ModelSettings:
-    return _settings(models.ModelSettings, config.model, "config.model.")
+    """``config.model``; the encoders' number of axes is the grid's (``data.image_size``:
+    2 entries for images, 3 for volumes)."""
+    cfg = config.model.to_dict() | {"dims": len(config.data.image_size)}
+    return _settings(models.ModelSettings, cfg, "config.model.")
 
 
 def loss(config) -> losses.LossSettings:
@@ -369,11 +372,19 @@ def check(config, stages: Sequence[str] = STAGES) -> None:
             f"{jax.device_count()} devices: use a multiple of the device count"
         )
     dataset = load_dataset(config)  # datasets are lazy: this reads the annotations
-    if getattr(dataset, "dims", 2) != 2:
+    if len(size) == 3 and {"pseudo", "detector"} & set(stages) & set(parse_stages(config.stages)):
         raise UserError(
-            f"config.data.name={config.data.name!r} holds volumes: piaug.data reads them, but "
-            "the pipeline's stages are 2-D so far (the 3-D stages are being built: "
-            "docs/volumes.md); use a 2-D dataset here"
+            f"config.stages={config.stages!r}: the detector (stages pseudo and detector) is 2-D "
+            "only so far, and this config's grid (config.data.image_size) is 3-D: leave pseudo "
+            "and detector out; one-shot matching (evaluate, piaug.predict --template) finds "
+            "landmarks in volumes"
+        )
+    if len(size) != getattr(dataset, "dims", 2):
+        raise UserError(
+            f"config.data.image_size={tuple(size)} has {len(size)} entries but dataset "
+            f"{config.data.name!r} holds {getattr(dataset, 'dims', 2)}-D "
+            f"{'volumes' if getattr(dataset, 'dims', 2) == 3 else 'images'}: give (D, H, W) "
+            "for volumes, (H, W) for images"
         )
     first = dataset[0]  # ... and one image
     if fp.ndim != np.ndim(first["image"]):

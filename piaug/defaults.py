@@ -55,7 +55,19 @@ def base_config(dataset: str = "synthetic") -> ml_collections.ConfigDict:
     config.detector = _detector()
     # The paper's analysis figures (the analyze stage) from the run's artefacts.
     config.analyze = _analyze()
+    if data.spec(dataset).dims == 3:
+        _volumes(config)
     return config
+
+
+def _volumes(config: ml_collections.ConfigDict) -> None:
+    """The defaults that differ for a dataset of volumes (docs/volumes.md): a 3-entry grid
+    (D, H, W), cubic crops, the paper's H&N IIE patch of 5 voxels (a ball of radius 2)."""
+    config.data.image_size = (64, 64, 64)
+    config.data.crop_size = 32
+    config.info.footprint = "ball(2)"
+    config.analyze.footprints = ("ball(1)", "ball(2)", "ball(4)")  # Fig. 7
+    config.eval.salient_distance = 4  # grid voxels
 
 
 def _data(dataset: str) -> ml_collections.ConfigDict:
@@ -132,7 +144,6 @@ def _model() -> ml_collections.ConfigDict:
     # The backbone's normalisation after each conv: none (the paper's VGG19) | batch
     # (torchvision's vgg19_bn layout) | group; for training from scratch.
     c.norm = "none"
-    c.dims = 2  # 2: images; 3: volumes (the 3-D encoders, docs/volumes.md)
     return c
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 
 
 def describe_devices(devices=None) -> str:
@@ -26,6 +27,9 @@ def describe_devices(devices=None) -> str:
 # the pixels of a step and the square of the width (case (b), 192 x 192, batch 4, width 0.25,
 # predicted 0.38 s, measured 0.39 s).
 _CPU_STEP_S, _CPU_STEP_PIXELS = 48.9, 8 * (384 * 384 + 64 * 64)
+# Volumes (docs/performance.md, train_step_3d.jsonl): 0.718 s for batch 2 of 64^3 volumes with
+# two 32^3 crops each at width 0.125, scaled the same way (voxels, width squared).
+_CPU_STEP_3D_S, _CPU_STEP_3D_VOXELS, _CPU_STEP_3D_WIDTH = 0.718, 2 * (64**3 + 2 * 32**3), 0.125
 
 
 def cpu_hours(config, steps: int, platform: str | None = None) -> float | None:
@@ -33,12 +37,16 @@ def cpu_hours(config, steps: int, platform: str | None = None) -> float | None:
     scaled from the measured step; None when JAX runs on an accelerator."""
     if (platform or jax.devices()[0].platform) != "cpu":
         return None
-    h, w = (int(s) for s in config.data.image_size)
+    size = [int(s) for s in config.data.image_size]
     crop = int(config.data.crop_size)
     crops = max(1, int(config.augment.crops_per_image))
-    pixels = int(config.train.batch_size) * (h * w + crops * crop * crop)
+    pixels = int(config.train.batch_size) * (np.prod(size) + crops * crop ** len(size))
     width = float(config.model.width)
-    return steps * _CPU_STEP_S * pixels / _CPU_STEP_PIXELS * width**2 / 3600
+    if len(size) == 3:
+        scale = _CPU_STEP_3D_S / _CPU_STEP_3D_VOXELS / _CPU_STEP_3D_WIDTH**2
+    else:
+        scale = _CPU_STEP_S / _CPU_STEP_PIXELS
+    return float(steps * scale * pixels * width**2 / 3600)
 
 
 # XLA's CPU compiler options for the training steps: YNNPACK (XLA's CPU kernel library) for the

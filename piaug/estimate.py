@@ -89,11 +89,11 @@ def key_points(
     seed: int = 0,
 ) -> list[np.ndarray]:
     """Per group (low, medium, high), up to ``count`` pixels (row, col) of that group, at
-    least ``margin`` pixels from every border, drawn without replacement (seeded)."""
+    least ``margin`` pixels from every border, drawn without replacement (seeded). A volume's:
+    voxels (slice, row, col)."""
     groups = np.asarray(info.information_groups(np.asarray(iie), tuple(thresholds)))
     inside = np.zeros(groups.shape, bool)
-    h, w = groups.shape
-    inside[margin : h - margin, margin : w - margin] = True
+    inside[tuple(slice(margin, n - margin) for n in groups.shape)] = True
     out = []
     for g in range(len(info.GROUP_NAMES)):
         candidates = np.argwhere(inside & (groups == g))
@@ -105,21 +105,25 @@ def key_points(
 
 def patch_corners(points, size: int, shape) -> np.ndarray:
     """Top-left (row, col) of the ``size`` x ``size`` patch centred on each point, shifted
-    inside an image of ``shape`` (height, width)."""
-    return np.clip(np.asarray(points, np.int64) - size // 2, 0, np.asarray(shape[:2]) - size)
+    inside an image of ``shape`` (height, width); of a cubic patch for (slice, row, col)
+    points of a volume of shape (D, H, W)."""
+    points = np.asarray(points, np.int64)
+    d = points.shape[-1]
+    return np.clip(points - size // 2, 0, np.asarray(shape[:d]) - size)
 
 
 def patches(images: np.ndarray, points: np.ndarray, size: int) -> np.ndarray:
     """The ``size`` x ``size`` patches of ``images`` ``(N, H, W)`` centred on ``points``
     ``(N, P, 2)`` (row, col), shifted inside the image where they would cross a border:
-    ``(N, P, size, size)``, the images' dtype."""
+    ``(N, P, size, size)``, the images' dtype. Volumes ``(N, D, H, W)``, points
+    ``(N, P, 3)``: ``(N, P, size, size, size)``."""
     images = np.asarray(images)
-    corner = patch_corners(points, size, images.shape[1:3])
-    offsets = np.arange(size)
-    rows = corner[..., 0, None, None] + offsets[:, None]
-    cols = corner[..., 1, None, None] + offsets[None, :]
-    n = np.arange(len(images))[:, None, None, None]
-    return images[n, rows, cols]
+    d = images.ndim - 1
+    corner = patch_corners(points, size, images.shape[1:])
+    grid = np.ix_(*[np.arange(size)] * d)  # d open ranges, each along its own axis
+    index = tuple(corner[..., a].reshape(corner.shape[:-1] + (1,) * d) + grid[a] for a in range(d))
+    n = np.arange(len(images)).reshape((-1,) + (1,) * (d + 1))
+    return images[(n, *index)]
 
 
 def factors(num_steps: int) -> np.ndarray:
@@ -190,7 +194,7 @@ def self_information(
     patches_: np.ndarray, num_steps: int, *, estimator: str = "joint", chunk: int = 64
 ) -> np.ndarray:
     """MI between each patch and its augmented self at every step: ``(M, 2, num_steps + 1)``
-    for ``(M, h, w)`` uint8 patches, [down, up] (``factors``), nats."""
+    for ``(M, h, w)`` (or ``(M, d, h, w)``) uint8 patches, [down, up] (``factors``), nats."""
     m = len(patches_)
     flat = np.asarray(patches_, np.uint8).reshape(m, -1)
     f = factors(num_steps)
@@ -250,7 +254,8 @@ def estimate(
     Args:
       features: per scale, ``(N, h, w, E)`` full-image encoder maps of the N training images
         (``matching.encode``).
-      images: ``(N, H, W)`` uint8 training images (the encoder's input grid).
+      images: ``(N, H, W)`` uint8 training images (the encoder's input grid); volumes
+        ``(N, D, H, W)``, their patches cubic and their points (slice, row, col).
       iie_template: ``(H, W)`` IIE map (bits) of the template image.
       template: index of the template among the N images.
       thresholds: the IIE bounds of the groups (bits).
@@ -271,7 +276,7 @@ def estimate(
     """
     settings = EstimateSettings(num_points, patch_size, alpha, max_steps, estimator)
     images = np.asarray(images)
-    n, size = len(images), images.shape[1:3]
+    n, size = len(images), images.shape[1:]
     if n < 2:
         raise ValueError("the estimate needs the template and at least one other image")
     settings.check_size(size)
@@ -289,10 +294,10 @@ def estimate(
     all_patches = patches(images, found, patch_size)  # (N, P, s, s)
     others = np.delete(np.arange(n), template)
     ref = np.broadcast_to(all_patches[template][None], all_patches[others].shape)
-    pair_mi = np.asarray(mi_fn(ref, all_patches[others]))  # (N - 1, P)
+    pair_mi = np.asarray(mi_fn(ref, all_patches[others], patch_ndim=len(size)))  # (N - 1, P)
     t_target = time.perf_counter()
     curves = self_information(
-        all_patches.reshape(-1, patch_size, patch_size), max_steps, estimator=estimator
+        all_patches.reshape(-1, *all_patches.shape[2:]), max_steps, estimator=estimator
     ).reshape(n, len(points), 2, max_steps + 1)
     t_search = time.perf_counter()
 
@@ -376,6 +381,6 @@ def _group(
         "num_points": int(len(points)),
         "num_images": int(len(curves)),
         "points": points.tolist(),
-        "iie_mean": float(np.asarray(iie_template)[points[:, 0], points[:, 1]].mean()),
+        "iie_mean": float(np.asarray(iie_template)[tuple(points.T)].mean()),
         "mi": mi.round(5).ravel().tolist(),
     }

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
+from piaug import volume_plots
 from piaug.data import transforms
 
 
@@ -45,10 +46,25 @@ def group_legend(ax, thresholds) -> None:
 
 
 def info_panel(
-    image, iie, groups, landmarks, thresholds, path: Path, *, title: str = "", original_size=None
+    image,
+    iie,
+    groups,
+    landmarks,
+    thresholds,
+    path: Path,
+    *,
+    title: str = "",
+    original_size=None,
+    spacing=None,
 ) -> Figure:
     """Image | IIE map | information groups, landmarks marked on all three, in the proportions
-    of ``original_size`` (height, width) when the arrays are a resized copy."""
+    of ``original_size`` (height, width) when the arrays are a resized copy. A volume
+    ``(D, H, W)`` is drawn as three orthogonal slices (``volume_plots.info_panel``; ``spacing``:
+    its grid's voxel size, x, y, z mm)."""
+    if np.ndim(image) == 3:
+        return volume_plots.info_panel(
+            image, iie, groups, landmarks, thresholds, path, title=title, spacing=spacing
+        )
     aspect = _aspect(image, original_size)
     h, w = np.shape(image)[:2]
     panel_h = 4.2 * min(1.6, max(0.6, aspect * h / w))
@@ -97,9 +113,16 @@ def iie_histogram(edges, counts, thresholds, landmark_iie, path: Path, *, title:
     fig.savefig(path, dpi=90)
 
 
-def overlay(image, true, pred, path: Path, *, title: str = "", max_side: float = 7.0) -> Figure:
+def overlay(
+    image, true, pred, path: Path, *, title: str = "", max_side: float = 7.0, spacing=None
+) -> Figure:
     """Predicted (red crosses) against true (cyan dots) landmarks, joined by lines and
-    numbered; (x, y) in ``image``'s pixels, drawn in its own proportions."""
+    numbered; (x, y) in ``image``'s pixels, drawn in its own proportions. A volume: each
+    landmark's orthogonal slices through its prediction (``volume_plots.landmark_views``)."""
+    if np.ndim(image) == 3:
+        return volume_plots.landmark_views(
+            image, pred, path, true=true, title=title, spacing=spacing
+        )
     true, pred = np.asarray(true), np.asarray(pred)
     h, w = np.shape(image)[:2]
     scale = max_side / max(h, w)
@@ -214,7 +237,11 @@ def mi_density(values: dict, targets: dict, path: Path, *, title: str = "") -> N
 
 
 def footprint_maps(image, maps: dict, path: Path, *, title: str = "") -> None:
-    """Fig. 7: the image and its IIE map under each footprint."""
+    """Fig. 7: the image and its IIE map under each footprint (a volume's middle axial
+    slice)."""
+    if np.ndim(image) == 3:
+        image = volume_plots.middle(image)
+        maps = {spec: volume_plots.middle(m) for spec, m in maps.items()}
     fig, axes = _subplots(
         1, 1 + len(maps), figsize=(3.6 * (1 + len(maps)), 4.2), constrained_layout=True
     )
@@ -265,8 +292,10 @@ def training_batch(batch: dict, path: Path, *, strides=(32, 16, 8, 4, 2), count:
     (the crop is rotated about the anchor and jittered in brightness and contrast). With several
     anchors per crop (``(B, K, 2)``) the first is drawn as above and the others as cyan dots,
     each at its place in the image and in the crop. With several crops per image the panels
-    show crops, each beside its image."""
+    show crops, each beside its image. Volumes: the axial slices through each first anchor."""
     batch = transforms.per_crop(batch)
+    if np.ndim(batch["image"]) == 4:  # volumes: axial slices through the anchors
+        batch = volume_plots.axial_batch(batch)
     n = min(int(count), len(batch["anchor"]))
     crop_size = batch["crop"].shape[1]
     colors = colormaps["viridis"](np.linspace(0, 0.9, len(strides)))
@@ -296,9 +325,10 @@ def training_batch(batch: dict, path: Path, *, strides=(32, 16, 8, 4, 2), count:
             ("angle", "{:.0f} deg"),
             ("brightness", "b {:.2f}"),
         ):
-            if key in batch:
-                value = np.asarray(batch[key][i]).item()
-                extra.append(fmt.format(int(value) if key == "group" else value))
+            if key in batch:  # (a volume's crop has three angles)
+                values = np.asarray(batch[key][i]).ravel()
+                values = [int(v) if key == "group" else float(v) for v in values]
+                extra.append("/".join(fmt.format(v) for v in values))
         axes[i, 2].set_title("crop, " + ", ".join(extra), fontsize=9)
         for ax, (y, x) in ((axes[i, 1], (r, c)), (axes[i, 2], (cr, cc))):
             for s, color in zip(strides, colors, strict=True):
@@ -320,8 +350,14 @@ def training_batch(batch: dict, path: Path, *, strides=(32, 16, 8, 4, 2), count:
     fig.savefig(path, dpi=80)
 
 
-def landmarks(image, points, path: Path, *, title: str = "", max_side: float = 8.0) -> None:
-    """Landmarks ``(L, 2)`` (x, y) numbered on ``image`` at its own resolution and aspect."""
+def landmarks(
+    image, points, path: Path, *, title: str = "", max_side: float = 8.0, spacing=None
+) -> None:
+    """Landmarks ``(L, 2)`` (x, y) numbered on ``image`` at its own resolution and aspect (a
+    volume's ``(L, 3)``: each landmark's orthogonal slices, ``volume_plots.landmark_views``)."""
+    if np.ndim(image) == 3:
+        volume_plots.landmark_views(image, points, path, title=title, spacing=spacing)
+        return
     points = np.asarray(points)
     h, w = np.shape(image)[:2]
     scale = max_side / max(h, w)

@@ -22,6 +22,14 @@ Writes ``OUT/landmarks.csv`` (``image, 1_x, 1_y, ..., K_x, K_y`` in each image's
 then ``1_conf, ..., K_conf``: the peak similarity of matching, or the detector's heatmap peak)
 and ``OUT/overlays/ID.png``. Images of any size are read as 8-bit grayscale; an unreadable
 image is reported by name while the others are predicted, and the exit status is then 1.
+
+**Volumes** (a run trained on volumes, docs/volumes.md): ``--images`` is a folder of NIfTI
+files and DICOM series folders (or one of them), read through the run's window;
+``--template-landmarks`` holds ``image,1_x,1_y,1_z,...`` in the template's voxel indices (or
+world millimetres when the run's ``data.options.coordinates`` is ``world``). Besides
+``landmarks.csv`` (voxels ``1_x, 1_y, 1_z, ...``) it writes ``landmarks_world.csv`` (millimetres
+through each volume's affine), and each overlay shows every landmark's three orthogonal slices.
+The detector is 2-D only: a run on volumes predicts by one-shot matching (``--template``).
 """
 
 from __future__ import annotations
@@ -83,15 +91,17 @@ def image_paths(where: str | Path) -> list[Path]:
     return [found[i] for i in common.sort_ids(found)]
 
 
-def read_template_points(path: str | Path, template: Path) -> np.ndarray:
-    """The template's ``(L, 2)`` landmarks from a folder-format CSV: its only row, or the
-    row whose image names ``template``."""
-    from piaug.data import common
+def read_template_points(path: str | Path, template: Path, dims: int = 2) -> np.ndarray:
+    """The template's ``(L, 2)`` landmarks from a folder-format CSV (volumes: ``(L, 3)``,
+    ``dims`` 3): its only row, or the row whose image names ``template``."""
+    from piaug.data import common, volumes
 
-    table = common.LandmarkTable(Path(path), extra=("spacing_mm", "split"))
+    axes = "xy" if dims == 2 else "xyz"
+    table = common.LandmarkTable(Path(path), extra=("spacing_mm", "split"), axes=axes)
     rows = table.rows
     if len(rows) > 1:
-        rows = [r for r in rows if r[1] in (template.name, template.stem)]
+        names = (template.name, template.stem, volumes.volume_id(template))
+        rows = [r for r in rows if r[1] in names]
     if len(rows) != 1:
         raise UserError(
             f"--template-landmarks={path}: {len(table.rows)} rows and none (or several) for "
@@ -101,10 +111,53 @@ def read_template_points(path: str | Path, template: Path) -> np.ndarray:
 
 
 def _window(config: dict):
-    """Images of more than 8 bits and DICOM files: the run's own window (its data.options)."""
-    from piaug.data import common
+    """Images of more than 8 bits and DICOM files: the run's own window (its data.options;
+    a run on the synthetic volumes: their CT window, ``synthetic3d.WINDOW_HU``)."""
+    from piaug.data import common, synthetic3d
 
-    return common.Window.of(config.get("data", {}).get("options", {}))
+    data = config.get("data", {})
+    if data.get("name") == synthetic3d.NAME:
+        return common.Window("fixed", limits=synthetic3d.WINDOW_HU)
+    return common.Window.of(data.get("options", {}))
+
+
+def volume_paths(where: str | Path) -> list[Path]:
+    """The volumes of a folder (NIfTI files and DICOM series folders, sorted by id), or one
+    NIfTI file, or one DICOM series folder."""
+    from piaug.data import common, volumes
+
+    where = Path(where)
+    if where.is_file():
+        if not volumes.is_nifti(where):
+            raise UserError(
+                f"--images={where}: not a NIfTI file (.nii, .nii.gz); this run was trained on "
+                "volumes: give NIfTI files or DICOM series folders"
+            )
+        return [where]
+    if not where.is_dir():
+        raise UserError(f"--images={where}: no such folder or file")
+    found = volumes.list_volumes(where)
+    if not found and volumes.dicom_files(where):  # the folder is one DICOM series
+        return [where]
+    if not found:
+        raise UserError(
+            f"--images={where}: no volume (NIfTI file or DICOM series folder) in the folder"
+        )
+    return [found[k] for k in common.sort_ids(found)]
+
+
+def _read_volumes(paths: list[Path], window) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
+    """The volumes that decode, as uint8 ``(D, H, W)`` through ``window``, and a line per
+    volume that does not."""
+    from piaug.data import volumes
+
+    good, failed = [], []
+    for path in tqdm(paths, desc="predict: reading", unit="vol", leave=False):
+        try:
+            good.append((path, volumes.read_volume(path, window)))
+        except UserError as e:
+            failed.append(f"{path.name}: {e}")
+    return good, failed
 
 
 def _read(paths: list[Path], window) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
@@ -127,7 +180,10 @@ def choose(args) -> None:
     from piaug import api
 
     encoder = api.load_encoder(args.run, args.model)
-    good, failed = _read(image_paths(args.images), _window(encoder.config))
+    if len(encoder.image_size) == 3:
+        good, failed = _read_volumes(volume_paths(args.images), _window(encoder.config))
+    else:
+        good, failed = _read(image_paths(args.images), _window(encoder.config))
     if len(good) < 2:
         raise UserError(f"--images={args.images}: the choice needs at least two readable images")
     index, scores = encoder.choose_template(
@@ -145,18 +201,29 @@ def choose(args) -> None:
 def predict(args) -> int:
     """Writes the landmarks of ``--images``; returns the exit status (1 if any failed)."""
     from piaug import api, plots
-    from piaug.data import common, landmarks
+    from piaug.data import common, landmarks, volumes
 
-    paths = image_paths(args.images)
     model = (api.load_encoder if args.template else api.load_detector)(args.run, args.model)
+    dims = len(model.image_size)
     window = _window(model.config)
+    if dims == 3:
+        paths = volume_paths(args.images)
+        good, failed = _read_volumes(paths, window)
+    else:
+        paths = image_paths(args.images)
+        good, failed = _read(paths, window)
     if args.template:
         template_path = Path(args.template)
-        template = common.read_image(template_path, window)
-        template_points = read_template_points(args.template_landmarks, template_path)
+        read = volumes.read_volume if dims == 3 else common.read_image
+        template = read(template_path, window)
+        template_points = read_template_points(args.template_landmarks, template_path, dims)
+        coordinates = model.config.get("data", {}).get("options", {}).get("coordinates", "voxel")
+        if dims == 3 and coordinates == "world":  # the run's convention for landmark files
+            template_points = volumes.to_voxels(
+                template_points, volumes.read_header(template_path).affine
+            )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    good, failed = _read(paths, window)
     names, points, confidence = [], [], []
     bar = tqdm(total=len(good), desc=f"predict: {model.name}", unit="img")
     for start in range(0, len(good), args.batch_size):
@@ -172,17 +239,34 @@ def predict(args) -> int:
         if not args.no_overlays:
             (out / "overlays").mkdir(exist_ok=True)
             for (path, image), q in zip(chunk, p, strict=True):
-                plots.landmarks(image, q, out / "overlays" / f"{path.stem}.png", title=path.name)
+                spacing = volumes.read_header(path).spacing if dims == 3 else None
+                stem = volumes.volume_id(path) if dims == 3 else path.stem
+                plots.landmarks(
+                    image, q, out / "overlays" / f"{stem}.png", title=path.name, spacing=spacing
+                )
         bar.update(len(chunk))
     bar.close()
     if good:
+        points, confidence = np.concatenate(points), np.concatenate(confidence)
         landmarks.write_csv(
             out / "landmarks.csv",
-            [({"image": n}, p) for n, p in zip(names, np.concatenate(points), strict=True)],
+            [({"image": n}, p) for n, p in zip(names, points, strict=True)],
             decimals=2,
-            confidence=np.concatenate(confidence),
+            confidence=confidence,
         )
         print(f"predict: {len(good)} images with {model.name} -> {out / 'landmarks.csv'}")
+        if dims == 3:
+            world = [
+                volumes.to_world(p, volumes.read_header(path).affine)
+                for (path, _), p in zip(good, points, strict=True)
+            ]
+            landmarks.write_csv(
+                out / "landmarks_world.csv",
+                [({"image": n}, p) for n, p in zip(names, world, strict=True)],
+                decimals=2,
+                confidence=confidence,
+            )
+            print(f"predict: world millimetres -> {out / 'landmarks_world.csv'}")
     for line in failed:
         print(f"unreadable: {line}", file=sys.stderr)
     if failed:

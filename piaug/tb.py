@@ -89,15 +89,29 @@ def side_by_side(*panels: np.ndarray) -> np.ndarray:
     return np.concatenate(padded, axis=1)[:, :-4]
 
 
+def _flat(image, points) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` and ``points`` (N, ndim) in array order (row, col[, ...]) as one picture: a
+    volume's axial slice through the first finite point (else its middle), the points' rows
+    and columns on it."""
+    image, points = np.asarray(image), np.asarray(points, np.float64).reshape(-1, np.ndim(image))
+    if image.ndim == 2:
+        return image, points
+    finite = points[np.isfinite(points).all(1)]
+    k = int(np.clip(np.round(finite[0, 0]), 0, len(image) - 1)) if len(finite) else len(image) // 2
+    return image[k], points[:, 1:]
+
+
 def anchor_panel(batch: dict) -> np.ndarray:
     """The encoders' first example: its image with the crop's anchors (yellow, the first
     green), beside the crop with the same points (``train.BATCH_KEYS``'s fields; with several
-    crops per image, the first crop)."""
-    crop, anchors, crop_anchors = batch["crop"][0], batch["anchor"][0], batch["crop_anchor"][0]
-    if crop.ndim == 3:  # (M, C, C): the first crop of the image
+    crops per image, the first crop; a volume's axial slices through the first anchor)."""
+    image, crop = batch["image"][0], batch["crop"][0]
+    anchors, crop_anchors = batch["anchor"][0], batch["crop_anchor"][0]
+    if crop.ndim > np.ndim(image):  # (M, C, C[, C]): the first crop of the image
         crop, anchors, crop_anchors = crop[0], anchors[0], crop_anchors[0]
-    anchors, crop_anchors = anchors.reshape(-1, 2), crop_anchors.reshape(-1, 2)
-    image = mark(rgb(batch["image"][0]), anchors[1:], YELLOW, 1)
+    image, anchors = _flat(image, anchors)
+    crop, crop_anchors = _flat(crop, crop_anchors)
+    image = mark(rgb(image), anchors[1:], YELLOW, 1)
     crop = mark(rgb(crop), crop_anchors[1:], YELLOW, 1)
     return side_by_side(mark(image, anchors[:1], GREEN), mark(crop, crop_anchors[:1], GREEN))
 
@@ -109,9 +123,14 @@ def landmark_panel(batch: dict) -> np.ndarray:
 
 
 def matches_panel(image: np.ndarray, predicted_xy, true_xy) -> np.ndarray:
-    """``image`` with true landmarks (green) and predicted ones (red), (x, y)."""
-    canvas = mark(rgb(image), np.asarray(true_xy)[:, ::-1], GREEN)
-    return mark(canvas, np.asarray(predicted_xy)[:, ::-1], RED)
+    """``image`` with true landmarks (green) and predicted ones (red), (x, y[, z]); a volume's
+    axial slice through the first true landmark."""
+    true_rc = np.asarray(true_xy, np.float64)[:, ::-1]
+    predicted_rc = np.asarray(predicted_xy, np.float64)[:, ::-1]
+    flat, true_rc = _flat(image, true_rc)
+    if np.ndim(image) == 3:
+        predicted_rc = predicted_rc[:, 1:]
+    return mark(mark(rgb(flat), true_rc, GREEN), predicted_rc, RED)
 
 
 def colour_map(values: np.ndarray, vmin: float | None = None, vmax: float | None = None):

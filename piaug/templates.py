@@ -80,7 +80,8 @@ class TemplatePolicy:
         )
 
     def points(self, iie: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """The ``(P, 2)`` (row, col) candidate points of one image's IIE map at the grid."""
+        """The ``(P, 2)`` (row, col) candidate points of one image's IIE map at the grid (a
+        volume's ``(P, 3)``)."""
         return salient_points(
             iie,
             count=self.salient_points,
@@ -92,23 +93,28 @@ class TemplatePolicy:
 def salient_points(iie: np.ndarray, *, count: int, min_distance: int, border: int) -> np.ndarray:
     """Up to ``count`` local maxima (row, col) of an IIE map (3 x 3 neighbourhoods, plateaus
     excluded), strongest first, at least ``border`` pixels inside the image and
-    ``min_distance`` pixels (Chebyshev) apart."""
+    ``min_distance`` pixels (Chebyshev) apart. A volume's: ``(P, 3)`` (slice, row, col),
+    3 x 3 x 3 neighbourhoods."""
     from scipy import ndimage
 
     iie = np.asarray(iie, np.float64)
     peaks = iie == ndimage.maximum_filter(iie, size=3, mode="nearest")
     peaks &= iie > ndimage.minimum_filter(iie, size=3, mode="nearest")  # not on a plateau
-    peaks[:border] = peaks[-border:] = False
-    peaks[:, :border] = peaks[:, -border:] = False
-    rows, cols = np.nonzero(peaks)
-    order = np.argsort(-iie[rows, cols], kind="stable")
-    chosen: list[tuple[int, int]] = []
-    for r, c in zip(rows[order], cols[order], strict=True):
-        if all(max(abs(r - a), abs(c - b)) >= min_distance for a, b in chosen):
-            chosen.append((int(r), int(c)))
+    if border > 0:
+        for axis in range(iie.ndim):
+            index = [slice(None)] * iie.ndim
+            for edge in (slice(None, border), slice(-border, None)):
+                index[axis] = edge
+                peaks[tuple(index)] = False
+    where = np.argwhere(peaks)
+    where = where[np.argsort(-iie[tuple(where.T)], kind="stable")]
+    chosen: list[np.ndarray] = []
+    for p in where:
+        if all(np.abs(p - q).max() >= min_distance for q in chosen):
+            chosen.append(p)
             if len(chosen) == count:
                 break
-    return np.asarray(chosen, np.int64).reshape(-1, 2)
+    return np.asarray(chosen, np.int64).reshape(-1, iie.ndim)
 
 
 def score_candidates(
@@ -142,7 +148,7 @@ def score_candidates(
     kw = settings.keywords()
 
     def candidate(i: int) -> float:
-        p = np.asarray(points[i]).reshape(-1, 2)
+        p = np.asarray(points[i]).reshape(-1, len(size))
         if len(p) == 0 or (candidates is not None and not candidates[i]):
             return -np.inf
         padded = np.concatenate([p, np.repeat(p[:1], most - len(p), axis=0)])  # one shape

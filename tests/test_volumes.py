@@ -273,15 +273,6 @@ def test_synthetic3d_volumes_are_seeded_and_their_landmarks_on_the_anatomy() -> 
         data.load("synthetic3d", size=(8, 64, 64))
 
 
-def test_the_pipeline_refuses_volumes_with_a_message() -> None:
-    from piaug import configure, defaults
-
-    config = defaults.base_config("synthetic3d")
-    config.data.options.num_images = 2
-    with pytest.raises(UserError, match="'synthetic3d' holds volumes: .* docs/volumes.md"):
-        configure.check(config)
-
-
 def test_one_shot_matching_of_volumes_end_to_end() -> None:
     """One-shot matching (``matching.predict``) on volumes: with maps that tell every cell
     apart, a volume matched against itself gives each landmark back in its own finest cell

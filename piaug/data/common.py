@@ -60,6 +60,7 @@ class DatasetSpec:
       description: one line, the prepared (TFDS) dataset's description.
       instructions: how to get the data (the prepared dataset's manual download text).
       seeded: the reader takes the run's ``config.seed`` as its ``seed`` option.
+      dims: 2 for images, 3 for volumes (the config defaults of ``piaug.defaults`` follow it).
     """
 
     name: str
@@ -71,6 +72,7 @@ class DatasetSpec:
     option_types: dict[str, type] = dataclasses.field(default_factory=dict)
     instructions: str = ""
     seeded: bool = False
+    dims: int = 2
 
 
 class ImageDataset(Sequence):

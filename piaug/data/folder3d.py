@@ -233,4 +233,5 @@ SPEC = DatasetSpec(
     train_split="all",
     eval_split="all",
     description="A user's folder of volumes (NIfTI or DICOM series) with landmarks.csv.",
+    dims=3,
 )

@@ -17,9 +17,11 @@ import numpy as np
 from piaug.errors import UserError
 
 
-def columns(num_landmarks: int) -> list[str]:
-    """The folder format's landmark columns: ``1_x, 1_y, ..., L_x, L_y``."""
-    return [f"{i}_{a}" for i in range(1, num_landmarks + 1) for a in ("x", "y")]
+def columns(num_landmarks: int, dims: int = 2) -> list[str]:
+    """The folder format's landmark columns: ``1_x, 1_y, ..., L_x, L_y`` (volumes, ``dims``
+    3: ``1_x, 1_y, 1_z, ...``)."""
+    axes = "xyz"[:dims]
+    return [f"{i}_{a}" for i in range(1, num_landmarks + 1) for a in axes]
 
 
 def write_csv(
@@ -31,10 +33,12 @@ def write_csv(
 ) -> None:
     """A CSV of ``(leading columns, (L, 2) points)`` rows: the leading columns (e.g. model,
     image), then ``1_x, 1_y, ...`` with ``decimals`` decimals, then with ``confidence`` (one
-    ``(L,)`` per row) ``1_conf, ...`` with 4 decimals."""
+    ``(L,)`` per row) ``1_conf, ...`` with 4 decimals. Volumes' ``(L, 3)`` points: ``1_x,
+    1_y, 1_z, ...``."""
     lead = list(rows[0][0]) if rows else []
     count = len(rows[0][1]) if rows else 0
-    header = lead + columns(count)
+    dims = np.shape(rows[0][1])[-1] if rows else 2
+    header = lead + columns(count, dims)
     if confidence is not None:
         header += [f"{i}_conf" for i in range(1, count + 1)]
     tmp = path.with_name(path.name + ".tmp")
@@ -68,13 +72,16 @@ def read_csv(path: Path, num_landmarks: int) -> dict[str, np.ndarray]:
 
 
 def read_predictions(path: Path) -> dict[str, list]:
-    """``{model: [(image id, (L, 2)), ...]}`` of a ``predictions.csv`` (empty if none)."""
+    """``{model: [(image id, (L, 2)), ...]}`` of a ``predictions.csv`` (empty if none; a
+    volumes' file with ``*_z`` columns: ``(L, 3)``)."""
     if not path.exists():
         return {}
     with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    dims = 3 if any(str(k).endswith("_z") for k in reader.fieldnames or ()) else 2
     out: dict[str, list] = {}
     for r in rows:
         values = [float(v) for k, v in r.items() if k not in ("model", "image")]
-        out.setdefault(r["model"], []).append((r["image"], np.reshape(values, (-1, 2))))
+        out.setdefault(r["model"], []).append((r["image"], np.reshape(values, (-1, dims))))
     return out

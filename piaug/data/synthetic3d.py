@@ -27,8 +27,9 @@ become 8 bits by the paper's H&N window, ``WINDOW_HU`` = [-200, 400] HU.
 
 Arrays are ``(D, H, W)`` = (w, v, u) axes, landmarks ``(x, y, z)`` = (u, v, w) voxels, as for
 every volume in piaug (``piaug.data.volumes``). Subject ``index`` of ``seed`` draws from
-``PCG64(SeedSequence((seed, index, 3)))`` only; anatomy is drawn before the size-dependent
-noise, so a subject has the same anatomy at every size.
+``PCG64(SeedSequence((seed, index, 3)))`` only (drawn again, ``(seed, index, 3, k)``, in the
+rare case that a landmark would fall within ``MARGIN`` of the field's edge); anatomy is drawn
+before the size-dependent noise, so a subject has the same anatomy at every size.
 """
 
 from __future__ import annotations
@@ -66,9 +67,13 @@ TEMPLATE_LANDMARKS = np.array(list(LANDMARKS.values()), np.float64)
 MAX_LANDMARKS = len(LANDMARK_NAMES)
 
 
-def draw_params(seed: int, index: int) -> dict[str, Any]:
+MARGIN = 0.02  # every landmark of a subject lies this far inside the field (unit cube)
+
+
+def draw_params(seed: int, index: int, attempt: int = 0) -> dict[str, Any]:
     """A subject's random parameters: its affine map, displacement and texture lattices."""
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence((seed, index, 3))))
+    key = (seed, index, 3) if attempt == 0 else (seed, index, 3, attempt)
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(key)))
     angles = np.deg2rad(rng.uniform(-5, 5, 3))
     rotation = np.eye(3)
     for axis, a in enumerate(angles):
@@ -168,9 +173,20 @@ def template_hu(q: np.ndarray, p: dict) -> np.ndarray:
     return np.where(airway, -900.0, hu)
 
 
+def subject_params(seed: int, index: int) -> dict[str, Any]:
+    """Subject ``index`` of ``seed``: the first draw (``draw_params``' attempts 0, 1, ...)
+    whose every landmark lies ``MARGIN`` inside the field, so that no subject loses one."""
+    for attempt in range(100):
+        p = draw_params(seed, index, attempt)
+        unit = forward(TEMPLATE_LANDMARKS, p)
+        if np.all((unit >= MARGIN) & (unit <= 1 - MARGIN)):
+            return p
+    raise RuntimeError(f"synthetic3d: no draw of subject {index} keeps its landmarks inside")
+
+
 def render(seed: int, index: int, size: tuple[int, int, int]) -> tuple[np.ndarray, dict]:
     """Subject ``index`` of ``seed`` in HU, ``(D, H, W)``, and its parameters."""
-    p = draw_params(seed, index)
+    p = subject_params(seed, index)
     d, h, w = size
     axes = [(np.arange(n) + 0.5) / n for n in (w, h, d)]  # u, v, w of voxel centres
     grid = np.stack(np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")[::-1], -1)
@@ -282,4 +298,5 @@ SPEC = DatasetSpec(
     eval_split="test",
     description="The built-in synthetic head-and-neck CT-like volumes.",
     seeded=True,
+    dims=3,
 )

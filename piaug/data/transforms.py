@@ -246,9 +246,10 @@ class LandmarkAugment(grain.RandomMapTransform):
 
 
 def per_crop(batch: dict) -> dict:
-    """A batch of ``crops_per_image`` M > 1 (``crop`` ``(B, M, C, C)``) as one of B * M crops,
-    each with its own copy of its image (and id); a batch of one crop per image as it is."""
-    if np.ndim(batch["crop"]) != 4:
+    """A batch of ``crops_per_image`` M > 1 (``crop`` ``(B, M, C, C)``, volumes'
+    ``(B, M, C, C, C)``) as one of B * M crops, each with its own copy of its image (and id);
+    a batch of one crop per image as it is."""
+    if np.ndim(batch["crop"]) == np.ndim(batch["image"]):
         return batch
     m = np.shape(batch["crop"])[1]
     out = {}

@@ -77,7 +77,7 @@ def volume_id(path: Path) -> str:
     return name
 
 
-def _dicom_files(folder: Path) -> list[Path]:
+def dicom_files(folder: Path) -> list[Path]:
     """The files of a DICOM series folder: ``.dcm`` files, or files without an extension."""
     return [
         p
@@ -99,7 +99,7 @@ def list_volumes(folder: Path) -> dict[str, Path]:
         if path.name.startswith("."):
             continue
         if path.is_dir():
-            if not _dicom_files(path):
+            if not dicom_files(path):
                 continue
         elif not is_nifti(path):
             if path.suffix.lower() in IMAGE_EXTENSIONS:
@@ -154,7 +154,7 @@ def _nifti_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
 def _series(folder: Path, *, pixels: bool):
     """The slices of the DICOM series in ``folder`` sorted along their normal, with the
     series' affine and spacing. UserError for a folder that is not one regular series."""
-    files = _dicom_files(folder)
+    files = dicom_files(folder)
     if not files:
         raise UserError(f"{folder} holds no DICOM files (.dcm, or files without an extension)")
     slices = [(read_dicom(p, pixels=pixels), p) for p in files]

@@ -277,7 +277,8 @@ def _overlays(
         image_id = e["id"].decode()
         found = evaluate.to_original(p[None], np.asarray(e["original_size"])[None], size)[0]
         true = np.asarray(e["landmarks_original"])
-        err = float(np.hypot(*(found - true).T).mean() * float(e["spacing"]))
+        spacing = np.asarray(e["spacing"], np.float64)  # () for images, (3,) for volumes
+        err = float(evaluate.radial_errors(found[None], true[None], spacing.reshape(1, -1)).mean())
         template = f"template {template_id}, " if template_id else ""
         image = dataset[where[image_id]]["image"] if image_id in where else None
         if image is None:  # not in the reader's split (should not happen): the grid copy
@@ -288,4 +289,5 @@ def _overlays(
             found,
             figures / f"overlay_{name}_{image_id}.png",
             title=f"{name}, {image_id}: {template}mean error {err:.2f} mm (full resolution)",
+            spacing=spacing if spacing.ndim else None,
         )

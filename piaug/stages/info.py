@@ -10,7 +10,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from piaug import analyze, configure, info, layout, plots, tb
+from piaug import analyze, configure, evaluate, info, layout, plots, tb, volume_plots
 from piaug.data import prepare
 from piaug.stages.common import done
 
@@ -81,9 +81,11 @@ def _panels(config, workdir: Path, prepared: prepare.Prepared, thresholds) -> No
             figures / f"info_{name}.png",
             title=f"{name}  IIE {config.info.footprint}",
             original_size=ex["original_size"],
+            spacing=evaluate.grid_spacing(ex["spacing"], ex["original_size"], ex["image"].shape)[0],
         )
-        panel = tb.side_by_side(
-            tb.rgb(ex["image"]), tb.colour_map(ex["iie"]), tb.colour_map(groups, 0, 2)
-        )
+        image, iie = ex["image"], ex["iie"]
+        if image.ndim == 3:  # TensorBoard: a volume's middle axial slice
+            image, iie, groups = (volume_plots.middle(a) for a in (image, iie, groups))
+        panel = tb.side_by_side(tb.rgb(image), tb.colour_map(iie), tb.colour_map(groups, 0, 2))
         board.image(f"info/image_iie_groups/{name}", panel, 0)
     board.close()
