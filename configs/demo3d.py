@@ -4,10 +4,10 @@ python -m piaug.main --config=configs/demo3d.py --workdir=runs/demo3d
 
 The whole pipeline on volumes, sized for a laptop CPU (under 10 minutes on 2 cores): 16
 synthetic 64^3 CT-like volumes (3.75 mm voxels, 12 landmarks, windowed at the paper's
-[-200, 400] HU), 32^3 crops, the from-scratch recipe (``piaug.recipes``: batch norm, the
-unclamped loss at temperature 0.1, two crops of each volume) at an eighth of VGG19's width,
-STEPS steps of 2 volumes for the baseline and again for piaug (the estimate's ranges, the
-weight map), both evaluated on 16 test volumes, then the figures. docs/volumes.md has its
+[-200, 400] HU), 32^3 crops, the from-scratch recipe for volumes (``piaug.recipes``: batch
+norm, the unclamped loss at temperature 0.1, two crops of each volume with 16 anchors each) at
+an eighth of VGG19's width, 250 steps of 2 volumes for the baseline and again for piaug (the
+estimate's ranges, the weight map), both evaluated on 16 test volumes, then the figures. docs/volumes.md has its
 results; configs/hn3d.py is the paper's H&N setting.
 """
 

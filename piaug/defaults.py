@@ -68,6 +68,10 @@ def _volumes(config: ml_collections.ConfigDict) -> None:
     config.info.footprint = "ball(2)"
     config.analyze.footprints = ("ball(1)", "ball(2)", "ball(4)")  # Fig. 7
     config.eval.salient_distance = 4  # grid voxels
+    # Fig. 2's anchors: every 16 voxels (64 in a 64^3 grid, each with its own cubic crop) in
+    # two volumes; every 8 would be 512 a volume.
+    config.analyze.anchor_stride = 16
+    config.analyze.num_images = 2
 
 
 def _data(dataset: str) -> ml_collections.ConfigDict:

@@ -74,9 +74,10 @@ CPU = {
 }
 
 # Volumes on a 2-core CPU (``cpu`` on a 3-D config): the 3-D step costs about 27/9 of a 2-D
-# one per voxel, so an eighth of VGG19's width, 2 volumes (two crops each) and 16 anchors per
-# crop: 0.72 s a step at a 64^3 grid with 32^3 crops (train_step_3d.jsonl), 700 steps in about
-# 8.5 minutes an encoder.
+# one per voxel, so an eighth of VGG19's width and 2 volumes (two crops each), and 16 anchors a
+# crop (each anchor's window of negatives is a cube, 19^3 cells at the default loss.window, so
+# 64 anchors a crop took 1.2 s a step where 16 take 0.72): a step of 0.72 s at a 64^3 grid with
+# 32^3 crops (train_step_3d.jsonl), 700 steps in about 8.5 minutes an encoder.
 CPU_VOLUMES = {
     "model.width": 0.125,
     "train.batch_size": 2,

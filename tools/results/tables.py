@@ -21,6 +21,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from piaug.data import synthetic3d
 from tools import DOCS, REPO
 from tools.results import RESULTS
 
@@ -70,6 +71,23 @@ def results_table(rows: dict) -> str:
 
 def demo() -> str:
     return results_table(_load("demo_results.json"))
+
+
+def volumes(name: str) -> str:
+    """A run on volumes (its ``results.json`` kept as ``name``): every encoder's row."""
+    return results_table(_load(name))
+
+
+def volume_landmarks(name: str, landmark_names: tuple[str, ...]) -> str:
+    """Per landmark of a run on volumes, each encoder's MRE (mm, grid protocol)."""
+    data = _load(name)
+    keys = [k for k in ROW_NAMES if k in data]
+    lines = ["| landmark | " + " | ".join(k.replace("_", " ") for k in keys) + " |"]
+    lines.append("|---" * (len(keys) + 1) + "|")
+    for i, landmark in enumerate(landmark_names):
+        values = " | ".join(f"{data[k]['per_landmark_mre_mm'][i]:.1f}" for k in keys)
+        lines.append(f"| {i + 1}. {landmark} | {values} |")
+    return "\n".join(lines)
 
 
 def ceph_cpu(name: str = "ceph_cpu_seeds.json") -> str:
@@ -337,6 +355,10 @@ TABLES = {
     "detectors": detectors,
     "few_shot": few_shot,
     "demo": demo,
+    "demo3d": functools.partial(volumes, "demo3d_results.json"),
+    "demo3d_landmarks": functools.partial(
+        volume_landmarks, "demo3d_results.json", synthetic3d.LANDMARK_NAMES
+    ),
     "from_scratch": from_scratch,
     "seeds": seeds,
     "template_spread": template_spread,
