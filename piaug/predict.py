@@ -146,29 +146,16 @@ def volume_paths(where: str | Path) -> list[Path]:
     return [found[k] for k in common.sort_ids(found)]
 
 
-def _read_volumes(paths: list[Path], window) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
-    """The volumes that decode, as uint8 ``(D, H, W)`` through ``window``, and a line per
-    volume that does not."""
-    from piaug.data import volumes
+def _read(paths: list[Path], window, dims: int = 2):
+    """The images (volumes: ``dims`` 3, uint8 ``(D, H, W)``) that decode, those of more than
+    8 bits, DICOM files and series through ``window``; and a line per one that does not."""
+    from piaug.data import common, volumes
 
-    good, failed = [], []
-    for path in tqdm(paths, desc="predict: reading", unit="vol", leave=False):
-        try:
-            good.append((path, volumes.read_volume(path, window)))
-        except UserError as e:
-            failed.append(f"{path.name}: {e}")
-    return good, failed
-
-
-def _read(paths: list[Path], window) -> tuple[list[tuple[Path, np.ndarray]], list[str]]:
-    """The images that decode (those of more than 8 bits and DICOM files through ``window``),
-    and a line per image that does not."""
-    from piaug.data import common
-
+    read = volumes.read_volume if dims == 3 else common.read_image
     good, failed = [], []
     for path in tqdm(paths, desc="predict: reading", unit="img", leave=False):
         try:
-            good.append((path, common.read_image(path, window)))
+            good.append((path, read(path, window)))
         except UserError as e:
             failed.append(f"{path.name}: {e}")
     return good, failed
@@ -180,10 +167,9 @@ def choose(args) -> None:
     from piaug import api
 
     encoder = api.load_encoder(args.run, args.model)
-    if len(encoder.image_size) == 3:
-        good, failed = _read_volumes(volume_paths(args.images), _window(encoder.config))
-    else:
-        good, failed = _read(image_paths(args.images), _window(encoder.config))
+    dims = len(encoder.image_size)
+    paths = volume_paths(args.images) if dims == 3 else image_paths(args.images)
+    good, failed = _read(paths, _window(encoder.config), dims)
     if len(good) < 2:
         raise UserError(f"--images={args.images}: the choice needs at least two readable images")
     index, scores = encoder.choose_template(
@@ -206,12 +192,8 @@ def predict(args) -> int:
     model = (api.load_encoder if args.template else api.load_detector)(args.run, args.model)
     dims = len(model.image_size)
     window = _window(model.config)
-    if dims == 3:
-        paths = volume_paths(args.images)
-        good, failed = _read_volumes(paths, window)
-    else:
-        paths = image_paths(args.images)
-        good, failed = _read(paths, window)
+    paths = volume_paths(args.images) if dims == 3 else image_paths(args.images)
+    good, failed = _read(paths, window, dims)
     if args.template:
         template_path = Path(args.template)
         read = volumes.read_volume if dims == 3 else common.read_image
