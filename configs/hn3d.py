@@ -11,7 +11,8 @@ CT values clipped to [-200, 400] HU, IIE over a 5-voxel patch (a ball of radius 
 gamma 0.2, alpha_hat 1. The volumes are resampled to a 128^3 grid with 64^3 crops, batch 4,
 trained from random weights with the from-scratch recipe (``piaug.recipes``: batch norm, the
 unclamped loss at temperature 0.1, two crops of each volume with 64 anchors each) at full width,
-for one 80 GB GPU (benchmarks/memory.py gives the step's memory before it runs).
+for one 80 GB GPU: 48.8 GB at batch 4 by XLA's memory analysis (benchmarks/memory.py,
+docs/performance.md; 94 GB at batch 8 would not fit).
 
 Presets (``--config=configs/hn3d.py:NAME[,NAME...]``):
 
