@@ -7,8 +7,10 @@ synthetic 64^3 CT-like volumes (3.75 mm voxels, 12 landmarks, windowed at the pa
 [-200, 400] HU), 32^3 crops, the from-scratch recipe for volumes (``piaug.recipes``: batch
 norm, the unclamped loss at temperature 0.1, two crops of each volume with 16 anchors each) at
 an eighth of VGG19's width, 250 steps of 2 volumes for the baseline and again for piaug (the
-estimate's ranges, the weight map), both evaluated on 16 test volumes, then the figures. docs/volumes.md has its
-results; configs/hn3d.py is the paper's H&N setting.
+estimate's ranges, the weight map), both evaluated on 16 test volumes, then the figures.
+docs/volumes.md has its results (about 10 minutes on 2 cores; a negative one: neither encoder
+beats the template's landmarks copied at this size); configs/hn3d.py is the paper's H&N
+setting.
 """
 
 from piaug import ablations, defaults, recipes
