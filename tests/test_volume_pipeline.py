@@ -145,7 +145,8 @@ def test_volume_pipeline_then_predict(tmp_path):
     run = tmp_path / "run"
     env = os.environ | {"PIAUG_CACHE": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "piaug.main", "--config=configs/test3d.py", f"--workdir={run}"]
-    # every stage but analyze, whose 3-D parts are tested above (figures, anchors, cells)
+    # every stage but analyze (its 3-D pieces are tested above: figures, anchors, cells;
+    # configs/demo3d.py runs it whole)
     cmd += ["--config.stages=info,pretrain,estimate,train,evaluate"]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
