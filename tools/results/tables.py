@@ -356,6 +356,7 @@ TABLES = {
     "few_shot": few_shot,
     "demo": demo,
     "demo3d": functools.partial(volumes, "demo3d_results.json"),
+    "mni_afids": functools.partial(volumes, "mni_afids_results.json"),
     "demo3d_landmarks": functools.partial(
         volume_landmarks, "demo3d_results.json", synthetic3d.LANDMARK_NAMES
     ),
