@@ -75,9 +75,10 @@ CPU = {
 
 # Volumes on a 2-core CPU (``cpu`` on a 3-D config): the 3-D step costs about 27/9 of a 2-D
 # one per voxel, so an eighth of VGG19's width and 2 volumes (two crops each), and 16 anchors a
-# crop (each anchor's window of negatives is a cube, 19^3 cells at the default loss.window, so
-# 64 anchors a crop took 1.2 s a step where 16 take 0.72): a step of 0.72 s at a 64^3 grid with
-# 32^3 crops (train_step_3d.jsonl), 700 steps in about 8.5 minutes an encoder.
+# crop (each anchor's window of negatives is a cube, 19^3 cells at the default loss.window: in
+# the pipeline 64 anchors a crop took 1.2 s a step, 16 about 1.0). A step of 0.72 s at a 64^3
+# grid with 32^3 crops in the isolated benchmark (train_step_3d.jsonl); 700 steps took about
+# 13 minutes an encoder in the pipeline (docs/volumes.md).
 CPU_VOLUMES = {
     "model.width": 0.125,
     "train.batch_size": 2,
@@ -123,7 +124,7 @@ def _sizes(config, scale: float) -> None:
 def cpu(config) -> None:
     """The from-scratch recipe for a 2-core CPU: half the image size, a quarter of the width,
     700 steps of 4 images (configs/ceph.py:cpu: 192 x 192, an encoder in about 12 minutes).
-    Volumes: ``CPU_VOLUMES`` besides (configs/hn3d.py:cpu: 64^3, about 8.5 minutes an
+    Volumes: ``CPU_VOLUMES`` besides (configs/hn3d.py:cpu: 64^3, about 13 minutes an
     encoder)."""
     _set(config, FROM_SCRATCH)
     _set(config, DETECTOR_FROM_SCRATCH)
