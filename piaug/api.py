@@ -57,6 +57,12 @@ def _locate(path, kind: str, name: str | None) -> tuple[Path, dict, str, Path]:
             "folder inside one; give the --workdir of a run"
         )
     config = layout.read_json(run / layout.CONFIG_FILE)
+    if kind == "detector" and len(config.get("data", {}).get("image_size", ())) == 3:
+        raise UserError(
+            f"{run} was trained on volumes: the detector (CC2D's second stage) is 2-D only so "
+            "far; find landmarks by one-shot matching with the run's encoder instead "
+            "(load_encoder, or piaug.predict --template=VOLUME --template-landmarks=CSV)"
+        )
     if kind == "encoder":
         found = layout.trained_encoders(run, config.get("train", {}).get("baseline", ""))
     else:
@@ -229,14 +235,6 @@ def load_detector(path, name: str | None = None) -> Detector:
     in ``path`` (a run folder, or a detector's checkpoint folder)."""
     from piaug import checkpoints, detector
 
-    run = _run_of(Path(path))
-    saved = layout.read_json(run / layout.CONFIG_FILE) if run is not None else None
-    if saved and len(saved.get("data", {}).get("image_size", ())) == 3:
-        raise UserError(
-            f"{run} was trained on volumes: the detector (CC2D's second stage) is 2-D only so "
-            "far; find landmarks by one-shot matching with the run's encoder instead "
-            "(load_encoder, or piaug.predict --template=VOLUME --template-landmarks=CSV)"
-        )
     run, config, name, ckpt = _locate(path, "detector", name)
     model = checkpoints.model_settings(config)
     num_landmarks = detector.saved_num_landmarks(ckpt)

@@ -372,7 +372,7 @@ def check(config, stages: Sequence[str] = STAGES) -> None:
             f"{jax.device_count()} devices: use a multiple of the device count"
         )
     dataset = load_dataset(config)  # datasets are lazy: this reads the annotations
-    if len(size) == 3 and {"pseudo", "detector"} & set(stages) & set(parse_stages(config.stages)):
+    if len(size) == 3 and {"pseudo", "detector"} & set(stages):
         raise UserError(
             f"config.stages={config.stages!r}: the detector (stages pseudo and detector) is 2-D "
             "only so far, and this config's grid (config.data.image_size) is 3-D: leave pseudo "

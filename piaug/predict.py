@@ -194,6 +194,8 @@ def predict(args) -> int:
     window = _window(model.config)
     paths = volume_paths(args.images) if dims == 3 else image_paths(args.images)
     good, failed = _read(paths, window, dims)
+    # volumes: each file's header once (spacing for the overlays, affine for millimetres)
+    headers = {path: volumes.read_header(path) for path, _ in good} if dims == 3 else {}
     if args.template:
         template_path = Path(args.template)
         read = volumes.read_volume if dims == 3 else common.read_image
@@ -221,7 +223,7 @@ def predict(args) -> int:
         if not args.no_overlays:
             (out / "overlays").mkdir(exist_ok=True)
             for (path, image), q in zip(chunk, p, strict=True):
-                spacing = volumes.read_header(path).spacing if dims == 3 else None
+                spacing = headers[path].spacing if dims == 3 else None
                 stem = volumes.volume_id(path) if dims == 3 else path.stem
                 plots.landmarks(
                     image, q, out / "overlays" / f"{stem}.png", title=path.name, spacing=spacing
@@ -230,25 +232,20 @@ def predict(args) -> int:
     bar.close()
     if good:
         points, confidence = np.concatenate(points), np.concatenate(confidence)
-        landmarks.write_csv(
-            out / "landmarks.csv",
-            [({"image": n}, p) for n, p in zip(names, points, strict=True)],
-            decimals=2,
-            confidence=confidence,
-        )
-        print(f"predict: {len(good)} images with {model.name} -> {out / 'landmarks.csv'}")
-        if dims == 3:
-            world = [
-                volumes.to_world(p, volumes.read_header(path).affine)
+        files = {"landmarks.csv": points}
+        if dims == 3:  # the same points in world millimetres, through each file's affine
+            files["landmarks_world.csv"] = [
+                volumes.to_world(p, headers[path].affine)
                 for (path, _), p in zip(good, points, strict=True)
             ]
+        for file, rows in files.items():
             landmarks.write_csv(
-                out / "landmarks_world.csv",
-                [({"image": n}, p) for n, p in zip(names, world, strict=True)],
+                out / file,
+                [({"image": n}, p) for n, p in zip(names, rows, strict=True)],
                 decimals=2,
                 confidence=confidence,
             )
-            print(f"predict: world millimetres -> {out / 'landmarks_world.csv'}")
+            print(f"predict: {len(good)} images with {model.name} -> {out / file}")
     for line in failed:
         print(f"unreadable: {line}", file=sys.stderr)
     if failed:

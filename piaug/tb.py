@@ -125,12 +125,10 @@ def landmark_panel(batch: dict) -> np.ndarray:
 def matches_panel(image: np.ndarray, predicted_xy, true_xy) -> np.ndarray:
     """``image`` with true landmarks (green) and predicted ones (red), (x, y[, z]); a volume's
     axial slice through the first true landmark."""
-    true_rc = np.asarray(true_xy, np.float64)[:, ::-1]
-    predicted_rc = np.asarray(predicted_xy, np.float64)[:, ::-1]
-    flat, true_rc = _flat(image, true_rc)
-    if np.ndim(image) == 3:
-        predicted_rc = predicted_rc[:, 1:]
-    return mark(mark(rgb(flat), true_rc, GREEN), predicted_rc, RED)
+    true_xy = np.asarray(true_xy, np.float64)
+    both = np.concatenate([true_xy, np.asarray(predicted_xy, np.float64)])[:, ::-1]
+    flat, both = _flat(image, both)  # (the slice through the first true landmark)
+    return mark(mark(rgb(flat), both[: len(true_xy)], GREEN), both[len(true_xy) :], RED)
 
 
 def colour_map(values: np.ndarray, vmin: float | None = None, vmax: float | None = None):

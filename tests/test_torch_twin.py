@@ -150,26 +150,7 @@ def test_the_from_scratch_loss_matches_the_twin(twins):
     crop_anchors = rng.integers(0, CROP, (4, 3, 2))
     image_feats = _torch_features(nets["image"], image, True)
     crop_feats = _torch_features(nets["crop"], crops, True)
-    theirs = module.info_nce(
-        [torch.from_numpy(f).permute(0, 3, 1, 2) for f in image_feats],
-        [torch.from_numpy(f).permute(0, 3, 1, 2) for f in crop_feats],
-        torch.from_numpy(anchors),
-        torch.from_numpy(crop_anchors),
-        window=2,
-        temperature=0.1,
-        clamp=False,
-        crops_per_image=2,
-    )
-    per_example, _ = losses.multiscale_info_nce(
-        [jnp.repeat(jnp.asarray(f), 2, axis=0) for f in image_feats],
-        [jnp.asarray(f) for f in crop_feats],
-        jnp.asarray(anchors),
-        jnp.asarray(crop_anchors),
-        window=2,
-        temperature=0.1,
-        clamp=False,
-    )
-    np.testing.assert_allclose(float(per_example.mean(0).sum()), float(theirs), rtol=1e-5)
+    _assert_two_crop_losses_match(module, image_feats, crop_feats, anchors, crop_anchors, 2)
 
 
 def test_bilinear_matching_maps_match_the_authors_upsampling(twins):
@@ -231,12 +212,23 @@ def test_the_volume_loss_matches_the_twin(twins):
     crop = [rng.normal(size=(4, 32 // s, 32 // s, 32 // s, 4)).astype(np.float32) for s in strides]
     anchors = rng.integers(0, 32, (4, 3, 3))
     crop_anchors = rng.integers(0, 32, (4, 3, 3))
+    _assert_two_crop_losses_match(module, image, crop, anchors, crop_anchors, 1)
+
+
+def _assert_two_crop_losses_match(module, image, crop, anchors, crop_anchors, window):
+    """The twin's loss (channels first, two crops of each image) equals piaug's (each image's
+    maps repeated beside its crops): ``image``, ``crop`` channel-last maps of any number of
+    axes, unclamped at temperature 0.1."""
+
+    def first(f):  # (B, ..., C) -> (B, C, ...)
+        return torch.from_numpy(f).permute(0, f.ndim - 1, *range(1, f.ndim - 1))
+
     theirs = module.info_nce(
-        [torch.from_numpy(f).permute(0, 4, 1, 2, 3) for f in image],
-        [torch.from_numpy(f).permute(0, 4, 1, 2, 3) for f in crop],
+        [first(f) for f in image],
+        [first(f) for f in crop],
         torch.from_numpy(anchors),
         torch.from_numpy(crop_anchors),
-        window=1,
+        window=window,
         temperature=0.1,
         clamp=False,
         crops_per_image=2,
@@ -246,7 +238,7 @@ def test_the_volume_loss_matches_the_twin(twins):
         [jnp.asarray(f) for f in crop],
         jnp.asarray(anchors),
         jnp.asarray(crop_anchors),
-        window=1,
+        window=window,
         temperature=0.1,
         clamp=False,
     )

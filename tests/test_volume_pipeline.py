@@ -135,6 +135,11 @@ def test_cpu_hours_of_volumes():
     steps = 700
     hours = devices.cpu_hours(config, steps, platform="cpu")
     assert hours == pytest.approx(700 * 0.718 / 3600, rel=1e-6)  # the measured setting itself
+    config.model.width, config.train.batch_size = 0.25, 4  # width squared, voxels: 8x
+    assert devices.cpu_hours(config, steps, platform="cpu") == pytest.approx(8 * hours)
+    config.data.image_size = (32, 32)  # an image config: the 2-D measurement scales it
+    config.data.crop_size = 32
+    assert devices.cpu_hours(config, steps, platform="cpu") < hours / 10
 
 
 @pytest.mark.slow

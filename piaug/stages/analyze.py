@@ -29,7 +29,7 @@ def analyze_stage(config, workdir: Path) -> None:
     _curves(config, workdir, figures, skipped)
     _training_batches(config, workdir, figures, prepared)
     _loss_vs_iie(config, workdir, figures, prepared, summary, skipped)
-    _footprints(config, figures, summary, skipped)
+    _footprints(config, figures, summary)
     layout.write_json(summary_path, summary)
     for s in skipped:
         logging.info("analyze: skipped %s", s)
@@ -134,7 +134,7 @@ def _loss_vs_iie(config, workdir, figures, prepared: prepare.Prepared, summary, 
     )
 
 
-def _footprints(config, figures, summary, skipped) -> None:
+def _footprints(config, figures, summary) -> None:
     """Fig. 7: the first image's IIE under each footprint of ``analyze.footprints``."""
     first = configure.load_dataset(config)[0]  # (a volume: its middle axial slice drawn)
     footprints = {
