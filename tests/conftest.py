@@ -3,20 +3,27 @@
 * Tiers: plain ``pytest`` runs the fast tier (in-process, under 3 minutes on 2 cores);
   ``pytest --slow`` adds the tests marked ``slow`` (multi-device, multi-process, kill/resume,
   sweep and data-prep subprocesses). An explicit ``-m`` expression picks tests itself.
+  ``-n 2`` (pytest-xdist) runs them in two worker processes, as CI does: most of a test's time
+  is one core compiling.
 * Prepared datasets of the tests go to a temporary cache, never to the user's ~/.cache; the
-  compiled programs too (shared by the test's subprocesses, so each is compiled once a session).
+  compiled programs too (shared by the test's subprocesses, so each is compiled once a session,
+  and by the workers of pytest-xdist).
 * ``tiny_run``: ``configs/test.py``'s whole pipeline, run once a session through the command
-  line; the tests of the stages read its files. It starts with the session, in the background,
-  when any collected test needs it, while the tests that do not need it run (its compiled
-  programs land in the session's compilation cache, which the in-process pipeline tests then
-  reuse); the tests that use the pipeline run last.
+  line; the tests of the stages read its files, and a test that runs stages in it again takes
+  ``tiny_run_copy``. It starts with the session (the first worker's), in the background, when
+  any collected test needs it, while the tests that do not need it run (its compiled programs
+  land in the session's compilation cache, which the in-process pipeline tests then reuse); the
+  tests that use the pipeline run last.
 """
 
 import importlib.util
 import logging
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 # LLVM at -O0 compiles three times faster, and the tests' programs are small enough that they
@@ -73,36 +80,81 @@ _NEEDS_RUN = pytest.StashKey[bool]()
 
 
 class _Background:
-    """The tiny config's whole run through the command line, started now, awaited later."""
+    """The tiny config's whole run through the command line, started now, awaited later; its
+    exit status lands in ``rc`` beside it, where any worker of pytest-xdist can await it."""
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
         self.log = workdir.parent / "run.log"
+        self.rc = workdir.parent / "rc"
+        self.process = None
+
+    def start(self) -> None:
         cmd = [sys.executable, "-m", "piaug.main", "--config=configs/test.py"]
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(
-                [*cmd, f"--workdir={workdir}"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT
-            )
+        self.process = subprocess.Popen(
+            [
+                "bash",
+                "-c",
+                f'"$@" > "{self.log}" 2>&1; echo $? > "{self.rc}.part"; '
+                f'mv "{self.rc}.part" "{self.rc}"',
+                "run",
+                *cmd,
+                f"--workdir={self.workdir}",
+            ],
+            cwd=REPO,
+            start_new_session=True,
+        )
 
     def result(self) -> Path:
-        if self.process.wait(timeout=900) != 0:
-            raise AssertionError(f"the tiny run failed:\n{self.log.read_text()[-4000:]}")
+        deadline = time.monotonic() + 900
+        while not self.rc.exists():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the tiny run took over 900 s:\n{_tail(self.log)}")
+            time.sleep(0.5)
+        if self.rc.read_text().strip() != "0":
+            raise AssertionError(f"the tiny run failed:\n{_tail(self.log)}")
         return self.workdir
+
+    def stop(self, wait: bool) -> None:
+        """At the session's end: kill the run if it still goes, or with ``wait`` (another
+        worker may need it) let it finish first."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        if wait:
+            try:
+                self.process.wait(timeout=900)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def _tail(path: Path) -> str:
+    return path.read_text()[-4000:] if path.exists() else f"({path} not written)"
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _piaug_cache(tmp_path_factory, request):
-    cache = tmp_path_factory.mktemp("piaug_cache")
+    # pytest-xdist's workers share their base's parent: one cache of prepared data and
+    # compiled programs, and one tiny run, started by the first worker that needs it
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if worker else base
+    cache = shared / "piaug_cache"
+    cache.mkdir(exist_ok=True)
     mp = pytest.MonkeyPatch()
     mp.setenv("PIAUG_CACHE", str(cache))
     mp.setenv("JAX_COMPILATION_CACHE_DIR", str(cache / "jax"))
     jax.config.update("jax_compilation_cache_dir", str(cache / "jax"))
-    background = None
+    background = _Background(shared / "tiny_run" / "run")
     if request.config.stash.get(_NEEDS_RUN, False):
-        background = _Background(tmp_path_factory.mktemp("tiny_run") / "run")
+        try:
+            background.workdir.parent.mkdir()  # atomic: this worker is the first
+            background.start()
+        except FileExistsError:
+            pass
     yield background
-    if background is not None and background.process.poll() is None:
-        background.process.kill()
+    background.stop(wait=worker is not None)
     mp.undo()
 
 
@@ -155,6 +207,13 @@ def tiny_run(_piaug_cache):
     piaug's 6 steps, matching on the test split, the figures (its workdir; its log beside
     it, ``run.log``)."""
     return _piaug_cache.result()
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path):
+    """A copy of the tiny run, for a test that runs stages in it or changes its files: the
+    run itself is shared by every test (and every worker of pytest-xdist)."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
 
 
 @pytest.fixture

@@ -72,11 +72,11 @@ def test_info_stage_shows_its_progress(tiny_config, tmp_path, capfd):
     assert "info: statistics" in err and "img/s" in err  # the progress bar, with its rate
 
 
-def test_rerun_skips_and_keeps_results(tiny_run, tiny_config, logs):
-    stats = tiny_run / "info_stats.json"
+def test_rerun_skips_and_keeps_results(tiny_run_copy, tiny_config, logs):
+    stats = tiny_run_copy / "info_stats.json"
     before = stats.stat().st_mtime_ns
     tiny_config.stages = "info"
-    pipeline.run(tiny_config, tiny_run)
+    pipeline.run(tiny_config, tiny_run_copy)
     assert "info_stats.json exists, skipping" in logs.text
     assert stats.stat().st_mtime_ns == before
 
@@ -89,24 +89,24 @@ def test_different_config_in_same_workdir_is_an_error(tiny_run, tiny_config):
 
 
 def test_a_run_of_an_older_piaug_resumes_and_records_the_fields_it_lacked(
-    tiny_run, tiny_config, logs
+    tiny_run_copy, tiny_config, logs
 ):
     """A config.json written before a field existed (here the detector's): the field takes this
     call's value and is recorded, rather than the run being refused; changed fields still are."""
-    path = tiny_run / "config.json"
+    path = tiny_run_copy / "config.json"
     saved = json.loads(path.read_text())
     saved.pop("detector")
     saved["info"].pop("num_figures")
     path.write_text(json.dumps(saved))
     tiny_config.stages = "info"
-    pipeline.run(tiny_config, tiny_run)
+    pipeline.run(tiny_config, tiny_run_copy)
     assert "predates the config fields detector.*, info.num_figures:" in logs.text
     recorded = json.loads(path.read_text())
     assert recorded["detector"]["steps"] == tiny_config.detector.steps
     assert recorded["info"]["num_figures"] == tiny_config.info.num_figures
     tiny_config.info.num_figures += 1
     with pytest.raises(UserError, match="different config .*info.num_figures"):
-        pipeline.run(tiny_config, tiny_run)
+        pipeline.run(tiny_config, tiny_run_copy)
 
 
 def test_the_log_names_the_devices_and_warns_of_a_long_cpu_training(tiny_run, logs):

@@ -106,7 +106,7 @@ def cli_reference(tiny_run):
     return tiny_run
 
 
-def test_pretrain_writes_checkpoints_and_metrics(tiny_run, tiny_config, logs):
+def test_pretrain_writes_checkpoints_and_metrics(tiny_run, tiny_run_copy, tiny_config, logs):
     assert (tiny_run / "info_stats.json").exists() and (tiny_run / "config.json").exists()
     rows = _rows(tiny_run)
     assert [r["step"] for r in rows] == list(range(1, 7))
@@ -136,7 +136,7 @@ def test_pretrain_writes_checkpoints_and_metrics(tiny_run, tiny_config, logs):
     params = _params(tiny_run)
     assert set(params) == {"image", "crop"} and "rfb0" in params["image"]["params"]
     tiny_config.stages = "pretrain"
-    pipeline.run(tiny_config, tiny_run)  # a finished run is skipped
+    pipeline.run(tiny_config, tiny_run_copy)  # a finished run is skipped
     assert "already holds step 6 of 6" in logs.text
 
 
@@ -163,7 +163,7 @@ def test_tensorboard_holds_the_metrics_and_the_images(tiny_run):
     assert len(info) == 2 and all(v[0][1] == (64, 3 * 64 + 8) for v in info.values())
 
 
-def test_evaluate_writes_results_for_both_protocols(tiny_run, tiny_config, logs):
+def test_evaluate_writes_results_for_both_protocols(tiny_run, tiny_run_copy, tiny_config, logs):
     results = json.loads((tiny_run / "results.json").read_text())
     assert set(results) == {"baseline", "piaug", "template_copy"}
     assert results["template_copy"]["n_images"] == 3
@@ -188,20 +188,20 @@ def test_evaluate_writes_results_for_both_protocols(tiny_run, tiny_config, logs)
     assert w / h == pytest.approx((80 * 7 / 96) / (96 * 7 / 96 + 0.5), abs=0.02)
     assert len(list((tiny_run / "figures").glob("overlay_piaug_*.png"))) == 2
     tiny_config.stages = "evaluate"
-    pipeline.run(tiny_config, tiny_run)
+    pipeline.run(tiny_config, tiny_run_copy)
     assert "holds ['baseline', 'piaug'], skipping" in logs.text
     assert re.search(rf"baseline +grid +{baseline['mre_mm']:.3f}", logs.text)  # its table, again
 
 
-def test_evaluation_settings_may_change_on_a_finished_run(tiny_run, tiny_config, logs):
+def test_evaluation_settings_may_change_on_a_finished_run(tiny_run_copy, tiny_config, logs):
     """eval.* on a call that only evaluates: the encoders are evaluated again under the new
     settings, into a results file named by them; results.json and config.json stay."""
-    kept = {n: (tiny_run / n).read_bytes() for n in ("results.json", "config.json")}
+    kept = {n: (tiny_run_copy / n).read_bytes() for n in ("results.json", "config.json")}
     tiny_config.stages = "evaluate"
     tiny_config.eval.upsample = "bilinear"
     tiny_config.eval.subpixel = True
-    pipeline.run(tiny_config, tiny_run)
-    tagged = tiny_run / "results.subpixel-True.upsample-bilinear.json"
+    pipeline.run(tiny_config, tiny_run_copy)
+    tagged = tiny_run_copy / "results.subpixel-True.upsample-bilinear.json"
     assert f"results in {tagged}" in logs.text
     results = json.loads(tagged.read_text())
     assert set(results) == {"baseline", "piaug", "template_copy"}
@@ -212,12 +212,12 @@ def test_evaluation_settings_may_change_on_a_finished_run(tiny_run, tiny_config,
         "chosen earlier and kept in" in logs.text and "delete the file to choose again" in logs.text
     )
     assert results["template_copy"] == before["template_copy"]
-    assert {n: (tiny_run / n).read_bytes() for n in kept} == kept
-    assert len(list((tiny_run / "figures" / tagged.stem[8:]).glob("overlay_*.png"))) == 4
+    assert {n: (tiny_run_copy / n).read_bytes() for n in kept} == kept
+    assert len(list((tiny_run_copy / "figures" / tagged.stem[8:]).glob("overlay_*.png"))) == 4
     # Elsewhere eval.* still locks the run: training with other settings is refused.
     tiny_config.stages = "evaluate,analyze"
     with pytest.raises(UserError, match="eval.upsample: 'nearest' -> 'bilinear'.*stages=evaluate"):
-        pipeline.run(tiny_config, tiny_run)
+        pipeline.run(tiny_config, tiny_run_copy)
 
 
 @pytest.mark.slow  # compiles: the fast tier stays under 3 minutes
