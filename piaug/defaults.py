@@ -235,6 +235,10 @@ def _eval(dataset: str) -> ml_collections.ConfigDict:
     # How the scales' cosine maps combine: product (of cosines clamped to [0, 1], CC2D's) |
     # sum (unclamped; for encoders trained with loss.clamp=False).
     c.combine = "product"
+    # Seek each landmark within this many grid pixels (voxels) of where the template has it:
+    # a prior for images that lie roughly alike in their grid (the volumes' default). 0: the
+    # whole image (the paper's).
+    c.search_radius = 0.0
     c.batch_size = 8
     c.num_overlays = 4  # figures/overlay_*.png of predicted vs true landmarks
     # The learning monitor (piaug.probe): every `every` training steps (0: never), one-shot

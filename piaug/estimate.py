@@ -340,7 +340,7 @@ def _correspondences(
     vectors = matching.template_vectors(
         [f[template] for f in features], points, strides=match.strides
     )
-    found = matching.match_all(features, vectors, size=size, settings=match)
+    found = matching.match_all(features, vectors, size=size, settings=match, centres=points)
     found[template] = points
     return found
 

@@ -57,6 +57,9 @@ class MatchSettings:
         (``eval.template_sampling``, ``template_vectors``).
       strides: the scales matched, coarsest first (the encoder's).
       batch_size: images matched at once (``eval.batch_size``).
+      radius: a landmark is sought within this many grid pixels (voxels) of where the
+        template has it (``eval.search_radius``): the prior of images that lie roughly alike
+        in their grid; 0 searches the whole image (the paper's).
     """
 
     upsample: str = "nearest"
@@ -65,6 +68,7 @@ class MatchSettings:
     sampling: str = "cell"
     strides: tuple[int, ...] = STRIDES
     batch_size: int = 8
+    radius: float = 0.0
 
     def __post_init__(self):
         for field, value, allowed in (
@@ -76,6 +80,9 @@ class MatchSettings:
                 raise ValueError(f"eval.{field}={value!r}: use one of {allowed}")
         if int(self.batch_size) < 1:
             raise ValueError(f"eval.batch_size={self.batch_size}: use 1 or more")
+        if not float(self.radius) >= 0:
+            raise ValueError(f"eval.search_radius={self.radius}: use 0 (everywhere) or more")
+        object.__setattr__(self, "radius", float(self.radius))
         object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
         object.__setattr__(self, "batch_size", int(self.batch_size))
         object.__setattr__(self, "subpixel", bool(self.subpixel))
@@ -91,21 +98,25 @@ class MatchSettings:
             subpixel=bool(get("subpixel", False)),
             sampling=get("template_sampling", "cell"),
             batch_size=int(get("batch_size", 8)),
+            radius=float(get("search_radius", 0.0)),
         )
 
     def scoring(self) -> MatchSettings:
         """The template choice's settings: its score only ranks candidates, so nearest
-        upsampling (the fast path: maps at the finest stride), no refinement and the cell's
-        vectors, whatever the evaluation's."""
-        return dataclasses.replace(self, upsample="nearest", subpixel=False, sampling="cell")
+        upsampling (the fast path: maps at the finest stride), no refinement, the cell's
+        vectors and the whole image, whatever the evaluation's."""
+        return dataclasses.replace(
+            self, upsample="nearest", subpixel=False, sampling="cell", radius=0.0
+        )
 
     def keywords(self) -> dict:
-        """``match``'s keyword arguments (strides, upsample, subpixel, combine)."""
+        """``match``'s keyword arguments (strides, upsample, subpixel, combine, radius)."""
         return {
             "strides": self.strides,
             "upsample": self.upsample,
             "subpixel": self.subpixel,
             "combine": self.combine,
+            "radius": self.radius,
         }
 
 
@@ -239,6 +250,19 @@ def refine(maps: jnp.ndarray, peaks: jnp.ndarray) -> jnp.ndarray:
     return out.reshape(peaks.shape)
 
 
+def _within(maps: jnp.ndarray, centres: jnp.ndarray, radius: float, step: int = 1) -> jnp.ndarray:
+    """``maps`` ``(B, L, *grid)`` with every point farther than ``radius`` pixels from its
+    landmark's centre (``centres`` ``(L, d)``, pixels) set to -inf; ``step``: the pixels a
+    grid point stands for (the fast path's cells)."""
+    d = centres.shape[-1]
+    grid = jnp.stack(
+        jnp.meshgrid(*(jnp.arange(n) * step for n in maps.shape[-d:]), indexing="ij"), -1
+    )  # (*grid, d) pixels
+    offsets = grid[None] - centres.reshape(-1, *(1,) * d, d).astype(jnp.float32)
+    near = jnp.sum(offsets**2, axis=-1) <= radius**2  # (L, *grid)
+    return jnp.where(near[None], maps, -jnp.inf)
+
+
 def match(
     query_features: Sequence[jnp.ndarray],
     templates: Sequence[jnp.ndarray],
@@ -248,15 +272,21 @@ def match(
     upsample: str = "nearest",
     subpixel: bool = False,
     combine: str = "product",
+    radius: float = 0.0,
+    centres: jnp.ndarray | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Predicted points ``(B, L, 2)`` (row, col) and their scores ``(B, L)`` (the maximum of
     the combined map, ``similarity``). Integer pixels unless ``subpixel``. Volumes (a
-    3-entry ``size``): ``(B, L, 3)`` (slice, row, col).
+    3-entry ``size``): ``(B, L, 3)`` (slice, row, col). With ``radius`` > 0 each landmark is
+    sought within ``radius`` pixels of its ``centres`` entry (``(L, 2)`` row, col: where the
+    template has it).
 
     With nearest upsampling and no refinement the combined map is constant on the finest
     stride's cells, so it is formed at that stride (a quarter of the pixels at stride 2) and
     the peak mapped to its cell's first pixel: the same point and score as at full size.
     """
+    if radius > 0 and centres is None:
+        raise ValueError("match: a search radius needs the template's landmarks (centres)")
     finest = min(strides)
     if upsample == "nearest" and not subpixel and all(n % finest == 0 for n in size):
         cells = tuple(n // finest for n in size)
@@ -270,11 +300,15 @@ def match(
                 upsample="nearest",
                 combine=combine,
             )
+            if radius > 0:
+                maps = _within(maps, centres, radius, finest)
             peaks, scores = _peaks(maps, len(size))
             return peaks * finest, scores
     maps = similarity(
         query_features, templates, size=size, strides=strides, upsample=upsample, combine=combine
     )
+    if radius > 0:
+        maps = _within(maps, centres, radius)
     peaks, scores = _peaks(maps, len(size))
     if subpixel:
         return refine(maps, peaks), scores
@@ -283,7 +317,9 @@ def match(
 
 # One compiled program per shape and setting, shared by every caller (template choice, the
 # estimate, evaluation of each encoder) instead of one per call.
-match_jit = jax.jit(match, static_argnames=("size", "strides", "upsample", "subpixel", "combine"))
+match_jit = jax.jit(
+    match, static_argnames=("size", "strides", "upsample", "subpixel", "combine", "radius")
+)
 
 
 def _peaks(maps: jnp.ndarray, d: int = 2) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -316,11 +352,15 @@ def match_all(
     size: tuple[int, int],
     settings: MatchSettings = MatchSettings(),
     with_scores: bool = False,
+    centres: np.ndarray | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """``match`` over all images of ``features`` in batches of ``settings.batch_size``:
     ``(N, L, 2)`` (row, col), and with ``with_scores`` each peak's value of the combined
-    similarity map ``(N, L)``."""
+    similarity map ``(N, L)``. ``centres``: the template's landmarks ``(L, 2)`` (row, col),
+    which ``settings.radius`` needs."""
     kw = {"size": tuple(size)} | settings.keywords()
+    if settings.radius > 0:
+        kw["centres"] = jnp.asarray(centres, jnp.float32) if centres is not None else None
     n, batch_size = features[0].shape[0], settings.batch_size
     found = [
         match_jit([f[i : i + batch_size] for f in features], templates, **kw)
@@ -351,5 +391,7 @@ def predict(
         template_features, template_points, strides=settings.strides, sampling=settings.sampling
     )
     features = encode(apply_fn, images, batch_size=settings.batch_size)
-    found, scores = match_all(features, vectors, size=size, settings=settings, with_scores=True)
+    found, scores = match_all(
+        features, vectors, size=size, settings=settings, with_scores=True, centres=template_points
+    )
     return (found[..., ::-1], scores) if with_scores else found[..., ::-1]

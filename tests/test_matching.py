@@ -263,3 +263,37 @@ def test_volume_template_vectors_are_trilinear_and_refine_finds_the_vertex():
     np.testing.assert_allclose(
         matching.refine(jnp.asarray(maps), jnp.asarray(peak)), [vertex], atol=1e-5
     )
+
+
+@pytest.mark.parametrize("size", [(32, 48), (8, 12, 16)])
+def test_a_search_radius_keeps_each_peak_near_the_templates_landmark(size):
+    """``eval.search_radius``: each landmark's peak is the best point within the radius of
+    where the template has it (a brute-force search over those points of the same combined
+    map), on the fast path and at full size, in 2-D and 3-D; without centres it is an error."""
+    rng = np.random.default_rng(1)
+    strides = (4, 2)
+    feats = [rng.normal(size=(2, *(n // s for n in size), 6)).astype(np.float32) for s in strides]
+    centres = np.stack([rng.integers(0, n, 5) for n in size], -1)  # (L, d) pixels
+    vectors = matching.template_vectors([f[0] for f in feats], centres, strides=strides)
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in size), indexing="ij"), -1)
+    for upsample, radius in (("nearest", 3.0), ("bilinear", 5.5)):
+        kw = {"size": size, "strides": strides, "upsample": upsample, "combine": "sum"}
+        found, scores = matching.match(feats, vectors, radius=radius, centres=centres, **kw)
+        maps = np.asarray(matching.similarity(feats, vectors, **kw))  # (B, L, *size)
+        for b in range(2):
+            for k, c in enumerate(centres):
+                near = ((grid - c) ** 2).sum(-1) <= radius**2
+                if upsample == "nearest":  # the fast path: a cell is its first pixel
+                    near &= (grid % strides[-1] == 0).all(-1)
+                best = np.where(near, maps[b, k], -np.inf)
+                assert tuple(found[b, k]) == np.unravel_index(best.argmax(), size)
+                assert scores[b, k] == pytest.approx(best.max(), abs=1e-5)
+        whole, _ = matching.match(feats, vectors, **kw)
+        far = np.sqrt(((np.asarray(whole) - centres) ** 2).sum(-1)) > radius
+        assert far.any()  # the radius changed some peaks
+    settings = matching.MatchSettings(radius=3.0)
+    with pytest.raises(ValueError, match="centres"):
+        matching.match_all(feats, vectors, size=size, settings=settings)
+    with pytest.raises(ValueError, match="eval.search_radius"):
+        matching.MatchSettings(radius=-1.0)
+    assert settings.scoring().radius == 0.0  # the template choice scores the whole image

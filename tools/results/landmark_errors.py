@@ -9,7 +9,8 @@ did not move); and how often each landmark's true point is the one nearest to th
 python -m tools.results.landmark_errors --out=NAME RUN[:ENCODER] ...
 
 ``ENCODER`` is ``baseline`` (default) or ``piaug``; each run needs its ``results.json`` (the
-template and the images evaluated) and its data where its ``config.json`` says.
+template and the images evaluated: the training split's or another, as ``eval.split``) and its
+data where its ``config.json`` says.
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ def setting(run: Path, encoder: str) -> dict:
     true points in the grid and the grid's spacing (mm per pixel, x and y)."""
     config = ConfigDict(with_defaults(layout.read_json(run / layout.CONFIG_FILE)))
     entry = layout.read_json(run / layout.RESULTS_FILE)[encoder]
-    if entry["split"] != config.data.split:
-        raise SystemExit(f"{run}: evaluated on {entry['split']}, not the training split")
-    pool = templates.ImagePool(config)
+    pool = templates.ImagePool(config)  # the template's: the training split
     index = pool.ids.index(entry["template"]["id"])
-    keep = [pool.ids.index(i) for i in entry["ids"]]
+    split = entry.get("split", config.data.split)  # the images evaluated (a test split)
+    targets = pool if split == config.data.split else templates.ImagePool(config, split)
+    keep = [targets.ids.index(i) for i in entry["ids"]]
     size = configure.image_size(config)
     template = pool.examples[index]
-    spacing, truth = grid_truth([pool.examples[i] for i in keep], size)
+    spacing, truth = grid_truth([targets.examples[i] for i in keep], size)
     ckpt = layout.trained_encoders(run, config.train.baseline)[encoder]
     return {
         "config": config,
@@ -50,19 +51,18 @@ def setting(run: Path, encoder: str) -> dict:
         "template_image": pool.images[index],
         "template_landmarks": template["landmarks"],
         "template_rows_cols": matching.template_cells(template["landmarks"], size),
-        "images": pool.images[keep],
+        "images": targets.images[keep],
         "spacing": spacing,
         "truth": truth,
     }
 
 
 def grid_truth(examples: list[dict], size) -> tuple[np.ndarray, np.ndarray]:
-    """The grid's spacing (mm per pixel, x and y) of each example and its true points in the
-    grid of ``size``, as ``evaluate`` scores them."""
-    original = np.stack([e["original_size"] for e in examples])
-    spacing = evaluate.grid_spacing([float(e["spacing"]) for e in examples], original, size)
-    landmarks = np.stack([e["landmarks_original"] for e in examples])
-    return spacing, evaluate.truth_in_grid(landmarks, original, size)
+    """The grid's spacing (mm per pixel, x and y; volumes x, y, z) of each example and its
+    true points in the grid of ``size``, as ``evaluate`` scores them."""
+    t = evaluate.truth(examples, size)
+    spacing = evaluate.grid_spacing(t["spacing"], t["original_size"], size)
+    return spacing, evaluate.truth_in_grid(t["landmarks_original"], t["original_size"], size)
 
 
 def check_mre(run: Path, offset: np.ndarray, mre_mm: float) -> None:
