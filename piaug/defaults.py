@@ -236,8 +236,9 @@ def _eval(dataset: str) -> ml_collections.ConfigDict:
     # sum (unclamped; for encoders trained with loss.clamp=False).
     c.combine = "product"
     # Seek each landmark within this many grid pixels (voxels) of where the template has it:
-    # a prior for images that lie roughly alike in their grid (the volumes' default). 0: the
-    # whole image (the paper's).
+    # a prior for images that lie roughly alike in their grid. 0: the whole image (the
+    # paper's; on the 3-D demo's volumes a radius did not make the baseline beat the copy,
+    # docs/volumes.md).
     c.search_radius = 0.0
     c.batch_size = 8
     c.num_overlays = 4  # figures/overlay_*.png of predicted vs true landmarks
