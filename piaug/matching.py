@@ -359,8 +359,8 @@ def match_all(
     similarity map ``(N, L)``. ``centres``: the template's landmarks ``(L, 2)`` (row, col),
     which ``settings.radius`` needs."""
     kw = {"size": tuple(size)} | settings.keywords()
-    if settings.radius > 0:
-        kw["centres"] = jnp.asarray(centres, jnp.float32) if centres is not None else None
+    if settings.radius > 0 and centres is not None:  # (match refuses a radius without)
+        kw["centres"] = jnp.asarray(centres, jnp.float32)
     n, batch_size = features[0].shape[0], settings.batch_size
     found = [
         match_jit([f[i : i + batch_size] for f in features], templates, **kw)
