@@ -27,8 +27,9 @@ def describe_devices(devices=None) -> str:
 # the pixels of a step and the square of the width (case (b), 192 x 192, batch 4, width 0.25,
 # predicted 0.38 s, measured 0.39 s).
 _CPU_STEP_S, _CPU_STEP_PIXELS = 48.9, 8 * (384 * 384 + 64 * 64)
-# Volumes (docs/performance.md, train_step_3d.jsonl): 0.718 s for batch 2 of 64^3 volumes with
-# two 32^3 crops each at width 0.125, scaled the same way (voxels, width squared).
+# Volumes (docs/performance.md): 0.718 s for batch 2 of 64^3 volumes with two 32^3 crops each
+# at width 0.125 (the first run of train_step_3d.jsonl's command; its remake 0.542 s, and in
+# the pipeline about 1.0 s), scaled the same way (voxels, width squared).
 _CPU_STEP_3D_S, _CPU_STEP_3D_VOXELS, _CPU_STEP_3D_WIDTH = 0.718, 2 * (64**3 + 2 * 32**3), 0.125
 
 

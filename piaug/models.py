@@ -193,7 +193,7 @@ class VolumeConv(nn.Module):
     ``bias``; the same initial values), stride 1, odd kernel sizes and SAME padding, computed as
     one 2-D convolution over the volume's slices: the ``kd`` depth taps of each slice are laid
     side by side in the channels (``kd * I``), the slices folded into the batch. On this CPU,
-    XLA's own 3-D convolution took 2.8 to 13.6 times as long per operation
+    XLA's own 3-D convolution took 3.7 to 11.0 times as long per operation
     (``benchmarks/conv_layers.py --dims 3``, docs/performance.md)."""
 
     features: int

@@ -76,7 +76,7 @@ CPU = {
 # Volumes on a 2-core CPU (``cpu`` on a 3-D config): the 3-D step costs about 27/9 of a 2-D
 # one per voxel, so an eighth of VGG19's width and 2 volumes (two crops each), and 16 anchors a
 # crop (each anchor's window of negatives is a cube, 19^3 cells at the default loss.window: in
-# the pipeline 64 anchors a crop took 1.2 s a step, 16 about 1.0). A step of 0.72 s at a 64^3
+# the pipeline 64 anchors a crop took 1.2 s a step, 16 about 1.0). A step of 0.54-0.72 s at a 64^3
 # grid with 32^3 crops in the isolated benchmark (train_step_3d.jsonl); 700 steps took about
 # 13 minutes an encoder in the pipeline (docs/volumes.md).
 CPU_VOLUMES = {
