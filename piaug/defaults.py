@@ -240,6 +240,10 @@ def _eval(dataset: str) -> ml_collections.ConfigDict:
     # paper's; on the 3-D demo's volumes a radius did not make the baseline beat the copy,
     # docs/volumes.md).
     c.search_radius = 0.0
+    # The encoder's scales whose cosine maps are combined, by stride (e.g. (8, 4, 2)); (): all
+    # five (the paper's). A 64^3 volume's stride-32 and 16 maps have 2 and 4 cells a side: on
+    # the 3-D demo's volumes they pulled the peaks off (docs/volumes.md).
+    c.scales = ()
     c.batch_size = 8
     c.num_overlays = 4  # figures/overlay_*.png of predicted vs true landmarks
     # The learning monitor (piaug.probe): every `every` training steps (0: never), one-shot

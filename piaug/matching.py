@@ -60,6 +60,9 @@ class MatchSettings:
       radius: a landmark is sought within this many grid pixels (voxels) of where the
         template has it (``eval.search_radius``): the prior of images that lie roughly alike
         in their grid; 0 searches the whole image (the paper's).
+      scales: the strides whose maps are combined (``eval.scales``), a subset of ``strides``;
+        () combines them all (the paper's). The maps of every stride are still computed and
+        passed: ``match_all`` picks (``pick``).
     """
 
     upsample: str = "nearest"
@@ -69,6 +72,7 @@ class MatchSettings:
     strides: tuple[int, ...] = STRIDES
     batch_size: int = 8
     radius: float = 0.0
+    scales: tuple[int, ...] = ()
 
     def __post_init__(self):
         for field, value, allowed in (
@@ -84,6 +88,16 @@ class MatchSettings:
             raise ValueError(f"eval.search_radius={self.radius}: use 0 (everywhere) or more")
         object.__setattr__(self, "radius", float(self.radius))
         object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
+        try:
+            scales = tuple(int(s) for s in self.scales)
+        except (TypeError, ValueError):
+            scales = None
+        if scales is None or not set(scales) <= set(self.strides) or len(set(scales)) < len(scales):
+            raise ValueError(
+                f"eval.scales={self.scales!r}: give distinct strides of the encoder's "
+                f"{self.strides} (e.g. (8, 4, 2)), or () for all of them"
+            )
+        object.__setattr__(self, "scales", scales)
         object.__setattr__(self, "batch_size", int(self.batch_size))
         object.__setattr__(self, "subpixel", bool(self.subpixel))
 
@@ -99,20 +113,30 @@ class MatchSettings:
             sampling=get("template_sampling", "cell"),
             batch_size=int(get("batch_size", 8)),
             radius=float(get("search_radius", 0.0)),
+            scales=tuple(get("scales", ())),
         )
 
     def scoring(self) -> MatchSettings:
         """The template choice's settings: its score only ranks candidates, so nearest
         upsampling (the fast path: maps at the finest stride), no refinement, the cell's
-        vectors and the whole image, whatever the evaluation's."""
+        vectors, the whole image and every scale, whatever the evaluation's."""
         return dataclasses.replace(
-            self, upsample="nearest", subpixel=False, sampling="cell", radius=0.0
+            self, upsample="nearest", subpixel=False, sampling="cell", radius=0.0, scales=()
         )
 
+    def pick(self, maps: Sequence) -> list:
+        """The entries of ``maps`` (one per stride of ``strides``) that ``scales`` keeps."""
+        if not self.scales:
+            return list(maps)
+        if len(maps) != len(self.strides):
+            raise ValueError(f"{len(maps)} maps for the {len(self.strides)} strides {self.strides}")
+        return [m for m, s in zip(maps, self.strides, strict=True) if s in self.scales]
+
     def keywords(self) -> dict:
-        """``match``'s keyword arguments (strides, upsample, subpixel, combine, radius)."""
+        """``match``'s keyword arguments (strides, upsample, subpixel, combine, radius), the
+        strides those that ``scales`` keeps (the maps to pass: ``pick``)."""
         return {
-            "strides": self.strides,
+            "strides": tuple(self.pick(self.strides)),
             "upsample": self.upsample,
             "subpixel": self.subpixel,
             "combine": self.combine,
@@ -222,7 +246,8 @@ def similarity(
 
 def refine(maps: jnp.ndarray, peaks: jnp.ndarray) -> jnp.ndarray:
     """Sub-pixel peaks: in each axis, the vertex of the parabola through the peak and its two
-    neighbours (no shift at the border or where the three are not a maximum).
+    neighbours (no shift at the border, next to a point outside the search radius, or where the
+    three are not a maximum).
 
     ``maps`` ``(..., H, W)``, ``peaks`` ``(..., 2)`` int (volumes: ``(..., D, H, W)``,
     ``(..., 3)``); returns ``(..., 2)`` (``(..., 3)``) float."""
@@ -240,6 +265,9 @@ def refine(maps: jnp.ndarray, peaks: jnp.ndarray) -> jnp.ndarray:
         hi = p.at[:, axis].add(1)
         inside = (p[:, axis] > 0) & (p[:, axis] < shape[axis] - 1)
         a, b, c = at(lo), at(p), at(hi)
+        # a neighbour outside the search radius is -inf (``_within``): no shift there either
+        inside &= jnp.isfinite(a) & jnp.isfinite(b) & jnp.isfinite(c)
+        a, b, c = (jnp.where(inside, v, 0.0) for v in (a, b, c))
         denom = a - 2 * b + c
         shift = jnp.where(
             inside & (denom < 0), 0.5 * (a - c) / jnp.where(denom < 0, denom, -1.0), 0
@@ -361,6 +389,7 @@ def match_all(
     kw = {"size": tuple(size)} | settings.keywords()
     if settings.radius > 0 and centres is not None:  # (match refuses a radius without)
         kw["centres"] = jnp.asarray(centres, jnp.float32)
+    features, templates = settings.pick(features), settings.pick(templates)
     n, batch_size = features[0].shape[0], settings.batch_size
     found = [
         match_jit([f[i : i + batch_size] for f in features], templates, **kw)

@@ -146,6 +146,7 @@ def score_candidates(
         raise ValueError("no candidate has salient points: lower the border or the distance")
     size, batch_size = tuple(size), settings.batch_size
     kw = settings.keywords()
+    picked = settings.pick(features)
 
     def candidate(i: int) -> float:
         p = np.asarray(points[i]).reshape(-1, len(size))
@@ -159,7 +160,10 @@ def score_candidates(
             [
                 np.asarray(
                     matching.match_jit(
-                        [f[j : j + batch_size] for f in features], templates, size=size, **kw
+                        [f[j : j + batch_size] for f in picked],
+                        settings.pick(templates),
+                        size=size,
+                        **kw,
                     )[1]
                 )
                 for j in range(0, n, batch_size)

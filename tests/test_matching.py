@@ -1,6 +1,7 @@
 """One-shot matching (Eq. 4): template vectors, the product of clamped cosine maps, argmax,
 sub-pixel refinement, salient points and the unsupervised template choice."""
 
+import dataclasses
 import functools
 
 import jax
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from piaug import matching
+from piaug.templates import score_candidates
 
 STRIDES = (8, 4, 2)
 SIZE = (32, 48)
@@ -291,9 +293,42 @@ def test_a_search_radius_keeps_each_peak_near_the_templates_landmark(size):
         whole, _ = matching.match(feats, vectors, **kw)
         far = np.sqrt(((np.asarray(whole) - centres) ** 2).sum(-1)) > radius
         assert far.any()  # the radius changed some peaks
+        # refined: finite next to the -inf outside the radius, each peak moved within its cell
+        refined, _ = matching.match(
+            feats, vectors, radius=radius, centres=centres, subpixel=True, **kw
+        )
+        assert np.isfinite(refined).all()
+        assert np.abs(np.asarray(refined) - np.asarray(found)).max() <= strides[-1]
     settings = matching.MatchSettings(radius=3.0)
     with pytest.raises(ValueError, match="centres"):
         matching.match_all(feats, vectors, size=size, settings=settings)
     with pytest.raises(ValueError, match="eval.search_radius"):
         matching.MatchSettings(radius=-1.0)
     assert settings.scoring().radius == 0.0  # the template choice scores the whole image
+
+
+def test_scales_match_only_the_maps_of_those_strides():
+    """``eval.scales``: ``match_all`` and the template choice combine the chosen strides' maps
+    only (the same peaks as matching those maps alone); the choice's scoring uses every scale;
+    a stride the encoder lacks, or one given twice, is an error naming the field."""
+    feats = [np.asarray(f) for f in _features(4, n=3)]
+    points = np.asarray([[5, 9], [20, 33], [12, 2]])
+    vectors = matching.template_vectors([f[0] for f in feats], points, strides=STRIDES)
+    picked = matching.MatchSettings(strides=STRIDES, combine="sum", upsample="bilinear")
+    picked = dataclasses.replace(picked, scales=(4, 2))
+    found = matching.match_all(feats, vectors, size=SIZE, settings=picked)
+    alone = dataclasses.replace(picked, strides=(4, 2), scales=())
+    expected = matching.match_all(feats[1:], vectors[1:], size=SIZE, settings=alone)
+    np.testing.assert_array_equal(found, expected)
+    every = matching.match_all(
+        feats, vectors, size=SIZE, settings=dataclasses.replace(picked, scales=())
+    )
+    assert picked.scoring().scales == () and not np.array_equal(every, found)
+    index, scores = score_candidates(feats, [points] * 3, size=SIZE, settings=picked)
+    ref_index, ref_scores = score_candidates(feats[1:], [points] * 3, size=SIZE, settings=alone)
+    assert index == ref_index
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5)
+    assert matching.MatchSettings.from_eval({"scales": [8, 4, 2]}).scales == (8, 4, 2)
+    for bad in ((64,), (4, 4), "x"):
+        with pytest.raises(ValueError, match=r"eval.scales=.*give distinct strides"):
+            matching.MatchSettings(scales=bad)
