@@ -71,7 +71,8 @@ def pixel_losses(
     """Per-anchor loss (sum over scales) and PSI (mean over scales) of an encoder pair
     (``nets``, ``variables`` as ``piaug.checkpoints.restore_encoders`` gives them), with the
     anchors' IIE: three flat arrays over the anchors of all ``images`` ``(N, H, W)``, anchors
-    every ``stride`` pixels, each with an unaugmented ``crop_size`` crop centred on it."""
+    every ``stride`` pixels, each with an unaugmented ``crop_size`` crop centred on it (a crop
+    as large as the image is the image itself: encoded once for all its anchors)."""
     net_image, net_crop = nets
     kw = dataclasses.asdict(loss)
 
@@ -79,23 +80,32 @@ def pixel_losses(
     def run(variables, image, crops, anchors, crop_anchors):  # parameters: no baked constants
         feats = net_image.apply(variables["image"], image[None])
         crop_feats = net_crop.apply(variables["crop"], crops)
-        feats = [jnp.broadcast_to(f, (len(crops), *f.shape[1:])) for f in feats]
+        feats, crop_feats = (
+            [jnp.broadcast_to(f, (len(anchors), *f.shape[1:])) for f in maps]
+            for maps in (feats, crop_feats)
+        )
         loss, psi = losses.multiscale_info_nce(feats, crop_feats, anchors, crop_anchors, **kw)
         return loss.sum(1), psi.mean(1)
 
     anchors = grid_anchors(images.shape[1:], stride)
+    whole = all(int(crop_size) >= n for n in images.shape[1:])
     out = {"iie": [], "loss": [], "psi": []}
     for image, m in zip(images, iie, strict=True):
-        crops, crop_anchors = centred_crops(image, anchors, int(crop_size))
         x = image.astype(np.float32) / 255.0
+        if whole:  # every anchor's crop (centred_crops's) is the image, the anchor where it is
+            crops, crop_anchors = x[None], anchors
+        else:
+            crops, crop_anchors = centred_crops(image, anchors, int(crop_size))
         for start in range(0, len(anchors), chunk):
             part = slice(start, start + chunk)
             n = len(anchors[part])
             pad = chunk - n  # one shape for every call
             args = [
                 np.concatenate([a[part], np.repeat(a[:1], pad, 0)])
-                for a in (crops, anchors, crop_anchors)
+                for a in ((anchors, crop_anchors) if whole else (crops, anchors, crop_anchors))
             ]
+            if whole:
+                args = [crops, *args]
             loss_values, psi = run(variables, x, *args)
             out["loss"].append(np.asarray(loss_values)[:n])
             out["psi"].append(np.asarray(psi)[:n])

@@ -112,3 +112,39 @@ def test_training_batch_draws_each_crop_beside_its_image(tmp_path):
     np.testing.assert_array_equal(axes[6].images[0].get_array(), batch["image"][1])
     dots = axes[5].collections[-1].get_offsets()
     np.testing.assert_array_equal(dots, batch["crop_anchor"][0, 1, 1:, ::-1])
+
+
+def test_fig2_losses_with_crops_of_the_whole_image_equal_each_anchors_own_crop():
+    """``pixel_losses`` with ``crop_size`` the image's side encodes the image once as every
+    anchor's crop: the same losses as each anchor's ``centred_crops`` crop encoded apart."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+    from conftest import load_config
+
+    from piaug import configure, losses
+
+    config = load_config("test")
+    model, loss = configure.model(config), configure.loss(config)
+    nets = model.encoders()
+    x0 = jnp.zeros((1, 32, 32), jnp.float32)
+    variables = {
+        name: net.init(jax.random.key(k), x0, train=False)
+        for k, (name, net) in enumerate(zip(("image", "crop"), nets, strict=True))
+    }
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (1, 32, 32)).astype(np.uint8)
+    iie = rng.uniform(0, 5, (1, 32, 32)).astype(np.float32)
+    got = analyze.pixel_losses(nets, variables, images, iie, crop_size=32, loss=loss, stride=8)
+    anchors = analyze.grid_anchors((32, 32), 8)
+    crops, where = analyze.centred_crops(images[0], anchors, 32)
+    feats = nets[0].apply(variables["image"], images[:1].astype(np.float32) / 255.0)
+    feats = [jnp.broadcast_to(f, (len(anchors), *f.shape[1:])) for f in feats]
+    crop_feats = nets[1].apply(variables["crop"], crops)
+    want, psi = losses.multiscale_info_nce(
+        feats, crop_feats, anchors, where, **dataclasses.asdict(loss)
+    )
+    np.testing.assert_allclose(got["loss"], np.asarray(want.sum(1)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got["psi"], np.asarray(psi.mean(1)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(got["iie"], iie[0][tuple(anchors.T)])
