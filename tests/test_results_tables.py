@@ -183,6 +183,17 @@ def test_collect_seeds_reads_a_seeds_other_results_file_and_refuses_mixed_templa
         collect_seeds.gather(tmp_path, ["0"], {"0": str(tmp_path / "enc")}, {})
     with pytest.raises(SystemExit, match="names 2 files"):
         collect_seeds.gather(tmp_path, ["0"], {"0": str(tmp_path / "enc")}, {"0": "*.json"})
+    # --pipeline-runs: one run's results.json gives every row
+    write(
+        tmp_path / "demo", "results.json", template_copy=copy, baseline=(9.0, "7"), piaug=(8.0, "7")
+    )
+    demo = {"1": str(tmp_path / "demo")}
+    whole = collect_seeds.gather(tmp_path / "none", ["1"], demo, {}, whole=True)
+    assert {k: v["mre_mm"] for k, v in whole["1"].items()} == {
+        "template_copy": 11.7,
+        "baseline": 9.0,
+        "piaug": 8.0,
+    }
 
 
 def test_template_spread_ranks_the_chosen_template_among_all():

@@ -4,6 +4,7 @@ from.
 
 python -m tools.results.collect_seeds --root=runs/seeds --baseline-runs=0:runs/fs/L3 \
     [--seeds=0,1,2]
+python -m tools.results.collect_seeds --out=NAME --pipeline-runs=0:runs/a,1:runs/b,2:runs/c
 
 ``--curve NAME=FILE`` (repeatable) draws ``ceph_cpu_seeds_probe.png`` (``OUT_probe.png``
 with ``--out``): the probe MRE of each
@@ -17,7 +18,9 @@ by ``--baseline-runs``); the template is the one every row of that seed shares. 
 names another results file for a seed's runs, a name or a glob that names one file in each
 run (``0:results.template-075*.json``: an evaluation with another template, ``python -m
 piaug.main ... --config.stages=evaluate --config.eval.template=075`` on each run). A name
-that matches several files of a run is refused.
+that matches several files of a run is refused. ``--pipeline-runs`` names, per seed, one
+pipeline run whose ``results.json`` holds every row (the template copied, the baseline and
+piaug: e.g. ``configs/demo3d.py`` at ``--config.seed=S``).
 """
 
 from __future__ import annotations
@@ -48,9 +51,10 @@ def _entry(results: dict, key: str) -> dict:
     return entry
 
 
-def gather(root: Path, seeds: list[str], reused: dict, files: dict) -> dict:
+def gather(root: Path, seeds: list[str], reused: dict, files: dict, whole: bool = False) -> dict:
     """``{seed: {row: entry}}`` from ``ROOT/seed_s``'s runs; ``reused`` maps a seed to its
-    baseline run's folder, ``files`` to the results file its runs are read from."""
+    baseline run's folder, ``files`` to the results file its runs are read from; ``whole``:
+    that run's file gives piaug's row too (a pipeline run of both encoders)."""
     out = {}
     for seed in seeds:
         folder = root / f"seed_{seed}"
@@ -62,6 +66,8 @@ def gather(root: Path, seeds: list[str], reused: dict, files: dict) -> dict:
             results = json.loads(base.read_text())
             rows["template_copy"] = _entry(results, "template_copy")
             rows["baseline"] = _entry(results, "baseline")
+            if whole:
+                rows["piaug"] = _entry(results, "piaug")
         for run, row in ROWS:
             path = one_file(folder / run, name)
             if path:
@@ -76,9 +82,12 @@ def gather(root: Path, seeds: list[str], reused: dict, files: dict) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--root", type=Path, default=Path("runs/seeds"))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--baseline-runs", default="", help="SEED:RUN_DIR,... reused baselines")
+    parser.add_argument(
+        "--pipeline-runs", default="", help="SEED:RUN_DIR,... runs that hold every row"
+    )
     parser.add_argument(
         "--results",
         default="",
@@ -88,10 +97,13 @@ def main() -> int:
     parser.add_argument("--out", default="ceph_cpu_seeds", help="the file's name, without .json")
     parser.add_argument("--curve", action="append", default=[], help="NAME=FILE, repeatable")
     args = parser.parse_args()
-    reused = dict(item.split(":", 1) for item in args.baseline_runs.split(",") if item)
+    if args.pipeline_runs and args.baseline_runs:
+        parser.error("give --baseline-runs or --pipeline-runs, not both")
+    runs = args.pipeline_runs or args.baseline_runs
+    reused = dict(item.split(":", 1) for item in runs.split(",") if item)
     files = dict(item.split(":", 1) for item in args.results.split(",") if item)
     wanted = [s.strip() for s in args.seeds.split(",") if s.strip()]
-    seeds = gather(args.root, wanted, reused, files)
+    seeds = gather(args.root, wanted, reused, files, whole=bool(args.pipeline_runs))
     payload = {
         "command": command("tools.results.collect_seeds", sys.argv[1:]),
         "note": args.note,

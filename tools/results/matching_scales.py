@@ -1,6 +1,7 @@
 r"""Which scales find the landmarks: a run's matching (grid protocol, its template and images,
-as ``evaluate``) with each scale's cosine map alone, and with all five combined as the run
-combines them (the run's MRE, checked against its ``results.json``).
+as ``evaluate``) with each scale's cosine map alone, with all five combined, and with the
+coarsest ones left out (strides 16-2, 8-2, 4-2: ``eval.scales``), the rest of the run's
+matching settings kept (the run's own scales checked against its ``results.json``).
 
 python -m tools.results.matching_scales --out=NAME RUN[:ENCODER] ...
 
@@ -33,7 +34,8 @@ def row(offset: np.ndarray) -> dict:
 
 
 def scales(run: Path, encoder: str) -> dict[str, dict]:
-    """``{"all": row, "stride_32": row, ...}`` for ``encoder`` of ``run``."""
+    """``{"all": row, "stride_32": row, ..., "strides_8_4_2": row, ...}`` for ``encoder`` of
+    ``run``."""
     s = setting(run, encoder)
     settings = configure.match_settings(s["config"])
     features = matching.encode(s["encoder"], s["images"], batch_size=settings.batch_size)
@@ -41,18 +43,20 @@ def scales(run: Path, encoder: str) -> dict[str, dict]:
     vectors = matching.template_vectors(
         template, s["template_rows_cols"], sampling=settings.sampling
     )
-    subsets = {"all": list(range(len(STRIDES)))}
-    subsets |= {f"stride_{st}": [i] for i, st in enumerate(STRIDES)}
+    subsets = {"all": STRIDES}
+    subsets |= {f"stride_{st}": (st,) for st in STRIDES}
+    subsets |= {"strides_" + "_".join(map(str, STRIDES[k:])): STRIDES[k:] for k in (1, 2, 3)}
+    own = settings.scales or STRIDES
     out = {}
-    for name, idx in subsets.items():
+    for name, kept in subsets.items():
         found = matching.match_all(
-            [features[i] for i in idx],
-            [vectors[i] for i in idx],
+            features,
+            vectors,
             size=s["size"],
-            settings=dataclasses.replace(settings, strides=[STRIDES[i] for i in idx]),
+            settings=dataclasses.replace(settings, scales=tuple(kept)),
         )
         offset = (found[..., ::-1] - s["truth"]) * s["spacing"][:, None, :]
-        if name == "all":
+        if tuple(kept) == tuple(own):
             check_mre(run, offset, s["mre_mm"])
         out[name] = row(offset)
     return out
