@@ -73,16 +73,23 @@ CPU = {
     "detector.checkpoint_every": 200,
 }
 
-# Volumes on a 2-core CPU (``cpu`` on a 3-D config): the 3-D step costs about 27/9 of a 2-D
-# one per voxel, so an eighth of VGG19's width and 2 volumes (two crops each), and 16 anchors a
-# crop (each anchor's window of negatives is a cube, 19^3 cells at the default loss.window: in
-# the pipeline 64 anchors a crop took 1.2 s a step, 16 about 1.0). A step of 0.54-0.72 s at a 64^3
-# grid with 32^3 crops in the isolated benchmark (train_step_3d.jsonl); 700 steps took about
-# 13 minutes an encoder in the pipeline (docs/volumes.md).
+# Volumes on a 2-core CPU (``cpu`` on a 3-D config; docs/volumes.md measured each part on the
+# synthetic volumes): the 3-D step costs about 27/9 of a 2-D one per voxel, so an eighth of
+# VGG19's width, 2 volumes a step and 16 anchors a crop (each anchor's window of negatives is a
+# cube, 19^3 cells at the default loss.window). Each crop is the whole volume (``cpu`` sets
+# ``data.crop_size`` to the grid: the coarse maps of a 32^3 crop at a 64^3 grid have one cell),
+# one crop a volume, cut by trilinear rather than cubic interpolation (0.05 s against 0.13 a
+# 64^3 crop, on the step's cores). Matching combines strides 8, 4 and 2 only (at 64^3 the
+# stride-32 and 16 maps have 2 and 4 cells a side and pulled the peaks off: 11.4 against
+# 12.8 mm on the tuning volumes) and refines each peak. A step of about 1.0 s in the pipeline.
 CPU_VOLUMES = {
     "model.width": 0.125,
     "train.batch_size": 2,
     "augment.anchors_per_crop": 16,
+    "augment.crops_per_image": 1,
+    "augment.rotation_order": 1,
+    "eval.scales": (8, 4, 2),
+    "eval.subpixel": True,
     "detector.batch_size": 2,
 }
 
@@ -124,14 +131,15 @@ def _sizes(config, scale: float) -> None:
 def cpu(config) -> None:
     """The from-scratch recipe for a 2-core CPU: half the image size, a quarter of the width,
     700 steps of 4 images (configs/ceph.py:cpu: 192 x 192, an encoder in about 12 minutes).
-    Volumes: ``CPU_VOLUMES`` besides (configs/hn3d.py:cpu: 64^3, about 13 minutes an
-    encoder)."""
+    Volumes: ``CPU_VOLUMES`` besides, and crops of the whole grid (configs/hn3d.py:cpu: 64^3,
+    about 12 minutes an encoder)."""
     _set(config, FROM_SCRATCH)
     _set(config, DETECTOR_FROM_SCRATCH)
     _set(config, CPU)
+    _sizes(config, 0.5)
     if len(config.data.image_size) == 3:
         _set(config, CPU_VOLUMES)
-    _sizes(config, 0.5)
+        config.data.crop_size = min(config.data.image_size)
 
 
 def scratch(config) -> None:

@@ -132,6 +132,7 @@ def test_configs_of_volumes_are_checked():
 def test_cpu_hours_of_volumes():
     """The CPU estimate of a volume config scales the measured 3-D step."""
     config = load_config("demo3d")
+    config.data.crop_size, config.augment.crops_per_image = 32, 2  # the measured setting
     steps = 700
     hours = devices.cpu_hours(config, steps, platform="cpu")
     assert hours == pytest.approx(700 * 0.718 / 3600, rel=1e-6)  # the measured setting itself

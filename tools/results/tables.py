@@ -90,6 +90,19 @@ def volume_landmarks(name: str, landmark_names: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def scale_sets(name: str) -> str:
+    """MRE (mm) of each run of a ``tools.results.matching_scales`` file, matched by all five
+    scales and with the coarsest ones left out (``eval.scales``)."""
+    data = _load(name)
+    sets = ("all", "strides_16_8_4_2", "strides_8_4_2", "strides_4_2")
+    lines = ["| run: encoder | all five | strides 16-2 | 8-2 | 4-2 |", "|---|---|---|---|---|"]
+    for spec, rows in data.items():
+        if spec != "command":
+            cells = " | ".join(f"{rows[k]['mre_mm']:.2f}" for k in sets)
+            lines.append(f"| `{spec}` | {cells} |")
+    return "\n".join(lines)
+
+
 def ceph_cpu(name: str = "ceph_cpu_seeds.json") -> str:
     """Every row of the first seed of ``ceph_cpu_seeds.json`` (or ``name``), with the SDRs."""
     data = _load(name)
@@ -356,6 +369,10 @@ TABLES = {
     "few_shot": few_shot,
     "demo": demo,
     "demo3d": functools.partial(volumes, "demo3d_results.json"),
+    "demo3d_seeds": functools.partial(seeds, "demo3d_seeds.json"),
+    "demo3d_seeds_radius4": functools.partial(seeds, "demo3d_seeds_radius4.json"),
+    "demo3d_crop32": functools.partial(volumes, "demo3d_crop32_results.json"),
+    "demo3d_scale_sets": functools.partial(scale_sets, "demo3d_scale_sets.json"),
     "mni_afids": functools.partial(volumes, "mni_afids_results.json"),
     "demo3d_landmarks": functools.partial(
         volume_landmarks, "demo3d_results.json", synthetic3d.LANDMARK_NAMES
