@@ -100,13 +100,11 @@ def pixel_losses(
             part = slice(start, start + chunk)
             n = len(anchors[part])
             pad = chunk - n  # one shape for every call
-            args = [
+            padded = [
                 np.concatenate([a[part], np.repeat(a[:1], pad, 0)])
                 for a in ((anchors, crop_anchors) if whole else (crops, anchors, crop_anchors))
             ]
-            if whole:
-                args = [crops, *args]
-            loss_values, psi = run(variables, x, *args)
+            loss_values, psi = run(variables, x, *([crops] if whole else []), *padded)
             out["loss"].append(np.asarray(loss_values)[:n])
             out["psi"].append(np.asarray(psi)[:n])
         out["iie"].append(m[tuple(anchors.T)])
