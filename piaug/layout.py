@@ -94,13 +94,17 @@ def changed_fields(saved: dict, current: dict, *, ignore=RUN_FIELDS) -> dict[str
     }
 
 
-def prepare_workdir(config: dict, workdir: Path, *, evaluate_only: bool = False) -> dict:
+def prepare_workdir(
+    config: dict, workdir: Path, *, evaluate_only: bool = False, eval_defaults: dict | None = None
+) -> dict:
     """Creates ``workdir`` with ``config.json``, or checks that it holds a run of ``config``
     (a plain dict). Returns the run's saved config.
 
     ``eval.*`` may differ from the saved config when ``evaluate_only`` (a call whose stages
     only evaluate): the saved config stays, and the evaluation names its results by the
-    fields that differ (``eval_tag``).
+    fields that differ (``eval_tag``). An ``eval.*`` field the run predates is recorded at its
+    value in ``eval_defaults`` (flat, ``{"eval.scales": ...}``: what the run's evaluation did),
+    so that only a field this call sets otherwise names the results.
     """
     workdir = Path(workdir)
     path = workdir / CONFIG_FILE
@@ -127,6 +131,15 @@ def prepare_workdir(config: dict, workdir: Path, *, evaluate_only: bool = False)
                 _field_names(added, flatten(config)),
             )
             saved = _with_fields(saved, flatten(config), added)
+            write_json(path, saved)
+        lacking = [k for k in (eval_defaults or {}) if evaluate_only and k not in flatten(saved)]
+        if lacking:
+            logging.info(
+                "%s predates %s: its evaluation had their defaults, now recorded in it",
+                path,
+                _field_names(lacking, flatten(config)),
+            )
+            saved = _with_fields(saved, eval_defaults, lacking)
             write_json(path, saved)
         if eval_tag(saved, config):  # the run's own evaluation settings stay in config.json
             return saved

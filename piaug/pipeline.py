@@ -42,7 +42,7 @@ from pathlib import Path
 import jax
 from absl import logging
 
-from piaug import configure, devices, layout
+from piaug import configure, defaults, devices, layout
 from piaug.errors import UserError
 from piaug.stages.analyze import analyze_stage
 from piaug.stages.detectors import detector_stage, pseudo_stage
@@ -62,8 +62,15 @@ def run(config, workdir: str | Path) -> None:
     current = configure.as_dict(config)
     only_eval = configure.evaluate_only(stages)
     fresh = not (workdir / layout.CONFIG_FILE).exists()
+    # what a run's evaluation did for an eval.* field it predates: the field's default
+    eval_defaults = layout.flatten(
+        {"eval": configure.as_dict(defaults.base_config(config.data.name))["eval"]}
+    )
     layout.primary_first(
-        lambda: layout.prepare_workdir(current, workdir, evaluate_only=only_eval), "workdir"
+        lambda: layout.prepare_workdir(
+            current, workdir, evaluate_only=only_eval, eval_defaults=eval_defaults
+        ),
+        "workdir",
     )
     try:
         _run_stages(config, workdir, stages, current)

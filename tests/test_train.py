@@ -220,6 +220,28 @@ def test_evaluation_settings_may_change_on_a_finished_run(tiny_run_copy, tiny_co
         pipeline.run(tiny_config, tiny_run_copy)
 
 
+def test_a_run_older_than_an_eval_field_is_evaluated_again_into_its_own_results(
+    tiny_run_copy, tiny_config, logs
+):
+    """A config.json from before eval.search_radius and eval.scales: evaluated again at their
+    defaults (what its evaluation did), the results are the run's own ``results.json``, not a
+    file tagged by fields it merely lacked, and config.json records the defaults."""
+    path = tiny_run_copy / "config.json"
+    saved = json.loads(path.read_text())
+    for field in ("search_radius", "scales"):
+        saved["eval"].pop(field)
+    path.write_text(json.dumps(saved))
+    (tiny_run_copy / "results.json").unlink()
+    tiny_config.stages = "evaluate"
+    pipeline.run(tiny_config, tiny_run_copy)
+    assert "predates the config fields eval.search_radius, eval.scales" in logs.text
+    assert "its evaluation had their defaults" in logs.text
+    assert (tiny_run_copy / "results.json").exists()
+    assert not list(tiny_run_copy.glob("results.*.json"))
+    recorded = json.loads(path.read_text())["eval"]
+    assert recorded["search_radius"] == 0.0 and recorded["scales"] == []
+
+
 @pytest.mark.slow  # compiles: the fast tier stays under 3 minutes
 def test_a_runs_encoders_are_restored_from_its_folder_alone(tiny_run):
     """No config, no configs/ import: the run's config.json says how to build the encoders."""
