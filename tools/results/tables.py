@@ -371,6 +371,7 @@ TABLES = {
     "demo3d": functools.partial(volumes, "demo3d_results.json"),
     "demo3d_seeds": functools.partial(seeds, "demo3d_seeds.json"),
     "demo3d_seeds_radius4": functools.partial(seeds, "demo3d_seeds_radius4.json"),
+    "demo3d_crops2_seeds": functools.partial(seeds, "demo3d_crops2_seeds.json"),
     "demo3d_crop32": functools.partial(volumes, "demo3d_crop32_results.json"),
     "demo3d_scale_sets": functools.partial(scale_sets, "demo3d_scale_sets.json"),
     "mni_afids": functools.partial(volumes, "mni_afids_results.json"),
