@@ -132,7 +132,8 @@ def prepare_workdir(
             )
             saved = _with_fields(saved, flatten(config), added)
             write_json(path, saved)
-        lacking = [k for k in (eval_defaults or {}) if evaluate_only and k not in flatten(saved)]
+        recorded = flatten(saved)
+        lacking = [k for k in (eval_defaults or {}) if evaluate_only and k not in recorded]
         if lacking:
             logging.info(
                 "%s predates %s: its evaluation had their defaults, now recorded in it",

@@ -153,17 +153,19 @@ def score_candidates(
         if len(p) == 0 or (candidates is not None and not candidates[i]):
             return -np.inf
         padded = np.concatenate([p, np.repeat(p[:1], most - len(p), axis=0)])  # one shape
-        templates = matching.template_vectors(
-            [f[i] for f in features], padded, strides=settings.strides, sampling=settings.sampling
+        templates = settings.pick(
+            matching.template_vectors(
+                [f[i] for f in features],
+                padded,
+                strides=settings.strides,
+                sampling=settings.sampling,
+            )
         )
         best = np.concatenate(
             [
                 np.asarray(
                     matching.match_jit(
-                        [f[j : j + batch_size] for f in picked],
-                        settings.pick(templates),
-                        size=size,
-                        **kw,
+                        [f[j : j + batch_size] for f in picked], templates, size=size, **kw
                     )[1]
                 )
                 for j in range(0, n, batch_size)
