@@ -6,7 +6,7 @@ The whole pipeline on volumes, sized for a laptop CPU (under 10 minutes on 2 cor
 synthetic 64^3 CT-like volumes (3.75 mm voxels, 12 landmarks, windowed at the paper's
 [-200, 400] HU), the from-scratch recipe for volumes (``piaug.recipes``: batch norm, the
 unclamped loss at temperature 0.1, ``CPU_VOLUMES``: one crop of each volume, the whole volume
-rotated, scaled and jittered, with 16 anchors, matching by strides 8, 4 and 2) at an eighth of
+rotated, scaled and jittered, with 64 anchors, matching by strides 8, 4 and 2) at an eighth of
 VGG19's width, 200 steps of 2 volumes for the baseline and again for piaug (the estimate's
 ranges, the weight map), both evaluated on 16 test volumes, then the figures.
 docs/volumes.md has its results and how they were reached; configs/hn3d.py is the paper's H&N

@@ -75,8 +75,11 @@ CPU = {
 
 # Volumes on a 2-core CPU (``cpu`` on a 3-D config; docs/volumes.md measured each part on the
 # synthetic volumes): the 3-D step costs about 27/9 of a 2-D one per voxel, so an eighth of
-# VGG19's width, 2 volumes a step and 16 anchors a crop (each anchor's window of negatives is a
-# cube, 19^3 cells at the default loss.window). Each crop is the whole volume (``cpu`` sets
+# VGG19's width and 2 volumes a step; FROM_SCRATCH's 64 anchors a crop (each anchor's window of
+# negatives a cube, 19^3 cells at the default loss.window) cost a whole-volume step 0.79 s
+# against 0.77 for 16, and gave the tuning volumes' baseline 10.5 mm against 11.9 (16 were
+# chosen with two 32^3 crops a volume, where 64 cost 1.2 s a step against 0.72). Each crop is
+# the whole volume (``cpu`` sets
 # ``data.crop_size`` to the grid: the coarse maps of a 32^3 crop at a 64^3 grid have one cell),
 # one crop a volume, cut by trilinear rather than cubic interpolation (0.05 s against 0.13 a
 # 64^3 crop, on the step's cores). Matching combines strides 8, 4 and 2 only (at 64^3 the
@@ -85,7 +88,6 @@ CPU = {
 CPU_VOLUMES = {
     "model.width": 0.125,
     "train.batch_size": 2,
-    "augment.anchors_per_crop": 16,
     "augment.crops_per_image": 1,
     "augment.rotation_order": 1,
     "eval.scales": (8, 4, 2),

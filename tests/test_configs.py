@@ -55,10 +55,12 @@ def test_the_cpu_preset_interpolates_the_templates_vectors():
 
 def test_the_cpu_preset_of_volumes_crops_the_whole_grid_and_matches_strides_8_to_2():
     """configs/hn3d.py:cpu (64^3) and the demo: one crop of each volume, the whole grid, cut
-    trilinearly; matching by strides 8, 4, 2 with refinement. 2-D configs keep all five."""
+    trilinearly, with the 2-D recipe's 64 anchors; matching by strides 8, 4, 2 with
+    refinement. 2-D configs keep all five."""
     for config in (load_config("hn3d", "cpu"), load_config("demo3d")):
         assert tuple(config.data.image_size) == (64, 64, 64) and config.data.crop_size == 64
         assert config.augment.crops_per_image == 1 and config.augment.rotation_order == 1
+        assert config.augment.anchors_per_crop == 64
         assert tuple(config.eval.scales) == (8, 4, 2) and config.eval.subpixel
         configure.match_settings(config)  # valid for the encoder's strides
     assert load_config("hn3d").data.crop_size == 64  # the accelerator config: 128^3, 64^3 crops

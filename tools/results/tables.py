@@ -90,6 +90,21 @@ def volume_landmarks(name: str, landmark_names: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def volume_runs(names: dict[str, str]) -> str:
+    """Runs on volumes side by side (``{label: results file}``): each encoder's MRE (mm, grid
+    protocol and full resolution) and the template each run chose."""
+    data = {label: _load(name) for label, name in names.items()}
+    keys = [k for k in ROW_NAMES if all(k in d for d in data.values())]
+    lines = ["| run | template | " + " | ".join(k.replace("_", " ") for k in keys) + " |"]
+    lines.append("|---" * (len(keys) + 2) + "|")
+    for label, d in data.items():
+        cells = " | ".join(
+            f"{d[k]['mre_mm']:.2f} ({d[k]['full_resolution']['mre_mm']:.2f})" for k in keys
+        )
+        lines.append(f"| {label} | {d['baseline']['template']['id']} | {cells} |")
+    return "\n".join(lines)
+
+
 def scale_sets(name: str) -> str:
     """MRE (mm) of each run of a ``tools.results.matching_scales`` file, matched by all five
     scales and with the coarsest ones left out (``eval.scales``)."""
@@ -372,6 +387,18 @@ TABLES = {
     "demo3d_seeds": functools.partial(seeds, "demo3d_seeds.json"),
     "demo3d_seeds_radius4": functools.partial(seeds, "demo3d_seeds_radius4.json"),
     "demo3d_crops2_seeds": functools.partial(seeds, "demo3d_crops2_seeds.json"),
+    # the recipe's former 16 anchors a crop
+    "demo3d_anchors16_seeds": functools.partial(seeds, "demo3d_anchors16_seeds.json"),
+    "demo3d_anchors16_seeds_radius4": functools.partial(
+        seeds, "demo3d_anchors16_seeds_radius4.json"
+    ),
+    "demo3d_seed10_anchors": functools.partial(
+        volume_runs,
+        {
+            "16 anchors a crop": "demo3d_seed10_anchors16_results.json",
+            "64 anchors a crop": "demo3d_seed10_anchors64_results.json",
+        },
+    ),
     "demo3d_crop32": functools.partial(volumes, "demo3d_crop32_results.json"),
     "demo3d_scale_sets": functools.partial(scale_sets, "demo3d_scale_sets.json"),
     "mni_afids": functools.partial(volumes, "mni_afids_results.json"),
