@@ -27,10 +27,11 @@ def describe_devices(devices=None) -> str:
 # the pixels of a step and the square of the width (case (b), 192 x 192, batch 4, width 0.25,
 # predicted 0.38 s, measured 0.39 s).
 _CPU_STEP_S, _CPU_STEP_PIXELS = 48.9, 8 * (384 * 384 + 64 * 64)
-# Volumes (docs/performance.md): 0.718 s for batch 2 of 64^3 volumes with two 32^3 crops each
-# at width 0.125 (the first run of train_step_3d.jsonl's command; its remake 0.542 s, and in
-# the pipeline about 1.0 s), scaled the same way (voxels, width squared).
-_CPU_STEP_3D_S, _CPU_STEP_3D_VOXELS, _CPU_STEP_3D_WIDTH = 0.718, 2 * (64**3 + 2 * 32**3), 0.125
+# Volumes (docs/performance.md): 0.690 s for batch 2 of 64^3 volumes with one 64^3 crop each
+# at width 0.125, 64 anchors a crop (train_step_3d_whole.jsonl, the cpu recipe's setting; in
+# the pipeline 0.80-0.83 s), scaled the same way (voxels, width squared). (Two 32^3 crops a
+# volume measured 0.54-0.72 s, where this scaling says 0.43.)
+_CPU_STEP_3D_S, _CPU_STEP_3D_VOXELS, _CPU_STEP_3D_WIDTH = 0.690, 2 * (64**3 + 64**3), 0.125
 
 
 def cpu_hours(config, steps: int, platform: str | None = None) -> float | None:
