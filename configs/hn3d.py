@@ -18,8 +18,8 @@ Presets (``--config=configs/hn3d.py:NAME[,NAME...]``):
 
 * ``cpu``: the recipe on a 2-core CPU (``recipes.CPU_VOLUMES``): a 64^3 grid, crops of the
   whole grid (one a volume), an eighth of VGG19's width, 700 steps of 2 volumes with 64 anchors
-  a crop, matching by strides 8, 4 and 2 (about 12 minutes an encoder; the whole pipeline
-  about 30 minutes on the MNI case, docs/volumes.md).
+  a crop, matching by strides 8, 4 and 2 (about 11 minutes an encoder; the whole pipeline
+  24 minutes on the MNI case, docs/volumes.md).
 * ``structseg``: landmarks from organ masks, the way Lei et al. made the paper's H&N landmarks
   (``masks/ID.nii.gz`` beside ``images/``, the six extreme points of each organ; StructSeg
   2019's layout, docs/volumes.md).

@@ -134,7 +134,7 @@ def cpu(config) -> None:
     """The from-scratch recipe for a 2-core CPU: half the image size, a quarter of the width,
     700 steps of 4 images (configs/ceph.py:cpu: 192 x 192, an encoder in about 12 minutes).
     Volumes: ``CPU_VOLUMES`` besides, and crops of the whole grid (configs/hn3d.py:cpu: 64^3,
-    about 12 minutes an encoder)."""
+    about 11 minutes an encoder)."""
     _set(config, FROM_SCRATCH)
     _set(config, DETECTOR_FROM_SCRATCH)
     _set(config, CPU)
