@@ -219,6 +219,12 @@ def _eval(dataset: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.split = data.spec(dataset).eval_split
     c.template = ""  # an image id of data.split; "" chooses one without labels
+    # Several templates (docs/templates.md): each matched into every image, the predictions
+    # fused per landmark by `fusion` (median | mean | weighted: by the peaks' scores | best:
+    # the most confident template's). `template` may then list K ids, comma-separated; else
+    # the single choice and K - 1 more chosen to cover the images (templates.choose_set).
+    c.templates = 1
+    c.fusion = "median"
     c.salient_points = 32  # per candidate template, IIE maxima ...
     c.salient_distance = 10  # ... this many grid pixels apart
     c.border = 0.1  # ... outside this fraction of the grid at each side

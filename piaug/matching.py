@@ -39,6 +39,7 @@ from piaug.losses import cell
 from piaug.mixing import unit
 from piaug.models import STRIDES
 
+FUSION = ("median", "mean", "weighted", "best")  # of several templates' predictions
 UPSAMPLING = ("nearest", "bilinear")
 COMBINE = ("product", "sum")  # of the scales' similarity maps
 SAMPLING = ("cell", "bilinear")  # of the template's vectors at its landmarks
@@ -424,3 +425,97 @@ def predict(
         features, vectors, size=size, settings=settings, with_scores=True, centres=template_points
     )
     return (found[..., ::-1], scores) if with_scores else found[..., ::-1]
+
+
+def fuse(
+    points: np.ndarray, scores: np.ndarray, rule: str = "median"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Several templates' predictions of the same landmarks, fused into one per landmark.
+
+    Args:
+      points: ``(K, N, L, d)``: K templates' points in N images (any coordinate order).
+      scores: ``(K, N, L)``: each prediction's peak of the combined similarity map.
+      rule: ``median`` (per coordinate), ``mean``, ``weighted`` (the mean weighted by the
+        scores clipped at 0; the plain mean where every weight is 0) or ``best`` (the point of
+        the template with the highest score; the first on a tie).
+
+    Returns:
+      ``(points (N, L, d), scores (N, L))``: the fused points (float64) and their score (the
+      mean of the K, the weighted mean for ``weighted``, the highest for ``best``). One
+      template (K = 1) gives its own points and scores unchanged.
+    """
+    if rule not in FUSION:
+        raise ValueError(f"eval.fusion={rule!r}: use one of {FUSION}")
+    points, scores = np.asarray(points), np.asarray(scores)
+    if points.ndim != 4 or scores.shape != points.shape[:3]:
+        raise ValueError(
+            f"fuse: points (K, N, L, d) and scores (K, N, L), got {points.shape} and {scores.shape}"
+        )
+    if len(points) == 1:
+        return points[0], scores[0]
+    points = points.astype(np.float64)
+    scores = scores.astype(np.float64)
+    if rule == "median":
+        return np.median(points, axis=0), scores.mean(0)
+    if rule == "mean":
+        return points.mean(0), scores.mean(0)
+    if rule == "best":
+        best = np.argmax(scores, axis=0)[None, ..., None]  # (1, N, L, 1)
+        return np.take_along_axis(points, best, 0)[0], scores.max(0)
+    weights = np.clip(scores, 0.0, None)
+    total = weights.sum(0)
+    weights = np.where(total > 0, weights / np.where(total > 0, total, 1.0), 1.0 / len(points))
+    return (weights[..., None] * points).sum(0), (weights * scores).sum(0)
+
+
+def predict_many(
+    apply_fn,
+    template_images: np.ndarray,
+    template_points: np.ndarray,
+    images: np.ndarray,
+    *,
+    size: tuple[int, ...],
+    settings: MatchSettings = MatchSettings(),
+    fusion: str = "median",
+    with_scores: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """``predict`` from K annotated templates: ``template_images`` ``(K, *size)`` uint8 and
+    their ``template_points`` ``(K, L, d)`` (grid pixels, row first), each matched into every
+    image of ``images``, the K predictions fused per landmark (``fuse``). Returns ``(N, L, d)``
+    with x first, as ``predict``, and with ``with_scores`` the fused scores. One template is
+    ``predict`` exactly."""
+    template_images = np.asarray(template_images)
+    template_points = np.asarray(template_points)
+    if len(template_images) != len(template_points):
+        raise ValueError(
+            f"{len(template_images)} template images for {len(template_points)} sets of points"
+        )
+    if len(template_images) == 1:
+        return predict(
+            apply_fn,
+            template_images[0],
+            template_points[0],
+            images,
+            size=size,
+            settings=settings,
+            with_scores=with_scores,
+        )
+    bs = settings.batch_size
+    template_features = encode(apply_fn, template_images, batch_size=bs)
+    features = encode(apply_fn, images, batch_size=bs)
+    found, scores = [], []
+    for k, points in enumerate(template_points):
+        vectors = template_vectors(
+            [f[k] for f in template_features],
+            points,
+            strides=settings.strides,
+            sampling=settings.sampling,
+        )
+        p, s = match_all(
+            features, vectors, size=size, settings=settings, with_scores=True, centres=points
+        )
+        found.append(p)
+        scores.append(s)
+    fused, fused_scores = fuse(np.stack(found), np.stack(scores), fusion)
+    fused = fused[..., ::-1]
+    return (fused, fused_scores) if with_scores else fused

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -124,7 +125,8 @@ def score_candidates(
     size: tuple[int, int],
     settings: matching.MatchSettings,
     candidates: Sequence[bool] | None = None,
-) -> tuple[int, np.ndarray]:
+    per_image: bool = False,
+) -> tuple[int, np.ndarray] | tuple[int, np.ndarray, np.ndarray]:
     """The candidate whose salient points match most confidently into the other images.
 
     Args:
@@ -135,9 +137,13 @@ def score_candidates(
       candidates: which images may be chosen (e.g. the labelled ones; all by default); every
         image is matched into either way.
 
+      per_image: also return each candidate's score into each image.
+
     Returns:
       ``(index, scores)``: the chosen image and every candidate's score, the mean over its
-      points and the other images of the maximum of the combined similarity map.
+      points and the other images of the maximum of the combined similarity map (-inf where
+      not a candidate); with ``per_image`` also ``(N, N)``: candidate i's mean over its points
+      into image j (NaN on the diagonal and in the rows of non-candidates).
     """
     features = [jnp.asarray(f) for f in features]  # once: every candidate reads them all
     n = features[0].shape[0]
@@ -148,10 +154,10 @@ def score_candidates(
     kw = settings.keywords()
     picked = settings.pick(features)
 
-    def candidate(i: int) -> float:
+    def candidate(i: int) -> tuple[float, np.ndarray]:
         p = np.asarray(points[i]).reshape(-1, len(size))
         if len(p) == 0 or (candidates is not None and not candidates[i]):
-            return -np.inf
+            return -np.inf, np.full(n, np.nan)
         padded = np.concatenate([p, np.repeat(p[:1], most - len(p), axis=0)])  # one shape
         templates = settings.pick(
             matching.template_vectors(
@@ -171,24 +177,60 @@ def score_candidates(
                 for j in range(0, n, batch_size)
             ]
         )[:, : len(p)]
-        return float(np.delete(best, i, axis=0).mean())
+        row = best.mean(1, dtype=np.float64)
+        row[i] = np.nan
+        return float(np.delete(best, i, axis=0).mean()), row
 
     # XLA's CPU executables run on the calling thread and release the GIL: on a CPU, candidates
     # are scored on several threads at once (one core each); elsewhere one after another.
     threads = min(os.cpu_count() or 1, 8) if jax.default_backend() == "cpu" else 1
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        scores = np.array(
-            list(
-                tqdm(
-                    pool.map(candidate, range(n)),
-                    total=n,
-                    desc="template choice",
-                    unit="candidate",
-                    leave=False,
-                )
+        scored = list(
+            tqdm(
+                pool.map(candidate, range(n)),
+                total=n,
+                desc="template choice",
+                unit="candidate",
+                leave=False,
             )
         )
+    scores = np.array([score for score, _ in scored])
+    if per_image:
+        return int(np.argmax(scores)), scores, np.stack([row for _, row in scored])
     return int(np.argmax(scores)), scores
+
+
+def choose_set(scores: np.ndarray, per_image: np.ndarray, count: int, first=None) -> list[int]:
+    """``count`` templates chosen as a set: the best-scored candidate (or ``first``, a template
+    chosen before), then greedily the candidate that most raises the mean over the other
+    images of the best member's score into each (a facility-location criterion: the set
+    should match every image confidently through one member or another, SCP's set score).
+
+    ``scores`` ``(N,)`` and ``per_image`` ``(N, N)`` as ``score_candidates`` returns them
+    (-inf / NaN rows for images that are not candidates). One template is the single choice.
+    """
+    allowed = np.flatnonzero(np.isfinite(scores))
+    if count > len(allowed):
+        raise UserError(
+            f"eval.templates={count}: only {len(allowed)} candidate templates were scored "
+            "(eval.template_candidates=0 scores every labelled image)"
+        )
+    chosen = [int(np.argmax(scores)) if first is None else int(first)]
+    cover = np.where(np.isnan(per_image[chosen[0]]), -np.inf, per_image[chosen[0]])
+    while len(chosen) < count:
+        best, gain = None, -np.inf
+        for c in allowed:
+            if c in chosen:
+                continue
+            row = np.where(np.isnan(per_image[c]), -np.inf, per_image[c])
+            rest = np.ones(len(scores), bool)
+            rest[chosen + [c]] = False
+            value = np.maximum(cover, row)[rest].mean()
+            if value > gain:
+                best, gain = int(c), value
+        chosen.append(best)
+        cover = np.maximum(cover, np.where(np.isnan(per_image[best]), -np.inf, per_image[best]))
+    return chosen
 
 
 def spread(allowed: np.ndarray, count: int) -> np.ndarray:
@@ -274,6 +316,83 @@ def choose_template(
         else "",
     )
     return index, chosen
+
+
+def templates_file(count: int) -> str:
+    """Where a run keeps its set of ``count`` templates (``template.json`` for one)."""
+    return layout.TEMPLATE_FILE if count == 1 else f"templates-{count}.json"
+
+
+def choose_templates(
+    config,
+    workdir: Path,
+    pool: ImagePool,
+    features: Callable,
+    encoder: Path,
+    *,
+    save=True,
+    save_set=True,
+) -> tuple[list[int], dict]:
+    """``config.eval.templates`` (K) templates: their indices in ``pool`` and how they were
+    chosen (``ids``). K = 1 is ``choose_template``. Else the K ids that ``config.eval.template``
+    lists (comma-separated); else the set kept in ``workdir/templates-K.json``; else the run's
+    single template (``choose_template``: ``config.eval.template`` naming one, or
+    ``template.json``, or the policy) and K - 1 more by ``choose_set`` over the salient-point
+    scores of the encoder in ``encoder``, kept there (when ``save_set``; ``save`` is
+    ``choose_template``'s, for the single one)."""
+    count = int(config.eval.templates)
+    if count < 1:
+        raise UserError(f"config.eval.templates={count}: give 1 or more")
+    if count == 1:
+        index, chosen = choose_template(config, workdir, pool, features, encoder, save=save)
+        return [index], dict(chosen, ids=[chosen["id"]])
+    named = [t.strip() for t in str(config.eval.template).split(",") if t.strip()]
+    path = workdir / templates_file(count)
+    if len(named) not in (0, 1, count) or len(set(named)) != len(named):
+        raise UserError(
+            f"config.eval.template={config.eval.template!r}: for config.eval.templates={count} "
+            f"name {count} distinct images, comma-separated, or one (the others are chosen)"
+        )
+    if len(named) == count:
+        chosen = {"ids": named, "chosen_by": "config.eval.template"}
+    elif path.exists() and not named:
+        chosen = layout.read_json(path)
+        logging.info("templates: %s, chosen earlier and kept in %s", chosen["ids"], path)
+    else:
+        features = functools.cache(features)  # encoded once for both choices
+        first, single = choose_template(config, workdir, pool, features, encoder, save=save)
+        policy = TemplatePolicy.from_eval(config.eval)
+        size = configure.image_size(config)
+        candidates = spread(pool.labelled, policy.candidates)
+        candidates[first] = True
+        _, scores, per_image = score_candidates(
+            features(),
+            [policy.points(e["iie"], size) for e in pool.examples],
+            size=size,
+            settings=configure.match_settings(config).scoring(),
+            candidates=candidates,
+            per_image=True,
+        )
+        indices = choose_set(scores, per_image, count, first=first)
+        chosen = {
+            "ids": [pool.ids[i] for i in indices],
+            "chosen_by": f"{single['chosen_by']}, then the set's coverage (templates.choose_set)",
+            "scores": [float(scores[i]) for i in indices],
+            "encoder": str(encoder),
+        }
+        if save_set and not named and jax.process_index() == 0:
+            layout.write_json(path, chosen)
+        logging.info("templates: %s (of %d candidates scored)", chosen["ids"], candidates.sum())
+    indices = []
+    for name in chosen["ids"]:
+        if name not in pool.ids or not pool.labelled[pool.ids.index(name)]:
+            raise UserError(
+                f"template {name!r} ({chosen['chosen_by']}) is not a labelled image of split "
+                f"{config.data.split!r}: name one that is"
+                + (f", or delete {path} to choose again" if path.exists() else "")
+            )
+        indices.append(pool.ids.index(name))
+    return indices, chosen
 
 
 def _chosen_before(config, path: Path, pool: ImagePool) -> tuple[int, dict]:

@@ -19,7 +19,7 @@ from piaug.data import landmarks
 from piaug.errors import UserError
 from piaug.stages.common import COPY_KEY, encoder_run, eval_images, held_out
 from piaug.stages.detectors import network
-from piaug.templates import ImagePool, choose_template
+from piaug.templates import ImagePool, choose_templates
 
 
 def evaluate_stage(config, workdir: Path, *, tag: str = "") -> None:
@@ -138,19 +138,19 @@ def _record(results, predictions, name, pred, examples, ids, size, both, **extra
     predictions[name] = list(zip(ids, original, strict=True))
 
 
-def _targets(config, pool: ImagePool, template: int) -> tuple[ImagePool, list[int]]:
+def _targets(config, pool: ImagePool, template: list[int]) -> tuple[ImagePool, list[int]]:
     """The images of ``eval.split`` one-shot matching is measured on: the labelled ones but
-    the template (``pool`` when the splits are the same)."""
+    the templates (``pool`` when the splits are the same)."""
     split = config.eval.split
     targets = ImagePool(config, split) if split != config.data.split else pool
     keep = [
         i
         for i in range(len(targets.ids))
-        if targets.labelled[i] and not (targets is pool and i == template)
+        if targets.labelled[i] and not (targets is pool and i in template)
     ]
     if not keep:
         raise UserError(
-            f"evaluate: no labelled image of split {split!r} besides the template to "
+            f"evaluate: no labelled image of split {split!r} besides the templates to "
             "evaluate on (config.eval.split)"
         )
     if not targets.labelled.all():
@@ -158,6 +158,14 @@ def _targets(config, pool: ImagePool, template: int) -> tuple[ImagePool, list[in
             "evaluate: %d unlabelled images of %s left out", (~targets.labelled).sum(), split
         )
     return targets, keep
+
+
+def _copied(landmarks: np.ndarray, fusion: str, truth: dict) -> dict:
+    """The templates' landmarks ``(K, L, d)`` (grid, x first) copied unmoved into every image
+    of ``truth``, fused as the encoders' predictions are (every score equal), evaluated."""
+    landmarks = np.asarray(landmarks, np.float64)
+    fused, _ = matching.fuse(landmarks[:, None], np.zeros(landmarks.shape[:2])[:, None], fusion)
+    return evaluate.template_copy(fused[0], truth)
 
 
 def _encoders(config, run, results, available, todo, path, figures, predictions, *, tag) -> dict:
@@ -171,30 +179,39 @@ def _encoders(config, run, results, available, todo, path, figures, predictions,
         for k, d in available.items()
     }
     first = next(iter(available))  # the baseline when there is one
-    index, chosen = choose_template(
+    indices, chosen = choose_templates(
         config,
         run,
         pool,
         lambda: matching.encode(encoders[first](), pool.images, batch_size=match.batch_size),
         available[first],
         save=not tag and run == path.parent,
+        save_set=run == path.parent,  # templates-K.json: a set no other file names
     )
-    template = pool.examples[index]
-    targets, keep = _targets(config, pool, index)
+    if len(indices) == 1:
+        chosen = {k: v for k, v in chosen.items() if k != "ids"}  # results.json as before
+    else:
+        chosen["fusion"] = cfg.fusion
+    template_points = np.stack(
+        [matching.template_cells(pool.examples[i]["landmarks"], size) for i in indices]
+    )
+    targets, keep = _targets(config, pool, indices)
     examples = [targets.examples[i] for i in keep]
     ids = [targets.ids[i] for i in keep]
     truth = evaluate.truth(examples, size)
-    shown = {COPY_KEY: evaluate.template_copy(template["landmarks"], truth)}
+    landmarks = np.stack([pool.examples[i]["landmarks"] for i in indices])
+    shown = {COPY_KEY: _copied(landmarks, cfg.fusion, truth)}
     results[COPY_KEY] = dict(shown[COPY_KEY]["grid"], full_resolution=shown[COPY_KEY]["full"])
     results[COPY_KEY]["ids"] = ids
     for name, ckpt_dir in todo.items():
-        pred = matching.predict(
+        pred = matching.predict_many(
             encoders[name](),
-            pool.images[index],
-            matching.template_cells(template["landmarks"], size),
+            pool.images[indices],
+            template_points,
             targets.images[keep],
             size=size,
             settings=match,
+            fusion=cfg.fusion,
         )
         shown[name] = evaluate.evaluate(pred, **truth)
         extra = {"eval": config.eval.to_dict()} if tag else {}
@@ -214,7 +231,8 @@ def _encoders(config, run, results, available, todo, path, figures, predictions,
         )
         if jax.process_index() == 0:
             layout.write_json(path, results)
-            _overlays(figures, name, examples, pred, chosen["id"], cfg.num_overlays, config=config)
+            shown_id = chosen.get("id") or "+".join(chosen["ids"])
+            _overlays(figures, name, examples, pred, shown_id, cfg.num_overlays, config=config)
     return shown
 
 

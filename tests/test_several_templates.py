@@ -1,0 +1,147 @@
+"""Several templates (issue 34): fusing K predictions, choosing K templates as a set, and the
+evaluate stage with ``eval.templates=K``; one template is today's one-shot matching exactly."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from piaug import matching, pipeline
+from piaug.errors import UserError
+from piaug.templates import choose_set
+
+
+def _three_templates():
+    # K = 3 templates, N = 1 image, L = 2 landmarks, (row, col)
+    points = np.array(
+        [
+            [[[10.0, 20.0], [5.0, 5.0]]],
+            [[[12.0, 26.0], [7.0, 1.0]]],
+            [[[30.0, 21.0], [6.0, 3.0]]],
+        ]
+    )
+    scores = np.array([[[0.5, 0.2]], [[1.5, -1.0]], [[0.0, 0.6]]])
+    return points, scores
+
+
+def test_fusion_rules_against_hand_computed_values():
+    points, scores = _three_templates()
+    fused, s = matching.fuse(points, scores, "median")
+    np.testing.assert_allclose(fused[0], [[12.0, 21.0], [6.0, 3.0]])
+    np.testing.assert_allclose(s[0], [2.0 / 3, -0.2 / 3])
+    fused, _ = matching.fuse(points, scores, "mean")
+    np.testing.assert_allclose(fused[0], [[52 / 3, 67 / 3], [6.0, 3.0]])
+    fused, s = matching.fuse(points, scores, "best")
+    np.testing.assert_allclose(fused[0], [[12.0, 26.0], [6.0, 3.0]])
+    np.testing.assert_allclose(s[0], [1.5, 0.6])
+    # weights: landmark 1 (0.5, 1.5, 0) / 2; landmark 2 (0.2, 0, 0.6) / 0.8
+    fused, s = matching.fuse(points, scores, "weighted")
+    np.testing.assert_allclose(fused[0, 0], [0.25 * 10 + 0.75 * 12, 0.25 * 20 + 0.75 * 26])
+    np.testing.assert_allclose(fused[0, 1], [0.25 * 5 + 0.75 * 6, 0.25 * 5 + 0.75 * 3])
+    np.testing.assert_allclose(s[0], [0.25 * 0.5 + 0.75 * 1.5, 0.25 * 0.2 + 0.75 * 0.6])
+
+
+def test_weighted_fusion_without_a_positive_score_is_the_mean_and_one_template_is_itself():
+    points, scores = _three_templates()
+    fused, _ = matching.fuse(points, -np.abs(scores) - 1, "weighted")
+    np.testing.assert_allclose(fused, matching.fuse(points, scores, "mean")[0])
+    one = points[:1].astype(np.int32)
+    for rule in matching.FUSION:
+        fused, s = matching.fuse(one, scores[:1], rule)
+        assert fused.dtype == np.int32 and (fused == one[0]).all() and (s == scores[0]).all()
+    with pytest.raises(ValueError, match="eval.fusion='vote'"):
+        matching.fuse(points, scores, "vote")
+    with pytest.raises(ValueError, match=r"points \(K, N, L, d\)"):
+        matching.fuse(points[0], scores, "mean")
+
+
+def test_choose_set_covers_the_images_the_first_template_matches_poorly():
+    """Candidate 0 scores best on average; candidate 2 is its twin (strong where it is strong),
+    candidate 1 is strong where 0 is weak: the set of two is (0, 1), of three adds 2 or 3."""
+    strong, weak = 0.9, 0.1
+    per_image = np.array(
+        [
+            [np.nan, strong, strong, strong, weak, weak],
+            [weak, np.nan, weak, weak, strong, strong],
+            [strong, strong, np.nan, strong, weak, weak],
+            [0.5, 0.5, 0.5, np.nan, 0.5, 0.5],
+        ]
+    )
+    per_image = np.vstack([per_image, np.full((2, 6), np.nan)])  # images 4, 5: not candidates
+    scores = np.array([0.62, 0.3, 0.6, 0.5, -np.inf, -np.inf])
+    assert choose_set(scores, per_image, 1) == [0]
+    assert choose_set(scores, per_image, 2) == [0, 1]
+    assert choose_set(scores, per_image, 2, first=3) == [3, 0]
+    assert len(set(choose_set(scores, per_image, 4))) == 4
+    with pytest.raises(UserError, match="eval.templates=5: only 4 candidate templates"):
+        choose_set(scores, per_image, 5)
+
+
+def test_predict_from_several_templates_equals_one_template_when_they_agree():
+    """K = 1 is ``predict`` itself; the same template twice gives ``predict``'s points under
+    every rule (the features of the templates encoded in one batch, matched one by one)."""
+    rng = np.random.default_rng(0)
+    size = (32, 32)
+    weights = rng.normal(size=(3, 4))
+
+    def apply_fn(images):  # a stand-in encoder: 5 maps of the image's pixel features
+        x = np.asarray(images)[..., None] * weights[0] + np.asarray(images)[..., None] ** 2
+        maps = [x[:, ::s, ::s] @ weights[1:].T for s in matching.STRIDES]
+        return [jax.numpy.asarray(m) for m in maps]
+
+    images = rng.integers(0, 255, size=(3, *size), dtype=np.uint8)
+    template_points = np.array([[4, 5], [20, 9], [30, 30]])
+    settings = matching.MatchSettings(batch_size=2, combine="sum", upsample="bilinear")
+    one = matching.predict(
+        apply_fn, images[0], template_points, images, size=size, settings=settings
+    )
+    same = matching.predict_many(
+        apply_fn, images[:1], template_points[None], images, size=size, settings=settings
+    )
+    np.testing.assert_array_equal(same, one)
+    for rule in matching.FUSION:
+        twice = matching.predict_many(
+            apply_fn,
+            images[[0, 0]],
+            np.stack([template_points] * 2),
+            images,
+            size=size,
+            settings=settings,
+            fusion=rule,
+        )
+        np.testing.assert_allclose(twice, one, err_msg=rule)
+    with pytest.raises(ValueError, match="2 template images for 1 sets"):
+        matching.predict_many(apply_fn, images[:2], template_points[None], images, size=size)
+
+
+@pytest.mark.slow
+def test_evaluate_with_several_templates_and_one_template_as_before(tiny_run_copy, tiny_config):
+    """``--config.stages=evaluate --config.eval.templates=2`` on a finished run: the run's
+    template and one more, kept in templates-2.json, none of them evaluated, results in
+    results.templates-2.json; the same call at K = 1 (forced) rewrites results.json with the
+    same numbers."""
+    before = json.loads((tiny_run_copy / "results.json").read_text())
+    tiny_config.stages = "evaluate"
+    tiny_config.eval.templates = 2
+    pipeline.run(tiny_config, tiny_run_copy)
+    results = json.loads((tiny_run_copy / "results.templates-2.json").read_text())
+    kept = json.loads((tiny_run_copy / "templates-2.json").read_text())
+    ids = results["baseline"]["template"]["ids"]
+    assert ids == kept["ids"] and len(set(ids)) == 2
+    assert ids[0] == before["baseline"]["template"]["id"]  # the run's own first
+    assert results["baseline"]["template"]["fusion"] == "median"
+    assert not set(ids) & set(results["baseline"]["ids"])
+    assert results["template_copy"]["mre_mm"] != before["template_copy"]["mre_mm"]
+    tiny_config.eval.templates, tiny_config.force = 1, True
+    pipeline.run(tiny_config, tiny_run_copy)
+    again = json.loads((tiny_run_copy / "results.json").read_text())
+    for name in ("template_copy", "baseline", "piaug"):
+        assert again[name]["mre_mm"] == before[name]["mre_mm"], name
+        assert again[name]["per_image_mre_mm"] == before[name]["per_image_mre_mm"], name
+    assert again["baseline"]["template"] == before["baseline"]["template"]
+    tiny_config.eval.templates, tiny_config.eval.template = 3, "a,b"
+    with pytest.raises(UserError, match="name 3 distinct images, comma-separated, or one"):
+        pipeline.run(tiny_config, tiny_run_copy)

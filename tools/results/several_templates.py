@@ -1,0 +1,127 @@
+r"""How much several annotated templates help: a run's encoder matched from K templates, their
+predictions fused per landmark, against K (issue 34).
+
+python -m tools.results.several_templates --out=NAME [--ks=1,2,3,5,10] [--draws=20] \
+    RUN[:ENCODER] ...
+
+For each run (its encoder, ``baseline`` by default; grid protocol, the run's training split,
+its evaluation settings): every labelled image is matched as the template into every image
+once; then for each K and each fusion rule (``matching.FUSION``), the MRE over the images that
+are not templates of
+
+- ``policy``: the set the evaluate stage chooses with ``--config.eval.templates=K`` (the run's
+  template, then ``templates.choose_set`` over the salient-point scores of the policy's
+  candidates), without labels;
+- ``random``: ``--draws`` random sets of K labelled images (mean, standard deviation, best and
+  worst over the draws);
+- ``copy``: the policy's templates' landmarks copied unmoved, fused as the predictions;
+- ``oracle``: the K templates of lowest single-template MRE (the labels choose: a bound, not a
+  policy).
+K = 1 with the policy is the run's one-shot result, checked against its ``results.json``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from piaug import configure, matching, templates
+from piaug.templates import choose_set, score_candidates, spread
+from tools.results.landmark_errors import cli, grid_truth
+from tools.results.template_spread import chosen_entry, encoded
+
+
+def all_templates(features, pool, size, settings) -> tuple[np.ndarray, np.ndarray]:
+    """Every image as the template matched into every image: ``(T, N, L, 2)`` row-first points
+    and ``(T, N, L)`` peak scores."""
+    points, scores = [], []
+    for t, example in enumerate(pool.examples):
+        cells = matching.template_cells(example["landmarks"], size)
+        vectors = matching.template_vectors(
+            [f[t] for f in features], cells, strides=settings.strides, sampling=settings.sampling
+        )
+        p, s = matching.match_all(
+            features, vectors, size=size, settings=settings, with_scores=True, centres=cells
+        )
+        points.append(p)
+        scores.append(s)
+    return np.stack(points), np.stack(scores)
+
+
+def mre(points, scores, members, rule, truth, spacing) -> float:
+    """The MRE (mm) of the ``members``' fused predictions over the images outside them."""
+    rest = np.setdiff1d(np.arange(points.shape[1]), members)
+    fused, _ = matching.fuse(points[members][:, rest], scores[members][:, rest], rule)
+    offset = (np.asarray(fused, np.float64)[..., ::-1] - truth[rest]) * spacing[rest, None, :]
+    return float(np.linalg.norm(offset, axis=-1).mean())
+
+
+def analyse(run, encoder: str, ks: str = "", draws: str = "") -> dict:
+    ks_ = [int(k) for k in (ks or "1,2,3,5,10").split(",")]
+    draws_ = int(draws or 20)
+    entry = chosen_entry(run, encoder)
+    config, pool, features = encoded(run, encoder)
+    settings = matching.MatchSettings.from_eval({**config.eval.to_dict(), **entry.get("eval", {})})
+    size = configure.image_size(config)
+    spacing, truth = grid_truth(pool.examples, size)
+    labelled = np.flatnonzero(pool.labelled)
+    points, scores = all_templates(features, pool, size, settings)
+    single = np.array(
+        [mre(points, scores, [t], "median", truth, spacing) for t in range(len(pool.ids))]
+    )
+    first = pool.ids.index(entry["template"]["id"])
+    if not np.isclose(single[first], entry["mre_mm"], atol=1e-3):
+        raise SystemExit(
+            f"{run}: MRE from {pool.ids[first]} {single[first]:.4f} != results.json's "
+            f"{entry['mre_mm']}"
+        )
+    policy = templates.TemplatePolicy.from_eval(config.eval)
+    candidates = spread(pool.labelled, policy.candidates)
+    candidates[first] = True
+    _, policy_scores, per_image = score_candidates(
+        features,
+        [policy.points(e["iie"], size) for e in pool.examples],
+        size=size,
+        settings=settings.scoring(),
+        candidates=candidates,
+        per_image=True,
+    )
+    # the copy: each template's own landmarks (row first), as the evaluate stage copies them
+    landmarks = np.stack([np.asarray(e["landmarks"], np.float64)[:, ::-1] for e in pool.examples])
+    rng = np.random.default_rng(0)
+    out = {
+        "templates": len(labelled),
+        "single_mre_mm": dict(zip(pool.ids, single.tolist(), strict=True)),
+    }
+    for k in ks_:
+        chosen = choose_set(policy_scores, per_image, k, first=first)
+        oracle = labelled[np.argsort(single[labelled], kind="stable")[:k]]
+        sets = [rng.choice(labelled, k, replace=False) for _ in range(draws_)]
+        row = {"policy_ids": [pool.ids[i] for i in chosen], "by_rule": {}}
+        for rule in matching.FUSION:
+            random = [mre(points, scores, s, rule, truth, spacing) for s in sets]
+            copied = np.broadcast_to(landmarks[chosen][:, None], (k, *points.shape[1:]))
+            row["by_rule"][rule] = {
+                "policy": mre(points, scores, chosen, rule, truth, spacing),
+                "copy": mre(copied, np.zeros(copied.shape[:3]), chosen, rule, truth, spacing),
+                "oracle": mre(points, scores, oracle, rule, truth, spacing),
+                "random_mean": float(np.mean(random)),
+                "random_std": float(np.std(random, ddof=1)) if draws_ > 1 else 0.0,
+                "random_best": float(np.min(random)),
+                "random_worst": float(np.max(random)),
+            }
+        out[str(k)] = row
+    return out
+
+
+def main() -> int:
+    options = {
+        "ks": "the numbers of templates, comma-separated (default 1,2,3,5,10)",
+        "draws": "random sets drawn for each K (default 20)",
+    }
+    return cli(__doc__, "tools.results.several_templates", analyse, options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
