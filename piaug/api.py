@@ -9,6 +9,8 @@ the matching and decoding settings), so no ``configs/`` file is imported::
     encoder = piaug.load_encoder("runs/ceph")  # the baseline; name="piaug" for piaug's
     points, confidence = encoder.landmarks(images, template, template_points)
     index, scores = encoder.choose_template(images)  # which image to annotate
+    indices, scores = encoder.choose_templates(images, 5)  # or which five
+    points, confidence = encoder.landmarks(images, [t1, t2, t3], [p1, p2, p3])  # K templates
 
     detector = piaug.load_detector("runs/ceph")  # the run's detector (name= when several)
     points, confidence = detector.landmarks(images)
@@ -128,30 +130,45 @@ class Encoder:
     def landmarks(
         self,
         images: Sequence[np.ndarray],
-        template: np.ndarray,
-        template_points: np.ndarray,
+        template,
+        template_points,
         *,
         batch_size: int = 8,
+        fusion: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """One-shot matching: the landmarks ``template_points`` ``(L, 2)`` (x, y in the
         ``template`` image's pixels) found in each image, ``(N, L, 2)`` in its own pixels,
         and their confidence ``(N, L)``. Volumes: ``(L, 3)`` (x, y, z voxels) and
-        ``(N, L, 3)``."""
+        ``(N, L, 3)``.
+
+        Several templates: ``template`` a list of K images (or a ``(K, ...)`` array) and
+        ``template_points`` ``(K, L, 2)``; each is matched into every image and the K
+        predictions fused per landmark by ``fusion`` (``piaug.matching.fuse``; default the
+        run's ``eval.fusion``), the confidence fused likewise."""
         from piaug import evaluate, matching
         from piaug.data import prepare
 
         size = self.image_size
-        grid_template, (shape,) = _grid([template], size)
-        points = np.asarray(template_points, np.float64).reshape(-1, len(size))
-        cells = matching.template_cells(prepare.resize_points(points, shape, size), size)
+        many = isinstance(template, list | tuple) or np.asarray(template).ndim == len(size) + 1
+        templates_ = list(template) if many else [template]
+        points = np.asarray(template_points, np.float64)
+        points = points.reshape(len(templates_), -1, len(size))
+        grid_templates, shapes_ = _grid(templates_, size)
+        cells = np.stack(
+            [
+                matching.template_cells(prepare.resize_points(p, shape, size), size)
+                for p, shape in zip(points, shapes_, strict=True)
+            ]
+        )
         grid, shapes = _grid(images, size)
-        found, scores = matching.predict(
+        found, scores = matching.predict_many(
             self.apply,
-            grid_template[0],
+            grid_templates,
             cells,
             grid,
             size=size,
             settings=dataclasses.replace(self.settings, batch_size=batch_size),
+            fusion=fusion or self.config.get("eval", {}).get("fusion", "median"),
             with_scores=True,
         )
         return evaluate.to_original(found, shapes, size), scores
@@ -160,9 +177,24 @@ class Encoder:
         self, images: Sequence[np.ndarray], *, batch_size: int = 8
     ) -> tuple[int, np.ndarray]:
         """The image of ``images`` (uint8 of the run's dimension, any size) to annotate: the
-        run's label-free
-        template policy (``piaug.templates.choose``, the pipeline's choice) over all of them.
-        Returns its index and every image's score (-inf for those not scored)."""
+        run's label-free template policy (``piaug.templates.choose``, the pipeline's choice)
+        over all of them. Returns its index and every image's score (-inf for those not
+        scored)."""
+        index, scores, _ = self._scored(images, batch_size)
+        return index, scores
+
+    def choose_templates(
+        self, images: Sequence[np.ndarray], count: int, *, batch_size: int = 8
+    ) -> tuple[list[int], np.ndarray]:
+        """The ``count`` images of ``images`` to annotate as a set (``choose_template``'s,
+        then ``piaug.templates.choose_set``: the pipeline's ``eval.templates`` choice), and
+        every image's score."""
+        from piaug import templates
+
+        index, scores, per_image = self._scored(images, batch_size)
+        return templates.choose_set(scores, per_image, count, first=index), scores
+
+    def _scored(self, images, batch_size: int):
         from piaug import info, templates
         from piaug.data import prepare
 
@@ -175,15 +207,17 @@ class Encoder:
             prepare.resize_bilinear(np.asarray(info.entropy_map(image[None], footprint))[0], size)
             for image in images
         ]
-        index, scores, _ = templates.choose(
+        policy = templates.TemplatePolicy.from_eval(self.config["eval"])
+        settings = dataclasses.replace(self.settings, batch_size=batch_size).scoring()
+        index, scores, per_image = templates.score_candidates(
             self.features(grid, batch_size=batch_size),
-            iie,
-            np.ones(len(images), bool),
+            [policy.points(m, size) for m in iie],
             size=size,
-            policy=templates.TemplatePolicy.from_eval(self.config["eval"]),
-            settings=dataclasses.replace(self.settings, batch_size=batch_size),
+            settings=settings,
+            candidates=templates.spread(np.ones(len(images), bool), policy.candidates),
+            per_image=True,
         )
-        return index, scores
+        return index, scores, per_image
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,19 @@ template image; one row, or the row naming the template). Which image to annotat
 runs the run's unsupervised template choice (the salient-point policy, the pipeline's own code
 and settings) on the folder and prints the image to annotate.
 
+Several templates (docs/pipeline.md, ``eval.templates``): ::
+
+    python -m piaug.predict --run=runs/ceph --images=new/ --out=pred/ --choose-templates=5
+
+writes ``pred/to_annotate.csv``, the five images to annotate as a set (the pipeline's choice)
+with their landmark columns empty. Fill it in, then ::
+
+    python -m piaug.predict --run=runs/ceph --images=new/ --out=pred/ \
+        --template-landmarks=pred/to_annotate.csv
+
+matches each of its templates (its ``image`` column: names in ``--images``, or paths) into every
+image and fuses the predictions per landmark (``--fusion``, default the run's ``eval.fusion``).
+
 Writes ``OUT/landmarks.csv`` (``image, 1_x, 1_y, ..., K_x, K_y`` in each image's own pixels,
 then ``1_conf, ..., K_conf``: the peak similarity of matching, or the detector's heatmap peak)
 and ``OUT/overlays/ID.png``. Images of any size are read as 8-bit grayscale; an unreadable
@@ -35,6 +48,7 @@ The detector is 2-D only: a run on volumes predicts by one-shot matching (``--te
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 
@@ -56,9 +70,25 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="the detector (detector_...) or, with --template, the encoder (baseline, piaug)",
     )
     parser.add_argument("--template", help="your one annotated image (one-shot matching)")
-    parser.add_argument("--template-landmarks", help="its landmarks: a CSV in the folder format")
+    parser.add_argument(
+        "--template-landmarks",
+        help="its landmarks: a CSV in the folder format; without --template, one row per "
+        "template, its image column naming it (in --images, or a path)",
+    )
     parser.add_argument(
         "--choose-template", action="store_true", help="print the image to annotate, then stop"
+    )
+    parser.add_argument(
+        "--choose-templates",
+        type=int,
+        metavar="K",
+        help="write OUT/to_annotate.csv: the K images to annotate as a set, then stop",
+    )
+    parser.add_argument("--fusion", help="how K templates' predictions fuse (median, mean, ...)")
+    parser.add_argument(
+        "--num-landmarks",
+        type=int,
+        help="columns of to_annotate.csv (default: the run's, from its results.json)",
     )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--no-overlays", action="store_true", help="write landmarks.csv only")
@@ -67,8 +97,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         return args
     if not args.out:
         parser.error("--out=DIR is required (or --choose-template)")
-    if bool(args.template) != bool(args.template_landmarks):
-        parser.error("--template and --template-landmarks go together")
+    if args.choose_templates is not None:
+        if args.choose_templates < 1:
+            parser.error("--choose-templates must be at least 1")
+        return args
+    if args.template and not args.template_landmarks:
+        parser.error("--template needs --template-landmarks (its landmarks)")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     return args
@@ -108,6 +142,58 @@ def read_template_points(path: str | Path, template: Path, dims: int = 2) -> np.
             f"{template.name}; give one row, or one whose image is {template.name}"
         )
     return rows[0][2]
+
+
+def read_templates(
+    path: str | Path, images: str | Path, dims: int = 2
+) -> list[tuple[Path, np.ndarray]]:
+    """The templates of a folder-format CSV with one row per template (``to_annotate.csv``
+    filled in): each row's image (a name in the ``images`` folder, or a path, absolute or
+    beside the CSV) and its ``(L, dims)`` landmarks."""
+    from piaug.data import common, volumes
+
+    path = Path(path)
+    table = common.LandmarkTable(
+        path, extra=("spacing_mm", "split"), axes="xy" if dims == 2 else "xyz", allow_blank=True
+    )
+    folder = Path(images) if Path(images).is_dir() else Path(images).parent
+    listed = volume_paths(folder) if dims == 3 else image_paths(folder)
+    by_name = {}
+    for found in listed:
+        for name in (found.name, found.stem, volumes.volume_id(found)):
+            by_name.setdefault(name, found)
+    out = []
+    for line, name, points, _ in table.rows:
+        where = by_name.get(name)
+        for candidate in (Path(name), path.parent / name):
+            if where is None and candidate.exists():
+                where = candidate
+        if where is None:
+            raise UserError(
+                f"{path}, line {line}: template {name!r} is neither an image of {folder} nor "
+                "a file; name one of them, or give its path"
+            )
+        if not np.isfinite(points).all():
+            raise UserError(f"{path}, line {line}: {name} has empty landmark columns: fill them in")
+        out.append((where, points))
+    if not out:
+        raise UserError(f"{path}: no template row; one row per annotated template")
+    return out
+
+
+def _num_landmarks(run: Path, given: int | None) -> int:
+    """The run's number of landmarks (from its results.json), or ``given``."""
+    from piaug import layout
+
+    if given:
+        return int(given)
+    results = layout.read_json(Path(run) / layout.RESULTS_FILE) or {}
+    for entry in results.values():
+        if isinstance(entry, dict) and "per_landmark_mre_mm" in entry:
+            return len(entry["per_landmark_mre_mm"])
+    raise UserError(
+        f"--run={run}: no results.json to read the number of landmarks from; give --num-landmarks=L"
+    )
 
 
 def _window(config: dict):
@@ -184,28 +270,70 @@ def choose(args) -> None:
     )
 
 
+def choose_set(args) -> None:
+    """Writes ``OUT/to_annotate.csv``: the ``--choose-templates`` images of ``--images`` to
+    annotate as a set, their landmark columns empty (never over an existing file)."""
+    from piaug import api
+    from piaug.data import landmarks
+
+    out = Path(args.out) / "to_annotate.csv"
+    if out.exists():
+        raise UserError(f"{out} exists (annotations?): move it, or give another --out")
+    encoder = api.load_encoder(args.run, args.model)
+    dims = len(encoder.image_size)
+    count = _num_landmarks(args.run, args.num_landmarks)
+    paths = volume_paths(args.images) if dims == 3 else image_paths(args.images)
+    good, failed = _read(paths, _window(encoder.config), dims)
+    if len(good) <= args.choose_templates:
+        raise UserError(
+            f"--images={args.images}: {len(good)} readable images for "
+            f"--choose-templates={args.choose_templates}; give more images or a smaller K"
+        )
+    indices, scores = encoder.choose_templates(
+        [image for _, image in good], args.choose_templates, batch_size=args.batch_size
+    )
+    for line in failed:
+        print(f"unreadable: {line}", file=sys.stderr)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:  # the landmark columns empty, to fill in
+        rows = csv.writer(f)
+        rows.writerow(["image", *landmarks.columns(count, dims)])
+        rows.writerows([good[i][0].name] + [""] * (count * dims) for i in indices)
+    names = ", ".join(good[i][0].name for i in indices)
+    print(f"annotate {names}: fill in {out}, then --template-landmarks={out}")
+
+
 def predict(args) -> int:
     """Writes the landmarks of ``--images``; returns the exit status (1 if any failed)."""
     from piaug import api, plots
     from piaug.data import common, landmarks, volumes
 
-    model = (api.load_encoder if args.template else api.load_detector)(args.run, args.model)
+    matching_ = bool(args.template_landmarks)
+    model = (api.load_encoder if matching_ else api.load_detector)(args.run, args.model)
     dims = len(model.image_size)
     window = _window(model.config)
     paths = volume_paths(args.images) if dims == 3 else image_paths(args.images)
     good, failed = _read(paths, window, dims)
     # volumes: each file's header once (spacing for the overlays, affine for millimetres)
     headers = {path: volumes.read_header(path) for path, _ in good} if dims == 3 else {}
-    if args.template:
-        template_path = Path(args.template)
+    if matching_:
+        if args.template:
+            template_path = Path(args.template)
+            given = [
+                (template_path, read_template_points(args.template_landmarks, template_path, dims))
+            ]
+        else:
+            given = read_templates(args.template_landmarks, args.images, dims)
         read = volumes.read_volume if dims == 3 else common.read_image
-        template = read(template_path, window)
-        template_points = read_template_points(args.template_landmarks, template_path, dims)
         coordinates = model.config.get("data", {}).get("options", {}).get("coordinates", "voxel")
-        if dims == 3 and coordinates == "world":  # the run's convention for landmark files
-            template_points = volumes.to_voxels(
-                template_points, volumes.read_header(template_path).affine
-            )
+        template, template_points = [], []
+        for where, points in given:
+            template.append(read(where, window))
+            if dims == 3 and coordinates == "world":  # the run's convention for landmark files
+                points = volumes.to_voxels(points, volumes.read_header(where).affine)
+            template_points.append(points)
+        if len(template) == 1:
+            template, template_points = template[0], template_points[0]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names, points, confidence = [], [], []
@@ -213,8 +341,10 @@ def predict(args) -> int:
     for start in range(0, len(good), args.batch_size):
         chunk = good[start : start + args.batch_size]
         images = [image for _, image in chunk]
-        if args.template:
-            p, c = model.landmarks(images, template, template_points, batch_size=args.batch_size)
+        if matching_:
+            p, c = model.landmarks(
+                images, template, template_points, batch_size=args.batch_size, fusion=args.fusion
+            )
         else:
             p, c = model.landmarks(images, batch_size=args.batch_size)
         names += [path.name for path, _ in chunk]
@@ -258,6 +388,9 @@ def main(argv=None) -> int:
     try:
         if args.choose_template:
             choose(args)
+            return 0
+        if args.choose_templates is not None:
+            choose_set(args)
             return 0
         return predict(args)
     except UserError as e:

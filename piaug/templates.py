@@ -225,7 +225,7 @@ def choose_set(scores: np.ndarray, per_image: np.ndarray, count: int, first=None
             row = np.where(np.isnan(per_image[c]), -np.inf, per_image[c])
             rest = np.ones(len(scores), bool)
             rest[chosen + [c]] = False
-            value = np.maximum(cover, row)[rest].mean()
+            value = np.maximum(cover, row)[rest].mean() if rest.any() else 0.0
             if value > gain:
                 best, gain = int(c), value
         chosen.append(best)

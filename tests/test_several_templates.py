@@ -8,6 +8,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from piaug import matching, pipeline
 from piaug.errors import UserError
@@ -145,3 +146,63 @@ def test_evaluate_with_several_templates_and_one_template_as_before(tiny_run_cop
     tiny_config.eval.templates, tiny_config.eval.template = 3, "a,b"
     with pytest.raises(UserError, match="name 3 distinct images, comma-separated, or one"):
         pipeline.run(tiny_config, tiny_run_copy)
+
+
+@pytest.mark.slow
+def test_choose_templates_then_predict_from_the_filled_csv(tiny_run, tmp_path, capsys):
+    """``predict --choose-templates=2`` writes to_annotate.csv (two images, columns empty) and
+    will not overwrite it; filled in, ``--template-landmarks`` alone predicts from both, as the
+    API does; one row of it is the one-template workflow."""
+    import shutil
+
+    from test_templates import _folder
+
+    from piaug import api, layout, predict
+
+    root = _folder(tmp_path / "mine")
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / layout.CHECKPOINTS, run / layout.CHECKPOINTS)
+    shutil.copy(tiny_run / layout.CONFIG_FILE, run / layout.CONFIG_FILE)
+    images, out = root / "images", tmp_path / "out"
+    choose = [f"--run={run}", f"--images={images}", f"--out={out}", "--choose-templates=2"]
+    assert predict.main(choose) == 2  # no results.json: the columns are unknown
+    assert "--num-landmarks=L" in capsys.readouterr().err
+    assert predict.main([*choose, "--num-landmarks=5"]) == 0
+    sheet = out / "to_annotate.csv"
+    lines = sheet.read_text().splitlines()
+    assert lines[0] == "image," + ",".join(f"{k}_{a}" for k in range(1, 6) for a in "xy")
+    names = [line.split(",")[0] for line in lines[1:]]
+    assert len(set(names)) == 2 and all(line.endswith("," * 10) for line in lines[1:])
+    assert predict.main([*choose, "--num-landmarks=5"]) == 2  # annotations are never replaced
+    assert f"{sheet} exists" in capsys.readouterr().err
+    pred = [f"--run={run}", f"--images={images}", f"--out={tmp_path / 'p'}", "--no-overlays"]
+    assert predict.main([*pred, f"--template-landmarks={sheet}"]) == 2
+    assert "line 2: " + names[0] + " has empty landmark columns: fill them in" in (
+        capsys.readouterr().err
+    )
+
+    truth = {
+        row.split(",")[0]: np.array(row.split(",")[1:], float).reshape(5, 2)
+        for row in (root / "landmarks.csv").read_text().splitlines()[1:]
+    }
+    sheet.write_text(
+        "\n".join([lines[0]] + [n + "," + ",".join(map(str, truth[n].ravel())) for n in names])
+    )
+    assert predict.main([*pred, f"--template-landmarks={sheet}"]) == 0
+    written = (tmp_path / "p" / "landmarks.csv").read_text().splitlines()
+    found = np.array([row.split(",")[1:11] for row in written[1:]], float).reshape(-1, 5, 2)
+    encoder = api.load_encoder(run)
+    ordered = sorted(truth, key=lambda n: int(n[1:-4]))
+    pictures = [np.asarray(Image.open(images / n)) for n in ordered]
+    expected, _ = encoder.landmarks(
+        pictures, [np.asarray(Image.open(images / n)) for n in names], [truth[n] for n in names]
+    )
+    np.testing.assert_allclose(found, expected, atol=0.006)
+
+    one = tmp_path / "one.csv"  # one row, no --template: the one-template workflow
+    one.write_text("\n".join(sheet.read_text().splitlines()[:2]))
+    assert predict.main([*pred, f"--template-landmarks={one}", f"--out={tmp_path / 'q'}"]) == 0
+    alone, _ = encoder.landmarks(pictures, pictures[ordered.index(names[0])], truth[names[0]])
+    written = (tmp_path / "q" / "landmarks.csv").read_text().splitlines()
+    found = np.array([row.split(",")[1:11] for row in written[1:]], float).reshape(-1, 5, 2)
+    np.testing.assert_allclose(found, alone, atol=0.006)
