@@ -179,11 +179,11 @@ def test_an_unknown_nested_field_names_only_its_override_in_plain_text(tmp_path)
     """Among several good overrides, the one with a misspelt nested field is named alone, with
     the group it is missing from and the suggestion, without Python's escapes."""
     good = ("--config.data.dir=D", "--config.stages=evaluate", "--config.train.steps=2")
-    result = run_cli(tmp_path / "wd", good[0], good[1], "--config.eval.templates=5", good[2])
+    result = run_cli(tmp_path / "wd", good[0], good[1], "--config.eval.tempate=005", good[2])
     error = result.stderr.strip()
     assert result.returncode != 0 and len(error.splitlines()) == 1, result.stderr[-2000:]
     assert error.startswith(
-        "error: unknown config field in --config.eval.templates (no field 'templates' in "
+        "error: unknown config field in --config.eval.tempate (no field 'tempate' in "
         "config.eval; did you mean 'template'?)"
     ), error
     assert not any(o.split("=")[0] in error for o in good), error

@@ -89,6 +89,8 @@ def analyse(run, encoder: str, ks: str = "", draws: str = "") -> dict:
     )
     # the copy: each template's own landmarks (row first), as the evaluate stage copies them
     landmarks = np.stack([np.asarray(e["landmarks"], np.float64)[:, ::-1] for e in pool.examples])
+    copied = np.broadcast_to(landmarks[:, None], points.shape)  # (T, N, L, 2), every image
+    no_scores = np.zeros(points.shape[:3])
     rng = np.random.default_rng(0)
     out = {
         "templates": len(labelled),
@@ -101,10 +103,9 @@ def analyse(run, encoder: str, ks: str = "", draws: str = "") -> dict:
         row = {"policy_ids": [pool.ids[i] for i in chosen], "by_rule": {}}
         for rule in matching.FUSION:
             random = [mre(points, scores, s, rule, truth, spacing) for s in sets]
-            copied = np.broadcast_to(landmarks[chosen][:, None], (k, *points.shape[1:]))
             row["by_rule"][rule] = {
                 "policy": mre(points, scores, chosen, rule, truth, spacing),
-                "copy": mre(copied, np.zeros(copied.shape[:3]), chosen, rule, truth, spacing),
+                "copy": mre(copied, no_scores, chosen, rule, truth, spacing),
                 "oracle": mre(points, scores, oracle, rule, truth, spacing),
                 "random_mean": float(np.mean(random)),
                 "random_std": float(np.std(random, ddof=1)) if draws_ > 1 else 0.0,

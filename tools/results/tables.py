@@ -105,6 +105,34 @@ def volume_runs(names: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def several_templates(name: str) -> str:
+    """MRE (mm) against the number of templates K (``tools.results.several_templates``), per
+    run: the policy's set under each fusion rule, random sets (mean +- std over the draws, the
+    median rule), the lowest-MRE templates (labels choose: a bound) and the copy."""
+    data = _load(name)
+    lines = []
+    for run, entry in data.items():
+        if run == "command":
+            continue
+        ks = [k for k in entry if k.isdigit()]
+        rules = list(entry[ks[0]]["by_rule"])
+        lines.append(
+            "| K | "
+            + " | ".join(f"policy, {r}" for r in rules)
+            + " | random sets, median | best K by their MRE, median | copy, median |"
+        )
+        lines.append("|---" * (len(rules) + 4) + "|")
+        for k in ks:
+            by = entry[k]["by_rule"]
+            med = by["median"]
+            cells = " | ".join(f"{by[r]['policy']:.2f}" for r in rules)
+            lines.append(
+                f"| {k} | {cells} | {med['random_mean']:.2f} +- {med['random_std']:.2f} | "
+                f"{med['oracle']:.2f} | {med['copy']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
 def scale_sets(name: str) -> str:
     """MRE (mm) of each run of a ``tools.results.matching_scales`` file, matched by all five
     scales and with the coarsest ones left out (``eval.scales``)."""
