@@ -438,6 +438,9 @@ TABLES = {
     "template_spread": template_spread,
     "over_templates": over_templates,
     "template_policies": template_policies,
+    "several_templates_s0": functools.partial(
+        several_templates, "ceph_cpu_several_templates_s0.json"
+    ),
     "ceph_cpu": ceph_cpu,
     # the earlier presets: L3 (one anchor per crop), P1 (16 anchors per 64 x 64 crop), C1
     # (128 x 128 crops, 8 images of one crop a step), C5 (16 anchors per crop, 1300 steps)
