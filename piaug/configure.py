@@ -142,6 +142,11 @@ def check_detector(config) -> None:
 
 def match_settings(config) -> matching.MatchSettings:
     """How one-shot matching runs (``config.eval``): one object for every caller."""
+    fusion, count = config.eval.get("fusion", "median"), config.eval.get("templates", 1)
+    if fusion not in matching.FUSION:
+        raise UserError(f"config.eval.fusion={fusion!r}: use one of {matching.FUSION}")
+    if not isinstance(count, int) or count < 1:
+        raise UserError(f"config.eval.templates={count!r}: give 1 or more templates")
     try:
         return matching.MatchSettings.from_eval(config.eval)
     except ValueError as e:

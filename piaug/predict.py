@@ -59,6 +59,8 @@ from piaug.errors import UserError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from piaug.matching import FUSION
+
     parser = argparse.ArgumentParser(
         prog="python -m piaug.predict", description=__doc__.split("\n\n")[0]
     )
@@ -84,7 +86,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="K",
         help="write OUT/to_annotate.csv: the K images to annotate as a set, then stop",
     )
-    parser.add_argument("--fusion", help="how K templates' predictions fuse (median, mean, ...)")
+    parser.add_argument(
+        "--fusion",
+        choices=FUSION,
+        help="how K templates' predictions fuse (default: the run's eval.fusion)",
+    )
     parser.add_argument(
         "--num-landmarks",
         type=int,

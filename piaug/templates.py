@@ -136,7 +136,6 @@ def score_candidates(
         ``batch_size * P * H * W`` floats). Callers pass ``settings.scoring()``.
       candidates: which images may be chosen (e.g. the labelled ones; all by default); every
         image is matched into either way.
-
       per_image: also return each candidate's score into each image.
 
     Returns:

@@ -59,6 +59,20 @@ def test_weighted_fusion_without_a_positive_score_is_the_mean_and_one_template_i
         matching.fuse(points[0], scores, "mean")
 
 
+def test_a_bad_fusion_or_count_is_a_config_error():
+    from conftest import load_config
+
+    from piaug import configure
+
+    config = load_config("test")
+    config.eval.fusion = "vote"
+    with pytest.raises(UserError, match="config.eval.fusion='vote': use one of"):
+        configure.check(config)
+    config.eval.fusion, config.eval.templates = "median", 0
+    with pytest.raises(UserError, match="config.eval.templates=0: give 1 or more"):
+        configure.check(config)
+
+
 def test_choose_set_covers_the_images_the_first_template_matches_poorly():
     """Candidate 0 scores best on average; candidate 2 is its twin (strong where it is strong),
     candidate 1 is strong where 0 is weak: the set of two is (0, 1), of three adds 2 or 3."""
