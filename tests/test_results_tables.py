@@ -434,3 +434,23 @@ def test_template_policies_score_round_trips_and_judge_against_the_spread():
     assert judged["cycle_error"]["all"] == {"id": "a", "mre_mm": 4.0, "rank": 1}
     assert judged["cycle_error"]["spearman_with_mre"] == pytest.approx(1.0)
     assert judged["confidence"]["spearman_with_mre"] == pytest.approx(0.5)
+
+
+def test_several_templates_scores_a_set_on_the_images_outside_it():
+    """``several_templates.mre``: the members' fused predictions, scored on the other images
+    only, in mm (row-first points against x-first truth, per-image spacing)."""
+    from tools.results import several_templates
+
+    truth = np.zeros((4, 1, 2))  # (N, L, 2) x, y
+    spacing = np.array([[1.0, 1.0], [1.0, 1.0], [2.0, 2.0], [1.0, 1.0]])
+    points = np.zeros((3, 4, 1, 2))  # (T, N, L, 2) row, col
+    points[0, :, 0] = [0.0, 3.0]  # template 0: 3 px off in x everywhere
+    points[1, :, 0] = [4.0, 0.0]  # template 1: 4 px off in y
+    points[2, :, 0] = [100.0, 100.0]  # template 2: far off, but an outlier of three
+    scores = np.ones((3, 4, 1))
+    # template 0 alone, on images 1, 2, 3: 3, 6 (2 mm pixels), 3 mm
+    assert several_templates.mre(points, scores, [0], "median", truth, spacing) == 4.0
+    # the median of the three on image 3 only (the others are members): (3, 4) -> 5 mm
+    assert several_templates.mre(points, scores, [0, 1, 2], "median", truth, spacing) == 5.0
+    # two members: the mean of (0, 3) and (4, 0) is (2, 1.5) -> 2.5 px, images 2 (x2) and 3
+    assert several_templates.mre(points, scores, [0, 1], "mean", truth, spacing) == 3.75
