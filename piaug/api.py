@@ -168,7 +168,7 @@ class Encoder:
             grid,
             size=size,
             settings=dataclasses.replace(self.settings, batch_size=batch_size),
-            fusion=fusion or self.config.get("eval", {}).get("fusion", "median"),
+            fusion=fusion or self.config.get("eval", {}).get("fusion", "weighted"),
             with_scores=True,
         )
         return evaluate.to_original(found, shapes, size), scores

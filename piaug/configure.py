@@ -142,7 +142,7 @@ def check_detector(config) -> None:
 
 def match_settings(config) -> matching.MatchSettings:
     """How one-shot matching runs (``config.eval``): one object for every caller."""
-    fusion, count = config.eval.get("fusion", "median"), config.eval.get("templates", 1)
+    fusion, count = config.eval.get("fusion", "weighted"), config.eval.get("templates", 1)
     if fusion not in matching.FUSION:
         raise UserError(f"config.eval.fusion={fusion!r}: use one of {matching.FUSION}")
     if not isinstance(count, int) or count < 1:

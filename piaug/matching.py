@@ -428,7 +428,7 @@ def predict(
 
 
 def fuse(
-    points: np.ndarray, scores: np.ndarray, rule: str = "median"
+    points: np.ndarray, scores: np.ndarray, rule: str = "weighted"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Several templates' predictions of the same landmarks, fused into one per landmark.
 
@@ -476,7 +476,7 @@ def predict_many(
     *,
     size: tuple[int, ...],
     settings: MatchSettings = MatchSettings(),
-    fusion: str = "median",
+    fusion: str = "weighted",
     with_scores: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """``predict`` from K annotated templates: ``template_images`` ``(K, *size)`` uint8 and

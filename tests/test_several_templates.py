@@ -147,7 +147,7 @@ def test_evaluate_with_several_templates_and_one_template_as_before(tiny_run_cop
     ids = results["baseline"]["template"]["ids"]
     assert ids == kept["ids"] and len(set(ids)) == 2
     assert ids[0] == before["baseline"]["template"]["id"]  # the run's own first
-    assert results["baseline"]["template"]["fusion"] == "median"
+    assert results["baseline"]["template"]["fusion"] == "weighted"
     assert not set(ids) & set(results["baseline"]["ids"])
     assert results["template_copy"]["mre_mm"] != before["template_copy"]["mre_mm"]
     tiny_config.eval.templates, tiny_config.force = 1, True

@@ -133,6 +133,37 @@ def several_templates(name: str) -> str:
     return "\n".join(lines)
 
 
+def several_templates_seeds(names: tuple[str, ...]) -> str:
+    """The policy's K templates over seeds (one ``tools.results.several_templates`` file
+    each): per seed the median rule's MRE, then means over the seeds of it, of the weighted
+    rule, of random sets and of the labels' best K."""
+    entries = []
+    for name in names:
+        data = _load(name)
+        entries += [v for k, v in data.items() if k != "command"]
+    ks = [k for k in entries[0] if k.isdigit()]
+    head = " | ".join(f"seed {i}" for i in range(len(entries)))
+    lines = [
+        f"| K | {head} | mean +- std | weighted, mean | random sets, mean | "
+        "best K by their MRE, mean |",
+        "|---" * (len(entries) + 5) + "|",
+    ]
+
+    def mean(k: str, rule: str, key: str) -> float:
+        return statistics.mean(e[k]["by_rule"][rule][key] for e in entries)
+
+    for k in ks:
+        policy = [e[k]["by_rule"]["median"]["policy"] for e in entries]
+        spread = f" +- {statistics.stdev(policy):.2f}" if len(policy) > 1 else ""
+        lines.append(
+            f"| {k} | "
+            + " | ".join(f"{v:.2f}" for v in policy)
+            + f" | {statistics.mean(policy):.2f}{spread} | {mean(k, 'weighted', 'policy'):.2f} | "
+            f"{mean(k, 'median', 'random_mean'):.2f} | {mean(k, 'median', 'oracle'):.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def scale_sets(name: str) -> str:
     """MRE (mm) of each run of a ``tools.results.matching_scales`` file, matched by all five
     scales and with the coarsest ones left out (``eval.scales``)."""
@@ -440,6 +471,10 @@ TABLES = {
     "template_policies": template_policies,
     "several_templates_s0": functools.partial(
         several_templates, "ceph_cpu_several_templates_s0.json"
+    ),
+    "several_templates_seeds": functools.partial(
+        several_templates_seeds,
+        tuple(f"ceph_cpu_several_templates_s{s}.json" for s in range(3)),
     ),
     "ceph_cpu": ceph_cpu,
     # the earlier presets: L3 (one anchor per crop), P1 (16 anchors per 64 x 64 crop), C1
