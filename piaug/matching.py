@@ -11,7 +11,9 @@ another image are often negative at some scale and zero the product there); the 
 its argmax (optionally refined to sub-pixel precision by a parabola through the peak and its
 neighbours in each axis).
 
-The template itself is chosen in ``piaug.templates``.
+The template itself is chosen in ``piaug.templates``. Several annotated templates
+(``eval.templates``): ``predict_many`` matches each into every image and ``fuse`` combines the
+predictions per landmark (``eval.fusion``; docs/templates.md).
 
 How matching runs (upsampling, combination and clamp, sub-pixel refinement, the template's
 vectors, the scales, the batch) travels as one ``MatchSettings``, built once from a config's
