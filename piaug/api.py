@@ -207,14 +207,13 @@ class Encoder:
             prepare.resize_bilinear(np.asarray(info.entropy_map(image[None], footprint))[0], size)
             for image in images
         ]
-        policy = templates.TemplatePolicy.from_eval(self.config["eval"])
-        settings = dataclasses.replace(self.settings, batch_size=batch_size).scoring()
-        index, scores, per_image = templates.score_candidates(
+        index, scores, _, per_image = templates.choose(
             self.features(grid, batch_size=batch_size),
-            [policy.points(m, size) for m in iie],
+            iie,
+            np.ones(len(images), bool),
             size=size,
-            settings=settings,
-            candidates=templates.spread(np.ones(len(images), bool), policy.candidates),
+            policy=templates.TemplatePolicy.from_eval(self.config["eval"]),
+            settings=dataclasses.replace(self.settings, batch_size=batch_size),
             per_image=True,
         )
         return index, scores, per_image

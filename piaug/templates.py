@@ -252,20 +252,31 @@ def choose(
     size: tuple[int, int],
     policy: TemplatePolicy,
     settings: matching.MatchSettings,
-) -> tuple[int, np.ndarray, np.ndarray]:
+    include: int | None = None,
+    per_image: bool = False,
+) -> tuple:
     """The salient-point policy: ``(index, scores, candidates)``, the chosen image, every
-    image's score (-inf where not scored) and the mask of the candidates scored.
+    image's score (-inf where not scored) and the mask of the candidates scored; with
+    ``per_image`` also ``score_candidates``'s ``(N, N)`` scores (for ``choose_set``).
 
     ``features``: per scale, ``(N, h, w, E)`` maps of the N images; ``iie``: their IIE maps at
     the grid; ``allowed``: which may be chosen (``policy.candidates`` of them are scored, spread
-    over them). Scored with ``settings.scoring()``: the score only ranks candidates.
+    over them, and ``include`` besides). Scored with ``settings.scoring()``: the score only
+    ranks candidates.
     """
     points = [policy.points(m, size) for m in iie]
     candidates = spread(allowed, policy.candidates)
-    index, scores = score_candidates(
-        features, points, size=size, settings=settings.scoring(), candidates=candidates
+    if include is not None:
+        candidates[include] = True
+    scored = score_candidates(
+        features,
+        points,
+        size=size,
+        settings=settings.scoring(),
+        candidates=candidates,
+        per_image=per_image,
     )
-    return index, scores, candidates
+    return scored[0], scored[1], candidates, *scored[2:]
 
 
 def choose_template(
@@ -360,16 +371,14 @@ def choose_templates(
     else:
         features = functools.cache(features)  # encoded once for both choices
         first, single = choose_template(config, workdir, pool, features, encoder, save=save)
-        policy = TemplatePolicy.from_eval(config.eval)
-        size = configure.image_size(config)
-        candidates = spread(pool.labelled, policy.candidates)
-        candidates[first] = True
-        _, scores, per_image = score_candidates(
+        _, scores, candidates, per_image = choose(
             features(),
-            [policy.points(e["iie"], size) for e in pool.examples],
-            size=size,
-            settings=configure.match_settings(config).scoring(),
-            candidates=candidates,
+            [e["iie"] for e in pool.examples],
+            pool.labelled,
+            size=configure.image_size(config),
+            policy=TemplatePolicy.from_eval(config.eval),
+            settings=configure.match_settings(config),
+            include=first,
             per_image=True,
         )
         indices = choose_set(scores, per_image, count, first=first)

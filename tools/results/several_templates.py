@@ -27,7 +27,7 @@ import sys
 import numpy as np
 
 from piaug import configure, matching, templates
-from piaug.templates import choose_set, score_candidates, spread
+from piaug.templates import choose_set
 from tools.results.landmark_errors import cli, grid_truth
 from tools.results.template_spread import chosen_entry, encoded
 
@@ -76,15 +76,14 @@ def analyse(run, encoder: str, ks: str = "", draws: str = "") -> dict:
             f"{run}: MRE from {pool.ids[first]} {single[first]:.4f} != results.json's "
             f"{entry['mre_mm']}"
         )
-    policy = templates.TemplatePolicy.from_eval(config.eval)
-    candidates = spread(pool.labelled, policy.candidates)
-    candidates[first] = True
-    _, policy_scores, per_image = score_candidates(
+    _, policy_scores, _, per_image = templates.choose(  # the evaluate stage's candidates
         features,
-        [policy.points(e["iie"], size) for e in pool.examples],
+        [e["iie"] for e in pool.examples],
+        pool.labelled,
         size=size,
-        settings=settings.scoring(),
-        candidates=candidates,
+        policy=templates.TemplatePolicy.from_eval(config.eval),
+        settings=settings,
+        include=first,
         per_image=True,
     )
     # the copy: each template's own landmarks (row first), as the evaluate stage copies them
