@@ -192,7 +192,8 @@ class Encoder:
         from piaug import templates
 
         index, scores, per_image = self._scored(images, batch_size)
-        return templates.choose_set(scores, per_image, count, first=index), scores
+        rule = self.config.get("eval", {}).get("template_set", "cover")
+        return templates.choose_set(scores, per_image, count, first=index, rule=rule), scores
 
     def _scored(self, images, batch_size: int):
         from piaug import info, templates
@@ -214,6 +215,7 @@ class Encoder:
             size=size,
             policy=templates.TemplatePolicy.from_eval(self.config["eval"]),
             settings=dataclasses.replace(self.settings, batch_size=batch_size),
+            images=grid,
             per_image=True,
         )
         return index, scores, per_image

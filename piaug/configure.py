@@ -102,10 +102,13 @@ def detector_inits(config) -> list[str]:
 
 def detector_name(config, init: str) -> str:
     """The folder and results row of the detector from ``init``: ``detector_INIT`` (true
-    labels), ``detector_INIT_pseudo_ENCODER`` (pseudo-labels of that encoder)."""
+    labels), ``detector_INIT_pseudo_ENCODER`` (pseudo-labels of that encoder; with
+    ``eval.templates=K`` > 1, ``detector_INIT_pseudo_ENCODER_templates-K``)."""
     if config.detector.labels == "true":
         return f"detector_{init}"
-    return f"detector_{init}_pseudo_{config.detector.pseudo_from}"
+    count = int(config.eval.get("templates", 1))
+    suffix = "" if count == 1 else f"_templates-{count}"
+    return f"detector_{init}_pseudo_{config.detector.pseudo_from}{suffix}"
 
 
 def check_detector(config) -> None:
@@ -147,6 +150,14 @@ def match_settings(config) -> matching.MatchSettings:
         raise UserError(f"config.eval.fusion={fusion!r}: use one of {matching.FUSION}")
     if not isinstance(count, int) or count < 1:
         raise UserError(f"config.eval.templates={count!r}: give 1 or more templates")
+    from piaug.templates import POLICIES, TEMPLATE_SETS  # (templates reads this module)
+
+    for field, value, allowed in (
+        ("template_policy", config.eval.get("template_policy", "salient"), POLICIES),
+        ("template_set", config.eval.get("template_set", "cover"), TEMPLATE_SETS),
+    ):
+        if value not in allowed:
+            raise UserError(f"config.eval.{field}={value!r}: use one of {allowed}")
     try:
         return matching.MatchSettings.from_eval(config.eval)
     except ValueError as e:

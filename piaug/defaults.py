@@ -226,6 +226,14 @@ def _eval(dataset: str) -> ml_collections.ConfigDict:
     # choice and K - 1 more chosen to cover the images (templates.choose_set).
     c.templates = 1
     c.fusion = "weighted"
+    # The label-free template choice (templates.POLICIES, docs/templates.md): salient (IIE
+    # maxima matched most confidently into the others) | scp (SCP's: SIFT key points, each
+    # scale's best cosine) | consensus (the template whose predictions lie nearest the
+    # other candidates' median) | medoid (the feature-space medoid, no matching).
+    c.template_policy = "salient"
+    # K templates as a set (templates.choose_set): top (the K best-scored) | cover (each image
+    # matched well by one member: facility location over the per-image scores).
+    c.template_set = "cover"
     c.salient_points = 32  # per candidate template, IIE maxima ...
     c.salient_distance = 10  # ... this many grid pixels apart
     c.border = 0.1  # ... outside this fraction of the grid at each side

@@ -19,6 +19,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -30,6 +31,17 @@ from tqdm import tqdm
 
 from piaug import configure, layout, matching
 from piaug.errors import UserError
+from piaug.mixing import unit
+
+# The label-free policies of eval.template_policy (policy_scores; docs/templates.md).
+POLICIES = ("salient", "scp", "consensus", "medoid")
+TEMPLATE_SETS = ("top", "cover")  # how K templates are chosen as a set (choose_set)
+# SCP's key points: SIFT at the 384 grid of its code, 10 pixels apart (scaled to the grid),
+# the strongest this many (its code keeps all of them: about 100 at 192 after the distance).
+SCP_GRID, SCP_DISTANCE, SCP_POINTS = 384, 10.0, 128
+# The consensus policy's points: the salient points of this many of the most typical images
+# (the feature-space medoid's best), each located in every image by matching.
+CONSENSUS_REFERENCES = 3
 
 
 class ImagePool:
@@ -59,21 +71,31 @@ class TemplatePolicy:
     """The salient-point policy's settings (the fields of ``config.eval`` it reads).
 
     Attributes:
+      name: the policy (``eval.template_policy``, one of ``POLICIES``).
       salient_points: candidate points per image, the strongest IIE maxima ...
       salient_distance: ... this many grid pixels apart ...
       border: ... outside this fraction of the grid at each side.
       candidates: images scored, evenly spaced among the allowed ones (0: all of them).
     """
 
+    name: str = "salient"
     salient_points: int = 32
     salient_distance: int = 10
     border: float = 0.1
     candidates: int = 32
 
+    def __post_init__(self):
+        if self.name not in POLICIES:
+            raise UserError(
+                f"config.eval.template_policy={self.name!r}: use one of {POLICIES} "
+                "(docs/templates.md compares them)"
+            )
+
     @classmethod
     def from_eval(cls, cfg: Mapping) -> TemplatePolicy:
         """The settings of a config's ``eval`` section (a ConfigDict or a run's saved dict)."""
         return cls(
+            name=str(cfg.get("template_policy", "salient")),
             salient_points=int(cfg["salient_points"]),
             salient_distance=int(cfg["salient_distance"]),
             border=float(cfg["border"]),
@@ -126,6 +148,7 @@ def score_candidates(
     settings: matching.MatchSettings,
     candidates: Sequence[bool] | None = None,
     per_image: bool = False,
+    per_scale: bool = False,
 ) -> tuple[int, np.ndarray] | tuple[int, np.ndarray, np.ndarray]:
     """The candidate whose salient points match most confidently into the other images.
 
@@ -137,6 +160,8 @@ def score_candidates(
       candidates: which images may be chosen (e.g. the labelled ones; all by default); every
         image is matched into either way.
       per_image: also return each candidate's score into each image.
+      per_scale: score each point by the mean over the scales of each scale's own highest
+        cosine (SCP's scores at every scale) instead of the combined map's maximum.
 
     Returns:
       ``(index, scores)``: the chosen image and every candidate's score, the mean over its
@@ -169,7 +194,9 @@ def score_candidates(
         best = np.concatenate(
             [
                 np.asarray(
-                    matching.match_jit(
+                    _scale_peaks([f[j : j + batch_size] for f in picked], templates)
+                    if per_scale
+                    else matching.match_jit(
                         [f[j : j + batch_size] for f in picked], templates, size=size, **kw
                     )[1]
                 )
@@ -180,34 +207,264 @@ def score_candidates(
         row[i] = np.nan
         return float(np.delete(best, i, axis=0).mean()), row
 
-    # XLA's CPU executables run on the calling thread and release the GIL: on a CPU, candidates
-    # are scored on several threads at once (one core each); elsewhere one after another.
-    threads = min(os.cpu_count() or 1, 8) if jax.default_backend() == "cpu" else 1
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        scored = list(
-            tqdm(
-                pool.map(candidate, range(n)),
-                total=n,
-                desc="template choice",
-                unit="candidate",
-                leave=False,
-            )
-        )
+    scored = _each(candidate, range(n))
     scores = np.array([score for score, _ in scored])
     if per_image:
         return int(np.argmax(scores)), scores, np.stack([row for _, row in scored])
     return int(np.argmax(scores)), scores
 
 
-def choose_set(scores: np.ndarray, per_image: np.ndarray, count: int, first=None) -> list[int]:
-    """``count`` templates chosen as a set: the best-scored candidate (or ``first``, a template
-    chosen before), then greedily the candidate that most raises the mean over the other
-    images of the best member's score into each (a facility-location criterion: the set
-    should match every image confidently through one member or another, SCP's set score).
+def _each(fn: Callable, items: Sequence) -> list:
+    """``fn`` of every candidate in ``items``, with a progress bar. XLA's CPU executables run
+    on the calling thread and release the GIL: on a CPU, candidates are scored on several
+    threads at once (one core each); elsewhere one after another."""
+    threads = min(os.cpu_count() or 1, 8) if jax.default_backend() == "cpu" else 1
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        return list(
+            tqdm(
+                pool.map(fn, items),
+                total=len(items),
+                desc="template choice",
+                unit="candidate",
+                leave=False,
+            )
+        )
 
-    ``scores`` ``(N,)`` and ``per_image`` ``(N, N)`` as ``score_candidates`` returns them
-    (-inf / NaN rows for images that are not candidates). One template is the single choice.
+
+@jax.jit
+def _scale_peaks(query_features: list, templates: list) -> jnp.ndarray:
+    """``(B, L)``: the mean over the scales of each template vector's highest cosine in each
+    query image's map of that scale (``(B, ..., E)`` maps, ``(L, E)`` vectors per scale)."""
+    peaks = [
+        jnp.einsum("b...e,le->bl...", unit(f), unit(t), precision=jax.lax.Precision.HIGHEST)
+        .reshape(f.shape[0], t.shape[0], -1)
+        .max(-1)
+        for f, t in zip(query_features, templates, strict=True)
+    ]
+    return jnp.mean(jnp.stack(peaks), axis=0)
+
+
+def sift_points(image: np.ndarray, *, count: int, min_distance: float, border: int) -> np.ndarray:
+    """SCP's candidate points of one 2-D image: its SIFT key points (scikit-image's, on the
+    grid image), strongest first by the difference of Gaussians at the point's scale, at least
+    ``border`` pixels inside the image and ``min_distance`` pixels (Euclidean) apart, up to
+    ``count``: ``(P, 2)`` (row, col). An image without key points (a blank one) has none."""
+    from scipy import ndimage
+    from skimage.feature import SIFT
+
+    image = np.asarray(image, np.float64) / 255.0
+    sift = SIFT()
+    try:
+        sift.detect(image)
+    except RuntimeError:  # scikit-image's "SIFT found no features"
+        return np.zeros((0, 2), np.int64)
+    where = np.asarray(np.round(sift.positions), np.int64)
+    where = np.clip(where, 0, np.asarray(image.shape) - 1)
+    step = 2 ** (1 / sift.n_scales)
+    blurred: dict[float, np.ndarray] = {}
+
+    def dog(sigma: float) -> np.ndarray:
+        sigma = round(float(sigma), 1)
+        if sigma not in blurred:
+            wide = ndimage.gaussian_filter(image, sigma * step)
+            blurred[sigma] = np.abs(wide - ndimage.gaussian_filter(image, sigma))
+        return blurred[sigma]
+
+    response = np.array([dog(s)[tuple(p)] for p, s in zip(where, sift.sigmas, strict=True)])
+    inside = np.all((where >= border) & (where < np.asarray(image.shape) - border), axis=1)
+    where, response = where[inside], response[inside]
+    chosen: list[np.ndarray] = []
+    for p in where[np.argsort(-response, kind="stable")]:
+        if all(np.hypot(*(p - q)) >= min_distance for q in chosen):
+            chosen.append(p)
+            if len(chosen) == count:
+                break
+    return np.asarray(chosen, np.int64).reshape(-1, 2)
+
+
+def consensus_scores(
+    features: Sequence[jnp.ndarray],
+    points: Sequence[np.ndarray],
+    references: Sequence[int],
+    *,
+    size: tuple[int, ...],
+    settings: matching.MatchSettings,
+    candidates: Sequence[bool] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """How far each candidate's predictions lie from the other candidates' consensus.
+
+    Each reference image's ``points`` (``(P, d)``, one array per entry of ``references``) are
+    located in every image by matching; each candidate is then the template of those points
+    (its own located ones) into every image, and the candidates' predictions of each point in
+    each image are pooled by their median, the consensus. A candidate's error is the mean
+    distance (grid pixels) of its predictions from the consensus: several templates fused are
+    more accurate than one (docs/templates.md), so a template far from them errs. A reference
+    knows its own points exactly, which would favour it: its predictions of them are left out.
+    Cost: one match of the references' points into the N images per candidate, as
+    ``score_candidates``.
+
+    Returns ``(scores (N,), per_image (N, N))``: minus the mean distance over the points and the
+    other images (-inf where not a candidate), and minus each candidate's mean distance in each
+    image (NaN on the diagonal and in the rows of non-candidates).
     """
+    features = [jnp.asarray(f) for f in features]
+    n = features[0].shape[0]
+    if not any(len(p) for p in points):
+        raise UserError(
+            "the consensus policy's reference images have no salient points: lower "
+            "eval.border or eval.salient_distance"
+        )
+    chosen = np.flatnonzero(np.ones(n, bool) if candidates is None else np.asarray(candidates))
+
+    def vectors(i: int, at: np.ndarray) -> list:
+        return matching.template_vectors(
+            [f[i] for f in features], at, strides=settings.strides, sampling=settings.sampling
+        )
+
+    located, own = [], []  # per reference: (N, P, d) where its points are; which columns
+    for r, p in zip(references, points, strict=True):
+        found = matching.match_all(
+            features, vectors(r, np.asarray(p)), size=size, settings=settings
+        )
+        found[r] = p
+        located.append(found)
+        own.append(np.full(len(p), r))
+    located, own = np.concatenate(located, axis=1), np.concatenate(own)
+    found = _each(
+        lambda t: matching.match_all(
+            features, vectors(t, located[t]), size=size, settings=settings
+        ),
+        chosen,
+    )
+    votes = np.full((n, n, *located.shape[1:]), np.nan)  # (candidate, image, point, axis)
+    votes[chosen] = np.stack(found)
+    votes[own, :, np.arange(len(own))] = np.nan  # a reference's own points
+    return consensus_distance(votes)
+
+
+def consensus_distance(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``consensus_scores`` from the candidates' predictions ``votes`` ``(N, N, P, d)``
+    (candidate, image, point, axis; NaN where a candidate does not vote, rows of NaN: not a
+    candidate): the consensus in each image is the median of the other candidates'
+    predictions, per coordinate."""
+    votes = np.array(votes, np.float64)
+    n = len(votes)
+    votes[np.arange(n), np.arange(n)] = np.nan  # a candidate does not vote in its own image
+    chosen = np.flatnonzero(np.isfinite(votes).any(axis=(1, 2, 3)))
+    with warnings.catch_warnings():  # an image or a point without votes stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        centre = np.nanmedian(votes[chosen], axis=0)  # (N, P, d)
+        distance = np.nanmean(np.linalg.norm(votes - centre[None], axis=-1), axis=-1)  # (N, N)
+        scores = np.full(n, -np.inf)
+        scores[chosen] = -np.nanmean(distance[chosen], axis=1)
+    return scores, -distance
+
+
+def medoid_scores(
+    features: Sequence[jnp.ndarray], *, candidates: Sequence[bool] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The feature-space medoid: each candidate's mean cosine with every other image at the
+    same grid positions, cell by cell, over the scales. It assumes images that lie roughly
+    alike in their grid (as the search radius does); it costs N^2 dot products, no matching.
+
+    Returns ``(scores (N,), per_image (N, N))`` as ``consensus_scores``: the mean over the other
+    images (-inf where not a candidate) and each pair's similarity (NaN on the diagonal).
+    """
+    n = features[0].shape[0]
+    total = np.zeros((n, n))
+    for f in features:
+        u = unit(jnp.asarray(f, jnp.float32)).reshape(n, -1)
+        cells = u.shape[1] // f.shape[-1]
+        total += np.asarray(jnp.dot(u, u.T, precision=jax.lax.Precision.HIGHEST)) / cells
+    total /= len(features)
+    np.fill_diagonal(total, np.nan)
+    allowed = np.ones(n, bool) if candidates is None else np.asarray(candidates, bool)
+    scores = np.where(allowed, np.nanmean(total, axis=1), -np.inf)
+    return scores, np.where(allowed[:, None], total, np.nan)
+
+
+def policy_scores(
+    policy: TemplatePolicy,
+    features: Sequence[jnp.ndarray],
+    iie: Sequence[np.ndarray],
+    images: np.ndarray | None,
+    candidates: np.ndarray,
+    *,
+    size: tuple[int, ...],
+    settings: matching.MatchSettings,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every candidate's score by ``policy.name`` (higher: preferred; -inf where not a
+    candidate) and the ``(N, N)`` per-image scores that ``choose_set`` covers the images with.
+
+    ``salient``: the mean peak of the combined similarity map of its IIE maxima matched into
+    the other images (the paper's code's policy with IIE points); ``scp``: SCP's (Quan et al.,
+    CVPR 2022): its SIFT key points, each scale's highest cosine (2-D only, needs ``images``);
+    ``consensus``: minus the distance of its predictions from the candidates' consensus
+    (``consensus_scores``, the points the medoid's IIE maxima); ``medoid``: the feature-space
+    medoid (``medoid_scores``). Matched with ``settings.scoring()``: the scores only rank.
+    """
+    settings = settings.scoring()
+    features = [jnp.asarray(f) for f in features]  # once: every candidate reads them all
+    if policy.name == "medoid":
+        return medoid_scores(features, candidates=candidates)
+    if policy.name == "consensus":
+        typical = np.argsort(-medoid_scores(features)[0], kind="stable")
+        references = typical[: min(CONSENSUS_REFERENCES, len(typical))].tolist()
+        return consensus_scores(
+            features,
+            [policy.points(iie[r], size) for r in references],
+            references,
+            size=size,
+            settings=settings,
+            candidates=candidates,
+        )
+    if policy.name == "scp":
+        if len(size) != 2 or images is None:
+            raise UserError(
+                "config.eval.template_policy='scp' finds SIFT key points in 2-D images: choose "
+                "another policy for volumes"
+            )
+        scale = min(size) / SCP_GRID
+        points = [
+            sift_points(
+                image,
+                count=SCP_POINTS,
+                min_distance=SCP_DISTANCE * scale,
+                border=int(round(policy.border * min(size))),
+            )
+            for image in images
+        ]
+    else:
+        points = [policy.points(m, size) for m in iie]
+    _, scores, per_image = score_candidates(
+        features,
+        points,
+        size=size,
+        settings=settings,
+        candidates=candidates,
+        per_image=True,
+        per_scale=policy.name == "scp",
+    )
+    return scores, per_image
+
+
+def choose_set(
+    scores: np.ndarray, per_image: np.ndarray, count: int, first=None, rule: str = "cover"
+) -> list[int]:
+    """``count`` templates chosen as a set: the best-scored candidate (or ``first``, a template
+    chosen before), then by ``rule`` (``eval.template_set``, one of ``TEMPLATE_SETS``):
+
+    * ``top``: the next best-scored candidates (each template should be good on its own: the
+      K predictions are fused in every image);
+    * ``cover``: greedily the candidate that most raises the mean over the other images of the
+      best member's score into each (a facility-location criterion: every image matched well
+      through one member or another, SCP's set score).
+
+    ``scores`` ``(N,)`` and ``per_image`` ``(N, N)`` as ``policy_scores`` returns them (-inf /
+    NaN rows for images that are not candidates). One template is the single choice.
+    """
+    if rule not in TEMPLATE_SETS:
+        raise UserError(f"config.eval.template_set={rule!r}: use one of {TEMPLATE_SETS}")
     allowed = np.flatnonzero(np.isfinite(scores))
     if count > len(allowed):
         raise UserError(
@@ -215,6 +472,9 @@ def choose_set(scores: np.ndarray, per_image: np.ndarray, count: int, first=None
             "(eval.template_candidates=0 scores every labelled image)"
         )
     chosen = [int(np.argmax(scores)) if first is None else int(first)]
+    if rule == "top":
+        ranked = [int(i) for i in allowed[np.argsort(-scores[allowed], kind="stable")]]
+        return chosen + [i for i in ranked if i not in chosen][: count - 1]
     cover = np.where(np.isnan(per_image[chosen[0]]), -np.inf, per_image[chosen[0]])
     while len(chosen) < count:
         best, gain = None, -np.inf
@@ -252,31 +512,28 @@ def choose(
     size: tuple[int, int],
     policy: TemplatePolicy,
     settings: matching.MatchSettings,
+    images: np.ndarray | None = None,
     include: int | None = None,
     per_image: bool = False,
 ) -> tuple:
-    """The salient-point policy: ``(index, scores, candidates)``, the chosen image, every
-    image's score (-inf where not scored) and the mask of the candidates scored; with
-    ``per_image`` also ``score_candidates``'s ``(N, N)`` scores (for ``choose_set``).
+    """The label-free choice (``policy.name``, ``policy_scores``): ``(index, scores,
+    candidates)``, the chosen image, every image's score (-inf where not scored) and the mask
+    of the candidates scored; with ``per_image`` also the ``(N, N)`` per-image scores (for
+    ``choose_set``).
 
     ``features``: per scale, ``(N, h, w, E)`` maps of the N images; ``iie``: their IIE maps at
-    the grid; ``allowed``: which may be chosen (``policy.candidates`` of them are scored, spread
-    over them, and ``include`` besides). Scored with ``settings.scoring()``: the score only
-    ranks candidates.
+    the grid; ``images``: the ``(N, *size)`` uint8 grid images (the ``scp`` policy's SIFT
+    reads them); ``allowed``: which may be chosen (``policy.candidates`` of them are scored,
+    spread over them, and ``include`` besides).
     """
-    points = [policy.points(m, size) for m in iie]
     candidates = spread(allowed, policy.candidates)
     if include is not None:
         candidates[include] = True
-    scored = score_candidates(
-        features,
-        points,
-        size=size,
-        settings=settings.scoring(),
-        candidates=candidates,
-        per_image=per_image,
+    scores, matrix = policy_scores(
+        policy, features, iie, images, candidates, size=size, settings=settings
     )
-    return scored[0], scored[1], candidates, *scored[2:]
+    index = int(np.argmax(scores))
+    return (index, scores, candidates, matrix) if per_image else (index, scores, candidates)
 
 
 def choose_template(
@@ -300,17 +557,21 @@ def choose_template(
             "image to annotate)"
         )
     # 150 ceph candidates at 192 with 64-d embeddings: about 5 minutes beside a training.
+    policy = TemplatePolicy.from_eval(cfg)
     index, scores, candidates = choose(
         features(),
         [e["iie"] for e in pool.examples],
         pool.labelled,
         size=configure.image_size(config),
-        policy=TemplatePolicy.from_eval(cfg),
+        policy=policy,
         settings=configure.match_settings(config),
+        images=pool.images,
     )
     chosen = {
         "id": pool.ids[index],
-        "chosen_by": "salient-point policy",
+        "chosen_by": "salient-point policy"
+        if policy.name == "salient"
+        else f"{policy.name} policy",
         "score": float(scores[index]),
         "encoder": str(encoder),
     }
@@ -378,13 +639,15 @@ def choose_templates(
             size=configure.image_size(config),
             policy=TemplatePolicy.from_eval(config.eval),
             settings=configure.match_settings(config),
+            images=pool.images,
             include=first,
             per_image=True,
         )
-        indices = choose_set(scores, per_image, count, first=first)
+        rule = config.eval.get("template_set", "cover")
+        indices = choose_set(scores, per_image, count, first=first, rule=rule)
         chosen = {
             "ids": [pool.ids[i] for i in indices],
-            "chosen_by": f"{single['chosen_by']}, then the set's coverage (templates.choose_set)",
+            "chosen_by": f"{single['chosen_by']}, then eval.template_set={rule!r}",
             "scores": [float(scores[i]) for i in indices],
             "encoder": str(encoder),
         }

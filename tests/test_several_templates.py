@@ -93,6 +93,12 @@ def test_choose_set_covers_the_images_the_first_template_matches_poorly():
     assert len(set(choose_set(scores, per_image, 4))) == 4
     with pytest.raises(UserError, match="eval.templates=5: only 4 candidate templates"):
         choose_set(scores, per_image, 5)
+    # the top rule: the best-scored, whatever they cover; the first kept first
+    assert choose_set(scores, per_image, 3, rule="top") == [0, 2, 3]
+    assert choose_set(scores, per_image, 3, first=1, rule="top") == [1, 0, 2]
+    assert choose_set(scores, per_image, 1, rule="top") == [0]
+    with pytest.raises(UserError, match="eval.template_set='best'"):
+        choose_set(scores, per_image, 2, rule="best")
 
 
 def test_predict_from_several_templates_equals_one_template_when_they_agree():

@@ -2,7 +2,7 @@ r"""How much several annotated templates help: a run's encoder matched from K te
 predictions fused per landmark, against K (issue 34).
 
 python -m tools.results.several_templates --out=NAME [--ks=1,2,3,5,10] [--draws=20] \
-    RUN[:ENCODER] ...
+    [--policies=salient,consensus] [--sets=cover,top] RUN[:ENCODER] ...
 
 For each run (its encoder, ``baseline`` by default; grid protocol, the run's training split,
 its evaluation settings): every labelled image is matched as the template into every image
@@ -18,6 +18,12 @@ are not templates of
 - ``oracle``: the K templates of lowest single-template MRE (the labels choose: a bound, not a
   policy).
 K = 1 with the policy is the run's one-shot result, checked against its ``results.json``.
+
+With ``--policies`` and ``--sets``, each K's ``sets`` also holds, for each
+``eval.template_policy`` and ``eval.template_set`` named, the set the pipeline would choose with
+them from the start (the policy's own first template among the run's candidates, then the set
+rule) and its MRE under each fusion rule. Every template's predictions are kept in
+``RUN/all_templates_ENCODER.npz`` and read from there the next time.
 """
 
 from __future__ import annotations
@@ -57,7 +63,21 @@ def mre(points, scores, members, rule, truth, spacing) -> float:
     return float(np.linalg.norm(offset, axis=-1).mean())
 
 
-def analyse(run, encoder: str, ks: str = "", draws: str = "") -> dict:
+def cached(run, encoder, features, pool, size, settings) -> tuple[np.ndarray, np.ndarray]:
+    """``all_templates``, kept in ``RUN/all_templates_ENCODER.npz``."""
+    path = run / f"all_templates_{encoder}.npz"
+    if path.exists():
+        saved = np.load(path)
+        if list(saved["ids"]) == list(pool.ids):
+            return saved["points"], saved["scores"]
+    points, scores = cached(run, encoder, features, pool, size, settings)
+    np.savez(path, points=points, scores=scores, ids=np.asarray(pool.ids))
+    return points, scores
+
+
+def analyse(
+    run, encoder: str, ks: str = "", draws: str = "", policies: str = "", sets: str = ""
+) -> dict:
     ks_ = [int(k) for k in (ks or "1,2,3,5,10").split(",")]
     draws_ = int(draws or 20)
     entry = chosen_entry(run, encoder)
@@ -66,7 +86,7 @@ def analyse(run, encoder: str, ks: str = "", draws: str = "") -> dict:
     size = configure.image_size(config)
     spacing, truth = grid_truth(pool.examples, size)
     labelled = np.flatnonzero(pool.labelled)
-    points, scores = all_templates(features, pool, size, settings)
+    points, scores = cached(run, encoder, features, pool, size, settings)
     single = np.array(
         [mre(points, scores, [t], "median", truth, spacing) for t in range(len(pool.ids))]
     )
@@ -95,6 +115,20 @@ def analyse(run, encoder: str, ks: str = "", draws: str = "") -> dict:
         "templates": len(labelled),
         "single_mre_mm": dict(zip(pool.ids, single.tolist(), strict=True)),
     }
+    others = {}  # (policy, set rule) -> its scores and per-image scores, its first template
+    for name in [p for p in policies.split(",") if p]:
+        found = templates.choose(
+            features,
+            [e["iie"] for e in pool.examples],
+            pool.labelled,
+            size=size,
+            policy=templates.TemplatePolicy.from_eval(dict(config.eval, template_policy=name)),
+            settings=settings,
+            images=pool.images,
+            per_image=True,
+        )
+        for rule in [r for r in (sets or "cover").split(",") if r]:
+            others[f"{name}/{rule}"] = (found[1], found[3], found[0], rule)
     for k in ks_:
         chosen = choose_set(policy_scores, per_image, k, first=first)
         oracle = labelled[np.argsort(single[labelled], kind="stable")[:k]]
@@ -111,6 +145,16 @@ def analyse(run, encoder: str, ks: str = "", draws: str = "") -> dict:
                 "random_best": float(np.min(random)),
                 "random_worst": float(np.max(random)),
             }
+        row["sets"] = {}
+        for key, (s_, matrix, own_first, rule) in others.items():
+            members = choose_set(s_, matrix, k, first=own_first, rule=rule)
+            row["sets"][key] = {
+                "ids": [pool.ids[i] for i in members],
+                "mre_mm": {
+                    fusion: mre(points, scores, members, fusion, truth, spacing)
+                    for fusion in matching.FUSION
+                },
+            }
         out[str(k)] = row
     return out
 
@@ -119,6 +163,8 @@ def main() -> int:
     options = {
         "ks": "the numbers of templates, comma-separated (default 1,2,3,5,10)",
         "draws": "random sets drawn for each K (default 20)",
+        "policies": "eval.template_policy values whose sets to score too, comma-separated",
+        "sets": "eval.template_set rules for those (default cover), comma-separated",
     }
     return cli(__doc__, "tools.results.several_templates", analyse, options)
 
