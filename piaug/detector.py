@@ -145,14 +145,19 @@ def train_step(
     template: dict | None = None,
 ) -> tuple[TrainState, dict]:
     """One step of the detector: ``batch`` ``image`` float32 ``(B, H, W)`` in [0, 1] and
-    ``landmarks`` ``(B, L, 2)`` (x, y); ``template`` (``image`` ``(H, W)``, ``landmarks``
-    ``(L, 2)``) is appended to every batch when given (the authors' one-shot template, with its
-    true labels, beside the pseudo-labelled images). Metrics: ``loss``, ``loss_heatmap``,
-    ``loss_offset``, ``grad_norm``."""
+    ``landmarks`` ``(B, L, 2)`` (x, y); ``template`` (``image`` ``(H, W)`` and ``landmarks``
+    ``(L, 2)``, or K of each) is appended to every batch when given (the authors' one-shot
+    template with its true labels, beside the pseudo-labelled images; of K templates one a
+    step, in turn, so that a step costs what it costs with one). Metrics: ``loss``,
+    ``loss_heatmap``, ``loss_offset``, ``grad_norm``."""
     images, points = batch["image"].astype(jnp.float32), batch["landmarks"]
     if template is not None:
-        images = jnp.concatenate([images, jnp.asarray(template["image"], jnp.float32)[None]])
-        points = jnp.concatenate([points, jnp.asarray(template["landmarks"], points.dtype)[None]])
+        fixed = jnp.asarray(template["image"], jnp.float32).reshape(-1, *images.shape[1:])
+        at = jnp.asarray(template["landmarks"], points.dtype).reshape(-1, *points.shape[1:])
+        turn = state.step % fixed.shape[0]  # K templates: one a step, in turn
+        fixed = jax.lax.dynamic_index_in_dim(fixed, turn, keepdims=True)
+        at = jax.lax.dynamic_index_in_dim(at, turn, keepdims=True)
+        images, points = jnp.concatenate([images, fixed]), jnp.concatenate([points, at])
     size = images.shape[1:3]
     heat, offsets = jax.vmap(lambda p: targets(p, size, radius))(points)
 
@@ -217,11 +222,11 @@ def fit(
     tx = optimizer(train_settings, per_epoch)
     radius = settings.radius_px(image_size)
     fixed = None
-    if template is not None:
-        fixed = {
-            "image": np.asarray(template["image"], np.float32) / 255.0,
-            "landmarks": np.asarray(template["landmarks"], np.float32),
-        }
+    if template is not None:  # one template (H, W) or K (K, H, W), in every batch
+        image = np.asarray(template["image"], np.float32) / 255.0
+        image = image.reshape(-1, *image.shape[-2:])
+        points = np.asarray(template["landmarks"], np.float32)
+        fixed = {"image": image, "landmarks": points.reshape(len(image), *points.shape[-2:])}
 
     def start(state):
         variables = {"params": state.params[NAME], "batch_stats": state.batch_stats[NAME]}

@@ -226,3 +226,92 @@ def test_choose_templates_then_predict_from_the_filled_csv(tiny_run, tmp_path, c
     written = (tmp_path / "q" / "landmarks.csv").read_text().splitlines()
     found = np.array([row.split(",")[1:11] for row in written[1:]], float).reshape(-1, 5, 2)
     np.testing.assert_allclose(found, alone, atol=0.006)
+
+
+@pytest.mark.slow
+def test_pseudo_labels_and_a_detector_from_two_templates(tiny_run, tmp_path):
+    """CC2D-S2 from K = 2 templates: the pseudo-labels are the two templates' matches fused
+    (``predict_many``), into their own CSV; the detector trains on the other images with both
+    templates in every batch and is evaluated on neither."""
+    import csv
+
+    from conftest import load_config
+
+    from piaug import checkpoints, configure, layout, templates
+    from piaug.data import landmarks
+
+    config = load_config("test")
+    config.stages = "pseudo,detector,evaluate"
+    config.detector.encoders = str(tiny_run)
+    config.detector.inits = ("random",)
+    config.detector.images = 3
+    config.detector.steps = 2
+    config.detector.batch_size = 1
+    config.detector.checkpoint_every = 2
+    config.eval.templates = 2
+    config.eval.template = "synthetic-0-0000,synthetic-0-0002"
+    workdir = tmp_path / "det"
+    pipeline.run(config, workdir)
+
+    with (workdir / layout.PSEUDO_DIR / "baseline.templates-2.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert not (workdir / layout.PSEUDO_DIR / "baseline.csv").exists()
+    pool, size = templates.ImagePool(config), configure.image_size(config)
+    assert [r["image"] for r in rows] == pool.ids
+    encoder = checkpoints.image_encoder(tiny_run / "checkpoints", configure.model(config))
+    fused = matching.predict_many(
+        encoder,
+        pool.images[[0, 2]],
+        np.stack([matching.template_cells(pool.examples[i]["landmarks"], size) for i in (0, 2)]),
+        pool.images,
+        size=size,
+        settings=configure.match_settings(config),
+        fusion="weighted",
+    )
+    for row, example, points in zip(rows, pool.examples, fused, strict=True):
+        height, width = example["original_size"]
+        expected = (points + 0.5) * [width / size[1], height / size[0]] - 0.5
+        found = np.array([float(row[c]) for c in landmarks.columns(5)]).reshape(5, 2)
+        np.testing.assert_allclose(found, expected, atol=1e-3)
+
+    name = "detector_random_pseudo_baseline_templates-2"
+    seen = json.loads((workdir / layout.DETECTORS / name / layout.DETECTOR_EXAMPLES).read_text())
+    assert seen["templates"] == ["synthetic-0-0000", "synthetic-0-0002"]
+    assert seen["ids"] == ["synthetic-0-0001"] and seen["template"] is None
+    results = json.loads((workdir / layout.RESULTS_FILE).read_text())
+    assert results[name]["checkpoint"]["step"] == 2
+    assert not set(seen["templates"]) & set(results[name]["ids"])
+
+
+@pytest.mark.slow  # compiles a step: the fast tier stays under 3 minutes
+def test_the_detector_step_takes_one_of_k_templates_in_turn():
+    """With two templates, step 0 appends the first and step 1 the second: each step equals
+    the step given that template alone."""
+    import functools
+
+    import optax
+
+    from piaug import detector
+
+    net = detector.Detector(3, 0.0625, norm="batch")
+    tx = optax.sgd(0.01)
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.uniform(0, 1, (2, 64, 64)).astype(np.float32),
+        "landmarks": rng.uniform(5, 58, (2, 3, 2)).astype(np.float32),
+    }
+    both = {
+        "image": rng.uniform(0, 1, (2, 64, 64)).astype(np.float32),
+        "landmarks": rng.uniform(5, 58, (2, 3, 2)).astype(np.float32),
+    }
+    state = detector.create_state(jax.random.key(0), net=net, tx=tx, image_size=(64, 64))
+    step = functools.partial(detector.train_step, net=net, tx=tx, radius=6.0)
+    for k in (0, 1):
+        at = state.replace(step=state.step + k)
+        _, turn = jax.jit(functools.partial(step, template=both))(at, batch)
+        one = {"image": both["image"][k], "landmarks": both["landmarks"][k]}
+        _, alone = jax.jit(functools.partial(step, template=one))(at, batch)
+        other = {"image": both["image"][1 - k], "landmarks": both["landmarks"][1 - k]}
+        _, wrong = jax.jit(functools.partial(step, template=other))(at, batch)
+        assert float(turn["loss"]) == pytest.approx(float(alone["loss"]), rel=1e-6)
+        assert float(turn["loss"]) != pytest.approx(float(wrong["loss"]), rel=1e-3)

@@ -2,9 +2,12 @@
 
 * ``pseudo``: one-shot pseudo-labels of the detectors' training images with the encoder
   ``detector.pseudo_from`` (of this run, or of the run ``detector.encoders``) and the run's
-  template, into ``pseudo/ENCODER.csv`` (the folder format's columns, original pixels);
-* ``detector``: one detector per ``detector.inits`` on the pseudo-labels (the template with its
-  true labels in every batch) or on true labels (``detector.labels``), into ``detectors/NAME/``.
+  template, into ``pseudo/ENCODER.csv`` (the folder format's columns, original pixels); with
+  ``eval.templates=K`` > 1 from the run's K templates, fused by ``eval.fusion``, into
+  ``pseudo/ENCODER.templates-K.csv``;
+* ``detector``: one detector per ``detector.inits`` on the pseudo-labels (the template with
+  its true labels in every batch; of K templates one a batch, in turn) or on true labels
+  (``detector.labels``), into ``detectors/NAME/``.
 """
 
 from __future__ import annotations
@@ -12,35 +15,45 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
+import numpy as np
 from absl import logging
 
 from piaug import checkpoints, configure, detector, devices, evaluate, layout, matching, probe
 from piaug.data import input_pipeline, landmarks, prepare
 from piaug.errors import UserError
 from piaug.stages.common import checkpoint_or_error, done, encoder_run, eval_images, held_out
-from piaug.templates import ImagePool, choose_template
+from piaug.templates import ImagePool, choose_templates
+
+
+def pseudo_path(config, workdir: Path) -> Path:
+    """The pseudo stage's CSV: ``pseudo/ENCODER.csv``, ``pseudo/ENCODER.templates-K.csv``
+    from K templates."""
+    count = int(config.eval.templates)
+    suffix = "" if count == 1 else f".templates-{count}"
+    return workdir / layout.PSEUDO_DIR / f"{config.detector.pseudo_from}{suffix}.csv"
 
 
 def pseudo_stage(config, workdir: Path) -> None:
     """One-shot pseudo-labels of the detectors' training images with the encoder
-    ``detector.pseudo_from`` into ``pseudo/ENCODER.csv`` (original pixels)."""
+    ``detector.pseudo_from`` into ``pseudo_path`` (original pixels); from the run's
+    ``eval.templates`` templates, fused by ``eval.fusion``."""
     name = config.detector.pseudo_from
-    path = workdir / layout.PSEUDO_DIR / f"{name}.csv"
+    path = pseudo_path(config, workdir)
     if done(path, config, "pseudo"):
         return
     model, size = configure.model(config), configure.image_size(config)
     pool = ImagePool(config)
     run, dirs = encoder_run(config, workdir)
-    index, chosen = _template(config, workdir, pool, model, run, dirs)
-    template = pool.examples[index]
+    indices, chosen = _templates(config, workdir, pool, model, run, dirs)
     keep = _images(config, pool)
-    pred = matching.predict(
+    pred = matching.predict_many(
         checkpoints.image_encoder(dirs[name], model),
-        template["image"],
-        matching.template_cells(template["landmarks"], size),
+        pool.images[indices],
+        np.stack([matching.template_cells(pool.examples[i]["landmarks"], size) for i in indices]),
         pool.images[keep],
         size=size,
         settings=configure.match_settings(config),
+        fusion=config.eval.fusion,
     )
     original = evaluate.to_original(pred, [pool.examples[i]["original_size"] for i in keep], size)
     if jax.process_index() == 0:
@@ -49,10 +62,11 @@ def pseudo_stage(config, workdir: Path) -> None:
             path, [({"image": pool.ids[i]}, p) for i, p in zip(keep, original, strict=True)]
         )
     logging.info(
-        "pseudo: %d images matched with the %s encoder from template %s into %s",
+        "pseudo: %d images matched with the %s encoder from template%s %s into %s",
         len(keep),
         name,
-        chosen["id"],
+        "s" if len(indices) > 1 else "",
+        ", ".join(chosen["ids"]),
         path,
     )
 
@@ -66,15 +80,19 @@ def detector_stage(config, workdir: Path) -> None:
     num_landmarks = int(pool.examples[0]["landmarks"].shape[0])
     run, dirs = encoder_run(config, workdir)
     if cfg.labels == "true":
-        examples, template, template_id = _true_labels(config, pool, keep), None, None
+        examples, template, template_ids = _true_labels(config, pool, keep), None, []
     else:
-        index, chosen = _template(config, workdir, pool, configure.model(config), run, dirs)
-        template, template_id = pool.examples[index], chosen["id"]
-        examples = _pseudo_labels(config, workdir, pool, keep, index, num_landmarks)
+        indices, chosen = _templates(config, workdir, pool, configure.model(config), run, dirs)
+        template_ids = chosen["ids"]
+        template = {  # with their true labels, one in every batch (detector.train_step)
+            "image": pool.images[indices],
+            "landmarks": np.stack([pool.examples[i]["landmarks"] for i in indices]),
+        }
+        examples = _pseudo_labels(config, workdir, pool, keep, indices, num_landmarks)
     input_pipeline.check_batch(
         int(cfg.batch_size), len(examples), jax.process_count(), field="config.detector.batch_size"
     )
-    trained = reserved + ([template_id] if template_id else [])
+    trained = reserved + template_ids
     targets = held_out(eval_images(config, pool), trained)
     for init in configure.detector_inits(config):
         _fit(
@@ -84,7 +102,7 @@ def detector_stage(config, workdir: Path) -> None:
             examples,
             dirs,
             template=template,
-            template_id=template_id,
+            template_ids=template_ids,
             num_landmarks=num_landmarks,
             reserved=reserved,
             targets=targets,
@@ -99,7 +117,7 @@ def _fit(
     dirs,
     *,
     template,
-    template_id,
+    template_ids,
     num_landmarks,
     reserved,
     targets,
@@ -123,7 +141,8 @@ def _fit(
         total,
         train_settings.batch_size,
         cfg.labels,
-        f" of {cfg.pseudo_from}, template {template_id} in every batch"
+        f" of {cfg.pseudo_from}, template{'s' if len(template_ids) > 1 else ''} "
+        f"{', '.join(template_ids)} in every batch" + (" in turn" if len(template_ids) > 1 else "")
         if template is not None
         else "",
         init,
@@ -138,7 +157,8 @@ def _fit(
                 "num_landmarks": num_landmarks,
                 "labels": cfg.labels,
                 "pseudo_from": cfg.pseudo_from if template is not None else None,
-                "template": template_id,
+                "template": template_ids[0] if len(template_ids) == 1 else None,
+                **({"templates": template_ids} if len(template_ids) > 1 else {}),
                 "ids": [e["id"] for e in examples],
                 "reserved": reserved,  # detector.images: left out of its evaluation
             },
@@ -185,11 +205,13 @@ def _true_labels(config, pool: ImagePool, keep: list[int]) -> list[dict]:
     ]
 
 
-def _pseudo_labels(config, workdir, pool, keep, template: int, num_landmarks: int) -> list[dict]:
-    """The detector's examples with the pseudo stage's landmarks, in the grid; the template
-    left out (it comes with its true labels in every batch)."""
+def _pseudo_labels(
+    config, workdir, pool, keep, templates: list[int], num_landmarks: int
+) -> list[dict]:
+    """The detector's examples with the pseudo stage's landmarks, in the grid; the templates
+    left out (they come with their true labels, one in every batch)."""
     size = configure.image_size(config)
-    path = workdir / layout.PSEUDO_DIR / f"{config.detector.pseudo_from}.csv"
+    path = pseudo_path(config, workdir)
     labels = landmarks.read_csv(path, num_landmarks)
     missing = [pool.ids[i] for i in keep if pool.ids[i] not in labels]
     if missing:
@@ -206,15 +228,16 @@ def _pseudo_labels(config, workdir, pool, keep, template: int, num_landmarks: in
             ),
         }
         for i in keep
-        if i != template
+        if i not in templates
     ]
 
 
-def _template(config, workdir, pool, model, run, dirs) -> tuple[int, dict]:
-    """The one annotated image of the one-shot detectors: the encoders' run's template."""
+def _templates(config, workdir, pool, model, run, dirs) -> tuple[list[int], dict]:
+    """The annotated images of the one-shot detectors: the encoders' run's template, or its
+    ``eval.templates`` templates (``choose_templates``)."""
     name = config.detector.pseudo_from
     ckpt = checkpoint_or_error(dirs, name, "config.detector.pseudo_from")
-    return choose_template(
+    return choose_templates(
         config,
         run,
         pool,
@@ -223,6 +246,7 @@ def _template(config, workdir, pool, model, run, dirs) -> tuple[int, dict]:
         ),
         ckpt,
         save=run == workdir,
+        save_set=run == workdir,
     )
 
 

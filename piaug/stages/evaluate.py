@@ -246,6 +246,7 @@ def _detectors(config, results, todo, path, figures, predictions) -> dict:
         seen = layout.read_json(ckpt_dir.parent / layout.DETECTOR_EXAMPLES) or {}
         reserved = seen.get("reserved", seen.get("ids", []))
         trained = list(reserved) + ([seen["template"]] if seen.get("template") else [])
+        trained += seen.get("templates", [])  # K templates (eval.templates)
         targets = held_out(evaluated, trained)
         if targets is None or not targets.ids:
             logging.info(
