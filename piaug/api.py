@@ -174,28 +174,34 @@ class Encoder:
         return evaluate.to_original(found, shapes, size), scores
 
     def choose_template(
-        self, images: Sequence[np.ndarray], *, batch_size: int = 8
+        self, images: Sequence[np.ndarray], *, batch_size: int = 8, policy: str | None = None
     ) -> tuple[int, np.ndarray]:
         """The image of ``images`` (uint8 of the run's dimension, any size) to annotate: the
-        run's label-free template policy (``piaug.templates.choose``, the pipeline's choice)
-        over all of them. Returns its index and every image's score (-inf for those not
-        scored)."""
-        index, scores, _ = self._scored(images, batch_size)
+        run's label-free template policy (``piaug.templates.choose``, the pipeline's choice),
+        or ``policy`` (one of ``piaug.templates.POLICIES``). Returns its index and every
+        image's score (higher: preferred; -inf for those not scored)."""
+        index, scores, _ = self._scored(images, batch_size, policy)
         return index, scores
 
     def choose_templates(
-        self, images: Sequence[np.ndarray], count: int, *, batch_size: int = 8
+        self,
+        images: Sequence[np.ndarray],
+        count: int,
+        *,
+        batch_size: int = 8,
+        policy: str | None = None,
+        rule: str | None = None,
     ) -> tuple[list[int], np.ndarray]:
         """The ``count`` images of ``images`` to annotate as a set (``choose_template``'s,
-        then ``piaug.templates.choose_set``: the pipeline's ``eval.templates`` choice), and
-        every image's score."""
+        then ``piaug.templates.choose_set`` by the run's ``eval.template_set`` or ``rule``:
+        the pipeline's ``eval.templates`` choice), and every image's score."""
         from piaug import templates
 
-        index, scores, per_image = self._scored(images, batch_size)
-        rule = self.config.get("eval", {}).get("template_set", "cover")
+        index, scores, per_image = self._scored(images, batch_size, policy)
+        rule = rule or self.config.get("eval", {}).get("template_set", "cover")
         return templates.choose_set(scores, per_image, count, first=index, rule=rule), scores
 
-    def _scored(self, images, batch_size: int):
+    def _scored(self, images, batch_size: int, policy: str | None = None):
         from piaug import info, templates
         from piaug.data import prepare
 
@@ -213,7 +219,9 @@ class Encoder:
             iie,
             np.ones(len(images), bool),
             size=size,
-            policy=templates.TemplatePolicy.from_eval(self.config["eval"]),
+            policy=templates.TemplatePolicy.from_eval(
+                dict(self.config["eval"], **({"template_policy": policy} if policy else {}))
+            ),
             settings=dataclasses.replace(self.settings, batch_size=batch_size),
             images=grid,
             per_image=True,

@@ -60,6 +60,7 @@ from piaug.errors import UserError
 
 def parse_args(argv=None) -> argparse.Namespace:
     from piaug.matching import FUSION
+    from piaug.templates import POLICIES, TEMPLATE_SETS
 
     parser = argparse.ArgumentParser(
         prog="python -m piaug.predict", description=__doc__.split("\n\n")[0]
@@ -85,6 +86,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         metavar="K",
         help="write OUT/to_annotate.csv: the K images to annotate as a set, then stop",
+    )
+    parser.add_argument(
+        "--template-policy",
+        choices=POLICIES,
+        help="the label-free choice of --choose-template(s) (default: the run's "
+        "eval.template_policy; docs/templates.md compares them)",
+    )
+    parser.add_argument(
+        "--template-set",
+        choices=TEMPLATE_SETS,
+        help="how --choose-templates=K chooses the set (default: the run's eval.template_set)",
     )
     parser.add_argument(
         "--fusion",
@@ -265,7 +277,7 @@ def choose(args) -> None:
     if len(good) < 2:
         raise UserError(f"--images={args.images}: the choice needs at least two readable images")
     index, scores = encoder.choose_template(
-        [image for _, image in good], batch_size=args.batch_size
+        [image for _, image in good], batch_size=args.batch_size, policy=args.template_policy
     )
     for line in failed:
         print(f"unreadable: {line}", file=sys.stderr)
@@ -296,7 +308,11 @@ def choose_set(args) -> None:
             f"--choose-templates={args.choose_templates}; give more images or a smaller K"
         )
     indices, scores = encoder.choose_templates(
-        [image for _, image in good], args.choose_templates, batch_size=args.batch_size
+        [image for _, image in good],
+        args.choose_templates,
+        batch_size=args.batch_size,
+        policy=args.template_policy,
+        rule=args.template_set,
     )
     for line in failed:
         print(f"unreadable: {line}", file=sys.stderr)

@@ -291,7 +291,8 @@ def consensus_scores(
     settings: matching.MatchSettings,
     candidates: Sequence[bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """How far each candidate's predictions lie from the other candidates' consensus.
+    """How far each candidate's predictions lie from the other candidates' consensus
+    (``consensus_votes``, then ``consensus_distance``).
 
     Each reference image's ``points`` (``(P, d)``, one array per entry of ``references``) are
     located in every image by matching; each candidate is then the template of those points
@@ -307,6 +308,24 @@ def consensus_scores(
     other images (-inf where not a candidate), and minus each candidate's mean distance in each
     image (NaN on the diagonal and in the rows of non-candidates).
     """
+    votes = consensus_votes(
+        features, points, references, size=size, settings=settings, candidates=candidates
+    )
+    return consensus_distance(votes)
+
+
+def consensus_votes(
+    features: Sequence[jnp.ndarray],
+    points: Sequence[np.ndarray],
+    references: Sequence[int],
+    *,
+    size: tuple[int, ...],
+    settings: matching.MatchSettings,
+    candidates: Sequence[bool] | None = None,
+) -> np.ndarray:
+    """``consensus_scores``'s predictions: ``(N, N, P, d)`` (candidate, image, point of all the
+    references' together, axis), NaN in the rows of non-candidates and where a reference
+    would predict its own points."""
     features = [jnp.asarray(f) for f in features]
     n = features[0].shape[0]
     if not any(len(p) for p in points):
@@ -339,7 +358,7 @@ def consensus_scores(
     votes = np.full((n, n, *located.shape[1:]), np.nan)  # (candidate, image, point, axis)
     votes[chosen] = np.stack(found)
     votes[own, :, np.arange(len(own))] = np.nan  # a reference's own points
-    return consensus_distance(votes)
+    return votes
 
 
 def consensus_distance(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -77,6 +77,22 @@ def test_predict_chooses_the_pipelines_template_on_the_same_folder(tiny_run, tmp
     assert api_index == index and candidates.sum() == 4
     np.testing.assert_allclose(api_scores, pipeline_scores, rtol=1e-5)
 
+    # another policy: predict --template-policy, the API's policy= and the pipeline's config
+    # field choose the same image with the same scores
+    config.eval.template_policy = "medoid"
+    medoid_index, chosen = templates.choose_template(
+        config, tmp_path, pool, lambda: encoder.features(pool.images), run, save=False
+    )
+    assert chosen["chosen_by"] == "medoid policy"
+    api_index, api_scores = encoder.choose_template(images, policy="medoid")
+    assert api_index == medoid_index and np.isfinite(api_scores).sum() == 4
+    capsys.readouterr()
+    argv = [f"--run={run}", f"--images={root / 'images'}", "--choose-template"]
+    assert predict.main([*argv, "--template-policy=medoid"]) == 0
+    said = re.search(r"annotate (\S+) \(score ([-0-9.]+)", capsys.readouterr().out)
+    assert said.group(1) == f"{pool.ids[medoid_index]}.png"
+    assert float(said.group(2)) == np.round(chosen["score"], 4)
+
 
 def test_spread_and_the_policy_read_a_saved_eval_section():
     policy = templates.TemplatePolicy.from_eval(

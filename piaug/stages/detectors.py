@@ -141,10 +141,11 @@ def _fit(
         total,
         train_settings.batch_size,
         cfg.labels,
-        f" of {cfg.pseudo_from}, template{'s' if len(template_ids) > 1 else ''} "
-        f"{', '.join(template_ids)} in every batch" + (" in turn" if len(template_ids) > 1 else "")
-        if template is not None
-        else "",
+        ""
+        if template is None
+        else f" of {cfg.pseudo_from}, template {template_ids[0]} in every batch"
+        if len(template_ids) == 1
+        else f" of {cfg.pseudo_from}, one of templates {', '.join(template_ids)} a batch in turn",
         init,
         devices.describe_devices(),
     )
