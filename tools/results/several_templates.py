@@ -23,7 +23,8 @@ With ``--policies`` and ``--sets``, each K's ``sets`` also holds, for each
 ``eval.template_policy`` and ``eval.template_set`` named, the set the pipeline would choose with
 them from the start (the policy's own first template among the run's candidates, then the set
 rule) and its MRE under each fusion rule. Every template's predictions are kept in
-``RUN/all_templates_ENCODER.npz`` and read from there the next time.
+``RUN/all_templates_ENCODER.npz`` and read from there the next time. ``single_mre_mm``: each
+template's MRE alone; ``single_offset_mm`` and ``single_scatter_mm`` split it (``offsets``).
 """
 
 from __future__ import annotations
@@ -70,9 +71,25 @@ def cached(run, encoder, features, pool, size, settings) -> tuple[np.ndarray, np
         saved = np.load(path)
         if list(saved["ids"]) == list(pool.ids):
             return saved["points"], saved["scores"]
-    points, scores = cached(run, encoder, features, pool, size, settings)
+    points, scores = all_templates(features, pool, size, settings)
     np.savez(path, points=points, scores=scores, ids=np.asarray(pool.ids))
     return points, scores
+
+
+def offsets(points, truth, spacing) -> tuple[np.ndarray, np.ndarray]:
+    """Each template's systematic offset and the scatter around it: ``(T,)`` the mean over
+    landmarks of the length of its mean error vector over the other images (mm), and ``(T,)``
+    the MRE once that mean vector is taken off each landmark's errors. A template annotated
+    (or matched) consistently off at a landmark carries that offset into every image, which no
+    label-free score can see."""
+    bias, scatter = [], []
+    for t in range(len(points)):
+        rest = np.setdiff1d(np.arange(points.shape[1]), [t])
+        error = (points[t][rest][..., ::-1] - truth[rest]) * spacing[rest, None, :]  # (N, L, 2)
+        mean = error.mean(0)
+        bias.append(float(np.linalg.norm(mean, axis=-1).mean()))
+        scatter.append(float(np.linalg.norm(error - mean, axis=-1).mean()))
+    return np.array(bias), np.array(scatter)
 
 
 def analyse(
@@ -115,6 +132,9 @@ def analyse(
         "templates": len(labelled),
         "single_mre_mm": dict(zip(pool.ids, single.tolist(), strict=True)),
     }
+    bias, scatter = offsets(points, truth, spacing)
+    out["single_offset_mm"] = dict(zip(pool.ids, bias.round(4).tolist(), strict=True))
+    out["single_scatter_mm"] = dict(zip(pool.ids, scatter.round(4).tolist(), strict=True))
     others = {}  # (policy, set rule) -> its scores and per-image scores, its first template
     for name in [p for p in policies.split(",") if p]:
         found = templates.choose(

@@ -164,6 +164,68 @@ def several_templates_seeds(names: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def template_choice(name: str = "ceph_cpu_template_choice.json") -> str:
+    """Each ``eval.template_policy`` on each seed's baseline (``tools.results.template_choice``):
+    the rank among the N templates of the one chosen from all N and from the 32 evenly spaced
+    (the default candidates), the Spearman correlation of its scores with the templates' MRE
+    (over all N) and the seconds scoring all N took; in bold a choice in the best tenth."""
+    data = _load(name)
+    runs = [k for k in data if k.startswith("runs/")]
+    policies = [p for p in data[runs[0]] if p != "ids" and p in data[runs[-1]]]
+    lines = [
+        "| policy | "
+        + " | ".join(f"seed {i}: rank (of all / of 32)" for i in range(len(runs)))
+        + " | Spearman with MRE | seconds for all |",
+        "|---" * (len(runs) + 3) + "|",
+    ]
+    for policy in policies:
+        entries = [data[r][policy] for r in runs]
+        cells = " | ".join(
+            " / ".join(
+                f"**{e[c]['rank']}**" if e[c]["best_tenth"] else str(e[c]["rank"])
+                for c in ("all", "spaced_32")
+            )
+            for e in entries
+        )
+        spearman = ", ".join(f"{e['all']['spearman_with_mre']:.2f}" for e in entries)
+        seconds = ", ".join(f"{e['all']['seconds']:.0f}" for e in entries)
+        lines.append(f"| {policy} | {cells} | {spearman} | {seconds} |")
+    return "\n".join(lines)
+
+
+def template_sets(names: tuple[str, ...], fusion: str = "weighted") -> str:
+    """MRE (mm, mean over the seeds' files) against K for each set of ``--policies`` and
+    ``--sets`` (``tools.results.several_templates``), with random sets and the labels' best K,
+    all fused by ``fusion``."""
+    entries = []
+    for name in names:
+        entries += [v for k, v in _load(name).items() if k != "command"]
+    ks = [k for k in entries[0] if k.isdigit()]
+    keys = list(entries[0][ks[0]]["sets"])
+    lines = [
+        "| K | " + " | ".join(keys) + " | random sets | best K by their MRE |",
+        "|---" * (len(keys) + 3) + "|",
+    ]
+    for k in ks:
+        cells = [
+            statistics.mean(e[k]["sets"][key]["mre_mm"][fusion] for e in entries) for key in keys
+        ]
+        cells += [
+            statistics.mean(e[k]["by_rule"][fusion][field] for e in entries)
+            for field in ("random_mean", "oracle")
+        ]
+        best = min(cells[: len(keys)])
+        lines.append(
+            f"| {k} | "
+            + " | ".join(
+                f"**{v:.2f}**" if i < len(keys) and v == best else f"{v:.2f}"
+                for i, v in enumerate(cells)
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def scale_sets(name: str) -> str:
     """MRE (mm) of each run of a ``tools.results.matching_scales`` file, matched by all five
     scales and with the coarsest ones left out (``eval.scales``)."""
@@ -471,6 +533,10 @@ TABLES = {
     "template_policies": template_policies,
     "several_templates_s0": functools.partial(
         several_templates, "ceph_cpu_several_templates_s0.json"
+    ),
+    "template_choice": template_choice,
+    "template_sets": functools.partial(
+        template_sets, tuple(f"ceph_cpu_several_templates_s{i}.json" for i in range(3))
     ),
     "several_templates_seeds": functools.partial(
         several_templates_seeds,
