@@ -1,16 +1,21 @@
-"""Which image is the one-shot template: the image pool, salient points and the label-free choice.
+"""Which images are the one-shot templates: the image pool, the label-free policies and the
+choice.
 
 The pipeline (the estimate, pseudo and evaluate stages), ``python -m piaug.predict
---choose-template`` and ``piaug.api`` choose the template with the same code, so the same folder
-gives the same image:
+--choose-template(s)`` and ``piaug.api`` choose templates with the same code, so the same folder
+gives the same images:
 
 * ``ImagePool``: the prepared examples of one split, read once, and which are labelled;
-* ``TemplatePolicy``: the policy's settings (``config.eval``: salient points, their distance and
-  border, how many candidates are scored), built once from a config or a run's ``config.json``;
-* ``choose``: the salient-point policy (``salient_points`` of each image, scored by
-  ``score_candidates``) over the candidates that ``spread`` picks among the allowed images;
+* ``TemplatePolicy``: the policy and its settings (``config.eval``: ``template_policy``, salient
+  points, their distance and border, how many candidates are scored), built once from a config
+  or a run's ``config.json``;
+* ``policy_scores``: every candidate's score by one of ``POLICIES`` (``salient``: the salient
+  points of ``salient_points`` scored by ``score_candidates``; ``scp``: ``sift_points`` scored
+  at every scale; ``consensus``: ``consensus_scores``; ``medoid``: ``medoid_scores``);
+* ``choose``: the policy over the candidates that ``spread`` picks among the allowed images;
 * ``choose_template``: the pipeline's choice, kept in ``template.json`` so that every later stage
-  and encoder of a run uses the same image (``config.eval.template`` overrides it).
+  and encoder of a run uses the same image (``config.eval.template`` overrides it);
+* ``choose_set`` and ``choose_templates``: K templates as a set (``eval.template_set``).
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ class Subset:
 
 @dataclasses.dataclass(frozen=True)
 class TemplatePolicy:
-    """The salient-point policy's settings (the fields of ``config.eval`` it reads).
+    """A template policy and its settings (the fields of ``config.eval`` it reads).
 
     Attributes:
       name: the policy (``eval.template_policy``, one of ``POLICIES``).
