@@ -11,7 +11,8 @@ gives the same images:
   or a run's ``config.json``;
 * ``policy_scores``: every candidate's score by one of ``POLICIES`` (``salient``: the salient
   points of ``salient_points`` scored by ``score_candidates``; ``scp``: ``sift_points`` scored
-  at every scale; ``consensus``: ``consensus_scores``; ``medoid``: ``medoid_scores``);
+  at every scale; ``consensus``: ``consensus_votes`` and ``consensus_distance``; ``medoid``:
+  ``medoid_scores``);
 * ``choose``: the policy over the candidates that ``spread`` picks among the allowed images;
 * ``choose_template``: the pipeline's choice, kept in ``template.json`` so that every later stage
   and encoder of a run uses the same image (``config.eval.template`` overrides it);
@@ -287,38 +288,6 @@ def sift_points(image: np.ndarray, *, count: int, min_distance: float, border: i
     return np.asarray(chosen, np.int64).reshape(-1, 2)
 
 
-def consensus_scores(
-    features: Sequence[jnp.ndarray],
-    points: Sequence[np.ndarray],
-    references: Sequence[int],
-    *,
-    size: tuple[int, ...],
-    settings: matching.MatchSettings,
-    candidates: Sequence[bool] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """How far each candidate's predictions lie from the other candidates' consensus
-    (``consensus_votes``, then ``consensus_distance``).
-
-    Each reference image's ``points`` (``(P, d)``, one array per entry of ``references``) are
-    located in every image by matching; each candidate is then the template of those points
-    (its own located ones) into every image, and the candidates' predictions of each point in
-    each image are pooled by their median, the consensus. A candidate's error is the mean
-    distance (grid pixels) of its predictions from the consensus: several templates fused are
-    more accurate than one (docs/templates.md), so a template far from them errs. A reference
-    knows its own points exactly, which would favour it: its predictions of them are left out.
-    Cost: one match of the references' points into the N images per candidate, as
-    ``score_candidates``.
-
-    Returns ``(scores (N,), per_image (N, N))``: minus the mean distance over the points and the
-    other images (-inf where not a candidate), and minus each candidate's mean distance in each
-    image (NaN on the diagonal and in the rows of non-candidates).
-    """
-    votes = consensus_votes(
-        features, points, references, size=size, settings=settings, candidates=candidates
-    )
-    return consensus_distance(votes)
-
-
 def consensus_votes(
     features: Sequence[jnp.ndarray],
     points: Sequence[np.ndarray],
@@ -328,9 +297,21 @@ def consensus_votes(
     settings: matching.MatchSettings,
     candidates: Sequence[bool] | None = None,
 ) -> np.ndarray:
-    """``consensus_scores``'s predictions: ``(N, N, P, d)`` (candidate, image, point of all the
-    references' together, axis), NaN in the rows of non-candidates and where a reference
-    would predict its own points."""
+    """The consensus policy's predictions, for ``consensus_distance``.
+
+    Each reference image's ``points`` (``(P, d)``, one array per entry of ``references``) are
+    located in every image by matching; each candidate is then the template of those points
+    (its own located ones) into every image. ``consensus_distance`` pools the candidates'
+    predictions of each point in each image by their median, the consensus, and scores a
+    candidate by its mean distance (grid pixels) from it: several templates fused are more
+    accurate than one (docs/templates.md), so a template far from them errs. A reference
+    knows its own points exactly, which would favour it: its predictions of them are left out.
+    Cost: one match of the references' points into the N images per candidate, as
+    ``score_candidates``.
+
+    Returns ``(N, N, P, d)`` (candidate, image, point of all the references' together, axis),
+    NaN in the rows of non-candidates and where a reference would predict its own points.
+    """
     features = [jnp.asarray(f) for f in features]
     n = features[0].shape[0]
     if not any(len(p) for p in points):
@@ -367,10 +348,15 @@ def consensus_votes(
 
 
 def consensus_distance(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``consensus_scores`` from the candidates' predictions ``votes`` ``(N, N, P, d)``
-    (candidate, image, point, axis; NaN where a candidate does not vote, rows of NaN: not a
-    candidate): the consensus in each image is the median of the other candidates'
-    predictions, per coordinate."""
+    """The consensus policy's scores from the candidates' predictions ``votes`` ``(N, N, P, d)``
+    (``consensus_votes``: candidate, image, point, axis; NaN where a candidate does not vote,
+    rows of NaN: not a candidate): the consensus in each image is the median of the other
+    candidates' predictions, per coordinate.
+
+    Returns ``(scores (N,), per_image (N, N))``: minus the mean distance over the points and the
+    other images (-inf where not a candidate), and minus each candidate's mean distance in each
+    image (NaN on the diagonal and in the rows of non-candidates).
+    """
     votes = np.array(votes, np.float64)
     n = len(votes)
     votes[np.arange(n), np.arange(n)] = np.nan  # a candidate does not vote in its own image
@@ -391,7 +377,7 @@ def medoid_scores(
     same grid positions, cell by cell, over the scales. It assumes images that lie roughly
     alike in their grid (as the search radius does); it costs N^2 dot products, no matching.
 
-    Returns ``(scores (N,), per_image (N, N))`` as ``consensus_scores``: the mean over the other
+    Returns ``(scores (N,), per_image (N, N))`` as ``consensus_distance``: the mean over the other
     images (-inf where not a candidate) and each pair's similarity (NaN on the diagonal).
     """
     n = features[0].shape[0]
@@ -424,8 +410,9 @@ def policy_scores(
     the other images (the paper's code's policy with IIE points); ``scp``: SCP's (Quan et al.,
     CVPR 2022): its SIFT key points, each scale's highest cosine (2-D only, needs ``images``);
     ``consensus``: minus the distance of its predictions from the candidates' consensus
-    (``consensus_scores``, the points the medoid's IIE maxima); ``medoid``: the feature-space
-    medoid (``medoid_scores``). Matched with ``settings.scoring()``: the scores only rank.
+    (``consensus_votes``, ``consensus_distance``; the points the medoid's IIE maxima);
+    ``medoid``: the feature-space medoid (``medoid_scores``). Matched with
+    ``settings.scoring()``: the scores only rank.
     """
     settings = settings.scoring()
     features = [jnp.asarray(f) for f in features]  # once: every candidate reads them all
@@ -434,7 +421,7 @@ def policy_scores(
     if policy.name == "consensus":
         typical = np.argsort(-medoid_scores(features)[0], kind="stable")
         references = typical[: min(CONSENSUS_REFERENCES, len(typical))].tolist()
-        return consensus_scores(
+        votes = consensus_votes(
             features,
             [policy.points(iie[r], size) for r in references],
             references,
@@ -442,6 +429,7 @@ def policy_scores(
             settings=settings,
             candidates=candidates,
         )
+        return consensus_distance(votes)
     if policy.name == "scp":
         if len(size) != 2 or images is None:
             raise UserError(
@@ -560,6 +548,32 @@ def choose(
     return (index, scores, candidates, matrix) if per_image else (index, scores, candidates)
 
 
+def choose_in_pool(
+    config,
+    pool: ImagePool,
+    features: Sequence[np.ndarray],
+    *,
+    policy: TemplatePolicy | None = None,
+    settings: matching.MatchSettings | None = None,
+    include: int | None = None,
+    per_image: bool = False,
+) -> tuple:
+    """``choose`` among ``pool``'s labelled images with ``config``'s grid, policy
+    (``eval.template_policy``; or ``policy``) and matching settings (or ``settings``):
+    the pipeline's choice, given the encoder's ``features`` of ``pool.images``."""
+    return choose(
+        features,
+        [e["iie"] for e in pool.examples],
+        pool.labelled,
+        size=configure.image_size(config),
+        policy=policy or TemplatePolicy.from_eval(config.eval),
+        settings=settings or configure.match_settings(config),
+        images=pool.images,
+        include=include,
+        per_image=per_image,
+    )
+
+
 def choose_template(
     config, workdir: Path, pool: ImagePool, features: Callable, encoder: Path, *, save=True
 ) -> tuple[int, dict]:
@@ -582,15 +596,7 @@ def choose_template(
         )
     # 150 ceph candidates at 192 with 64-d embeddings: about 5 minutes beside a training.
     policy = TemplatePolicy.from_eval(cfg)
-    index, scores, candidates = choose(
-        features(),
-        [e["iie"] for e in pool.examples],
-        pool.labelled,
-        size=configure.image_size(config),
-        policy=policy,
-        settings=configure.match_settings(config),
-        images=pool.images,
-    )
+    index, scores, candidates = choose_in_pool(config, pool, features(), policy=policy)
     chosen = {
         "id": pool.ids[index],
         "chosen_by": "salient-point policy"
@@ -656,16 +662,8 @@ def choose_templates(
     else:
         features = functools.cache(features)  # encoded once for both choices
         first, single = choose_template(config, workdir, pool, features, encoder, save=save)
-        _, scores, candidates, per_image = choose(
-            features(),
-            [e["iie"] for e in pool.examples],
-            pool.labelled,
-            size=configure.image_size(config),
-            policy=TemplatePolicy.from_eval(config.eval),
-            settings=configure.match_settings(config),
-            images=pool.images,
-            include=first,
-            per_image=True,
+        _, scores, candidates, per_image = choose_in_pool(
+            config, pool, features(), include=first, per_image=True
         )
         rule = config.eval.get("template_set", "cover")
         indices = choose_set(scores, per_image, count, first=first, rule=rule)

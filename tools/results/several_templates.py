@@ -113,15 +113,8 @@ def analyse(
             f"{run}: MRE from {pool.ids[first]} {single[first]:.4f} != results.json's "
             f"{entry['mre_mm']}"
         )
-    _, policy_scores, _, per_image = templates.choose(  # the evaluate stage's candidates
-        features,
-        [e["iie"] for e in pool.examples],
-        pool.labelled,
-        size=size,
-        policy=templates.TemplatePolicy.from_eval(config.eval),
-        settings=settings,
-        include=first,
-        per_image=True,
+    _, policy_scores, _, per_image = templates.choose_in_pool(  # the evaluate stage's choice
+        config, pool, features, settings=settings, include=first, per_image=True
     )
     # the copy: each template's own landmarks (row first), as the evaluate stage copies them
     landmarks = np.stack([np.asarray(e["landmarks"], np.float64)[:, ::-1] for e in pool.examples])
@@ -137,14 +130,12 @@ def analyse(
     out["single_scatter_mm"] = dict(zip(pool.ids, scatter.round(4).tolist(), strict=True))
     others = {}  # (policy, set rule) -> its scores and per-image scores, its first template
     for name in [p for p in policies.split(",") if p]:
-        found = templates.choose(
+        found = templates.choose_in_pool(
+            config,
+            pool,
             features,
-            [e["iie"] for e in pool.examples],
-            pool.labelled,
-            size=size,
             policy=templates.TemplatePolicy.from_eval(dict(config.eval, template_policy=name)),
             settings=settings,
-            images=pool.images,
             per_image=True,
         )
         for rule in [r for r in (sets or "cover").split(",") if r]:

@@ -226,6 +226,29 @@ def template_sets(names: tuple[str, ...], fusion: str = "weighted") -> str:
     return "\n".join(lines)
 
 
+def pseudo_labels(names: tuple[str, ...]) -> str:
+    """CC2D-S2 from one template and from K, one ``tools.results.pseudo_labels`` file per
+    seed (its runs: one template, then K): the pseudo-labels' MRE and the detector's on the
+    images both runs share, beside the one-shot matching on the detector's images."""
+    lines = [
+        "| seed | templates | pseudo-labels' MRE | detector's MRE (shared images) | one-shot "
+        "matching on its images | detector's SDR 2 / 2.5 / 3 / 4 mm (%) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for seed, name in enumerate(names):
+        for run, entry in _load(name).items():
+            if run == "command":
+                continue
+            (detector,) = [v for k, v in entry.items() if k.startswith("detector_")]
+            sdr = " / ".join(f"{detector['sdr'][r]:.1f}" for r in RADII)
+            lines.append(
+                f"| {seed} | {len(entry['templates'])} ({', '.join(entry['templates'])}) | "
+                f"{entry['pseudo_mre_mm_common']:.2f} | {detector['mre_mm_common']:.2f} "
+                f"({detector['common_images']}) | {detector['baseline_mre_mm']:.2f} | {sdr} |"
+            )
+    return "\n".join(lines)
+
+
 def scale_sets(name: str) -> str:
     """MRE (mm) of each run of a ``tools.results.matching_scales`` file, matched by all five
     scales and with the coarsest ones left out (``eval.scales``)."""
@@ -535,6 +558,9 @@ TABLES = {
         several_templates, "ceph_cpu_several_templates_s0.json"
     ),
     "template_choice": template_choice,
+    "pseudo_labels": functools.partial(
+        pseudo_labels, tuple(f"ceph_cpu_pseudo_labels_s{i}.json" for i in range(3))
+    ),
     "template_sets": functools.partial(
         template_sets, tuple(f"ceph_cpu_several_templates_s{i}.json" for i in range(3))
     ),

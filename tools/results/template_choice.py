@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from piaug import configure, templates
+from piaug import templates
 from tools.results import RESULTS, command
 from tools.results.template_spread import encoded
 
@@ -72,15 +72,7 @@ def main() -> int:
                     dict(config.eval, template_policy=name, template_candidates=count)
                 )
                 start = time.perf_counter()
-                _, scores, _ = templates.choose(
-                    features,
-                    [e["iie"] for e in pool.examples],
-                    pool.labelled,
-                    size=configure.image_size(config),
-                    policy=policy,
-                    settings=configure.match_settings(config),
-                    images=pool.images,
-                )
+                _, scores, _ = templates.choose_in_pool(config, pool, features, policy=policy)
                 seconds = time.perf_counter() - start
                 result[label] = judge(scores, mre, pool.ids) | {"seconds": round(seconds, 1)}
                 if label == "all":
