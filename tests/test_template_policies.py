@@ -142,3 +142,33 @@ def test_a_misspelt_policy_or_set_rule_is_a_config_error(field):
     config.eval[field] = "nope"
     with pytest.raises(UserError, match=f"config.eval.{field}='nope': use one of"):
         configure.match_settings(config)
+
+
+@pytest.mark.parametrize("name", ["salient", "consensus", "medoid"])
+def test_the_policies_choose_among_volumes_too(name):
+    """Volumes (``(N, d, h, w, E)`` maps): the clean volume is chosen, the noisiest last."""
+    rng = np.random.default_rng(0)
+    size, noise = (16, 16, 16), np.asarray(NOISE)
+    features = []
+    for s in STRIDES:
+        shape = (*(n // s for n in size), 16)
+        base = rng.normal(size=shape)
+        noisy = base[None] + noise.reshape(-1, 1, 1, 1, 1) * rng.normal(size=(len(noise), *shape))
+        features.append(jnp.asarray(noisy, jnp.float32))
+    z, r, c = np.mgrid[:16, :16, :16]
+    iie = sum(
+        np.exp(-((z - a) ** 2 + (r - b) ** 2 + (c - d) ** 2) / 4.0)
+        for a, b, d in [(4, 4, 4), (11, 5, 10), (6, 11, 7), (11, 11, 11)]
+    )
+    policy = templates.TemplatePolicy(
+        name=name, salient_points=4, salient_distance=3, border=0.1, candidates=0
+    )
+    index, scores, _ = templates.choose(
+        features,
+        [iie] * len(noise),
+        np.ones(len(noise), bool),
+        size=size,
+        policy=policy,
+        settings=matching.MatchSettings(strides=STRIDES),
+    )
+    assert index == 1 and int(np.argmin(scores)) == 4, scores
