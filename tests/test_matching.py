@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from piaug import matching
-from piaug.templates import score_candidates
+from piaug.template_scores import score_candidates
 
 STRIDES = (8, 4, 2)
 SIZE = (32, 48)

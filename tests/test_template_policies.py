@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from piaug import matching, templates
+from piaug import matching, template_scores, templates
 from piaug.errors import UserError
 
 STRIDES = (8, 4, 2)
@@ -80,7 +80,7 @@ def test_a_policy_scores_only_its_candidates(name):
 
 def test_sift_points_are_strong_apart_and_inside():
     image = (_blobs() * 255).astype(np.uint8)
-    points = templates.sift_points(image, count=10, min_distance=8.0, border=6)
+    points = template_scores.sift_points(image, count=10, min_distance=8.0, border=6)
     assert 3 <= len(points) <= 10
     assert ((points >= 6) & (points < 58)).all()
     gaps = np.hypot(*(points[:, None] - points[None]).transpose(2, 0, 1))
@@ -88,8 +88,8 @@ def test_sift_points_are_strong_apart_and_inside():
     # the strongest sit on blobs (weaker ones lie between them, at coarser scales)
     nearest = np.hypot(*(points[:, None] - np.asarray(BLOBS)[None]).transpose(2, 0, 1)).min(1)
     assert (nearest[:4] <= 1).all(), points
-    assert len(templates.sift_points(image, count=2, min_distance=8.0, border=6)) == 2
-    assert templates.sift_points(
+    assert len(template_scores.sift_points(image, count=2, min_distance=8.0, border=6)) == 2
+    assert template_scores.sift_points(
         np.zeros(SIZE, np.uint8), count=4, min_distance=1, border=0
     ).shape == (0, 2)
 
@@ -101,7 +101,7 @@ def test_consensus_measures_pixels_from_the_other_candidates_median():
     votes = np.broadcast_to(truth, (5, 5, 2, 2)).copy()
     votes[2, :, :, 0] += 6.0
     votes[4] = np.nan
-    scores, per_image = templates.consensus_distance(votes)
+    scores, per_image = template_scores.consensus_distance(votes)
     np.testing.assert_allclose(scores[:4], [0.0, 0.0, -6.0, 0.0])
     assert np.isneginf(scores[4]) and np.isnan(per_image[4]).all()
     assert np.isnan(np.diag(per_image)).all()

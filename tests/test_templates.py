@@ -12,7 +12,7 @@ from conftest import load_config
 from PIL import Image
 from test_matching import SIZE, STRIDES, _features
 
-from piaug import api, data, defaults, layout, matching, templates
+from piaug import api, data, defaults, layout, matching, template_scores, templates
 
 
 def _folder(root, count=6):
@@ -109,10 +109,12 @@ def test_salient_points_are_strong_apart_and_inside():
     iie = np.zeros((40, 40))
     for (r, c), v in {(10, 10): 5.0, (12, 12): 4.0, (30, 25): 3.0, (1, 20): 6.0}.items():
         iie[r, c] = v
-    points = templates.salient_points(iie, count=5, min_distance=5, border=3)
+    points = template_scores.salient_points(iie, count=5, min_distance=5, border=3)
     # (1, 20) is in the border, (12, 12) too close to the stronger (10, 10)
     assert points.tolist() == [[10, 10], [30, 25]]
-    assert templates.salient_points(iie, count=1, min_distance=5, border=3).tolist() == [[10, 10]]
+    assert template_scores.salient_points(iie, count=1, min_distance=5, border=3).tolist() == [
+        [10, 10]
+    ]
 
 
 def test_the_typical_image_is_chosen_as_template():
@@ -122,10 +124,12 @@ def test_the_typical_image_is_chosen_as_template():
     feats = _features(3, n=4, noise=noise, base=feats)
     points = [np.asarray([[4, 4], [16, 30], [26, 10]])] * 4
     settings = matching.MatchSettings(strides=STRIDES)
-    chosen, scores = templates.score_candidates(feats, points, size=SIZE, settings=settings)
+    chosen, scores = template_scores.score_candidates(feats, points, size=SIZE, settings=settings)
     assert chosen == 1 and scores.shape == (4,) and scores[1] == scores.max()
     with pytest.raises(ValueError, match="no candidate"):
-        templates.score_candidates(feats, [np.zeros((0, 2), int)] * 4, size=SIZE, settings=settings)
+        template_scores.score_candidates(
+            feats, [np.zeros((0, 2), int)] * 4, size=SIZE, settings=settings
+        )
 
 
 def test_template_candidates_are_spread_over_the_labelled_images():

@@ -15,7 +15,16 @@ import numpy as np
 import pytest
 from conftest import REPO, assert_drawn, load_config
 
-from piaug import analyze, configure, data, devices, estimate, plots, templates, volume_plots
+from piaug import (
+    analyze,
+    configure,
+    data,
+    devices,
+    estimate,
+    plots,
+    template_scores,
+    volume_plots,
+)
 from piaug.data import landmarks, synthetic3d, volumes
 from piaug.errors import UserError
 
@@ -26,10 +35,10 @@ def test_salient_points_of_a_volume():
     peaks = [((6, 7, 8), 5.0), ((6, 7, 10), 4.0), ((3, 9, 5), 3.0), ((1, 1, 1), 9.0)]
     for p, v in peaks:
         iie[p] = v
-    found = templates.salient_points(iie, count=8, min_distance=3, border=2)
+    found = template_scores.salient_points(iie, count=8, min_distance=3, border=2)
     # (1, 1, 1) is in the border, (6, 7, 10) within 3 voxels of the stronger (6, 7, 8)
     np.testing.assert_array_equal(found, [(6, 7, 8), (3, 9, 5)])
-    found = templates.salient_points(iie, count=1, min_distance=1, border=0)
+    found = template_scores.salient_points(iie, count=1, min_distance=1, border=0)
     np.testing.assert_array_equal(found, [(1, 1, 1)])
 
 
