@@ -230,9 +230,10 @@ def test_choose_templates_then_predict_from_the_filled_csv(tiny_run, tmp_path, c
 
 @pytest.mark.slow
 def test_pseudo_labels_and_a_detector_from_two_templates(tiny_run, tmp_path):
-    """CC2D-S2 from K = 2 templates: the pseudo-labels are the two templates' matches fused
-    (``predict_many``), into their own CSV; the detector trains on the other images with both
-    templates in every batch and is evaluated on neither."""
+    """CC2D-S2 from K = 2 templates on five training images, evaluated on the same split: the
+    pseudo-labels of the first three are the two templates' matches fused (``predict_many``),
+    into their own CSV; the detector trains on the pseudo-labelled images that are not
+    templates, and is evaluated on the one image that is neither its own nor a template."""
     import csv
 
     from conftest import load_config
@@ -242,6 +243,8 @@ def test_pseudo_labels_and_a_detector_from_two_templates(tiny_run, tmp_path):
 
     config = load_config("test")
     config.stages = "pseudo,detector,evaluate"
+    config.data.options.num_images = 5
+    config.eval.split = "train"
     config.detector.encoders = str(tiny_run)
     config.detector.inits = ("random",)
     config.detector.images = 3
@@ -249,7 +252,7 @@ def test_pseudo_labels_and_a_detector_from_two_templates(tiny_run, tmp_path):
     config.detector.batch_size = 1
     config.detector.checkpoint_every = 2
     config.eval.templates = 2
-    config.eval.template = "synthetic-0-0000,synthetic-0-0002"
+    config.eval.template = "synthetic-0-0000,synthetic-0-0003"
     workdir = tmp_path / "det"
     pipeline.run(config, workdir)
 
@@ -257,18 +260,18 @@ def test_pseudo_labels_and_a_detector_from_two_templates(tiny_run, tmp_path):
         rows = list(csv.DictReader(f))
     assert not (workdir / layout.PSEUDO_DIR / "baseline.csv").exists()
     pool, size = templates.ImagePool(config), configure.image_size(config)
-    assert [r["image"] for r in rows] == pool.ids
+    assert [r["image"] for r in rows] == pool.ids[:3]
     encoder = checkpoints.image_encoder(tiny_run / "checkpoints", configure.model(config))
     fused = matching.predict_many(
         encoder,
-        pool.images[[0, 2]],
-        np.stack([matching.template_cells(pool.examples[i]["landmarks"], size) for i in (0, 2)]),
-        pool.images,
+        pool.images[[0, 3]],
+        np.stack([matching.template_cells(pool.examples[i]["landmarks"], size) for i in (0, 3)]),
+        pool.images[:3],
         size=size,
         settings=configure.match_settings(config),
         fusion="weighted",
     )
-    for row, example, points in zip(rows, pool.examples, fused, strict=True):
+    for row, example, points in zip(rows, pool.examples[:3], fused, strict=True):
         height, width = example["original_size"]
         expected = (points + 0.5) * [width / size[1], height / size[0]] - 0.5
         found = np.array([float(row[c]) for c in landmarks.columns(5)]).reshape(5, 2)
@@ -276,11 +279,12 @@ def test_pseudo_labels_and_a_detector_from_two_templates(tiny_run, tmp_path):
 
     name = "detector_random_pseudo_baseline_templates-2"
     seen = json.loads((workdir / layout.DETECTORS / name / layout.DETECTOR_EXAMPLES).read_text())
-    assert seen["templates"] == ["synthetic-0-0000", "synthetic-0-0002"]
-    assert seen["ids"] == ["synthetic-0-0001"] and seen["template"] is None
+    assert seen["templates"] == ["synthetic-0-0000", "synthetic-0-0003"]
+    assert seen["ids"] == ["synthetic-0-0001", "synthetic-0-0002"] and seen["template"] is None
     results = json.loads((workdir / layout.RESULTS_FILE).read_text())
     assert results[name]["checkpoint"]["step"] == 2
-    assert not set(seen["templates"]) & set(results[name]["ids"])
+    # the first three are the detector's, 0003 a template: only 0004 is left to evaluate it on
+    assert results[name]["ids"] == ["synthetic-0-0004"]
 
 
 @pytest.mark.slow  # compiles a step: the fast tier stays under 3 minutes

@@ -49,7 +49,8 @@ def main() -> int:
     ks, lines = curves(files, args.fusion, [k for k in args.sets.split(",") if k])
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for label, values in lines.items():
-        mean, std = values.mean(1), values.std(1, ddof=1) if values.shape[1] > 1 else 0 * ks
+        mean = values.mean(1)
+        std = values.std(1, ddof=1) if values.shape[1] > 1 else np.zeros_like(mean)
         ax.errorbar(ks, mean, yerr=std, marker="o", capsize=3, label=label)
     ax.set_xlabel("templates annotated (K)")
     ax.set_ylabel(f"MRE (mm), {args.fusion} fusion")
