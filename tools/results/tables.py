@@ -229,23 +229,31 @@ def template_sets(names: tuple[str, ...], fusion: str = "weighted") -> str:
 def pseudo_labels(names: tuple[str, ...]) -> str:
     """CC2D-S2 from one template and from K, one ``tools.results.pseudo_labels`` file per
     seed (its runs: one template, then K): the pseudo-labels' MRE and the detector's on the
-    images both runs share, beside the one-shot matching on the detector's images."""
+    images both runs share, beside the one-shot matching on the detector's images; then the
+    means over the seeds for each number of templates."""
     lines = [
         "| seed | templates | pseudo-labels' MRE | detector's MRE (shared images) | one-shot "
         "matching on its images | detector's SDR 2 / 2.5 / 3 / 4 mm (%) |",
         "|---|---|---|---|---|---|",
     ]
+    by_count: dict[int, list] = {}
     for seed, name in enumerate(names):
         for run, entry in _load(name).items():
             if run == "command":
                 continue
             (detector,) = [v for k, v in entry.items() if k.startswith("detector_")]
+            by_count.setdefault(len(entry["templates"]), []).append(
+                (entry["pseudo_mre_mm_common"], detector["mre_mm_common"])
+            )
             sdr = " / ".join(f"{detector['sdr'][r]:.1f}" for r in RADII)
             lines.append(
                 f"| {seed} | {len(entry['templates'])} ({', '.join(entry['templates'])}) | "
                 f"{entry['pseudo_mre_mm_common']:.2f} | {detector['mre_mm_common']:.2f} "
                 f"({detector['common_images']}) | {detector['baseline_mre_mm']:.2f} | {sdr} |"
             )
+    for count, rows in sorted(by_count.items()):
+        pseudo, det = (statistics.mean(v) for v in zip(*rows, strict=True))
+        lines.append(f"| mean | {count} | {pseudo:.2f} | {det:.2f} | | |")
     return "\n".join(lines)
 
 
