@@ -193,6 +193,38 @@ def template_choice(name: str = "ceph_cpu_template_choice.json") -> str:
     return "\n".join(lines)
 
 
+def template_offsets(names: tuple[str, ...], choice: str = "ceph_cpu_template_choice.json") -> str:
+    """Each template's MRE split into its offset and the scatter around it (the
+    ``single_offset_mm`` and ``single_scatter_mm`` of one ``tools.results.several_templates``
+    file per seed), and the Spearman correlation of each with the MRE and with the
+    ``consensus`` scores of ``choice`` (positive: the policy prefers the lower)."""
+    from scipy import stats
+
+    scores = _load(choice)
+    lines = [
+        "| seed | MRE, mean | offset, mean | scatter, mean | Spearman MRE ~ offset | "
+        "MRE ~ scatter | consensus ~ offset | consensus ~ scatter |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for seed, name in enumerate(names):
+        ((run, entry),) = [(k, v) for k, v in _load(name).items() if k != "command"]
+        ids = scores[run]["ids"]
+        mre, offset, scatter = (
+            [entry[key][i] for i in ids]
+            for key in ("single_mre_mm", "single_offset_mm", "single_scatter_mm")
+        )
+        consensus = [-v for v in scores[run]["consensus"]["scores"]]  # lower: preferred
+        rho = [
+            stats.spearmanr(a, b).statistic
+            for a, b in ((mre, offset), (mre, scatter), (consensus, offset), (consensus, scatter))
+        ]
+        lines.append(
+            f"| {seed} | {statistics.mean(mre):.2f} | {statistics.mean(offset):.2f} | "
+            f"{statistics.mean(scatter):.2f} | " + " | ".join(f"{r:.2f}" for r in rho) + " |"
+        )
+    return "\n".join(lines)
+
+
 def template_sets(names: tuple[str, ...], fusion: str = "weighted") -> str:
     """MRE (mm, mean over the seeds' files) against K for each set of ``--policies`` and
     ``--sets`` (``tools.results.several_templates``), with random sets and the labels' best K,
@@ -566,6 +598,9 @@ TABLES = {
         several_templates, "ceph_cpu_several_templates_s0.json"
     ),
     "template_choice": template_choice,
+    "template_offsets": functools.partial(
+        template_offsets, tuple(f"ceph_cpu_several_templates_s{i}.json" for i in range(3))
+    ),
     "pseudo_labels": functools.partial(
         pseudo_labels, tuple(f"ceph_cpu_pseudo_labels_s{i}.json" for i in range(3))
     ),
